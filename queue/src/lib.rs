@@ -1,0 +1,19 @@
+//! The Levee delivery log.
+//!
+//! # Layout
+//!
+//! - [`DeliveryLog`]: where a relay node appends an accepted envelope before it acknowledges
+//!   the sender. Partitioned by shard (`levee_sharding::shard_of` of the recipient), so each
+//!   shard's records are totally ordered and one node can own a shard's delivery.
+//! - [`LogConsumer`]: reads the shards assigned to it from the last committed position and
+//!   commits positions only after the records are safe in the mailbox store. The same shape as
+//!   a Kafka consumer with manual partition assignment, which is the distributed backend.
+//! - [`EmbeddedLog`]: the default backend, in the embedded fjall database shared with the
+//!   mailbox store.
+#![warn(missing_docs)]
+
+mod embedded;
+mod log;
+
+pub use embedded::EmbeddedLog;
+pub use log::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};

@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use levee_sharding::{MailboxId, ShardId};
+
+/// A record to append: the recipient it is for, and an opaque payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Which shard (log partition) it goes to. Computed by the caller from the recipient so
+    /// that the log never needs to know the placement policy.
+    pub shard: ShardId,
+    /// The recipient; the record key.
+    pub mailbox: MailboxId,
+    /// The encoded envelope.
+    pub payload: Bytes,
+}
+
+/// Where a record sits in the log: its shard and its offset there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogPosition {
+    /// The shard (partition).
+    pub shard: ShardId,
+    /// Offset within the shard; offsets of a shard are assigned once and never reused.
+    pub offset: u64,
+}
+
+/// A record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRecord {
+    /// Where it is.
+    pub position: LogPosition,
+    /// The recipient.
+    pub mailbox: MailboxId,
+    /// The encoded envelope.
+    pub payload: Bytes,
+}
+
+/// Why the log could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The backend failed (disk, broker, ...).
+    #[error("delivery log backend: {0}")]
+    Backend(String),
+    /// A record's bytes do not decode.
+    #[error("corrupt delivery log record at shard {shard} offset {offset}")]
+    Corrupt {
+        /// Shard of the bad record.
+        shard: ShardId,
+        /// Its offset.
+        offset: u64,
+    },
+    /// A shard outside `0..shards`.
+    #[error("shard {shard} does not exist (the log has {shards})")]
+    NoSuchShard {
+        /// The shard asked for.
+        shard: ShardId,
+        /// How many there are.
+        shards: u32,
+    },
+}
+
+impl From<levee_sharding::StoreError> for LogError {
+    fn from(e: levee_sharding::StoreError) -> Self {
+        LogError::Backend(e.to_string())
+    }
+}
+
+/// The durable, sharded log between accepting an envelope and storing it in a mailbox.
+#[async_trait]
+pub trait DeliveryLog: Send + Sync + 'static {
+    /// How many shards (partitions) the log has.
+    fn shards(&self) -> u32;
+
+    /// Appends records and returns their positions, in order, once all of them are durable.
+    async fn append(&self, records: Vec<LogRecord>) -> Result<Vec<LogPosition>, LogError>;
+
+    /// A consumer for `group`. Committed positions are kept per group.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
+}
+
+/// Reads assigned shards in order; see [`DeliveryLog::consumer`].
+#[async_trait]
+pub trait LogConsumer: Send {
+    /// Replaces the assignment: from now on read exactly `shards`, each resuming after its
+    /// last committed position.
+    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError>;
+
+    /// Up to `max` records from the assigned shards, each shard in order. Waits up to `wait`
+    /// for the first record; returns an empty batch if none came.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError>;
+
+    /// Records that everything up to and including these positions has been handled, so a
+    /// restart resumes after them. Call only once the records are durable downstream.
+    async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError>;
+}

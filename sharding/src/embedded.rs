@@ -1,0 +1,500 @@
+//! The embedded backend: one fjall database on local disk.
+//!
+//! fjall keeps one write-ahead journal per database, shared by all its keyspaces, and
+//! recovers it in order after a crash. Levee relies on both facts: the delivery log (in
+//! `levee-queue`) and the mailboxes live in the same database, and a single `fsync` of that
+//! journal ([`EmbeddedStore::sync`]) makes every write before it durable, whichever
+//! keyspace it went to.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+
+use crate::{
+    AckOutcome, EnvelopeId, InsertOutcome, MailboxId, MailboxStore, MailboxUsage, NewEnvelope,
+    StoreError, StoredEnvelope,
+};
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+/// An open embedded database with group commit.
+///
+/// Cheap to clone; clones share the database and its commit group.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    db: Database,
+    /// Bumped after every committed write; a sync covers every write counted before it began.
+    written: AtomicU64,
+    /// The value of `written` that the last completed sync covered.
+    synced: AtomicU64,
+    /// Held while an fsync runs, so waiters queue behind it and then usually find their
+    /// write already covered: that is the group commit.
+    sync_turn: tokio::sync::Mutex<()>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `dir`, recovering its journal.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
+        // Journal persistence is our job (group commit before every acknowledgement); fjall's
+        // own periodic flushing would only add fsyncs.
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db,
+                written: AtomicU64::new(0),
+                synced: AtomicU64::new(0),
+                sync_turn: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Opens (or creates) a keyspace of this database.
+    pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)?)
+    }
+
+    /// A new atomic write batch.
+    pub fn batch(&self) -> OwnedWriteBatch {
+        self.inner.db.batch()
+    }
+
+    /// Applies `batch` atomically. It is not durable until a later [`sync`](Self::sync).
+    pub fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit()?;
+        self.inner.written.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Returns once every write committed before this call is on stable storage.
+    ///
+    /// Concurrent callers share fsyncs: one runs at a time, and a caller whose write was
+    /// covered by the previous fsync returns without another.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let needed = self.inner.written.load(Ordering::Acquire);
+        if self.inner.synced.load(Ordering::Acquire) >= needed {
+            return Ok(());
+        }
+        let _turn = self.inner.sync_turn.lock().await;
+        if self.inner.synced.load(Ordering::Acquire) >= needed {
+            return Ok(());
+        }
+        // Everything counted by now was applied before it was counted, so this fsync
+        // covers it too.
+        let covers = self.inner.written.load(Ordering::Acquire);
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData))
+            .await
+            .map_err(|e| StoreError::Engine(format!("sync task: {e}")))??;
+        self.inner.synced.fetch_max(covers, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Commits `batch` and waits until it is durable.
+    pub async fn commit_durable(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        self.commit(batch)?;
+        self.sync().await
+    }
+}
+
+/// Mailboxes in the embedded database.
+///
+/// Keyspaces (all keys big-endian so that byte order is numeric order):
+/// - `accounts`: mailbox → created-at ms.
+/// - `mailboxes`: mailbox ‖ envelope id → envelope record.
+/// - `dedupe`: mailbox ‖ dedupe key → envelope id. Outlives the envelope's acknowledgement,
+///   until its expiry, so a late re-send is still recognised.
+/// - `expiry`: expires-at ‖ mailbox ‖ envelope id → dedupe key; what the sweeper walks.
+#[derive(Clone)]
+pub struct EmbeddedMailboxStore {
+    store: EmbeddedStore,
+    accounts: Keyspace,
+    mailboxes: Keyspace,
+    dedupe: Keyspace,
+    expiry: Keyspace,
+    /// Quota usage per mailbox, rebuilt by a scan at open. The lock also serialises
+    /// read-check-write sequences (dedupe on insert, presence on ack).
+    usage: Arc<Mutex<HashMap<MailboxId, MailboxUsage>>>,
+}
+
+const ENVELOPE_HEADER: usize = 8 + 8 + 16;
+
+fn envelope_key(mailbox: &MailboxId, id: EnvelopeId) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(mailbox.as_bytes());
+    key[32..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn dedupe_key(mailbox: &MailboxId, dedupe: &[u8; 16]) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..32].copy_from_slice(mailbox.as_bytes());
+    key[32..].copy_from_slice(dedupe);
+    key
+}
+
+fn expiry_key(expires_at_ms: u64, mailbox: &MailboxId, id: EnvelopeId) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    key[8..40].copy_from_slice(mailbox.as_bytes());
+    key[40..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn encode_envelope(e: &NewEnvelope) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ENVELOPE_HEADER + e.ciphertext.len());
+    v.extend_from_slice(&e.accepted_at_ms.to_be_bytes());
+    v.extend_from_slice(&e.expires_at_ms.to_be_bytes());
+    v.extend_from_slice(&e.client_message_id);
+    v.extend_from_slice(&e.ciphertext);
+    v
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn decode_envelope(id: EnvelopeId, v: &[u8]) -> Result<StoredEnvelope, StoreError> {
+    let corrupt = || StoreError::Corrupt { what: "envelope" };
+    if v.len() < ENVELOPE_HEADER {
+        return Err(corrupt());
+    }
+    let client_message_id: [u8; 16] = v[16..32].try_into().map_err(|_| corrupt())?;
+    Ok(StoredEnvelope {
+        id,
+        accepted_at_ms: be_u64(&v[0..8]).ok_or_else(corrupt)?,
+        expires_at_ms: be_u64(&v[8..16]).ok_or_else(corrupt)?,
+        client_message_id,
+        ciphertext: Bytes::copy_from_slice(&v[ENVELOPE_HEADER..]),
+    })
+}
+
+fn decode_envelope_key(key: &[u8]) -> Result<(MailboxId, EnvelopeId), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "envelope key",
+    };
+    let mailbox = MailboxId::from_slice(key.get(..32).ok_or_else(corrupt)?).ok_or_else(corrupt)?;
+    let id = be_u64(key.get(32..).ok_or_else(corrupt)?).ok_or_else(corrupt)?;
+    Ok((mailbox, id))
+}
+
+impl EmbeddedMailboxStore {
+    /// Opens the mailbox keyspaces of `store` and rebuilds quota usage from them.
+    pub fn open(store: &EmbeddedStore) -> Result<Self, StoreError> {
+        let this = Self {
+            store: store.clone(),
+            accounts: store.keyspace("accounts")?,
+            mailboxes: store.keyspace("mailboxes")?,
+            dedupe: store.keyspace("dedupe")?,
+            expiry: store.keyspace("expiry")?,
+            usage: Arc::default(),
+        };
+        let mut usage = HashMap::<MailboxId, MailboxUsage>::new();
+        for kv in this.mailboxes.iter() {
+            let (key, value) = kv.into_inner()?;
+            let (mailbox, _) = decode_envelope_key(&key)?;
+            let u = usage.entry(mailbox).or_default();
+            u.envelopes += 1;
+            u.bytes += value.len().saturating_sub(ENVELOPE_HEADER) as u64;
+        }
+        *this.lock_usage() = usage;
+        Ok(this)
+    }
+
+    fn lock_usage(&self) -> MutexGuard<'_, HashMap<MailboxId, MailboxUsage>> {
+        // A panic while holding this lock leaves only counters behind, never half-written
+        // data (batches are atomic), so a poisoned lock is still safe to use.
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl MailboxStore for EmbeddedMailboxStore {
+    async fn create_mailbox(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        let created = {
+            let _guard = self.lock_usage();
+            if self.accounts.contains_key(mailbox.as_bytes())? {
+                false
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let mut batch = self.store.batch();
+                batch.insert(
+                    &self.accounts,
+                    mailbox.as_bytes().to_vec(),
+                    now.to_be_bytes().to_vec(),
+                );
+                self.store.commit(batch)?;
+                true
+            }
+        };
+        // Even an existing account may have been created by a commit not yet synced.
+        self.store.sync().await?;
+        Ok(created)
+    }
+
+    async fn mailbox_exists(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        Ok(self.accounts.contains_key(mailbox.as_bytes())?)
+    }
+
+    async fn usage(&self, mailbox: &MailboxId) -> Result<MailboxUsage, StoreError> {
+        Ok(self.lock_usage().get(mailbox).copied().unwrap_or_default())
+    }
+
+    async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        {
+            let mut usage = self.lock_usage();
+            let mut batch = self.store.batch();
+            let mut seen = HashSet::new();
+            let mut added: Vec<(MailboxId, u64)> = Vec::new();
+            for e in &envelopes {
+                let ekey = envelope_key(&e.mailbox, e.id);
+                let dkey = dedupe_key(&e.mailbox, &e.dedupe_key);
+                let duplicate = !seen.insert(dkey)
+                    || self.mailboxes.contains_key(ekey)?
+                    || self.dedupe.contains_key(dkey)?;
+                if duplicate {
+                    outcomes.push(InsertOutcome::Duplicate);
+                    continue;
+                }
+                batch.insert(&self.mailboxes, ekey.to_vec(), encode_envelope(e));
+                batch.insert(&self.dedupe, dkey.to_vec(), e.id.to_be_bytes().to_vec());
+                batch.insert(
+                    &self.expiry,
+                    expiry_key(e.expires_at_ms, &e.mailbox, e.id).to_vec(),
+                    e.dedupe_key.to_vec(),
+                );
+                added.push((e.mailbox, e.ciphertext.len() as u64));
+                outcomes.push(InsertOutcome::Stored);
+            }
+            if !added.is_empty() {
+                self.store.commit(batch)?;
+                for (mailbox, bytes) in added {
+                    let u = usage.entry(mailbox).or_default();
+                    u.envelopes += 1;
+                    u.bytes += bytes;
+                }
+            }
+        }
+        self.store.sync().await?;
+        Ok(outcomes)
+    }
+
+    async fn read(
+        &self,
+        mailbox: &MailboxId,
+        after: Option<EnvelopeId>,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let start = match after {
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(id) => id + 1,
+            None => 0,
+        };
+        let from = envelope_key(mailbox, start);
+        let to = envelope_key(mailbox, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.mailboxes.range(from..=to) {
+            if out.len() >= max {
+                break;
+            }
+            let (key, value) = kv.into_inner()?;
+            let (_, id) = decode_envelope_key(&key)?;
+            let envelope = decode_envelope(id, &value)?;
+            if envelope.expires_at_ms > now_ms {
+                out.push(envelope);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, mailbox: &MailboxId, ids: &[EnvelopeId]) -> Result<AckOutcome, StoreError> {
+        let mut outcome = AckOutcome::default();
+        {
+            let mut usage = self.lock_usage();
+            let mut batch = self.store.batch();
+            let mut freed = MailboxUsage::default();
+            let mut unique = HashSet::new();
+            for &id in ids {
+                let key = envelope_key(mailbox, id);
+                match self.mailboxes.size_of(key)? {
+                    Some(size) if unique.insert(id) => {
+                        batch.remove(&self.mailboxes, key.to_vec());
+                        freed.envelopes += 1;
+                        freed.bytes += u64::from(size).saturating_sub(ENVELOPE_HEADER as u64);
+                        outcome.deleted += 1;
+                    }
+                    Some(_) => {} // the same id twice in one ack
+                    None => outcome.unknown.push(id),
+                }
+            }
+            if outcome.deleted > 0 {
+                self.store.commit(batch)?;
+                if let Some(u) = usage.get_mut(mailbox) {
+                    u.envelopes = u.envelopes.saturating_sub(freed.envelopes);
+                    u.bytes = u.bytes.saturating_sub(freed.bytes);
+                    if u.envelopes == 0 {
+                        usage.remove(mailbox);
+                    }
+                }
+            }
+        }
+        if outcome.deleted > 0 {
+            self.store.sync().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn expire(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let mut usage = self.lock_usage();
+        let mut batch = self.store.batch();
+        let to = now_ms.to_be_bytes();
+        for kv in self.expiry.range(..to.as_slice()).take(max) {
+            let (key, dedupe) = kv.into_inner()?;
+            let (mailbox, id) = decode_envelope_key(key.get(8..).unwrap_or_default())?;
+            let dedupe: [u8; 16] = (&*dedupe)
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { what: "expiry" })?;
+            let ekey = envelope_key(&mailbox, id);
+            if let Some(size) = self.mailboxes.size_of(ekey)? {
+                batch.remove(&self.mailboxes, ekey.to_vec());
+                if let Some(u) = usage.get_mut(&mailbox) {
+                    u.envelopes = u.envelopes.saturating_sub(1);
+                    u.bytes = u
+                        .bytes
+                        .saturating_sub(u64::from(size).saturating_sub(ENVELOPE_HEADER as u64));
+                }
+            }
+            batch.remove(&self.dedupe, dedupe_key(&mailbox, &dedupe).to_vec());
+            batch.remove(&self.expiry, key);
+            removed += 1;
+        }
+        usage.retain(|_, u| u.envelopes > 0);
+        if removed > 0 {
+            // Not synced: an expiry lost in a crash is simply redone by the next sweep, and an
+            // expired envelope is never delivered in the meantime.
+            self.store.commit(batch)?;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(mailbox: MailboxId, id: u64, dedupe: u8, expires_at_ms: u64) -> NewEnvelope {
+        NewEnvelope {
+            mailbox,
+            id,
+            dedupe_key: [dedupe; 16],
+            client_message_id: [dedupe; 16],
+            accepted_at_ms: 1,
+            expires_at_ms,
+            ciphertext: Bytes::from(vec![id as u8; 10]),
+        }
+    }
+
+    fn open(dir: &Path) -> EmbeddedMailboxStore {
+        EmbeddedMailboxStore::open(&EmbeddedStore::open(dir).expect("open db")).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn insert_read_ack_expire_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = MailboxId([1; 32]);
+        let b = MailboxId([2; 32]);
+        {
+            let s = open(dir.path());
+            assert!(s.create_mailbox(&a).await.expect("create"));
+            assert!(!s.create_mailbox(&a).await.expect("create again"));
+            let outcomes = s
+                .insert(vec![
+                    envelope(a, 5, 1, 100),
+                    envelope(a, 6, 2, 100),
+                    envelope(a, 6, 2, 100), // replayed record
+                    envelope(a, 7, 1, 100), // re-sent message: same dedupe key
+                    envelope(b, 8, 1, 50),  // same dedupe bytes, other mailbox
+                ])
+                .await
+                .expect("insert");
+            use InsertOutcome::*;
+            assert_eq!(outcomes, vec![Stored, Stored, Duplicate, Duplicate, Stored]);
+            let ids: Vec<_> = s
+                .read(&a, None, 10, 0)
+                .await
+                .expect("read")
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(ids, vec![5, 6]);
+            assert_eq!(s.read(&a, Some(5), 10, 0).await.expect("read").len(), 1);
+            assert_eq!(
+                s.usage(&a).await.expect("usage"),
+                MailboxUsage {
+                    envelopes: 2,
+                    bytes: 20
+                }
+            );
+            // b's envelope cannot be acknowledged through a.
+            let ack = s.ack(&a, &[5, 8]).await.expect("ack");
+            assert_eq!(
+                ack,
+                AckOutcome {
+                    deleted: 1,
+                    unknown: vec![8]
+                }
+            );
+            // Acknowledged, yet a re-send of it is still recognised.
+            let again = s
+                .insert(vec![envelope(a, 9, 1, 100)])
+                .await
+                .expect("insert");
+            assert_eq!(again, vec![InsertOutcome::Duplicate]);
+        }
+        let s = open(dir.path());
+        assert!(s.mailbox_exists(&a).await.expect("exists"));
+        assert_eq!(
+            s.usage(&a).await.expect("usage"),
+            MailboxUsage {
+                envelopes: 1,
+                bytes: 10
+            }
+        );
+        assert_eq!(
+            s.read(&b, None, 10, 60).await.expect("read"),
+            vec![],
+            "expired is hidden"
+        );
+        assert_eq!(s.expire(60, 100).await.expect("expire"), 1);
+        assert_eq!(s.usage(&b).await.expect("usage"), MailboxUsage::default());
+        assert_eq!(s.expire(200, 100).await.expect("expire"), 2);
+        // After its dedupe record expired, the same key is a new message again.
+        let fresh = s
+            .insert(vec![envelope(a, 10, 1, 300)])
+            .await
+            .expect("insert");
+        assert_eq!(fresh, vec![InsertOutcome::Stored]);
+    }
+}

@@ -1,0 +1,25 @@
+//! Where Levee mailboxes live.
+//!
+//! # Layout
+//!
+//! - [`MailboxId`] and [`ShardId`]: a mailbox is named by its owner's account key; a mailbox
+//!   hashes onto one of a fixed number of shards ([`shard_of`]). Shards are the unit that
+//!   placement moves between relay nodes and the partitions of the delivery log.
+//! - [`MailboxStore`]: the storage contract every backend meets (idempotent insert, ordered
+//!   reads, durable acknowledgement, quotas, expiry).
+//! - [`EmbeddedStore`] / [`EmbeddedMailboxStore`]: the default backend, one fjall database on
+//!   local disk with group commit. The embedded delivery log in `levee-queue` shares the same
+//!   database so that one fsync covers log appends and mailbox writes alike.
+#![warn(missing_docs)]
+
+mod embedded;
+mod envelope;
+mod mailbox;
+mod shard;
+mod store;
+
+pub use embedded::{EmbeddedMailboxStore, EmbeddedStore};
+pub use envelope::{EnvelopeId, NewEnvelope, StoredEnvelope};
+pub use mailbox::{MailboxId, ParseMailboxIdError};
+pub use shard::{ShardId, shard_of};
+pub use store::{AckOutcome, InsertOutcome, MailboxStore, MailboxUsage, StoreError};
