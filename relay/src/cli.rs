@@ -1,0 +1,405 @@
+//! Flag parsing and output for the `levee` binary. All behaviour lives in the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use levee_relay::client::{Client, ClientConfig, ClientError, Delivery};
+use levee_relay::tls::{Fingerprint, Trust};
+use levee_relay::{AccountId, Identity, Node, NodeConfig};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "Levee: a load-shedding message relay for end-to-end encrypted messengers",
+    after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 server unreachable; \
+                  4 certificate fingerprint mismatch; 5 refused by the server; \
+                  6 fewer envelopes than --count before --timeout."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a relay node with embedded storage; prints its address and certificate fingerprint.
+    Up(UpArgs),
+    /// Create a new identity (an Ed25519 key pair) and print its account id.
+    Keygen {
+        /// Where to write the private key (created with mode 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the identity's account on a node (idempotent).
+    Register(ClientArgs),
+    /// Send an envelope to an account.
+    Send(SendArgs),
+    /// Receive envelopes: print each, then acknowledge it.
+    Recv(RecvArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// TOML configuration file (every field optional; see docs/levee.example.toml).
+    #[arg(long, env = "LEVEE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (embedded database and generated certificate). Default: .levee
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// UDP address to listen on. Default: 127.0.0.1:4433
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Identity file written by `levee keygen`.
+    #[arg(long, env = "LEVEE_IDENTITY", value_name = "FILE")]
+    identity: PathBuf,
+    /// The node's address.
+    #[arg(
+        long,
+        env = "LEVEE_SERVER",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:4433"
+    )]
+    server: SocketAddr,
+    /// Pin the node's certificate by its SHA-256 fingerprint (printed by `levee up`).
+    #[arg(
+        long,
+        env = "LEVEE_FINGERPRINT",
+        value_name = "HEX",
+        conflicts_with = "ca"
+    )]
+    fingerprint: Option<Fingerprint>,
+    /// Verify the node's certificate against this PEM CA bundle instead.
+    #[arg(long, env = "LEVEE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// TLS server name to verify with --ca.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    server_name: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Recipient account id (64 hex characters).
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    to: AccountId,
+    /// The envelope's content, as text.
+    #[arg(long, value_name = "STR", group = "payload", required = true)]
+    text: Option<String>,
+    /// The envelope's content, from a file (any bytes).
+    #[arg(long, value_name = "PATH", group = "payload")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RecvArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Stop after this many envelopes.
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
+    /// Stop when no envelope arrives for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    timeout: f64,
+}
+
+/// A failure with the exit code that tells scripts what kind it was.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = match error.downcast_ref::<ClientError>() {
+            Some(ClientError::Unreachable { .. }) => 3,
+            Some(ClientError::CertificateMismatch) => 4,
+            Some(ClientError::Refused { .. }) => 5,
+            _ => 1,
+        };
+        Self { code, error }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_log_filter(&cli.command))
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("levee: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            // One line: the whole cause chain, outermost first.
+            eprintln!("levee: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Up(_) => "info,quinn=warn,fjall=warn,lsm_tree=warn",
+        _ => "warn",
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Up(args) => up(args).await.map_err(Failure::from),
+        Command::Keygen { out, json } => keygen(&out, json).map_err(Failure::from),
+        Command::Register(args) => register(args).await,
+        Command::Send(args) => send(args).await,
+        Command::Recv(args) => recv(args).await,
+    }
+}
+
+/// Defaults, then the file, then `LEVEE_<FIELD>` variables, then flags.
+fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
+    let defaults = Serialized::defaults(NodeConfig::default());
+    // Only variables named after config fields: LEVEE_IDENTITY and friends belong to the
+    // client commands and must not trip `deny_unknown_fields`.
+    let fields: Vec<String> = match toml::Value::try_from(NodeConfig::default()) {
+        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let mut figment = Figment::from(defaults);
+    if let Some(path) = &args.config {
+        if !path.exists() {
+            return Err(anyhow!("config file {} does not exist", path.display()));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment
+        .merge(Env::prefixed("LEVEE_").filter(move |k| fields.iter().any(|f| k == f.as_str())));
+    let mut config: NodeConfig = figment.extract().context("reading configuration")?;
+    if let Some(data) = &args.data {
+        config.data_dir = data.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    Ok(config)
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let config = node_config(&args)?;
+    let data_dir = config.data_dir.clone();
+    let node = Node::open(config).context("starting the node")?;
+    let addr = node.local_addr();
+    let fingerprint = node.fingerprint();
+    println!("levee node ready");
+    println!("  address:     {addr}");
+    println!("  fingerprint: {fingerprint}");
+    println!("  data:        {}", data_dir.display());
+    if node.generated_certificate() {
+        println!(
+            "  (generated a new self-signed certificate in {})",
+            data_dir.join("tls").display()
+        );
+    }
+    println!();
+    println!("try it:");
+    println!("  levee keygen --out alice.key");
+    println!("  levee register --identity alice.key --server {addr} --fingerprint {fingerprint}");
+    println!("stop with Ctrl-C");
+    let shutdown = async {
+        // If the handler cannot be installed the node runs until killed, which is what a
+        // service manager would do to it anyway.
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    node.run(shutdown)
+        .await
+        .context("node stopped with an error")?;
+    println!("levee node stopped");
+    Ok(())
+}
+
+fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
+    let identity = Identity::generate()?;
+    identity.write_new(out)?;
+    let account = identity.account();
+    if json {
+        println!(
+            "{}",
+            json!({ "account": account.to_string(), "identity": out.display().to_string() })
+        );
+    } else {
+        println!("{account}");
+        eprintln!(
+            "wrote the private key to {} (keep it: losing it loses the account)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+    let identity = Identity::read(&args.identity).map_err(anyhow::Error::from)?;
+    let trust = match (&args.fingerprint, &args.ca) {
+        (Some(fp), _) => Trust::Fingerprint(*fp),
+        (None, Some(ca)) => Trust::ca_bundle_file(ca).map_err(anyhow::Error::from)?,
+        (None, None) => {
+            return Err(anyhow!(
+                "pass --fingerprint (printed by `levee up`) or --ca FILE to trust the server"
+            )
+            .into());
+        }
+    };
+    let mut config = ClientConfig::new(args.server, trust);
+    config.server_name = args.server_name.clone();
+    Ok(Client::connect(&config, identity).await?)
+}
+
+async fn register(args: ClientArgs) -> Result<(), Failure> {
+    let client = connect(&args).await?;
+    let created = client.register().await?;
+    let account = client.account();
+    if args.json {
+        println!(
+            "{}",
+            json!({ "account": account.to_string(), "created": created })
+        );
+    } else if created {
+        println!("registered {account}");
+    } else {
+        println!("already registered {account}");
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// Authenticates, turning "unknown account" into advice.
+async fn login(client: &Client) -> Result<(), Failure> {
+    match client.authenticate().await {
+        Err(e) if e.code() == Some(levee_relay::wire::pb::ErrorCode::UnknownAccount) => {
+            Err(anyhow::Error::from(e)
+                .context("this identity is not registered; run `levee register` first")
+                .into())
+        }
+        other => Ok(other?),
+    }
+}
+
+async fn send(args: SendArgs) -> Result<(), Failure> {
+    let payload = match (&args.text, &args.file) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => return Err(anyhow!("pass --text or --file").into()),
+    };
+    let client = connect(&args.client).await?;
+    login(&client).await?;
+    let envelope_id = client.send(&args.to, payload).await?;
+    if args.client.json {
+        println!(
+            "{}",
+            json!({ "envelope_id": envelope_id, "to": args.to.to_string() })
+        );
+    } else {
+        println!("sent envelope {envelope_id} to {}", args.to);
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn print_delivery(d: &Delivery, json: bool) {
+    let text = std::str::from_utf8(&d.ciphertext).ok();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "envelope_id": d.envelope_id,
+                "client_message_id": hex::encode(d.client_message_id),
+                "accepted_at_ms": d.accepted_at_ms,
+                "text": text,
+                "ciphertext_hex": hex::encode(&d.ciphertext),
+            })
+        );
+    } else {
+        match text {
+            Some(text) => println!("[{}] {text}", d.envelope_id),
+            None => println!(
+                "[{}] ({} bytes, not text) {}",
+                d.envelope_id,
+                d.ciphertext.len(),
+                hex::encode(&d.ciphertext)
+            ),
+        }
+    }
+}
+
+async fn recv(args: RecvArgs) -> Result<(), Failure> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(anyhow!("--timeout must be a positive number of seconds").into());
+    }
+    let wait = Duration::from_secs_f64(args.timeout);
+    let client = connect(&args.client).await?;
+    login(&client).await?;
+    let mut inbox = client.subscribe().await?;
+    let mut received = 0usize;
+    while args.count.is_none_or(|n| received < n) {
+        let Ok(next) = tokio::time::timeout(wait, inbox.next()).await else {
+            break;
+        };
+        let Some(delivery) = next else {
+            return Err(anyhow!("the connection closed after {received} envelopes").into());
+        };
+        print_delivery(&delivery, args.client.json);
+        // Acknowledge only after the envelope is printed (and so in the caller's hands).
+        use std::io::Write;
+        std::io::stdout().flush().context("writing to stdout")?;
+        client.ack(&[delivery.envelope_id]).await?;
+        received += 1;
+    }
+    client.close().await;
+    match args.count {
+        Some(n) if received < n => Err(Failure {
+            code: 6,
+            error: anyhow!(
+                "received {received} of {n} envelopes before the {}s timeout",
+                args.timeout
+            ),
+        }),
+        _ => Ok(()),
+    }
+}

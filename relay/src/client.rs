@@ -1,0 +1,541 @@
+//! The Levee client library: connect, register or log in, send, receive, acknowledge.
+//!
+//! ```no_run
+//! # async fn demo(fingerprint: levee_relay::tls::Fingerprint, friend: levee_relay::AccountId)
+//! #     -> Result<(), levee_relay::client::ClientError> {
+//! use levee_relay::client::{Client, ClientConfig};
+//! use levee_relay::{Identity, tls::Trust};
+//!
+//! let config = ClientConfig::new("127.0.0.1:4433".parse().unwrap(), Trust::Fingerprint(fingerprint));
+//! let client = Client::connect(&config, Identity::generate().unwrap()).await?;
+//! client.register().await?;
+//! client.send(&friend, b"ciphertext".to_vec()).await?;
+//! let mut inbox = client.subscribe().await?;
+//! while let Some(envelope) = inbox.next().await {
+//!     client.ack(&[envelope.envelope_id]).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Requests are pipelined: a `Client` is shared by reference across tasks, and every call
+//! is one request in flight on the same connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::identity::{AccountId, Identity, Purpose, transcript};
+use crate::tls::{MismatchFlag, Trust, quic_client_config};
+use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+use crate::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame};
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The node's UDP address.
+    pub server: SocketAddr,
+    /// The TLS server name to verify (CA mode); ignored when pinning a fingerprint.
+    pub server_name: String,
+    /// How to trust the node's certificate.
+    pub trust: Trust,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+    /// Give up on one request after this long.
+    pub request_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: server name `localhost`, 5 s to connect, 30 s per request.
+    pub fn new(server: SocketAddr, trust: Trust) -> Self {
+        Self {
+            server,
+            server_name: "localhost".into(),
+            trust,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node did not answer (wrong address, not running, firewall).
+    #[error("cannot reach {server}: {reason}")]
+    Unreachable {
+        /// The address tried.
+        server: SocketAddr,
+        /// What happened.
+        reason: String,
+    },
+    /// The node's certificate is not the pinned one.
+    #[error("the server's certificate does not match the pinned fingerprint")]
+    CertificateMismatch,
+    /// TLS or QUIC set-up failed for another reason.
+    #[error("TLS/QUIC: {0}")]
+    Tls(String),
+    /// The connection ended.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The node answered with an error.
+    #[error("server refused: {}: {message}", code.as_str_name())]
+    Refused {
+        /// The protocol error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+        /// When the server says to come back, if it does.
+        retry_after: Option<Duration>,
+    },
+    /// The node answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// A local argument is invalid (e.g. an envelope over the node's limit).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The protocol error code, when the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// An envelope delivered to this client's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Acknowledge with this id.
+    pub envelope_id: u64,
+    /// The opaque payload as the sender sent it.
+    pub ciphertext: Bytes,
+    /// The sender's message id; the same for every copy of a re-sent message.
+    pub client_message_id: [u8; 16],
+    /// When the relay accepted it (ms since the Unix epoch).
+    pub accepted_at_ms: u64,
+}
+
+/// The stream of deliveries after [`Client::subscribe`]: the backlog, then live ones.
+#[derive(Debug)]
+pub struct Deliveries {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Deliveries {
+    /// The next envelope; `None` once the connection has closed.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+}
+
+/// What the node said about an acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckReceipt {
+    /// Envelopes deleted.
+    pub deleted: u32,
+    /// Ids that were not in this mailbox.
+    pub unknown_ids: Vec<u64>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::Response>>>>;
+
+fn lock(p: &Pending) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::Response>>> {
+    // Holds only reply channels; a panic elsewhere cannot leave it inconsistent.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection to a relay node, acting as one identity.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    identity: Identity,
+    exporter: [u8; 32],
+    outbox: mpsc::UnboundedSender<Bytes>,
+    pending: Pending,
+    deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    next_id: AtomicU64,
+    request_timeout: Duration,
+    max_envelope_bytes: Mutex<Option<u32>>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("account", &self.identity.account())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and opens the session stream. Does not authenticate: call
+    /// [`register`](Self::register) or [`authenticate`](Self::authenticate) next.
+    pub async fn connect(config: &ClientConfig, identity: Identity) -> Result<Self, ClientError> {
+        let (crypto, mismatch) =
+            quic_client_config(&config.trust).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // Keeps an idle subscription alive through the node's idle timeout.
+        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        client_config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if config.server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("a literal socket address");
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
+            server: config.server,
+            reason: format!("cannot open a UDP socket: {e}"),
+        })?;
+        endpoint.set_default_client_config(client_config);
+        let unreachable = |reason: String| ClientError::Unreachable {
+            server: config.server,
+            reason,
+        };
+        let connecting = endpoint
+            .connect(config.server, &config.server_name)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {:?}",
+                    config.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(connect_error(e, &mismatch, config.server)),
+            Ok(Ok(conn)) => conn,
+        };
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Closed(e.to_string()))?;
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let (deliveries_tx, deliveries_rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::default();
+        tokio::spawn(write_loop(send, outbox_rx));
+        tokio::spawn(read_loop(recv, pending.clone(), deliveries_tx));
+        Ok(Self {
+            endpoint,
+            conn,
+            identity,
+            exporter,
+            outbox,
+            pending,
+            deliveries: Mutex::new(Some(deliveries_rx)),
+            next_id: AtomicU64::new(1),
+            request_timeout: config.request_timeout,
+            max_envelope_bytes: Mutex::new(None),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The account this client acts as.
+    pub fn account(&self) -> AccountId {
+        self.identity.account()
+    }
+
+    /// Sends one request and waits for its answer. Error answers are returned as
+    /// [`ClientError::Refused`].
+    pub async fn request(&self, body: Body) -> Result<R, ClientError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(request_id, tx);
+        let frame = encode_frame(&pb::ClientFrame {
+            request_id,
+            body: Some(body),
+        });
+        if self.outbox.send(frame).is_err() {
+            lock(&self.pending).remove(&request_id);
+            return Err(self.closed());
+        }
+        let response = match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => return Err(self.closed()),
+            Err(_) => {
+                lock(&self.pending).remove(&request_id);
+                return Err(ClientError::Timeout(self.request_timeout));
+            }
+        };
+        match response.result {
+            Some(R::Error(e)) => Err(ClientError::Refused {
+                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                message: e.message,
+                retry_after: (e.retry_after_ms > 0)
+                    .then(|| Duration::from_millis(e.retry_after_ms)),
+            }),
+            Some(result) => Ok(result),
+            None => Err(ClientError::Protocol("empty response".into())),
+        }
+    }
+
+    fn closed(&self) -> ClientError {
+        ClientError::Closed(
+            self.conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "stream ended".into()),
+        )
+    }
+
+    async fn challenge(&self) -> Result<[u8; 32], ClientError> {
+        match self
+            .request(Body::Hello(pb::Hello {
+                client: format!("levee-relay/{}", env!("CARGO_PKG_VERSION")),
+            }))
+            .await?
+        {
+            R::Challenge(c) => {
+                *self
+                    .max_envelope_bytes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(c.max_envelope_bytes);
+                c.nonce
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ClientError::Protocol("challenge nonce is not 32 bytes".into()))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn prove(&self, purpose: Purpose) -> Result<bool, ClientError> {
+        let nonce = self.challenge().await?;
+        let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
+            purpose,
+            &self.exporter,
+            &nonce,
+        )));
+        let public_key = Bytes::copy_from_slice(self.identity.account().as_bytes());
+        let body = match purpose {
+            Purpose::Register => Body::Register(pb::Register {
+                public_key,
+                signature,
+            }),
+            Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
+                public_key,
+                signature,
+            }),
+        };
+        match self.request(body).await? {
+            R::Authenticated(a) => Ok(a.created),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Registers this identity's account (idempotent) and authenticates the session.
+    /// Returns whether the account was created now.
+    pub async fn register(&self) -> Result<bool, ClientError> {
+        self.prove(Purpose::Register).await
+    }
+
+    /// Authenticates the session as this identity's existing account.
+    pub async fn authenticate(&self) -> Result<(), ClientError> {
+        self.prove(Purpose::Authenticate).await.map(|_| ())
+    }
+
+    /// Sends an envelope with a fresh random client message id. Returns the relay's
+    /// envelope id once the envelope is durable.
+    pub async fn send(
+        &self,
+        to: &AccountId,
+        ciphertext: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let mut id = [0u8; 16];
+        self.rng
+            .fill(&mut id)
+            .map_err(|_| ClientError::Invalid("no randomness".into()))?;
+        self.send_with_id(to, ciphertext, id).await
+    }
+
+    /// Sends with a chosen client message id: re-sending the same id (e.g. after a lost
+    /// answer) stores the envelope once.
+    pub async fn send_with_id(
+        &self,
+        to: &AccountId,
+        ciphertext: impl Into<Bytes>,
+        client_message_id: [u8; 16],
+    ) -> Result<u64, ClientError> {
+        let ciphertext = ciphertext.into();
+        let limit = *self
+            .max_envelope_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = limit.filter(|l| ciphertext.len() > *l as usize) {
+            return Err(ClientError::Invalid(format!(
+                "envelope of {} bytes exceeds the server's limit of {limit}",
+                ciphertext.len()
+            )));
+        }
+        let body = Body::Send(pb::Send {
+            recipient: Bytes::copy_from_slice(to.as_bytes()),
+            ciphertext,
+            client_message_id: Bytes::copy_from_slice(&client_message_id),
+        });
+        match self.request(body).await? {
+            R::SendOk(ok) => Ok(ok.envelope_id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Subscribes to this account's mailbox. Can be called once per client.
+    pub async fn subscribe(&self) -> Result<Deliveries, ClientError> {
+        let rx = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| ClientError::Invalid("already subscribed".into()))?;
+        match self.request(Body::Subscribe(pb::Subscribe {})).await? {
+            R::SubscribeOk(_) => Ok(Deliveries { rx }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Acknowledges delivered envelopes; they are deleted once this returns.
+    pub async fn ack(&self, envelope_ids: &[u64]) -> Result<AckReceipt, ClientError> {
+        match self
+            .request(Body::Ack(pb::Ack {
+                envelope_ids: envelope_ids.to_vec(),
+            }))
+            .await?
+        {
+            R::AckOk(ok) => Ok(AckReceipt {
+                deleted: ok.deleted,
+                unknown_ids: ok.unknown_ids,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Round-trip time of one ping.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        match self.request(Body::Ping(pb::Ping {})).await? {
+            R::Pong(_) => Ok(start.elapsed()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Closes the connection and waits briefly for the close to reach the node.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn unexpected(r: &R) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {r:?}"))
+}
+
+fn connect_error(
+    e: quinn::ConnectionError,
+    mismatch: &MismatchFlag,
+    server: SocketAddr,
+) -> ClientError {
+    if mismatch.seen() {
+        return ClientError::CertificateMismatch;
+    }
+    match e {
+        quinn::ConnectionError::TimedOut => ClientError::Unreachable {
+            server,
+            reason: "timed out".into(),
+        },
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            ClientError::Closed(format!("refused by server: {c}"))
+        }
+        quinn::ConnectionError::TransportError(t) => ClientError::Tls(t.to_string()),
+        other => ClientError::Closed(other.to_string()),
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = rx.recv().await {
+        buf.extend_from_slice(&frame);
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+}
+
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    pending: Pending,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+) {
+    // The client trusts the node it chose, but still refuses to buffer without bound.
+    let mut decoder = FrameDecoder::new(32 * 1024 * 1024);
+    loop {
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable frame from server; closing");
+                    lock(&pending).clear();
+                    return;
+                }
+            };
+            let Ok(frame) = pb::ServerFrame::decode(frame) else {
+                tracing::warn!("server frame did not decode; ignoring it");
+                continue;
+            };
+            match frame.body {
+                Some(pb::server_frame::Body::Response(r)) => {
+                    if r.request_id == 0 {
+                        tracing::warn!(response = ?r.result, "connection-level error from server");
+                    } else if let Some(tx) = lock(&pending).remove(&r.request_id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Some(pb::server_frame::Body::Delivery(d)) => {
+                    let Ok(client_message_id) = d.client_message_id.as_ref().try_into() else {
+                        tracing::warn!("delivery with a malformed client message id; ignoring it");
+                        continue;
+                    };
+                    let _ = deliveries.send(Delivery {
+                        envelope_id: d.envelope_id,
+                        ciphertext: d.ciphertext,
+                        client_message_id,
+                        accepted_at_ms: d.accepted_at_ms,
+                    });
+                }
+                None => {}
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            Ok(None) | Err(_) => {
+                // Dropping the reply channels fails every outstanding request at once.
+                lock(&pending).clear();
+                return;
+            }
+        }
+    }
+}

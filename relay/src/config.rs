@@ -1,0 +1,103 @@
+//! Node configuration. Every field has a default that works with no file at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one relay node (embedded deployment).
+///
+/// Read by the `levee` binary from a TOML file (`--config`), then `LEVEE_*` environment
+/// variables, then command-line flags, each overriding the one before. See
+/// `docs/levee.example.toml` for a commented example of every field.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// UDP address to listen on for QUIC.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and the generated TLS certificate.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain for production; with `tls_key`. When unset, a self-signed
+    /// certificate is generated in `data_dir/tls` on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest envelope ciphertext accepted, in bytes.
+    pub max_envelope_bytes: u32,
+    /// Quota: most unacknowledged envelopes one mailbox may hold.
+    pub mailbox_max_envelopes: u64,
+    /// Quota: most unacknowledged ciphertext bytes one mailbox may hold.
+    pub mailbox_max_bytes: u64,
+    /// How long an unacknowledged envelope is kept, in seconds (default 14 days).
+    pub envelope_ttl_secs: u64,
+    /// Number of shards (delivery-log partitions). Fixed once a data directory exists.
+    pub shards: u32,
+    /// Most concurrent client connections; further ones are refused at once.
+    pub max_connections: u32,
+    /// Most requests one connection may have in progress; beyond it the node stops
+    /// reading from that connection (QUIC flow control then slows the client).
+    pub max_requests_in_flight: u32,
+    /// A connection silent for this long (seconds) is closed. Clients ping to stay.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: PathBuf::from(".levee"),
+            tls_cert: None,
+            tls_key: None,
+            max_envelope_bytes: 64 * 1024,
+            mailbox_max_envelopes: 10_000,
+            mailbox_max_bytes: 64 * 1024 * 1024,
+            envelope_ttl_secs: 14 * 24 * 3600,
+            shards: 256,
+            max_connections: 10_000,
+            max_requests_in_flight: 256,
+            idle_timeout_secs: 30,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks values that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_envelope_bytes", u64::from(self.max_envelope_bytes)),
+            ("mailbox_max_envelopes", self.mailbox_max_envelopes),
+            ("mailbox_max_bytes", self.mailbox_max_bytes),
+            ("envelope_ttl_secs", self.envelope_ttl_secs),
+            ("shards", u64::from(self.shards)),
+            ("max_connections", u64::from(self.max_connections)),
+            (
+                "max_requests_in_flight",
+                u64::from(self.max_requests_in_flight),
+            ),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be greater than 0"));
+        }
+        if self.max_envelope_bytes > 16 * 1024 * 1024 {
+            return Err("max_envelope_bytes may be at most 16 MiB".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together".into());
+        }
+        Ok(())
+    }
+
+    /// The largest frame the node reads: room for an envelope twice over the limit, so a
+    /// moderately oversized envelope still gets a per-request TOO_LARGE answer instead of
+    /// a closed connection.
+    pub fn max_frame_bytes(&self) -> usize {
+        2 * self.max_envelope_bytes as usize + 4096
+    }
+
+    /// [`envelope_ttl_secs`](Self::envelope_ttl_secs) as a duration.
+    pub fn envelope_ttl(&self) -> Duration {
+        Duration::from_secs(self.envelope_ttl_secs)
+    }
+}

@@ -1,0 +1,480 @@
+//! One client connection: read frames, apply the session rules, answer, push deliveries.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use levee_queue::LogRecord;
+use levee_sharding::{MailboxId, shard_of};
+use prost::Message;
+use ring::digest;
+use ring::rand::SecureRandom;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::Shared;
+use crate::clock::now_ms;
+use crate::identity::Purpose;
+use crate::session::{Refusal, Session};
+use crate::wire::internal::LoggedEnvelope;
+use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, encode_frame};
+
+/// How long a client has to complete the handshake and open its session stream.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued for the writer before producers wait (backpressure to the pumps).
+const OUTBOX: usize = 1024;
+/// Envelopes read from the store per pump round.
+const PUMP_BATCH: usize = 256;
+/// Suggested back-off when storage fails.
+const STORAGE_RETRY_MS: u64 = 1_000;
+
+/// QUIC application close codes.
+mod close {
+    pub const NORMAL: u32 = 0;
+    pub const PROTOCOL: u32 = 1;
+}
+
+/// Decrements the connection count when the connection task ends, however it ends.
+struct Counted(Arc<Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one incoming connection until it closes.
+pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(shared.clone());
+    // Errors here are the client's business (it went away, or spoke badly); they are not
+    // logged with any detail that could identify the client.
+    let Ok(Ok(conn)) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
+    else {
+        return;
+    };
+    let Ok(Ok((send, recv))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
+    else {
+        conn.close(close::PROTOCOL.into(), b"open the session stream first");
+        return;
+    };
+    let mut exporter = [0u8; 32];
+    if conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        conn.close(close::PROTOCOL.into(), b"TLS exporter unavailable");
+        return;
+    }
+    let (outbox, rx) = mpsc::channel(OUTBOX);
+    let writer = tokio::spawn(write_frames(send, rx));
+    let mut handler = Connection {
+        shared: shared.clone(),
+        session: Session::new(exporter),
+        outbox,
+        tasks: JoinSet::new(),
+        in_flight: Arc::new(Semaphore::new(
+            shared.config.max_requests_in_flight as usize,
+        )),
+    };
+    let close_code = handler.read_loop(recv).await;
+    // Stop work on behalf of this connection, let the writer flush what is queued (such as
+    // the error that ended the session), then close.
+    handler.tasks.shutdown().await;
+    drop(handler);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    conn.close(close_code.into(), b"");
+}
+
+/// Writes queued frames to the session stream, coalescing bursts into one write.
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<pb::ServerFrame>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = rx.recv().await {
+        buf.extend_from_slice(&encode_frame(&frame));
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&encode_frame(&frame)),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    session: Session,
+    outbox: mpsc::Sender<pb::ServerFrame>,
+    /// Requests in progress and the mailbox pump; aborted when the connection ends.
+    tasks: JoinSet<()>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Connection {
+    /// Reads and dispatches frames until the stream ends or breaks; returns the close code.
+    async fn read_loop(&mut self, mut recv: quinn::RecvStream) -> u32 {
+        let mut decoder = FrameDecoder::new(self.shared.config.max_frame_bytes());
+        loop {
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => self.dispatch(frame).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let code = match e {
+                            FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                            FrameError::BadLength => ErrorCode::Malformed,
+                        };
+                        self.respond(pb::Response::error(0, code, e.to_string()))
+                            .await;
+                        return close::PROTOCOL;
+                    }
+                }
+                // Reap finished request tasks so the set does not grow without bound.
+                while self.tasks.try_join_next().is_some() {}
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+                Ok(None) | Err(_) => return close::NORMAL,
+            }
+        }
+    }
+
+    async fn respond(&self, response: pb::Response) {
+        // A closed outbox means the connection is going away; nothing left to tell.
+        let _ = self.outbox.send(response.into()).await;
+    }
+
+    async fn refuse(&self, request_id: u64, refusal: Refusal) {
+        self.respond(pb::Response::error(
+            request_id,
+            refusal.code,
+            refusal.message,
+        ))
+        .await;
+    }
+
+    async fn dispatch(&mut self, frame: Bytes) {
+        let Ok(frame) = pb::ClientFrame::decode(frame) else {
+            // The frame boundary is intact, so the session can go on after saying so.
+            self.respond(pb::Response::error(
+                0,
+                ErrorCode::Malformed,
+                "frame is not a ClientFrame",
+            ))
+            .await;
+            return;
+        };
+        let id = frame.request_id;
+        let Some(body) = frame.body else {
+            self.respond(pb::Response::error(
+                id,
+                ErrorCode::Malformed,
+                "empty request",
+            ))
+            .await;
+            return;
+        };
+        match body {
+            Body::Ping(_) => {
+                self.respond(pb::Response::ok(id, R::Pong(pb::Pong {})))
+                    .await
+            }
+            Body::Hello(_) => self.hello(id).await,
+            Body::Register(r) => {
+                self.prove(id, Purpose::Register, r.public_key, r.signature)
+                    .await
+            }
+            Body::Authenticate(a) => {
+                self.prove(id, Purpose::Authenticate, a.public_key, a.signature)
+                    .await
+            }
+            Body::Send(s) => match self.session.account() {
+                Ok(sender) => self.spawn(move |shared| send(shared, id, sender, s)).await,
+                Err(r) => self.refuse(id, r).await,
+            },
+            Body::Ack(a) => match self.session.account() {
+                Ok(owner) => {
+                    self.spawn(move |shared| ack(shared, id, owner, a.envelope_ids))
+                        .await
+                }
+                Err(r) => self.refuse(id, r).await,
+            },
+            Body::Subscribe(_) => match self.session.subscribe() {
+                Ok(owner) => {
+                    self.respond(pb::Response::ok(id, R::SubscribeOk(pb::SubscribeOk {})))
+                        .await;
+                    let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
+                    self.tasks.spawn(pump(shared, owner, outbox));
+                }
+                Err(r) => self.refuse(id, r).await,
+            },
+        }
+    }
+
+    async fn hello(&mut self, id: u64) {
+        let mut nonce = [0u8; 32];
+        if self.shared.rng.fill(&mut nonce).is_err() {
+            self.respond(pb::Response::error(
+                id,
+                ErrorCode::Internal,
+                "no randomness",
+            ))
+            .await;
+            return;
+        }
+        match self.session.hello(nonce) {
+            Ok(()) => {
+                let challenge = pb::Challenge {
+                    nonce: Bytes::copy_from_slice(&nonce),
+                    max_envelope_bytes: self.shared.config.max_envelope_bytes,
+                    max_frame_bytes: self.shared.config.max_frame_bytes() as u32,
+                };
+                self.respond(pb::Response::ok(id, R::Challenge(challenge)))
+                    .await;
+            }
+            Err(r) => self.refuse(id, r).await,
+        }
+    }
+
+    /// `Register` / `Authenticate`. Handled in line, not spawned, so requests pipelined
+    /// behind it already see the authenticated session.
+    async fn prove(&mut self, id: u64, purpose: Purpose, public_key: Bytes, signature: Bytes) {
+        let account = match self.session.verify_proof(purpose, &public_key, &signature) {
+            Ok(account) => account,
+            Err(r) => return self.refuse(id, r).await,
+        };
+        let created = match purpose {
+            Purpose::Register => self.shared.store.create_mailbox(&account).await,
+            Purpose::Authenticate => match self.shared.store.mailbox_exists(&account).await {
+                Ok(true) => Ok(false),
+                Ok(false) => {
+                    let msg = "no account with this key; register first";
+                    return self
+                        .respond(pb::Response::error(id, ErrorCode::UnknownAccount, msg))
+                        .await;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match created {
+            Ok(created) => {
+                self.session.bind(account);
+                let ok = pb::Authenticated {
+                    account_id: Bytes::copy_from_slice(account.as_bytes()),
+                    created,
+                };
+                self.respond(pb::Response::ok(id, R::Authenticated(ok)))
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "account lookup failed");
+                self.respond(storage_error(id)).await;
+            }
+        }
+    }
+
+    /// Runs a request concurrently with the connection's others (pipelining). Waits for a
+    /// slot first, which stops reading from this client while it has too many in progress.
+    async fn spawn<F, Fut>(&mut self, work: F)
+    where
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: std::future::Future<Output = pb::Response> + Send + 'static,
+    {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let outbox = self.outbox.clone();
+        let fut = work(self.shared.clone());
+        self.tasks.spawn(async move {
+            let response = fut.await;
+            let _ = outbox.send(response.into()).await;
+            drop(permit);
+        });
+    }
+}
+
+fn storage_error(id: u64) -> pb::Response {
+    let mut r = pb::Response::error(
+        id,
+        ErrorCode::Unavailable,
+        "storage is unavailable; retry later",
+    );
+    if let Some(R::Error(e)) = &mut r.result {
+        e.retry_after_ms = STORAGE_RETRY_MS;
+    }
+    r
+}
+
+/// Identifies "the same message sent again" without storing who sent it.
+fn dedupe_key(sender: &MailboxId, client_message_id: &[u8; 16]) -> [u8; 16] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"levee dedupe v1");
+    ctx.update(sender.as_bytes());
+    ctx.update(client_message_id);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
+}
+
+/// `Send`: validate, check the recipient and its quota, append durably, answer.
+async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) -> pb::Response {
+    let err = |code, msg: &str| pb::Response::error(id, code, msg);
+    let Some(recipient) = MailboxId::from_slice(&req.recipient) else {
+        return err(ErrorCode::Malformed, "recipient must be 32 bytes");
+    };
+    let Ok(client_message_id) = <[u8; 16]>::try_from(req.client_message_id.as_ref()) else {
+        return err(ErrorCode::Malformed, "client_message_id must be 16 bytes");
+    };
+    let max = shared.config.max_envelope_bytes as usize;
+    if req.ciphertext.len() > max {
+        return err(
+            ErrorCode::TooLarge,
+            &format!("envelope of {} bytes exceeds {max}", req.ciphertext.len()),
+        );
+    }
+    match shared.store.mailbox_exists(&recipient).await {
+        Ok(true) => {}
+        Ok(false) => return err(ErrorCode::UnknownRecipient, "no account with that id"),
+        Err(e) => {
+            tracing::error!(error = %e, "recipient lookup failed");
+            return storage_error(id);
+        }
+    }
+    match shared.store.usage(&recipient).await {
+        Ok(u)
+            if u.envelopes >= shared.config.mailbox_max_envelopes
+                || u.bytes + req.ciphertext.len() as u64 > shared.config.mailbox_max_bytes =>
+        {
+            return err(
+                ErrorCode::MailboxFull,
+                "the recipient's mailbox is full until it is drained",
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "quota lookup failed");
+            return storage_error(id);
+        }
+    }
+    let accepted_at_ms = now_ms();
+    let logged = LoggedEnvelope {
+        dedupe_key: Bytes::copy_from_slice(&dedupe_key(&sender, &client_message_id)),
+        client_message_id: req.client_message_id,
+        accepted_at_ms,
+        expires_at_ms: accepted_at_ms
+            .saturating_add(shared.config.envelope_ttl_secs.saturating_mul(1000)),
+        ciphertext: req.ciphertext,
+    };
+    let record = LogRecord {
+        shard: shard_of(&recipient, shared.log.shards()),
+        mailbox: recipient,
+        payload: logged.encode_to_vec().into(),
+    };
+    match shared.log.append(vec![record]).await {
+        Ok(positions) => match positions.first() {
+            Some(p) => pb::Response::ok(
+                id,
+                R::SendOk(pb::SendOk {
+                    envelope_id: p.offset,
+                }),
+            ),
+            None => err(ErrorCode::Internal, "the log returned no position"),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "delivery log append failed");
+            storage_error(id)
+        }
+    }
+}
+
+/// `Ack`: delete from the session's own mailbox only, durably.
+async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> pb::Response {
+    match shared.store.ack(&owner, &ids).await {
+        Ok(outcome) => pb::Response::ok(
+            id,
+            R::AckOk(pb::AckOk {
+                deleted: outcome.deleted,
+                unknown_ids: outcome.unknown,
+            }),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "acknowledgement failed");
+            storage_error(id)
+        }
+    }
+}
+
+/// Sends `owner`'s backlog, oldest first, then every envelope stored after it, until the
+/// connection ends. One code path for both: read everything after the cursor, then wait for
+/// the delivery worker to say there is more.
+async fn pump(shared: Arc<Shared>, owner: MailboxId, outbox: mpsc::Sender<pb::ServerFrame>) {
+    let mut watching = Watching {
+        more: Some(shared.presence.watch(owner)),
+        shared: shared.clone(),
+        owner,
+    };
+    // Present from the line above until the guard drops.
+    let more = watching.more.as_mut().expect("just set");
+    let mut cursor = None;
+    'pump: loop {
+        more.borrow_and_update();
+        let batch = match shared
+            .store
+            .read(&owner, cursor, PUMP_BATCH, now_ms())
+            .await
+        {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "mailbox read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(STORAGE_RETRY_MS)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                changed = more.changed() => if changed.is_err() { break 'pump },
+                () = outbox.closed() => break 'pump,
+            }
+            continue;
+        }
+        for e in batch {
+            cursor = Some(e.id);
+            let delivery = pb::Delivery {
+                envelope_id: e.id,
+                ciphertext: e.ciphertext,
+                client_message_id: Bytes::copy_from_slice(&e.client_message_id),
+                accepted_at_ms: e.accepted_at_ms,
+            };
+            let frame = pb::ServerFrame {
+                body: Some(pb::server_frame::Body::Delivery(delivery)),
+            };
+            if outbox.send(frame).await.is_err() {
+                break 'pump;
+            }
+        }
+    }
+}
+
+/// A pump's subscription; unregisters it however the pump ends (including being aborted
+/// when its connection closes).
+struct Watching {
+    shared: Arc<Shared>,
+    owner: MailboxId,
+    more: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.more = None;
+        self.shared.presence.release(&self.owner);
+    }
+}

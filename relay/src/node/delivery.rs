@@ -1,0 +1,180 @@
+//! Moving envelopes from the delivery log into mailboxes, and waking the connections that
+//! are waiting for them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use levee_queue::{LogConsumer, LoggedRecord};
+use levee_sharding::{InsertOutcome, MailboxId, NewEnvelope, ShardId};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::Shared;
+use super::tokio_util_shim::CancelToken;
+use crate::clock::now_ms;
+use crate::wire::internal::LoggedEnvelope;
+
+/// Consumer group of the delivery workers.
+const DELIVERY_GROUP: &str = "levee-delivery";
+/// Records moved per store batch: large enough to amortise one fsync over many envelopes.
+const DELIVERY_BATCH: usize = 1024;
+
+/// Which mailboxes have a subscriber on this node, and a way to wake them.
+///
+/// A subscriber holds a `watch::Receiver`; the delivery worker bumps the mailbox's counter
+/// after storing envelopes for it. A watch never loses a wake-up between a subscriber's
+/// read and its wait, which a bare `Notify` could.
+#[derive(Default)]
+pub(crate) struct Presence {
+    mailboxes: Mutex<HashMap<MailboxId, watch::Sender<u64>>>,
+}
+
+impl Presence {
+    fn lock(&self) -> MutexGuard<'_, HashMap<MailboxId, watch::Sender<u64>>> {
+        // The map holds only channels; a panic elsewhere cannot leave it inconsistent.
+        self.mailboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts watching `mailbox` for new envelopes.
+    pub fn watch(&self, mailbox: MailboxId) -> watch::Receiver<u64> {
+        self.lock()
+            .entry(mailbox)
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Wakes the subscribers of `mailbox`, if any.
+    pub fn notify(&self, mailbox: &MailboxId) {
+        if let Some(tx) = self.lock().get(mailbox) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Forgets `mailbox` once its last subscriber is gone. Call after dropping a receiver.
+    pub fn release(&self, mailbox: &MailboxId) {
+        let mut map = self.lock();
+        if map.get(mailbox).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(mailbox);
+        }
+    }
+}
+
+/// Turns a log record into the envelope to store; `None` if its payload is not ours.
+fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
+    let logged = LoggedEnvelope::decode(record.payload.clone()).ok()?;
+    Some(NewEnvelope {
+        mailbox: record.mailbox,
+        id: record.position.offset,
+        dedupe_key: logged.dedupe_key.as_ref().try_into().ok()?,
+        client_message_id: logged.client_message_id.as_ref().try_into().ok()?,
+        accepted_at_ms: logged.accepted_at_ms,
+        expires_at_ms: logged.expires_at_ms,
+        ciphertext: logged.ciphertext,
+    })
+}
+
+/// The delivery worker: log → mailbox store → commit → wake subscribers, for `shards`.
+///
+/// A batch is committed to the log only after the store made it durable, and retried until
+/// it is, so an envelope acknowledged to its sender cannot fall between the two.
+pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: CancelToken) {
+    let mut consumer: Box<dyn LogConsumer> = loop {
+        match shared.log.consumer(DELIVERY_GROUP).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the delivery log consumer; retrying");
+                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+            }
+        }
+    };
+    while let Err(e) = consumer.assign(&shards).await {
+        tracing::error!(error = %e, "cannot assign shards; retrying");
+        if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+            return;
+        }
+    }
+    loop {
+        let records = tokio::select! {
+            () = stop.cancelled() => return,
+            polled = consumer.poll(DELIVERY_BATCH, Duration::from_millis(250)) => match polled {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery log poll failed");
+                    if sleep_or_stop(&stop, Duration::from_millis(500)).await { return; }
+                    continue;
+                }
+            },
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let mut envelopes = Vec::with_capacity(records.len());
+        for record in &records {
+            match to_envelope(record) {
+                Some(e) => envelopes.push(e),
+                // Only Levee writes this log; an undecodable record is damage, not input.
+                // Skipping it keeps the other mailboxes flowing, and it is logged loudly.
+                None => tracing::error!(
+                    shard = record.position.shard,
+                    offset = record.position.offset,
+                    "undecodable delivery log record skipped"
+                ),
+            }
+        }
+        let outcomes = loop {
+            match shared.store.insert(envelopes.clone()).await {
+                Ok(outcomes) => break outcomes,
+                Err(e) => {
+                    tracing::error!(error = %e, "mailbox store insert failed; retrying the batch");
+                    if sleep_or_stop(&stop, Duration::from_millis(500)).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let positions: Vec<_> = records.iter().map(|r| r.position).collect();
+        if let Err(e) = consumer.commit(&positions).await {
+            // Harmless: the records are stored, and re-reading them later is idempotent.
+            tracing::warn!(error = %e, "delivery log commit failed");
+        }
+        let woken: HashSet<MailboxId> = envelopes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == InsertOutcome::Stored)
+            .map(|(e, _)| e.mailbox)
+            .collect();
+        for mailbox in &woken {
+            shared.presence.notify(mailbox);
+        }
+    }
+}
+
+/// Deletes expired envelopes once a minute.
+pub(crate) async fn sweep_expired(shared: Arc<Shared>, stop: CancelToken) {
+    loop {
+        if sleep_or_stop(&stop, Duration::from_secs(60)).await {
+            return;
+        }
+        loop {
+            match shared.store.expire(now_ms(), 10_000).await {
+                Ok(n) if n == 10_000 => continue, // more to do
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `d`; returns true if the node is stopping instead.
+async fn sleep_or_stop(stop: &CancelToken, d: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}

@@ -1,0 +1,219 @@
+//! The relay node runtime: the I/O shell around the session rules, the mailbox store and
+//! the delivery log.
+
+mod connection;
+mod delivery;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use levee_queue::{DeliveryLog, EmbeddedLog, LogError};
+use levee_sharding::{EmbeddedMailboxStore, EmbeddedStore, MailboxStore, StoreError};
+use ring::rand::SystemRandom;
+use tokio::task::JoinSet;
+use tokio_util_shim::CancelToken;
+
+use crate::config::NodeConfig;
+use crate::tls::{Fingerprint, ServerCert, TlsError};
+
+pub(crate) use delivery::Presence;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Certificates could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The mailbox store failed to open.
+    #[error("mailbox store: {0}")]
+    Store(#[from] StoreError),
+    /// The delivery log failed to open.
+    #[error("delivery log: {0}")]
+    Log(#[from] LogError),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What every connection of a node shares.
+pub(crate) struct Shared {
+    pub config: NodeConfig,
+    pub store: Arc<dyn MailboxStore>,
+    pub log: Arc<dyn DeliveryLog>,
+    pub presence: Presence,
+    pub rng: SystemRandom,
+    pub connections: AtomicUsize,
+}
+
+/// A relay node, bound and ready to run.
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    fingerprint: Fingerprint,
+    generated_cert: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the embedded store in `config.data_dir`, loads or generates the certificate and
+    /// binds the QUIC endpoint. Nothing is served until [`run`](Self::run).
+    pub fn open(config: NodeConfig) -> Result<Self, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        let db = EmbeddedStore::open(&config.data_dir.join("db"))?;
+        let store = Arc::new(EmbeddedMailboxStore::open(&db)?);
+        let log = Arc::new(EmbeddedLog::open(&db, config.shards)?);
+        Self::with_backends(config, store, log)
+    }
+
+    /// Like [`open`](Self::open) with the given mailbox store and delivery log.
+    pub fn with_backends(
+        config: NodeConfig,
+        store: Arc<dyn MailboxStore>,
+        log: Arc<dyn DeliveryLog>,
+    ) -> Result<Self, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        if log.shards() != config.shards {
+            return Err(NodeError::Config(format!(
+                "the delivery log has {} shards but the configuration says {}",
+                log.shards(),
+                config.shards
+            )));
+        }
+        let (cert, generated_cert) = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => (ServerCert::from_files(cert, key)?, false),
+            _ => ServerCert::load_or_generate(&config.data_dir.join("tls"))?,
+        };
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(Arc::new(cert.quic_server_config()?));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                Duration::from_secs(config.idle_timeout_secs)
+                    .try_into()
+                    .map_err(|_| NodeError::Config("idle_timeout_secs is too large".into()))?,
+            ))
+            // One session stream per connection; more are refused by QUIC itself.
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            NodeError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        Ok(Self {
+            endpoint,
+            fingerprint: cert.fingerprint(),
+            generated_cert,
+            shared: Arc::new(Shared {
+                config,
+                store,
+                log,
+                presence: Presence::default(),
+                rng: SystemRandom::new(),
+                connections: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The bound address (useful after listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // The endpoint owns a bound UDP socket; asking for its address cannot fail.
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// The SHA-256 fingerprint of the node's certificate, for clients to pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Whether this start generated a new self-signed certificate.
+    pub fn generated_certificate(&self) -> bool {
+        self.generated_cert
+    }
+
+    /// Serves clients and delivers envelopes until `shutdown` completes, then closes
+    /// connections and returns once storage is synced.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let stop = CancelToken::default();
+        let mut tasks = JoinSet::new();
+        let shards: Vec<u32> = (0..self.shared.config.shards).collect();
+        tasks.spawn(delivery::deliver(self.shared.clone(), shards, stop.clone()));
+        tasks.spawn(delivery::sweep_expired(self.shared.clone(), stop.clone()));
+
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let active = self.shared.connections.load(Ordering::Relaxed);
+                    if active >= self.shared.config.max_connections as usize {
+                        // Refusing costs one small packet; accepting would cost a handshake.
+                        incoming.refuse();
+                        continue;
+                    }
+                    connections.spawn(connection::serve(incoming, self.shared.clone()));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tracing::info!("shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"node shutting down");
+        stop.cancel();
+        connections.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
+
+/// A tiny cancellation token (a `watch` channel), so the crate does not need tokio-util
+/// for one type.
+mod tokio_util_shim {
+    use tokio::sync::watch;
+
+    #[derive(Clone)]
+    pub struct CancelToken(std::sync::Arc<watch::Sender<bool>>);
+
+    impl Default for CancelToken {
+        fn default() -> Self {
+            Self(std::sync::Arc::new(watch::Sender::new(false)))
+        }
+    }
+
+    impl CancelToken {
+        pub fn cancel(&self) {
+            self.0.send_replace(true);
+        }
+
+        pub async fn cancelled(&self) {
+            let mut rx = self.0.subscribe();
+            // Err means the sender is gone, which also means "stop".
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+}
