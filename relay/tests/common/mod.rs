@@ -1,0 +1,161 @@
+//! Shared helpers for the relay's integration tests: a real node on loopback, real clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use levee_relay::client::{Client, ClientConfig, Deliveries, Delivery};
+use levee_relay::tls::{Fingerprint, Trust, quic_client_config};
+use levee_relay::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame, pb};
+use levee_relay::{Identity, Node, NodeConfig};
+use prost::Message;
+use tokio::sync::oneshot;
+
+/// A node running in this process on 127.0.0.1:0 with its data in a temporary directory.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    pub fn start(data: &Path) -> Self {
+        Self::start_with(NodeConfig { data_dir: data.to_owned(), ..test_config() })
+    }
+
+    pub fn start_with(config: NodeConfig) -> Self {
+        let node = Node::open(config).expect("node opens");
+        let addr = node.local_addr();
+        let fingerprint = node.fingerprint();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            node.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("node runs");
+        });
+        Self { addr, fingerprint, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr, Trust::Fingerprint(self.fingerprint))
+    }
+
+    /// Connects a client for `identity` (not yet authenticated).
+    pub async fn connect(&self, identity: &Identity) -> Client {
+        Client::connect(&self.client_config(), identity.clone()).await.expect("client connects")
+    }
+
+    /// Connects and registers a client for a new identity.
+    pub async fn new_user(&self) -> Client {
+        let client = self.connect(&Identity::generate().unwrap()).await;
+        client.register().await.expect("register");
+        client
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("node task");
+        }
+    }
+}
+
+pub fn test_config() -> NodeConfig {
+    NodeConfig { listen: "127.0.0.1:0".parse().unwrap(), ..NodeConfig::default() }
+}
+
+/// Receives until `n` envelopes arrived or `quiet` passes without one.
+pub async fn receive(inbox: &mut Deliveries, n: usize, quiet: Duration) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(quiet, inbox.next()).await {
+            Ok(Some(d)) => out.push(d),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// A bare protocol connection, for sending what the client library never would.
+pub struct RawConnection {
+    pub conn: quinn::Connection,
+    pub exporter: [u8; 32],
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    _endpoint: quinn::Endpoint,
+}
+
+impl RawConnection {
+    pub async fn open(node: &TestNode) -> Self {
+        let (crypto, _) = quic_client_config(&Trust::Fingerprint(node.fingerprint)).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = endpoint.connect(node.addr, "localhost").unwrap().await.unwrap();
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"").unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Self { conn, exporter, send, recv, decoder: FrameDecoder::new(1 << 24), _endpoint: endpoint }
+    }
+
+    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn request(&mut self, request_id: u64, body: pb::client_frame::Body) {
+        let frame = encode_frame(&pb::ClientFrame { request_id, body: Some(body) });
+        self.write_bytes(&frame).await;
+    }
+
+    /// The next server frame, or `None` if the stream ended or nothing came within 5 s.
+    pub async fn next(&mut self) -> Option<pb::ServerFrame> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return Some(pb::ServerFrame::decode(frame).unwrap());
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read_chunk(65536, true)).await {
+                Ok(Ok(Some(chunk))) => self.decoder.extend(&chunk.bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next response (skipping deliveries).
+    pub async fn response(&mut self) -> Option<pb::Response> {
+        loop {
+            match self.next().await?.body {
+                Some(pb::server_frame::Body::Response(r)) => return Some(r),
+                _ => continue,
+            }
+        }
+    }
+
+    /// `Hello`, returning the challenge nonce.
+    pub async fn hello(&mut self) -> [u8; 32] {
+        self.request(1, pb::client_frame::Body::Hello(pb::Hello::default())).await;
+        match self.response().await.and_then(|r| r.result) {
+            Some(pb::response::Result::Challenge(c)) => c.nonce.as_ref().try_into().unwrap(),
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+}
+
+/// The error code of a response, if it is an error.
+pub fn error_code(r: &pb::Response) -> Option<pb::ErrorCode> {
+    match &r.result {
+        Some(pb::response::Result::Error(e)) => pb::ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+pub fn bytes(b: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(b)
+}

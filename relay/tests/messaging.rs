@@ -1,0 +1,336 @@
+//! End-to-end messaging over real QUIC on loopback against a real node with its real
+//! embedded store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{RawConnection, TestNode, bytes, error_code, receive, test_config};
+use levee_relay::client::{Client, Delivery};
+use levee_relay::identity::{Purpose, transcript};
+use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body};
+use levee_relay::{Identity, NodeConfig};
+
+const QUIET: Duration = Duration::from_secs(3);
+
+/// Sends `n` numbered envelopes from `from` to `to`, `window` at a time in flight.
+async fn send_numbered(from: Arc<Client>, to: levee_relay::AccountId, prefix: &str, n: usize, window: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if tasks.len() >= window {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+        let (from, payload) = (from.clone(), format!("{prefix}-{i}"));
+        tasks.spawn(async move {
+            from.send(&to, payload.into_bytes()).await.expect("send acknowledged");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Receives `n` envelopes, acknowledging them in batches as an application would.
+async fn drain_and_ack(client: &Client, inbox: &mut levee_relay::client::Deliveries, n: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = receive(inbox, (n - got.len()).min(100), QUIET).await;
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
+        let receipt = client.ack(&ids).await.unwrap();
+        assert_eq!(receipt.deleted as usize, ids.len(), "every delivered envelope is deletable once");
+        got.extend(batch);
+    }
+    got
+}
+
+fn texts(ds: &[Delivery]) -> Vec<String> {
+    ds.iter().map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let (alice_id, bob_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let alice = Arc::new(node.connect(&alice_id).await);
+    let bob = Arc::new(node.connect(&bob_id).await);
+    alice.register().await.unwrap();
+    bob.register().await.unwrap();
+    let mut alice_inbox = alice.subscribe().await.unwrap();
+    let mut bob_inbox = bob.subscribe().await.unwrap();
+    const N: usize = 1000;
+
+    let a_to_b = tokio::spawn(send_numbered(alice.clone(), bob.account(), "a2b", N, 64));
+    let b_to_a = tokio::spawn(send_numbered(bob.clone(), alice.account(), "b2a", N, 64));
+    let (at_bob, at_alice) = tokio::join!(drain_and_ack(&bob, &mut bob_inbox, N), drain_and_ack(&alice, &mut alice_inbox, N));
+    a_to_b.await.unwrap();
+    b_to_a.await.unwrap();
+
+    for (got, prefix) in [(&at_bob, "a2b"), (&at_alice, "b2a")] {
+        let texts = texts(got);
+        let unique: BTreeSet<_> = texts.iter().cloned().collect();
+        assert_eq!(texts.len(), N, "{prefix}: every envelope arrived");
+        assert_eq!(unique.len(), N, "{prefix}: none arrived twice");
+        assert_eq!(unique, (0..N).map(|i| format!("{prefix}-{i}")).collect(), "{prefix}: exactly the ones sent");
+        let ids: Vec<u64> = got.iter().map(|d| d.envelope_id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{prefix}: delivered oldest first");
+    }
+
+    // After the acks, a new session of either account sees nothing again.
+    for id in [&alice_id, &bob_id] {
+        let again = node.connect(id).await;
+        again.authenticate().await.unwrap();
+        let mut inbox = again.subscribe().await.unwrap();
+        assert_eq!(receive(&mut inbox, 1, Duration::from_millis(500)).await, vec![]);
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let alice = node.new_user().await;
+    let bob_id = Identity::generate().unwrap();
+    let bob = node.connect(&bob_id).await;
+    bob.register().await.unwrap();
+    for i in 0..10 {
+        alice.send(&bob.account(), format!("m{i}").into_bytes()).await.unwrap();
+    }
+    let mut inbox = bob.subscribe().await.unwrap();
+    let first = receive(&mut inbox, 10, QUIET).await;
+    assert_eq!(texts(&first), (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // Acknowledge only the first six.
+    let ids: Vec<u64> = first[..6].iter().map(|d| d.envelope_id).collect();
+    assert_eq!(bob.ack(&ids).await.unwrap().deleted, 6);
+    bob.close().await;
+
+    let bob = node.connect(&bob_id).await;
+    bob.authenticate().await.unwrap();
+    let mut inbox = bob.subscribe().await.unwrap();
+    let again = receive(&mut inbox, 10, Duration::from_secs(1)).await;
+    assert_eq!(texts(&again), vec!["m6", "m7", "m8", "m9"], "only the unacknowledged come back, in order");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resending_the_same_client_message_id_stores_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let alice = node.new_user().await;
+    let bob_id = Identity::generate().unwrap();
+    let bob = node.connect(&bob_id).await;
+    bob.register().await.unwrap();
+    let id = [42u8; 16];
+    for _ in 0..3 {
+        alice.send_with_id(&bob.account(), b"once".to_vec(), id).await.unwrap();
+    }
+    // Another sender using the same client message id is a different message.
+    let carol = node.new_user().await;
+    carol.send_with_id(&bob.account(), b"carol".to_vec(), id).await.unwrap();
+    let mut inbox = bob.subscribe().await.unwrap();
+    let got = receive(&mut inbox, 10, Duration::from_secs(1)).await;
+    assert_eq!(texts(&got), vec!["once", "carol"]);
+    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>()).await.unwrap();
+    // A re-send after the recipient acknowledged is still recognised.
+    alice.send_with_id(&bob.account(), b"once".to_vec(), id).await.unwrap();
+    bob.close().await;
+    let bob = node.connect(&bob_id).await;
+    bob.authenticate().await.unwrap();
+    let mut inbox = bob.subscribe().await.unwrap();
+    assert_eq!(receive(&mut inbox, 10, Duration::from_secs(1)).await, vec![], "no second copy, ever");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let alice = node.new_user().await;
+    let bob = node.new_user().await;
+    let mut bob_inbox = bob.subscribe().await.unwrap();
+
+    // Oversized envelope: the client library refuses locally, and the node refuses too when
+    // a client skips that check.
+    let big = vec![0u8; 64 * 1024 + 1];
+    assert!(alice.send(&bob.account(), big.clone()).await.is_err());
+    let raw = alice
+        .request(Body::Send(pb::Send {
+            recipient: bytes(bob.account().as_bytes()),
+            ciphertext: big.into(),
+            client_message_id: bytes(&[1; 16]),
+        }))
+        .await;
+    assert_eq!(raw.unwrap_err().code(), Some(ErrorCode::TooLarge));
+
+    // Malformed fields.
+    let short = alice
+        .request(Body::Send(pb::Send { recipient: bytes(&[1; 31]), ciphertext: bytes(b"x"), client_message_id: bytes(&[1; 16]) }))
+        .await;
+    assert_eq!(short.unwrap_err().code(), Some(ErrorCode::Malformed));
+    let nobody = alice.send(&levee_relay::AccountId([9; 32]), b"x".to_vec()).await;
+    assert_eq!(nobody.unwrap_err().code(), Some(ErrorCode::UnknownRecipient));
+
+    // Unauthenticated receive and send.
+    let stranger = node.connect(&Identity::generate().unwrap()).await;
+    assert_eq!(stranger.subscribe().await.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    let unauth_send = stranger.send(&bob.account(), b"x".to_vec()).await;
+    assert_eq!(unauth_send.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    // Logging in to an account that was never registered.
+    assert_eq!(stranger.authenticate().await.unwrap_err().code(), Some(ErrorCode::UnknownAccount));
+
+    // Acknowledging someone else's envelope does nothing to it.
+    let eve = node.new_user().await;
+    let envelope_id = alice.send(&bob.account(), b"for bob".to_vec()).await.unwrap();
+    let receipt = eve.ack(&[envelope_id]).await.unwrap();
+    assert_eq!((receipt.deleted, receipt.unknown_ids), (0, vec![envelope_id]));
+    let got = receive(&mut bob_inbox, 1, QUIET).await;
+    assert_eq!(texts(&got), vec!["for bob"], "bob still gets it");
+
+    // Wrong-key authentication: a signature by one key presented for another.
+    let mut raw = RawConnection::open(&node).await;
+    let nonce = raw.hello().await;
+    let signer = Identity::generate().unwrap();
+    let claimed = bob.account();
+    let signature = signer.sign(&transcript(Purpose::Authenticate, &raw.exporter, &nonce));
+    raw.request(2, Body::Authenticate(pb::Authenticate { public_key: bytes(claimed.as_bytes()), signature: bytes(&signature) })).await;
+    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::BadSignature));
+
+    // A valid signature captured on one connection is useless on another.
+    let mut first = RawConnection::open(&node).await;
+    let me = Identity::generate().unwrap();
+    let nonce = first.hello().await;
+    let captured = me.sign(&transcript(Purpose::Register, &first.exporter, &nonce));
+    let mut second = RawConnection::open(&node).await;
+    second.hello().await;
+    second.request(2, Body::Register(pb::Register { public_key: bytes(me.account().as_bytes()), signature: bytes(&captured) })).await;
+    assert_eq!(error_code(&second.response().await.unwrap()), Some(ErrorCode::BadSignature));
+    // ... while on its own connection it works.
+    first.request(2, Body::Register(pb::Register { public_key: bytes(me.account().as_bytes()), signature: bytes(&captured) })).await;
+    assert_eq!(error_code(&first.response().await.unwrap()), None);
+
+    // A frame that is not protobuf: MALFORMED on request 0, and the session goes on.
+    let mut raw = RawConnection::open(&node).await;
+    raw.write_bytes(&[3, 0xff, 0xff, 0xff]).await;
+    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::Malformed));
+    raw.request(7, Body::Ping(pb::Ping {})).await;
+    let pong = raw.response().await.unwrap();
+    assert_eq!((pong.request_id, error_code(&pong)), (7, None));
+    // An empty request body.
+    raw.write_bytes(&levee_relay::wire::encode_frame(&pb::ClientFrame { request_id: 8, body: None })).await;
+    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::Malformed));
+
+    // A frame over the node's frame limit: TOO_LARGE on request 0, then the node closes.
+    let mut raw = RawConnection::open(&node).await;
+    raw.write_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).await;
+    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::TooLarge));
+    assert!(raw.next().await.is_none(), "the stream ends");
+
+    // Garbage in the length prefix itself.
+    let mut raw = RawConnection::open(&node).await;
+    raw.write_bytes(&[0x80; 12]).await;
+    let r = raw.response().await.unwrap();
+    assert!(matches!(error_code(&r), Some(ErrorCode::Malformed | ErrorCode::TooLarge)));
+
+    // After all that, ordinary clients are served as before.
+    alice.send(&bob.account(), b"still here".to_vec()).await.unwrap();
+    assert_eq!(texts(&receive(&mut bob_inbox, 1, QUIET).await), vec!["still here"]);
+    let late = node.new_user().await;
+    late.ping().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_clearly_until_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start_with(NodeConfig { data_dir: dir.path().into(), mailbox_max_envelopes: 3, ..test_config() });
+    let alice = node.new_user().await;
+    let bob = node.new_user().await;
+    for i in 0..3 {
+        alice.send(&bob.account(), format!("m{i}").into_bytes()).await.unwrap();
+    }
+    // The quota counts stored envelopes; give the delivery worker a moment to store them.
+    let mut refused = None;
+    for _ in 0..50 {
+        match alice.send(&bob.account(), b"one too many".to_vec()).await {
+            Err(e) => {
+                refused = e.code();
+                break;
+            }
+            Ok(_) => {
+                // Accepted before the first three were counted: it is a real envelope now.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(refused, Some(ErrorCode::MailboxFull));
+    let mut inbox = bob.subscribe().await.unwrap();
+    let got = receive(&mut inbox, 10, Duration::from_secs(1)).await;
+    assert!(got.len() >= 3, "nothing accepted was dropped");
+    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>()).await.unwrap();
+    alice.send(&bob.account(), b"room again".to_vec()).await.unwrap();
+    assert_eq!(texts(&receive(&mut inbox, 1, QUIET).await), vec!["room again"]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_envelopes_are_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start_with(NodeConfig { data_dir: dir.path().into(), envelope_ttl_secs: 1, ..test_config() });
+    let alice = node.new_user().await;
+    let bob = node.new_user().await;
+    alice.send(&bob.account(), b"stale".to_vec()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut inbox = bob.subscribe().await.unwrap();
+    assert_eq!(receive(&mut inbox, 1, Duration::from_millis(500)).await, vec![]);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_idempotent_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Identity::generate().unwrap();
+    let node = TestNode::start(dir.path());
+    let fingerprint = node.fingerprint;
+    let c = node.connect(&me).await;
+    assert!(c.register().await.unwrap(), "created");
+    c.close().await;
+    let c = node.connect(&me).await;
+    assert!(!c.register().await.unwrap(), "already there");
+    c.close().await;
+    node.stop().await;
+
+    let node = TestNode::start(dir.path());
+    assert_eq!(node.fingerprint, fingerprint, "the certificate is kept in the data directory");
+    let c = node.connect(&me).await;
+    c.authenticate().await.unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let alice = Arc::new(node.new_user().await);
+    let bob = node.new_user().await;
+    // 200 sends issued at once on one connection; each gets its own answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let (alice, to) = (alice.clone(), bob.account());
+        tasks.spawn(async move { (i, alice.send(&to, i.to_be_bytes().to_vec()).await.unwrap()) });
+    }
+    let mut ids = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, id) = r.unwrap();
+        ids.insert(i, id);
+    }
+    let unique: BTreeSet<_> = ids.values().collect();
+    assert_eq!(unique.len(), 200, "distinct envelope ids");
+    node.stop().await;
+}
