@@ -139,6 +139,11 @@ impl Deliveries {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
+
+    /// An envelope that has already arrived, without waiting; for batching acks.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// What the node said about an acknowledgement.
