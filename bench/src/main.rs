@@ -20,7 +20,10 @@ use levee_relay::{Identity, Node, NodeConfig};
 use tokio::sync::Mutex;
 
 #[derive(Parser, Debug)]
-#[command(name = "levee-load", about = "End-to-end load generator for a Levee relay node")]
+#[command(
+    name = "levee-load",
+    about = "End-to-end load generator for a Levee relay node"
+)]
 struct Args {
     /// Target an existing node; by default a node with embedded storage is started in this
     /// process, in a temporary directory.
@@ -79,7 +82,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 mailbox_max_bytes: 1 << 32,
                 ..NodeConfig::default()
             })?;
-            let config = ClientConfig::new(node.local_addr(), Trust::Fingerprint(node.fingerprint()));
+            let config =
+                ClientConfig::new(node.local_addr(), Trust::Fingerprint(node.fingerprint()));
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(node.run(async {
                 let _ = rx.await;
@@ -91,7 +95,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        let c = Client::connect(&config, Identity::generate()?).await.context("connecting")?;
+        let c = Client::connect(&config, Identity::generate()?)
+            .await
+            .context("connecting")?;
         c.register().await.context("registering")?;
         clients.push(Arc::new(c));
     }
@@ -138,9 +144,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("connections {} × window {} × {} B envelopes, {:.1} s measured", args.connections, args.window, args.size, elapsed);
-        println!("end-to-end (send → durable → pushed → acked): {completed} envelopes, {rate:.0} envelopes/s");
-        println!("latency send → push: p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms", ms(0.5), ms(0.99), ms(0.999), h.max() as f64 / 1000.0);
+        println!(
+            "connections {} × window {} × {} B envelopes, {:.1} s measured",
+            args.connections, args.window, args.size, elapsed
+        );
+        println!(
+            "end-to-end (send → durable → pushed → acked): {completed} envelopes, {rate:.0} envelopes/s"
+        );
+        println!(
+            "latency send → push: p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0
+        );
     }
     drop(h);
     for c in clients {
@@ -156,7 +173,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// One send slot: sends, waits for the durable answer, sends again.
-async fn send_loop(client: Arc<Client>, to: levee_relay::AccountId, size: usize, shared: Arc<Shared>) {
+async fn send_loop(
+    client: Arc<Client>,
+    to: levee_relay::AccountId,
+    size: usize,
+    shared: Arc<Shared>,
+) {
     let mut payload = vec![0u8; size];
     while !shared.stop.load(Ordering::Relaxed) {
         let t = shared.epoch.elapsed().as_nanos() as u64;
@@ -170,7 +192,11 @@ async fn send_loop(client: Arc<Client>, to: levee_relay::AccountId, size: usize,
 }
 
 /// Receives, records latency, acknowledges whatever has arrived in one request.
-async fn receive(client: Arc<Client>, mut inbox: levee_relay::client::Deliveries, shared: Arc<Shared>) {
+async fn receive(
+    client: Arc<Client>,
+    mut inbox: levee_relay::client::Deliveries,
+    shared: Arc<Shared>,
+) {
     while let Some(first) = inbox.next().await {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -189,7 +215,9 @@ async fn receive(client: Arc<Client>, mut inbox: levee_relay::client::Deliveries
         }
         let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
         if client.ack(&ids).await.is_ok() {
-            shared.completed.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            shared
+                .completed
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
         }
     }
 }

@@ -101,3 +101,30 @@ impl NodeConfig {
         Duration::from_secs(self.envelope_ttl_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_documents_the_defaults() {
+        let text = include_str!("../../docs/levee.example.toml");
+        let parsed: NodeConfig = toml::from_str(text).expect("the example parses");
+        assert_eq!(parsed, NodeConfig::default());
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let bad = NodeConfig {
+            shards: 0,
+            ..NodeConfig::default()
+        };
+        assert_eq!(bad.validate(), Err("shards must be greater than 0".into()));
+        let half_tls = NodeConfig {
+            tls_cert: Some("c.pem".into()),
+            ..NodeConfig::default()
+        };
+        assert!(half_tls.validate().is_err());
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
+    }
+}

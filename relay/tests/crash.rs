@@ -9,70 +9,12 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::receive;
-use levee_relay::client::{Client, ClientConfig};
-use levee_relay::tls::{Fingerprint, Trust};
+use common::{NodeProcess, receive};
 use levee_relay::Identity;
-
-/// A `levee up` process.
-struct NodeProcess {
-    child: Child,
-    config: ClientConfig,
-}
-
-impl NodeProcess {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args(["up", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("levee up starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut fingerprint) = (None, None);
-        while addr.is_none() || fingerprint.is_none() {
-            let line = lines.next().expect("levee up prints its address").unwrap();
-            let line = line.trim();
-            if let Some(a) = line.strip_prefix("address:") {
-                addr = Some(a.trim().parse::<SocketAddr>().unwrap());
-            } else if let Some(f) = line.strip_prefix("fingerprint:") {
-                fingerprint = Some(f.trim().parse::<Fingerprint>().unwrap());
-            }
-        }
-        // Keep draining stdout so the node never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let config = ClientConfig::new(addr.unwrap(), Trust::Fingerprint(fingerprint.unwrap()));
-        Self { child, config }
-    }
-
-    /// Sends SIGKILL (std's `kill` on Unix): no shutdown code runs.
-    fn sigkill(self) {
-        drop(self);
-    }
-
-    async fn login(&self, id: &Identity) -> Client {
-        let c = Client::connect(&self.config, id.clone()).await.unwrap();
-        c.register().await.unwrap();
-        c
-    }
-}
-
-impl Drop for NodeProcess {
-    // Also on a failed assertion, so no node outlives its test.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use levee_relay::client::Client;
 
 /// What each side was told.
 #[derive(Default)]
@@ -104,7 +46,12 @@ async fn sigkill_mid_stream_loses_no_acknowledged_envelope() {
             tokio::spawn(async move {
                 while let Some(d) = inbox.next().await {
                     let text = String::from_utf8(d.ciphertext.to_vec()).unwrap();
-                    *ledger.lock().unwrap().delivered.entry(text.clone()).or_default() += 1;
+                    *ledger
+                        .lock()
+                        .unwrap()
+                        .delivered
+                        .entry(text.clone())
+                        .or_default() += 1;
                     if bob.ack(&[d.envelope_id]).await.is_ok() {
                         ledger.lock().unwrap().confirmed_deleted.insert(text);
                     }
@@ -151,25 +98,51 @@ async fn sigkill_mid_stream_loses_no_acknowledged_envelope() {
     let bob = node.login(&bob_id).await;
     let mut inbox = bob.subscribe().await.unwrap();
     let rest = receive(&mut inbox, usize::MAX, Duration::from_secs(3)).await;
-    let after_restart: Vec<String> = rest.iter().map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap()).collect();
-    bob.ack(&rest.iter().map(|d| d.envelope_id).collect::<Vec<_>>()).await.unwrap();
+    let after_restart: Vec<String> = rest
+        .iter()
+        .map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap())
+        .collect();
+    bob.ack(&rest.iter().map(|d| d.envelope_id).collect::<Vec<_>>())
+        .await
+        .unwrap();
 
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let mut seen: BTreeSet<String> = ledger.delivered.keys().cloned().collect();
     seen.extend(after_restart.iter().cloned());
     let lost: Vec<_> = ledger.acked_sends.difference(&seen).collect();
-    assert!(ledger.acked_sends.len() >= 1200, "the test exercised enough traffic");
-    assert!(lost.is_empty(), "{} acknowledged envelopes lost, e.g. {:?}", lost.len(), lost.first());
-    let resurrected: Vec<_> = after_restart.iter().filter(|t| ledger.confirmed_deleted.contains(*t)).collect();
-    assert!(resurrected.is_empty(), "deleted envelopes came back: {resurrected:?}");
+    assert!(
+        ledger.acked_sends.len() >= 1200,
+        "the test exercised enough traffic"
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged envelopes lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let resurrected: Vec<_> = after_restart
+        .iter()
+        .filter(|t| ledger.confirmed_deleted.contains(*t))
+        .collect();
+    assert!(
+        resurrected.is_empty(),
+        "deleted envelopes came back: {resurrected:?}"
+    );
     let unique: BTreeSet<_> = after_restart.iter().collect();
-    assert_eq!(unique.len(), after_restart.len(), "no duplicates within one session");
+    assert_eq!(
+        unique.len(),
+        after_restart.len(),
+        "no duplicates within one session"
+    );
 
     // And once acknowledged, the mailbox is empty for good.
     bob.close().await;
     let bob = Client::connect(&node.config, bob_id.clone()).await.unwrap();
     bob.authenticate().await.unwrap();
     let mut inbox = bob.subscribe().await.unwrap();
-    assert_eq!(receive(&mut inbox, 1, Duration::from_millis(500)).await, vec![]);
+    assert_eq!(
+        receive(&mut inbox, 1, Duration::from_millis(500)).await,
+        vec![]
+    );
     node.sigkill();
 }

@@ -17,7 +17,13 @@ use levee_relay::{Identity, NodeConfig};
 const QUIET: Duration = Duration::from_secs(3);
 
 /// Sends `n` numbered envelopes from `from` to `to`, `window` at a time in flight.
-async fn send_numbered(from: Arc<Client>, to: levee_relay::AccountId, prefix: &str, n: usize, window: usize) {
+async fn send_numbered(
+    from: Arc<Client>,
+    to: levee_relay::AccountId,
+    prefix: &str,
+    n: usize,
+    window: usize,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         if tasks.len() >= window {
@@ -25,7 +31,9 @@ async fn send_numbered(from: Arc<Client>, to: levee_relay::AccountId, prefix: &s
         }
         let (from, payload) = (from.clone(), format!("{prefix}-{i}"));
         tasks.spawn(async move {
-            from.send(&to, payload.into_bytes()).await.expect("send acknowledged");
+            from.send(&to, payload.into_bytes())
+                .await
+                .expect("send acknowledged");
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -34,7 +42,11 @@ async fn send_numbered(from: Arc<Client>, to: levee_relay::AccountId, prefix: &s
 }
 
 /// Receives `n` envelopes, acknowledging them in batches as an application would.
-async fn drain_and_ack(client: &Client, inbox: &mut levee_relay::client::Deliveries, n: usize) -> Vec<Delivery> {
+async fn drain_and_ack(
+    client: &Client,
+    inbox: &mut levee_relay::client::Deliveries,
+    n: usize,
+) -> Vec<Delivery> {
     let mut got = Vec::new();
     while got.len() < n {
         let batch = receive(inbox, (n - got.len()).min(100), QUIET).await;
@@ -43,14 +55,20 @@ async fn drain_and_ack(client: &Client, inbox: &mut levee_relay::client::Deliver
         }
         let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
         let receipt = client.ack(&ids).await.unwrap();
-        assert_eq!(receipt.deleted as usize, ids.len(), "every delivered envelope is deletable once");
+        assert_eq!(
+            receipt.deleted as usize,
+            ids.len(),
+            "every delivered envelope is deletable once"
+        );
         got.extend(batch);
     }
     got
 }
 
 fn texts(ds: &[Delivery]) -> Vec<String> {
-    ds.iter().map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap()).collect()
+    ds.iter()
+        .map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +86,10 @@ async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
 
     let a_to_b = tokio::spawn(send_numbered(alice.clone(), bob.account(), "a2b", N, 64));
     let b_to_a = tokio::spawn(send_numbered(bob.clone(), alice.account(), "b2a", N, 64));
-    let (at_bob, at_alice) = tokio::join!(drain_and_ack(&bob, &mut bob_inbox, N), drain_and_ack(&alice, &mut alice_inbox, N));
+    let (at_bob, at_alice) = tokio::join!(
+        drain_and_ack(&bob, &mut bob_inbox, N),
+        drain_and_ack(&alice, &mut alice_inbox, N)
+    );
     a_to_b.await.unwrap();
     b_to_a.await.unwrap();
 
@@ -77,9 +98,16 @@ async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
         let unique: BTreeSet<_> = texts.iter().cloned().collect();
         assert_eq!(texts.len(), N, "{prefix}: every envelope arrived");
         assert_eq!(unique.len(), N, "{prefix}: none arrived twice");
-        assert_eq!(unique, (0..N).map(|i| format!("{prefix}-{i}")).collect(), "{prefix}: exactly the ones sent");
+        assert_eq!(
+            unique,
+            (0..N).map(|i| format!("{prefix}-{i}")).collect(),
+            "{prefix}: exactly the ones sent"
+        );
         let ids: Vec<u64> = got.iter().map(|d| d.envelope_id).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{prefix}: delivered oldest first");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{prefix}: delivered oldest first"
+        );
     }
 
     // After the acks, a new session of either account sees nothing again.
@@ -87,7 +115,10 @@ async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
         let again = node.connect(id).await;
         again.authenticate().await.unwrap();
         let mut inbox = again.subscribe().await.unwrap();
-        assert_eq!(receive(&mut inbox, 1, Duration::from_millis(500)).await, vec![]);
+        assert_eq!(
+            receive(&mut inbox, 1, Duration::from_millis(500)).await,
+            vec![]
+        );
     }
     node.stop().await;
 }
@@ -101,11 +132,17 @@ async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are(
     let bob = node.connect(&bob_id).await;
     bob.register().await.unwrap();
     for i in 0..10 {
-        alice.send(&bob.account(), format!("m{i}").into_bytes()).await.unwrap();
+        alice
+            .send(&bob.account(), format!("m{i}").into_bytes())
+            .await
+            .unwrap();
     }
     let mut inbox = bob.subscribe().await.unwrap();
     let first = receive(&mut inbox, 10, QUIET).await;
-    assert_eq!(texts(&first), (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&first),
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
     // Acknowledge only the first six.
     let ids: Vec<u64> = first[..6].iter().map(|d| d.envelope_id).collect();
     assert_eq!(bob.ack(&ids).await.unwrap().deleted, 6);
@@ -115,7 +152,11 @@ async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are(
     bob.authenticate().await.unwrap();
     let mut inbox = bob.subscribe().await.unwrap();
     let again = receive(&mut inbox, 10, Duration::from_secs(1)).await;
-    assert_eq!(texts(&again), vec!["m6", "m7", "m8", "m9"], "only the unacknowledged come back, in order");
+    assert_eq!(
+        texts(&again),
+        vec!["m6", "m7", "m8", "m9"],
+        "only the unacknowledged come back, in order"
+    );
     node.stop().await;
 }
 
@@ -129,22 +170,37 @@ async fn resending_the_same_client_message_id_stores_one_copy() {
     bob.register().await.unwrap();
     let id = [42u8; 16];
     for _ in 0..3 {
-        alice.send_with_id(&bob.account(), b"once".to_vec(), id).await.unwrap();
+        alice
+            .send_with_id(&bob.account(), b"once".to_vec(), id)
+            .await
+            .unwrap();
     }
     // Another sender using the same client message id is a different message.
     let carol = node.new_user().await;
-    carol.send_with_id(&bob.account(), b"carol".to_vec(), id).await.unwrap();
+    carol
+        .send_with_id(&bob.account(), b"carol".to_vec(), id)
+        .await
+        .unwrap();
     let mut inbox = bob.subscribe().await.unwrap();
     let got = receive(&mut inbox, 10, Duration::from_secs(1)).await;
     assert_eq!(texts(&got), vec!["once", "carol"]);
-    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>()).await.unwrap();
+    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>())
+        .await
+        .unwrap();
     // A re-send after the recipient acknowledged is still recognised.
-    alice.send_with_id(&bob.account(), b"once".to_vec(), id).await.unwrap();
+    alice
+        .send_with_id(&bob.account(), b"once".to_vec(), id)
+        .await
+        .unwrap();
     bob.close().await;
     let bob = node.connect(&bob_id).await;
     bob.authenticate().await.unwrap();
     let mut inbox = bob.subscribe().await.unwrap();
-    assert_eq!(receive(&mut inbox, 10, Duration::from_secs(1)).await, vec![], "no second copy, ever");
+    assert_eq!(
+        receive(&mut inbox, 10, Duration::from_secs(1)).await,
+        vec![],
+        "no second copy, ever"
+    );
     node.stop().await;
 }
 
@@ -171,25 +227,49 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
 
     // Malformed fields.
     let short = alice
-        .request(Body::Send(pb::Send { recipient: bytes(&[1; 31]), ciphertext: bytes(b"x"), client_message_id: bytes(&[1; 16]) }))
+        .request(Body::Send(pb::Send {
+            recipient: bytes(&[1; 31]),
+            ciphertext: bytes(b"x"),
+            client_message_id: bytes(&[1; 16]),
+        }))
         .await;
     assert_eq!(short.unwrap_err().code(), Some(ErrorCode::Malformed));
-    let nobody = alice.send(&levee_relay::AccountId([9; 32]), b"x".to_vec()).await;
-    assert_eq!(nobody.unwrap_err().code(), Some(ErrorCode::UnknownRecipient));
+    let nobody = alice
+        .send(&levee_relay::AccountId([9; 32]), b"x".to_vec())
+        .await;
+    assert_eq!(
+        nobody.unwrap_err().code(),
+        Some(ErrorCode::UnknownRecipient)
+    );
 
     // Unauthenticated receive and send.
     let stranger = node.connect(&Identity::generate().unwrap()).await;
-    assert_eq!(stranger.subscribe().await.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    assert_eq!(
+        stranger.subscribe().await.unwrap_err().code(),
+        Some(ErrorCode::Unauthenticated)
+    );
     let unauth_send = stranger.send(&bob.account(), b"x".to_vec()).await;
-    assert_eq!(unauth_send.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    assert_eq!(
+        unauth_send.unwrap_err().code(),
+        Some(ErrorCode::Unauthenticated)
+    );
     // Logging in to an account that was never registered.
-    assert_eq!(stranger.authenticate().await.unwrap_err().code(), Some(ErrorCode::UnknownAccount));
+    assert_eq!(
+        stranger.authenticate().await.unwrap_err().code(),
+        Some(ErrorCode::UnknownAccount)
+    );
 
     // Acknowledging someone else's envelope does nothing to it.
     let eve = node.new_user().await;
-    let envelope_id = alice.send(&bob.account(), b"for bob".to_vec()).await.unwrap();
+    let envelope_id = alice
+        .send(&bob.account(), b"for bob".to_vec())
+        .await
+        .unwrap();
     let receipt = eve.ack(&[envelope_id]).await.unwrap();
-    assert_eq!((receipt.deleted, receipt.unknown_ids), (0, vec![envelope_id]));
+    assert_eq!(
+        (receipt.deleted, receipt.unknown_ids),
+        (0, vec![envelope_id])
+    );
     let got = receive(&mut bob_inbox, 1, QUIET).await;
     assert_eq!(texts(&got), vec!["for bob"], "bob still gets it");
 
@@ -199,8 +279,18 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let signer = Identity::generate().unwrap();
     let claimed = bob.account();
     let signature = signer.sign(&transcript(Purpose::Authenticate, &raw.exporter, &nonce));
-    raw.request(2, Body::Authenticate(pb::Authenticate { public_key: bytes(claimed.as_bytes()), signature: bytes(&signature) })).await;
-    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::BadSignature));
+    raw.request(
+        2,
+        Body::Authenticate(pb::Authenticate {
+            public_key: bytes(claimed.as_bytes()),
+            signature: bytes(&signature),
+        }),
+    )
+    .await;
+    assert_eq!(
+        error_code(&raw.response().await.unwrap()),
+        Some(ErrorCode::BadSignature)
+    );
 
     // A valid signature captured on one connection is useless on another.
     let mut first = RawConnection::open(&node).await;
@@ -209,38 +299,79 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let captured = me.sign(&transcript(Purpose::Register, &first.exporter, &nonce));
     let mut second = RawConnection::open(&node).await;
     second.hello().await;
-    second.request(2, Body::Register(pb::Register { public_key: bytes(me.account().as_bytes()), signature: bytes(&captured) })).await;
-    assert_eq!(error_code(&second.response().await.unwrap()), Some(ErrorCode::BadSignature));
+    second
+        .request(
+            2,
+            Body::Register(pb::Register {
+                public_key: bytes(me.account().as_bytes()),
+                signature: bytes(&captured),
+            }),
+        )
+        .await;
+    assert_eq!(
+        error_code(&second.response().await.unwrap()),
+        Some(ErrorCode::BadSignature)
+    );
     // ... while on its own connection it works.
-    first.request(2, Body::Register(pb::Register { public_key: bytes(me.account().as_bytes()), signature: bytes(&captured) })).await;
+    first
+        .request(
+            2,
+            Body::Register(pb::Register {
+                public_key: bytes(me.account().as_bytes()),
+                signature: bytes(&captured),
+            }),
+        )
+        .await;
     assert_eq!(error_code(&first.response().await.unwrap()), None);
 
     // A frame that is not protobuf: MALFORMED on request 0, and the session goes on.
     let mut raw = RawConnection::open(&node).await;
     raw.write_bytes(&[3, 0xff, 0xff, 0xff]).await;
-    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::Malformed));
+    assert_eq!(
+        error_code(&raw.response().await.unwrap()),
+        Some(ErrorCode::Malformed)
+    );
     raw.request(7, Body::Ping(pb::Ping {})).await;
     let pong = raw.response().await.unwrap();
     assert_eq!((pong.request_id, error_code(&pong)), (7, None));
     // An empty request body.
-    raw.write_bytes(&levee_relay::wire::encode_frame(&pb::ClientFrame { request_id: 8, body: None })).await;
-    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::Malformed));
+    raw.write_bytes(&levee_relay::wire::encode_frame(&pb::ClientFrame {
+        request_id: 8,
+        body: None,
+    }))
+    .await;
+    assert_eq!(
+        error_code(&raw.response().await.unwrap()),
+        Some(ErrorCode::Malformed)
+    );
 
     // A frame over the node's frame limit: TOO_LARGE on request 0, then the node closes.
     let mut raw = RawConnection::open(&node).await;
     raw.write_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).await;
-    assert_eq!(error_code(&raw.response().await.unwrap()), Some(ErrorCode::TooLarge));
+    assert_eq!(
+        error_code(&raw.response().await.unwrap()),
+        Some(ErrorCode::TooLarge)
+    );
     assert!(raw.next().await.is_none(), "the stream ends");
 
     // Garbage in the length prefix itself.
     let mut raw = RawConnection::open(&node).await;
     raw.write_bytes(&[0x80; 12]).await;
     let r = raw.response().await.unwrap();
-    assert!(matches!(error_code(&r), Some(ErrorCode::Malformed | ErrorCode::TooLarge)));
+    assert!(matches!(
+        error_code(&r),
+        Some(ErrorCode::Malformed | ErrorCode::TooLarge)
+    ));
 
     // After all that, ordinary clients are served as before.
-    alice.send(&bob.account(), b"still here".to_vec()).await.unwrap();
-    assert_eq!(texts(&receive(&mut bob_inbox, 1, QUIET).await), vec!["still here"]);
+    alice
+        .send(&bob.account(), b"still here".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&receive(&mut bob_inbox, 1, QUIET).await),
+        vec!["still here"]
+    );
     let late = node.new_user().await;
     late.ping().await.unwrap();
     node.stop().await;
@@ -249,11 +380,18 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_refuses_clearly_until_drained() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_with(NodeConfig { data_dir: dir.path().into(), mailbox_max_envelopes: 3, ..test_config() });
+    let node = TestNode::start_with(NodeConfig {
+        data_dir: dir.path().into(),
+        mailbox_max_envelopes: 3,
+        ..test_config()
+    });
     let alice = node.new_user().await;
     let bob = node.new_user().await;
     for i in 0..3 {
-        alice.send(&bob.account(), format!("m{i}").into_bytes()).await.unwrap();
+        alice
+            .send(&bob.account(), format!("m{i}").into_bytes())
+            .await
+            .unwrap();
     }
     // The quota counts stored envelopes; give the delivery worker a moment to store them.
     let mut refused = None;
@@ -273,22 +411,37 @@ async fn a_full_mailbox_refuses_clearly_until_drained() {
     let mut inbox = bob.subscribe().await.unwrap();
     let got = receive(&mut inbox, 10, Duration::from_secs(1)).await;
     assert!(got.len() >= 3, "nothing accepted was dropped");
-    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>()).await.unwrap();
-    alice.send(&bob.account(), b"room again".to_vec()).await.unwrap();
-    assert_eq!(texts(&receive(&mut inbox, 1, QUIET).await), vec!["room again"]);
+    bob.ack(&got.iter().map(|d| d.envelope_id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    alice
+        .send(&bob.account(), b"room again".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&receive(&mut inbox, 1, QUIET).await),
+        vec!["room again"]
+    );
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_envelopes_are_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_with(NodeConfig { data_dir: dir.path().into(), envelope_ttl_secs: 1, ..test_config() });
+    let node = TestNode::start_with(NodeConfig {
+        data_dir: dir.path().into(),
+        envelope_ttl_secs: 1,
+        ..test_config()
+    });
     let alice = node.new_user().await;
     let bob = node.new_user().await;
     alice.send(&bob.account(), b"stale".to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut inbox = bob.subscribe().await.unwrap();
-    assert_eq!(receive(&mut inbox, 1, Duration::from_millis(500)).await, vec![]);
+    assert_eq!(
+        receive(&mut inbox, 1, Duration::from_millis(500)).await,
+        vec![]
+    );
     node.stop().await;
 }
 
@@ -307,7 +460,10 @@ async fn registration_is_idempotent_and_survives_restart() {
     node.stop().await;
 
     let node = TestNode::start(dir.path());
-    assert_eq!(node.fingerprint, fingerprint, "the certificate is kept in the data directory");
+    assert_eq!(
+        node.fingerprint, fingerprint,
+        "the certificate is kept in the data directory"
+    );
     let c = node.connect(&me).await;
     c.authenticate().await.unwrap();
     node.stop().await;

@@ -152,6 +152,9 @@ pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: Can
     }
 }
 
+/// Expired records removed per store call, so one sweep never holds the store for long.
+const SWEEP_BATCH: usize = 10_000;
+
 /// Deletes expired envelopes once a minute.
 pub(crate) async fn sweep_expired(shared: Arc<Shared>, stop: CancelToken) {
     loop {
@@ -159,8 +162,8 @@ pub(crate) async fn sweep_expired(shared: Arc<Shared>, stop: CancelToken) {
             return;
         }
         loop {
-            match shared.store.expire(now_ms(), 10_000).await {
-                Ok(n) if n == 10_000 => continue, // more to do
+            match shared.store.expire(now_ms(), SWEEP_BATCH).await {
+                Ok(SWEEP_BATCH) => continue, // more to do
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "expiry sweep failed");

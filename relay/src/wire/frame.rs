@@ -236,11 +236,8 @@ mod tests {
             let mut decoder = FrameDecoder::new(64);
             for piece in stream.chunks(chunk) {
                 decoder.extend(piece);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(frame)) => { let _ = pb::ClientFrame::decode(frame); }
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(frame)) = decoder.next_frame() {
+                    let _ = pb::ClientFrame::decode(frame);
                 }
             }
         }
@@ -251,7 +248,13 @@ mod tests {
         let mut d = FrameDecoder::new(100);
         d.extend(&[0xe5, 0x01]); // 229
         // Refused as soon as the prefix read so far passes the limit.
-        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { len: 101.., max: 100 })));
+        assert!(matches!(
+            d.next_frame(),
+            Err(FrameError::TooLarge {
+                len: 101..,
+                max: 100
+            })
+        ));
         let mut d = FrameDecoder::new(usize::MAX);
         d.extend(&[0xff; 11]);
         assert_eq!(d.next_frame(), Err(FrameError::BadLength));

@@ -1,8 +1,10 @@
 //! Shared helpers for the relay's integration tests: a real node on loopback, real clients.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,10 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn start(data: &Path) -> Self {
-        Self::start_with(NodeConfig { data_dir: data.to_owned(), ..test_config() })
+        Self::start_with(NodeConfig {
+            data_dir: data.to_owned(),
+            ..test_config()
+        })
     }
 
     pub fn start_with(config: NodeConfig) -> Self {
@@ -39,7 +44,12 @@ impl TestNode {
             .await
             .expect("node runs");
         });
-        Self { addr, fingerprint, stop: Some(stop), task: Some(task) }
+        Self {
+            addr,
+            fingerprint,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn client_config(&self) -> ClientConfig {
@@ -48,7 +58,9 @@ impl TestNode {
 
     /// Connects a client for `identity` (not yet authenticated).
     pub async fn connect(&self, identity: &Identity) -> Client {
-        Client::connect(&self.client_config(), identity.clone()).await.expect("client connects")
+        Client::connect(&self.client_config(), identity.clone())
+            .await
+            .expect("client connects")
     }
 
     /// Connects and registers a client for a new identity.
@@ -69,7 +81,10 @@ impl TestNode {
 }
 
 pub fn test_config() -> NodeConfig {
-    NodeConfig { listen: "127.0.0.1:0".parse().unwrap(), ..NodeConfig::default() }
+    NodeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..NodeConfig::default()
+    }
 }
 
 /// Receives until `n` envelopes arrived or `quiet` passes without one.
@@ -99,11 +114,23 @@ impl RawConnection {
         let (crypto, _) = quic_client_config(&Trust::Fingerprint(node.fingerprint)).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let conn = endpoint.connect(node.addr, "localhost").unwrap().await.unwrap();
+        let conn = endpoint
+            .connect(node.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
         let mut exporter = [0u8; 32];
-        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"").unwrap();
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        Self { conn, exporter, send, recv, decoder: FrameDecoder::new(1 << 24), _endpoint: endpoint }
+        Self {
+            conn,
+            exporter,
+            send,
+            recv,
+            decoder: FrameDecoder::new(1 << 24),
+            _endpoint: endpoint,
+        }
     }
 
     pub async fn write_bytes(&mut self, bytes: &[u8]) {
@@ -111,7 +138,10 @@ impl RawConnection {
     }
 
     pub async fn request(&mut self, request_id: u64, body: pb::client_frame::Body) {
-        let frame = encode_frame(&pb::ClientFrame { request_id, body: Some(body) });
+        let frame = encode_frame(&pb::ClientFrame {
+            request_id,
+            body: Some(body),
+        });
         self.write_bytes(&frame).await;
     }
 
@@ -121,7 +151,9 @@ impl RawConnection {
             if let Some(frame) = self.decoder.next_frame().unwrap() {
                 return Some(pb::ServerFrame::decode(frame).unwrap());
             }
-            match tokio::time::timeout(Duration::from_secs(5), self.recv.read_chunk(65536, true)).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read_chunk(65536, true))
+                .await
+            {
                 Ok(Ok(Some(chunk))) => self.decoder.extend(&chunk.bytes),
                 _ => return None,
             }
@@ -140,7 +172,8 @@ impl RawConnection {
 
     /// `Hello`, returning the challenge nonce.
     pub async fn hello(&mut self) -> [u8; 32] {
-        self.request(1, pb::client_frame::Body::Hello(pb::Hello::default())).await;
+        self.request(1, pb::client_frame::Body::Hello(pb::Hello::default()))
+            .await;
         match self.response().await.and_then(|r| r.result) {
             Some(pb::response::Result::Challenge(c)) => c.nonce.as_ref().try_into().unwrap(),
             other => panic!("expected a challenge, got {other:?}"),
@@ -158,4 +191,62 @@ pub fn error_code(r: &pb::Response) -> Option<pb::ErrorCode> {
 
 pub fn bytes(b: &[u8]) -> Bytes {
     Bytes::copy_from_slice(b)
+}
+
+/// The `levee` binary built for these tests.
+pub fn levee_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_levee")
+}
+
+/// A `levee up` process.
+pub struct NodeProcess {
+    pub child: Child,
+    pub config: ClientConfig,
+}
+
+impl NodeProcess {
+    pub fn start(data: &Path) -> Self {
+        let mut child = Command::new(levee_bin())
+            .args(["up", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("levee up starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        while addr.is_none() || fingerprint.is_none() {
+            let line = lines.next().expect("levee up prints its address").unwrap();
+            let line = line.trim();
+            if let Some(a) = line.strip_prefix("address:") {
+                addr = Some(a.trim().parse::<SocketAddr>().unwrap());
+            } else if let Some(f) = line.strip_prefix("fingerprint:") {
+                fingerprint = Some(f.trim().parse::<Fingerprint>().unwrap());
+            }
+        }
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let config = ClientConfig::new(addr.unwrap(), Trust::Fingerprint(fingerprint.unwrap()));
+        Self { child, config }
+    }
+
+    /// Sends SIGKILL (std's `kill` on Unix): no shutdown code runs.
+    pub fn sigkill(self) {
+        drop(self);
+    }
+
+    pub async fn login(&self, id: &Identity) -> Client {
+        let c = Client::connect(&self.config, id.clone()).await.unwrap();
+        c.register().await.unwrap();
+        c
+    }
+}
+
+impl Drop for NodeProcess {
+    // Also on a failed assertion, so no node outlives its test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
