@@ -13,8 +13,14 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
-cargo test --workspace --locked
-
-echo "== benchmarks, once each in test mode"
+echo "== benchmarks, once each in test mode (checks they run, measures nothing)"
 cargo test --workspace --benches --locked
+
+echo "== cargo test"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+
+# One closing line for the whole run, summed over every test binary above.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "levee: %d passed, %d failed\n", p, f }' "$log"

@@ -128,9 +128,22 @@ pub struct EmbeddedMailboxStore {
     mailboxes: Keyspace,
     dedupe: Keyspace,
     expiry: Keyspace,
-    /// Quota usage per mailbox, rebuilt by a scan at open. The lock also serialises
-    /// read-check-write sequences (dedupe on insert, presence on ack).
-    usage: Arc<Mutex<HashMap<MailboxId, MailboxUsage>>>,
+    /// In-memory mailbox state. The lock also serialises read-check-write sequences
+    /// (dedupe on insert, presence on ack).
+    state: Arc<Mutex<Mailboxes>>,
+}
+
+#[derive(Default)]
+struct Mailboxes {
+    /// Quota usage per mailbox, rebuilt by a scan at open.
+    usage: HashMap<MailboxId, MailboxUsage>,
+    /// Per mailbox, an id below which nothing is stored: where a read from the start
+    /// begins. Deleted rows stay in an LSM tree as tombstones until compaction, so without
+    /// this a client reconnecting after acknowledging 10,000 envelopes would step over
+    /// 10,000 tombstones to find its first live one (see docs/PERFORMANCE.md). Set when a
+    /// mailbox is acknowledged empty, lowered by any insert below it; lost on restart, which
+    /// only costs speed.
+    live_from: HashMap<MailboxId, EnvelopeId>,
 }
 
 const ENVELOPE_HEADER: usize = 8 + 8 + 16;
@@ -203,7 +216,7 @@ impl EmbeddedMailboxStore {
             mailboxes: store.keyspace("mailboxes")?,
             dedupe: store.keyspace("dedupe")?,
             expiry: store.keyspace("expiry")?,
-            usage: Arc::default(),
+            state: Arc::default(),
         };
         let mut usage = HashMap::<MailboxId, MailboxUsage>::new();
         for kv in this.mailboxes.iter() {
@@ -213,14 +226,14 @@ impl EmbeddedMailboxStore {
             u.envelopes += 1;
             u.bytes += value.len().saturating_sub(ENVELOPE_HEADER) as u64;
         }
-        *this.lock_usage() = usage;
+        this.lock_state().usage = usage;
         Ok(this)
     }
 
-    fn lock_usage(&self) -> MutexGuard<'_, HashMap<MailboxId, MailboxUsage>> {
-        // A panic while holding this lock leaves only counters behind, never half-written
-        // data (batches are atomic), so a poisoned lock is still safe to use.
-        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_state(&self) -> MutexGuard<'_, Mailboxes> {
+        // A panic while holding this lock leaves only counters and hints behind, never
+        // half-written data (batches are atomic), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -228,7 +241,7 @@ impl EmbeddedMailboxStore {
 impl MailboxStore for EmbeddedMailboxStore {
     async fn create_mailbox(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
         let created = {
-            let _guard = self.lock_usage();
+            let _guard = self.lock_state();
             if self.accounts.contains_key(mailbox.as_bytes())? {
                 false
             } else {
@@ -256,16 +269,21 @@ impl MailboxStore for EmbeddedMailboxStore {
     }
 
     async fn usage(&self, mailbox: &MailboxId) -> Result<MailboxUsage, StoreError> {
-        Ok(self.lock_usage().get(mailbox).copied().unwrap_or_default())
+        Ok(self
+            .lock_state()
+            .usage
+            .get(mailbox)
+            .copied()
+            .unwrap_or_default())
     }
 
     async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(envelopes.len());
         {
-            let mut usage = self.lock_usage();
+            let mut state = self.lock_state();
             let mut batch = self.store.batch();
             let mut seen = HashSet::new();
-            let mut added: Vec<(MailboxId, u64)> = Vec::new();
+            let mut added: Vec<(MailboxId, EnvelopeId, u64)> = Vec::new();
             for e in &envelopes {
                 let ekey = envelope_key(&e.mailbox, e.id);
                 let dkey = dedupe_key(&e.mailbox, &e.dedupe_key);
@@ -283,15 +301,18 @@ impl MailboxStore for EmbeddedMailboxStore {
                     expiry_key(e.expires_at_ms, &e.mailbox, e.id).to_vec(),
                     e.dedupe_key.to_vec(),
                 );
-                added.push((e.mailbox, e.ciphertext.len() as u64));
+                added.push((e.mailbox, e.id, e.ciphertext.len() as u64));
                 outcomes.push(InsertOutcome::Stored);
             }
             if !added.is_empty() {
                 self.store.commit(batch)?;
-                for (mailbox, bytes) in added {
-                    let u = usage.entry(mailbox).or_default();
+                for (mailbox, id, bytes) in added {
+                    let u = state.usage.entry(mailbox).or_default();
                     u.envelopes += 1;
                     u.bytes += bytes;
+                    if let Some(from) = state.live_from.get_mut(&mailbox) {
+                        *from = (*from).min(id);
+                    }
                 }
             }
         }
@@ -306,10 +327,16 @@ impl MailboxStore for EmbeddedMailboxStore {
         max: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let live_from = self
+            .lock_state()
+            .live_from
+            .get(mailbox)
+            .copied()
+            .unwrap_or(0);
         let start = match after {
             Some(u64::MAX) => return Ok(Vec::new()),
-            Some(id) => id + 1,
-            None => 0,
+            Some(id) => (id + 1).max(live_from),
+            None => live_from,
         };
         let from = envelope_key(mailbox, start);
         let to = envelope_key(mailbox, u64::MAX);
@@ -331,10 +358,11 @@ impl MailboxStore for EmbeddedMailboxStore {
     async fn ack(&self, mailbox: &MailboxId, ids: &[EnvelopeId]) -> Result<AckOutcome, StoreError> {
         let mut outcome = AckOutcome::default();
         {
-            let mut usage = self.lock_usage();
+            let mut state = self.lock_state();
             let mut batch = self.store.batch();
             let mut freed = MailboxUsage::default();
             let mut unique = HashSet::new();
+            let mut highest = 0;
             for &id in ids {
                 let key = envelope_key(mailbox, id);
                 match self.mailboxes.size_of(key)? {
@@ -343,6 +371,7 @@ impl MailboxStore for EmbeddedMailboxStore {
                         freed.envelopes += 1;
                         freed.bytes += u64::from(size).saturating_sub(ENVELOPE_HEADER as u64);
                         outcome.deleted += 1;
+                        highest = highest.max(id);
                     }
                     Some(_) => {} // the same id twice in one ack
                     None => outcome.unknown.push(id),
@@ -350,11 +379,14 @@ impl MailboxStore for EmbeddedMailboxStore {
             }
             if outcome.deleted > 0 {
                 self.store.commit(batch)?;
-                if let Some(u) = usage.get_mut(mailbox) {
+                if let Some(u) = state.usage.get_mut(mailbox) {
                     u.envelopes = u.envelopes.saturating_sub(freed.envelopes);
                     u.bytes = u.bytes.saturating_sub(freed.bytes);
                     if u.envelopes == 0 {
-                        usage.remove(mailbox);
+                        // Empty: everything up to the highest id just deleted is gone.
+                        state.usage.remove(mailbox);
+                        let from = state.live_from.entry(*mailbox).or_insert(0);
+                        *from = (*from).max(highest.saturating_add(1));
                     }
                 }
             }
@@ -367,7 +399,8 @@ impl MailboxStore for EmbeddedMailboxStore {
 
     async fn expire(&self, now_ms: u64, max: usize) -> Result<usize, StoreError> {
         let mut removed = 0;
-        let mut usage = self.lock_usage();
+        let mut state = self.lock_state();
+        let usage = &mut state.usage;
         let mut batch = self.store.batch();
         let to = now_ms.to_be_bytes();
         for kv in self.expiry.range(..to.as_slice()).take(max) {
@@ -496,5 +529,39 @@ mod tests {
             .await
             .expect("insert");
         assert_eq!(fresh, vec![InsertOutcome::Stored]);
+    }
+
+    #[tokio::test]
+    async fn reads_after_a_drained_mailbox_start_past_its_tombstones_but_miss_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let a = MailboxId([1; 32]);
+        let batch: Vec<_> = (10..20).map(|i| envelope(a, i, i as u8, 100)).collect();
+        s.insert(batch).await.expect("insert");
+        s.ack(&a, &(10..20).collect::<Vec<_>>()).await.expect("ack");
+        assert_eq!(s.lock_state().live_from.get(&a), Some(&20));
+        s.insert(vec![envelope(a, 25, 50, 100)])
+            .await
+            .expect("insert");
+        // An id below the hint (a replayed log record after a crash elsewhere) still shows.
+        s.insert(vec![envelope(a, 5, 51, 100)])
+            .await
+            .expect("insert");
+        let ids: Vec<_> = s
+            .read(&a, None, 10, 0)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, vec![5, 25]);
+        let after: Vec<_> = s
+            .read(&a, Some(5), 10, 0)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(after, vec![25]);
     }
 }
