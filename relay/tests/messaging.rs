@@ -8,11 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RawConnection, TestNode, bytes, error_code, receive, test_config};
+use common::{RawConnection, TestNode, assert_nothing_arrives, bytes, error_code, receive};
+use levee_relay::Identity;
 use levee_relay::client::{Client, Delivery};
 use levee_relay::identity::{Purpose, transcript};
 use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body};
-use levee_relay::{Identity, NodeConfig};
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -112,13 +112,8 @@ async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
 
     // After the acks, a new session of either account sees nothing again.
     for id in [&alice_id, &bob_id] {
-        let again = node.connect(id).await;
-        again.authenticate().await.unwrap();
-        let mut inbox = again.subscribe().await.unwrap();
-        assert_eq!(
-            receive(&mut inbox, 1, Duration::from_millis(500)).await,
-            vec![]
-        );
+        let (_again, mut inbox) = node.resume(id).await;
+        assert_nothing_arrives(&mut inbox).await;
     }
     node.stop().await;
 }
@@ -129,8 +124,7 @@ async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are(
     let node = TestNode::start(dir.path());
     let alice = node.new_user().await;
     let bob_id = Identity::generate().unwrap();
-    let bob = node.connect(&bob_id).await;
-    bob.register().await.unwrap();
+    let bob = node.user(&bob_id).await;
     for i in 0..10 {
         alice
             .send(&bob.account(), format!("m{i}").into_bytes())
@@ -148,9 +142,7 @@ async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are(
     assert_eq!(bob.ack(&ids).await.unwrap().deleted, 6);
     bob.close().await;
 
-    let bob = node.connect(&bob_id).await;
-    bob.authenticate().await.unwrap();
-    let mut inbox = bob.subscribe().await.unwrap();
+    let (_bob, mut inbox) = node.resume(&bob_id).await;
     let again = receive(&mut inbox, 10, Duration::from_secs(1)).await;
     assert_eq!(
         texts(&again),
@@ -166,8 +158,7 @@ async fn resending_the_same_client_message_id_stores_one_copy() {
     let node = TestNode::start(dir.path());
     let alice = node.new_user().await;
     let bob_id = Identity::generate().unwrap();
-    let bob = node.connect(&bob_id).await;
-    bob.register().await.unwrap();
+    let bob = node.user(&bob_id).await;
     let id = [42u8; 16];
     for _ in 0..3 {
         alice
@@ -193,23 +184,16 @@ async fn resending_the_same_client_message_id_stores_one_copy() {
         .await
         .unwrap();
     bob.close().await;
-    let bob = node.connect(&bob_id).await;
-    bob.authenticate().await.unwrap();
-    let mut inbox = bob.subscribe().await.unwrap();
-    assert_eq!(
-        receive(&mut inbox, 10, Duration::from_secs(1)).await,
-        vec![],
-        "no second copy, ever"
-    );
+    // No second copy, ever.
+    let (_bob, mut inbox) = node.resume(&bob_id).await;
+    assert_nothing_arrives(&mut inbox).await;
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path());
-    let alice = node.new_user().await;
-    let bob = node.new_user().await;
+    let (node, alice, bob) = TestNode::with_pair(dir.path(), |_| {}).await;
     let mut bob_inbox = bob.subscribe().await.unwrap();
 
     // Oversized envelope: the client library refuses locally, and the node refuses too when
@@ -380,13 +364,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_refuses_clearly_until_drained() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_with(NodeConfig {
-        data_dir: dir.path().into(),
-        mailbox_max_envelopes: 3,
-        ..test_config()
-    });
-    let alice = node.new_user().await;
-    let bob = node.new_user().await;
+    let (node, alice, bob) = TestNode::with_pair(dir.path(), |c| c.mailbox_max_envelopes = 3).await;
     for i in 0..3 {
         alice
             .send(&bob.account(), format!("m{i}").into_bytes())
@@ -428,20 +406,11 @@ async fn a_full_mailbox_refuses_clearly_until_drained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_envelopes_are_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_with(NodeConfig {
-        data_dir: dir.path().into(),
-        envelope_ttl_secs: 1,
-        ..test_config()
-    });
-    let alice = node.new_user().await;
-    let bob = node.new_user().await;
+    let (node, alice, bob) = TestNode::with_pair(dir.path(), |c| c.envelope_ttl_secs = 1).await;
     alice.send(&bob.account(), b"stale".to_vec()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut inbox = bob.subscribe().await.unwrap();
-    assert_eq!(
-        receive(&mut inbox, 1, Duration::from_millis(500)).await,
-        vec![]
-    );
+    assert_nothing_arrives(&mut inbox).await;
     node.stop().await;
 }
 

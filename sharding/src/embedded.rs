@@ -449,6 +449,15 @@ mod tests {
         }
     }
 
+    async fn read_ids(s: &EmbeddedMailboxStore, m: &MailboxId, after: Option<u64>) -> Vec<u64> {
+        s.read(m, after, 100, 0)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    }
+
     fn open(dir: &Path) -> EmbeddedMailboxStore {
         EmbeddedMailboxStore::open(&EmbeddedStore::open(dir).expect("open db")).expect("open store")
     }
@@ -474,13 +483,7 @@ mod tests {
                 .expect("insert");
             use InsertOutcome::*;
             assert_eq!(outcomes, vec![Stored, Stored, Duplicate, Duplicate, Stored]);
-            let ids: Vec<_> = s
-                .read(&a, None, 10, 0)
-                .await
-                .expect("read")
-                .iter()
-                .map(|e| e.id)
-                .collect();
+            let ids = read_ids(&s, &a, None).await;
             assert_eq!(ids, vec![5, 6]);
             assert_eq!(s.read(&a, Some(5), 10, 0).await.expect("read").len(), 1);
             assert_eq!(
@@ -547,21 +550,9 @@ mod tests {
         s.insert(vec![envelope(a, 5, 51, 100)])
             .await
             .expect("insert");
-        let ids: Vec<_> = s
-            .read(&a, None, 10, 0)
-            .await
-            .expect("read")
-            .iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = read_ids(&s, &a, None).await;
         assert_eq!(ids, vec![5, 25]);
-        let after: Vec<_> = s
-            .read(&a, Some(5), 10, 0)
-            .await
-            .expect("read")
-            .iter()
-            .map(|e| e.id)
-            .collect();
+        let after = read_ids(&s, &a, Some(5)).await;
         assert_eq!(after, vec![25]);
     }
 }

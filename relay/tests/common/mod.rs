@@ -32,6 +32,21 @@ impl TestNode {
         })
     }
 
+    /// A node with the test defaults changed by `tune`, and two registered users.
+    pub async fn with_pair(
+        data: &Path,
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> (Self, Client, Client) {
+        let mut config = NodeConfig {
+            data_dir: data.to_owned(),
+            ..test_config()
+        };
+        tune(&mut config);
+        let node = Self::start_with(config);
+        let (a, b) = (node.new_user().await, node.new_user().await);
+        (node, a, b)
+    }
+
     pub fn start_with(config: NodeConfig) -> Self {
         let node = Node::open(config).expect("node opens");
         let addr = node.local_addr();
@@ -63,11 +78,24 @@ impl TestNode {
             .expect("client connects")
     }
 
-    /// Connects and registers a client for a new identity.
-    pub async fn new_user(&self) -> Client {
-        let client = self.connect(&Identity::generate().unwrap()).await;
+    /// Connects and registers a client for `identity`.
+    pub async fn user(&self, identity: &Identity) -> Client {
+        let client = self.connect(identity).await;
         client.register().await.expect("register");
         client
+    }
+
+    /// Connects and registers a client for a new identity.
+    pub async fn new_user(&self) -> Client {
+        self.user(&Identity::generate().unwrap()).await
+    }
+
+    /// Reconnects as an existing account and subscribes to its mailbox.
+    pub async fn resume(&self, identity: &Identity) -> (Client, Deliveries) {
+        let client = self.connect(identity).await;
+        client.authenticate().await.expect("authenticate");
+        let inbox = client.subscribe().await.expect("subscribe");
+        (client, inbox)
     }
 
     pub async fn stop(mut self) {
@@ -97,6 +125,12 @@ pub async fn receive(inbox: &mut Deliveries, n: usize, quiet: Duration) -> Vec<D
         }
     }
     out
+}
+
+/// Asserts that nothing arrives within half a second.
+pub async fn assert_nothing_arrives(inbox: &mut Deliveries) {
+    let got = receive(inbox, 1, Duration::from_millis(500)).await;
+    assert!(got.is_empty(), "unexpected delivery: {got:?}");
 }
 
 /// A bare protocol connection, for sending what the client library never would.
