@@ -1,0 +1,276 @@
+use std::time::{Duration, Instant};
+
+use super::cohort::{COHORTS, Cohort};
+
+/// What a request is, most important first. Shedding starts from the last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestClass {
+    /// Acknowledgements, deletes, pings: never shed, they reduce load.
+    Control,
+    /// Send and receive on an authenticated session.
+    Messaging,
+    /// Authentication / reconnect of an existing account.
+    Login,
+    /// A new registration.
+    Registration,
+}
+
+/// Classes that can be shed, in the order they give way.
+const SHEDDABLE: u32 = 3;
+/// Priority slots: one per (sheddable class, cohort).
+const SLOTS: u32 = SHEDDABLE * COHORTS as u32;
+
+/// How much is admitted: the number of (class, cohort) priority slots served, counted from
+/// the most important (messaging, cohort 0) down to the least (registration, last cohort).
+/// `SLOTS` admits everything; 0 admits only control requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AdmissionLevel(u32);
+
+impl AdmissionLevel {
+    /// Everything admitted.
+    pub const ALL: Self = Self(SLOTS);
+
+    /// Admitted slots out of all sheddable slots, 0.0..=1.0.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / f64::from(SLOTS)
+    }
+
+    /// Whether a request of `class` from `cohort` is served at this level.
+    pub fn admits(self, class: RequestClass, cohort: Cohort) -> bool {
+        let rank = match class {
+            RequestClass::Control => return true,
+            RequestClass::Messaging => 0,
+            RequestClass::Login => 1,
+            RequestClass::Registration => 2,
+        };
+        rank * u32::from(COHORTS) + u32::from(cohort.index()) < self.0
+    }
+}
+
+/// Tuning of the controller. Defaults follow WeChat's DAGOR (overload when the average
+/// queueing delay over 1 s or 2,000 requests exceeds 20 ms; shed 5%, restore 1%).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControllerConfig {
+    /// A window closes after this long...
+    pub window: Duration,
+    /// ...or after this many samples, whichever comes first.
+    pub window_samples: u32,
+    /// Average queueing delay above which the window counts as overloaded.
+    pub overload_wait: Duration,
+    /// Average queueing delay below which the level may climb. Between the two, it holds:
+    /// a node running at capacity keeps its level instead of oscillating around it.
+    pub recover_wait: Duration,
+    /// Fraction of the admitted slots shed per overloaded window.
+    pub fall: f64,
+    /// Fraction of all slots restored per calm window.
+    pub climb: f64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(1),
+            window_samples: 2_000,
+            overload_wait: Duration::from_millis(20),
+            recover_wait: Duration::from_millis(5),
+            fall: 0.05,
+            climb: 0.01,
+        }
+    }
+}
+
+/// Adapts the [`AdmissionLevel`] from queueing delay and backend health. Pure: the caller
+/// passes the time of every observation.
+#[derive(Debug)]
+pub struct AdmissionController {
+    config: ControllerConfig,
+    level: AdmissionLevel,
+    window_start: Instant,
+    wait_total: Duration,
+    samples: u32,
+    backend_overloaded: bool,
+}
+
+impl AdmissionController {
+    /// A controller that starts admitting everything.
+    pub fn new(config: ControllerConfig, now: Instant) -> Self {
+        Self {
+            config,
+            level: AdmissionLevel::ALL,
+            window_start: now,
+            wait_total: Duration::ZERO,
+            samples: 0,
+            backend_overloaded: false,
+        }
+    }
+
+    /// The current level.
+    pub fn level(&self) -> AdmissionLevel {
+        self.level
+    }
+
+    /// Whether to serve a request now.
+    pub fn admits(&self, class: RequestClass, cohort: Cohort) -> bool {
+        self.level.admits(class, cohort)
+    }
+
+    /// Backend health (delivery-log append latency, store latency, log lag) as judged by
+    /// the caller: while overloaded, every closing window counts as overloaded.
+    pub fn set_backend_overloaded(&mut self, overloaded: bool) {
+        self.backend_overloaded = overloaded;
+    }
+
+    /// Records how long an admitted request waited before a worker started it.
+    pub fn record_wait(&mut self, wait: Duration, now: Instant) {
+        self.wait_total += wait;
+        self.samples += 1;
+        self.tick(now);
+    }
+
+    /// Closes the window if it is over; call also when idle so that an idle node recovers.
+    pub fn tick(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < self.config.window && self.samples < self.config.window_samples {
+            return;
+        }
+        let average = if self.samples == 0 {
+            Duration::ZERO
+        } else {
+            self.wait_total / self.samples
+        };
+        let level = self.level.0;
+        self.level.0 = if self.backend_overloaded || average > self.config.overload_wait {
+            let shed = ((f64::from(level) * self.config.fall).ceil() as u32).max(1);
+            level.saturating_sub(shed)
+        } else if average < self.config.recover_wait {
+            let restore = ((f64::from(SLOTS) * self.config.climb).ceil() as u32).max(1);
+            (level + restore).min(SLOTS)
+        } else {
+            level
+        };
+        self.window_start = now;
+        self.wait_total = Duration::ZERO;
+        self.samples = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::CohortSalt;
+
+    fn cohort(i: u16) -> Cohort {
+        // Find a key landing in cohort `i` through the public API.
+        let salt = CohortSalt::new(b"t", Duration::from_secs(3600));
+        (0u32..)
+            .map(|k| salt.cohort(&k.to_be_bytes(), Duration::ZERO))
+            .find(|c| c.index() == i)
+            .expect("every cohort is reachable")
+    }
+
+    #[test]
+    fn levels_shed_registration_first_and_control_never() {
+        let none = AdmissionLevel(0);
+        assert!(none.admits(RequestClass::Control, cohort(5)));
+        assert!(!none.admits(RequestClass::Messaging, cohort(0)));
+        let two_classes = AdmissionLevel(2 * u32::from(COHORTS));
+        assert!(two_classes.admits(RequestClass::Login, cohort(127)));
+        assert!(!two_classes.admits(RequestClass::Registration, cohort(0)));
+        let half_registrations = AdmissionLevel(2 * u32::from(COHORTS) + 64);
+        assert!(half_registrations.admits(RequestClass::Registration, cohort(63)));
+        assert!(!half_registrations.admits(RequestClass::Registration, cohort(64)));
+    }
+
+    /// One simulated second of a node that serves `capacity` requests/s, offered `offered`
+    /// requests/s spread over all sheddable slots. Waiting is an M/M/1 queue's:
+    /// 1 ms × ρ/(1−ρ), and grows without bound past capacity.
+    fn simulate_window(
+        c: &mut AdmissionController,
+        now: Instant,
+        offered: f64,
+        capacity: f64,
+    ) -> f64 {
+        let admitted = offered * c.level().fraction();
+        let rho = admitted / capacity;
+        let wait = if rho >= 0.999 {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs_f64(0.001 * rho / (1.0 - rho))
+        };
+        let samples = (admitted as u32).clamp(1, 100);
+        for i in 0..samples {
+            c.record_wait(wait, now + Duration::from_millis(u64::from(i)));
+        }
+        c.tick(now + Duration::from_secs(1));
+        admitted
+    }
+
+    #[test]
+    fn falls_fast_under_queueing_delay_and_recovers_after() {
+        let t0 = Instant::now();
+        let mut c = AdmissionController::new(ControllerConfig::default(), t0);
+        // Ten windows with 100 ms of queueing delay.
+        for s in 0..10 {
+            let now = t0 + Duration::from_secs(s);
+            c.record_wait(Duration::from_millis(100), now);
+            c.tick(now + Duration::from_secs(1));
+        }
+        let after_overload = c.level();
+        assert!(
+            after_overload.fraction() < 0.62,
+            "fell fast: {after_overload:?}"
+        );
+        assert!(
+            after_overload.fraction() > 0.55,
+            "by about 5% per window: {after_overload:?}"
+        );
+        // Calm again: climbs 1% of all slots per window, back to everything.
+        let mut s = 10;
+        while c.level() < AdmissionLevel::ALL {
+            let now = t0 + Duration::from_secs(s);
+            c.record_wait(Duration::from_millis(1), now);
+            c.tick(now + Duration::from_secs(1));
+            s += 1;
+            assert!(s < 200, "recovers");
+        }
+        assert!(s - 10 >= 30, "climbs slowly ({} windows)", s - 10);
+    }
+
+    #[test]
+    fn backend_overload_sheds_even_without_queueing_delay() {
+        let t0 = Instant::now();
+        let mut c = AdmissionController::new(ControllerConfig::default(), t0);
+        c.set_backend_overloaded(true);
+        c.record_wait(Duration::ZERO, t0);
+        c.tick(t0 + Duration::from_secs(1));
+        assert!(c.level() < AdmissionLevel::ALL);
+    }
+
+    #[test]
+    fn steady_load_above_capacity_settles_without_oscillating() {
+        let t0 = Instant::now();
+        let mut c = AdmissionController::new(ControllerConfig::default(), t0);
+        // Offered twice what the node can serve.
+        let (offered, capacity) = (20_000.0, 10_000.0);
+        let mut levels = Vec::new();
+        let mut admitted = Vec::new();
+        for s in 0..300 {
+            admitted.push(simulate_window(
+                &mut c,
+                t0 + Duration::from_secs(s * 2),
+                offered,
+                capacity,
+            ));
+            levels.push(c.level());
+        }
+        let tail = &levels[200..];
+        let (lo, hi) = (
+            tail.iter().min().expect("non-empty"),
+            tail.iter().max().expect("non-empty"),
+        );
+        assert_eq!(lo, hi, "the level holds still once settled: {lo:?}..{hi:?}");
+        let served = admitted[299];
+        assert!(served < capacity, "not overloaded: {served}");
+        assert!(served > 0.7 * capacity, "goodput stays high: {served}");
+    }
+}

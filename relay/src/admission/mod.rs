@@ -1,0 +1,22 @@
+//! Admission control: which requests a node serves when it cannot serve them all.
+//!
+//! Pure decisions with time passed in, no sockets (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`RequestClass`]: acknowledgements and control (never shed), messaging, login,
+//!   registration — shedding starts from the last.
+//! - [`Cohort`]: a stable bucket of an account key under a rotating salt, so within a
+//!   rotation a given user is consistently served or consistently shed.
+//! - [`AdmissionController`] and its [`AdmissionLevel`]: how much of the (class, cohort)
+//!   space is admitted, adapted once per window from the time admitted requests waited in
+//!   queue before a worker started them and from backend health — down fast under
+//!   overload, up slowly, holding steady in between.
+//!
+//! Status: this core is built and tested; wiring it into the node (waiting-room tickets,
+//! handshake protection, metrics, the client's retry behaviour) is the rest of the
+//! admission-control issue.
+
+mod cohort;
+mod controller;
+
+pub use cohort::{COHORTS, Cohort, CohortSalt};
+pub use controller::{AdmissionController, AdmissionLevel, ControllerConfig, RequestClass};
