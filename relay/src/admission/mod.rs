@@ -10,13 +10,17 @@
 //!   space is admitted, adapted once per window from the time admitted requests waited in
 //!   queue before a worker started them and from backend health — down fast under
 //!   overload, up slowly, holding steady in between.
+//! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
+//!   the cluster key) that any node can verify without shared state.
 //!
-//! Status: this core is built and tested; wiring it into the node (waiting-room tickets,
-//! handshake protection, metrics, the client's retry behaviour) is the rest of the
-//! admission-control issue.
+//! Status: this core is built and tested; wiring it into the node (issuing tickets and
+//! advancing the line, handshake protection, metrics, the client's retry behaviour) is the
+//! rest of the admission-control issue.
 
 mod cohort;
 mod controller;
+mod ticket;
 
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{AdmissionController, AdmissionLevel, ControllerConfig, RequestClass};
+pub use ticket::{Ticket, TicketError, TicketKey, key_hash};
