@@ -291,7 +291,19 @@ async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
 
 async fn register(args: ClientArgs) -> Result<(), Failure> {
     let client = connect(&args).await?;
-    let created = client.register().await?;
+    let json = args.json;
+    // During a signup wave the node hands out places in line; show them as they come.
+    let created = client
+        .register_waiting(|place| {
+            let eta = place.estimated_wait.as_secs_f64().ceil();
+            if json {
+                let waiting = json!({ "position": place.position, "ahead": place.ahead, "estimated_wait_secs": eta });
+                println!("{}", json!({ "waiting": waiting }));
+            } else {
+                eprintln!("waiting room: position {}, about {eta} s ({} ahead)", place.position, place.ahead);
+            }
+        })
+        .await?;
     let account = client.account();
     if args.json {
         println!(

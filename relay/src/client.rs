@@ -146,6 +146,36 @@ impl Deliveries {
     }
 }
 
+/// Retries of one request the node shed (`RATE_LIMITED`) before giving up.
+pub const MAX_RETRIES: u32 = 3;
+
+/// The answer to a registration attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The account exists and the session is authenticated as it.
+    Registered {
+        /// Whether this attempt created it.
+        created: bool,
+    },
+    /// Not yet: a place in the waiting line.
+    Queued(Place),
+}
+
+/// A place in the registration waiting line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Present this on the next attempt to keep the place.
+    pub ticket: Bytes,
+    /// Position in the line.
+    pub position: u64,
+    /// How many are ahead.
+    pub ahead: u64,
+    /// When to try again.
+    pub retry_after: Duration,
+    /// Expected wait for this place at the line's current speed.
+    pub estimated_wait: Duration,
+}
+
 /// What the node said about an acknowledgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AckReceipt {
@@ -321,7 +351,11 @@ impl Client {
         }
     }
 
-    async fn prove(&self, purpose: Purpose) -> Result<bool, ClientError> {
+    async fn prove(
+        &self,
+        purpose: Purpose,
+        ticket: Option<Bytes>,
+    ) -> Result<Registration, ClientError> {
         let nonce = self.challenge().await?;
         let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
             purpose,
@@ -333,6 +367,7 @@ impl Client {
             Purpose::Register => Body::Register(pb::Register {
                 public_key,
                 signature,
+                ticket: ticket.unwrap_or_default(),
             }),
             Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
                 public_key,
@@ -340,20 +375,91 @@ impl Client {
             }),
         };
         match self.request(body).await? {
-            R::Authenticated(a) => Ok(a.created),
+            R::Authenticated(a) => Ok(Registration::Registered { created: a.created }),
+            R::Queued(q) => Ok(Registration::Queued(Place {
+                ticket: q.ticket,
+                position: q.position,
+                ahead: q.ahead,
+                retry_after: Duration::from_millis(q.retry_after_ms),
+                estimated_wait: Duration::from_millis(q.estimated_wait_ms),
+            })),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Registers this identity's account (idempotent) and authenticates the session.
+    /// One registration attempt, presenting `ticket` from an earlier [`Place`] if there is
+    /// one: either registered (and the session authenticated), or a place in the line.
+    pub async fn register_once(&self, ticket: Option<Bytes>) -> Result<Registration, ClientError> {
+        self.prove(Purpose::Register, ticket).await
+    }
+
+    /// Registers this identity's account (idempotent) and authenticates the session,
+    /// waiting in line as long as the node says; see [`register_waiting`](Self::register_waiting).
     /// Returns whether the account was created now.
     pub async fn register(&self) -> Result<bool, ClientError> {
-        self.prove(Purpose::Register).await
+        self.register_waiting(|_| {}).await
+    }
+
+    /// Like [`register`](Self::register), calling `on_wait` with each place in line the
+    /// node hands out (to show "position N, about T s"). Comes back when the node says, with
+    /// a little extra jitter, and keeps its place by presenting the ticket.
+    pub async fn register_waiting(
+        &self,
+        mut on_wait: impl FnMut(&Place),
+    ) -> Result<bool, ClientError> {
+        let mut ticket = None;
+        loop {
+            match self.register_once(ticket.take()).await? {
+                Registration::Registered { created } => return Ok(created),
+                Registration::Queued(place) => {
+                    on_wait(&place);
+                    tokio::time::sleep(self.jittered(place.retry_after)).await;
+                    ticket = Some(place.ticket);
+                }
+            }
+        }
     }
 
     /// Authenticates the session as this identity's existing account.
     pub async fn authenticate(&self) -> Result<(), ClientError> {
-        self.prove(Purpose::Authenticate).await.map(|_| ())
+        self.obeying_retry_after(|| self.prove(Purpose::Authenticate, None))
+            .await
+            .map(|_| ())
+    }
+
+    /// `wait` stretched by a random 0–25%, so that clients told the same thing do not all
+    /// come back at the same instant; never shorter than the node asked.
+    fn jittered(&self, wait: Duration) -> Duration {
+        let mut b = [0u8; 1];
+        let _ = self.rng.fill(&mut b);
+        wait.mul_f64(1.0 + f64::from(b[0]) / 1020.0)
+    }
+
+    /// Runs `op`, and when the node sheds it (`RATE_LIMITED`), waits as told and tries
+    /// again, at most [`MAX_RETRIES`] times: past that the caller decides, so overload never
+    /// turns into a retry storm.
+    async fn obeying_retry_after<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut retries = 0;
+        loop {
+            match op().await {
+                Err(ClientError::Refused {
+                    code: ErrorCode::RateLimited,
+                    retry_after,
+                    ..
+                }) if retries < MAX_RETRIES => {
+                    retries += 1;
+                    tokio::time::sleep(
+                        self.jittered(retry_after.unwrap_or(Duration::from_secs(1))),
+                    )
+                    .await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Sends an envelope with a fresh random client message id. Returns the relay's
@@ -394,7 +500,10 @@ impl Client {
             ciphertext,
             client_message_id: Bytes::copy_from_slice(&client_message_id),
         });
-        match self.request(body).await? {
+        match self
+            .obeying_retry_after(|| self.request(body.clone()))
+            .await?
+        {
             R::SendOk(ok) => Ok(ok.envelope_id),
             other => Err(unexpected(&other)),
         }
@@ -402,14 +511,28 @@ impl Client {
 
     /// Subscribes to this account's mailbox. Can be called once per client.
     pub async fn subscribe(&self) -> Result<Deliveries, ClientError> {
-        let rx = self
-            .deliveries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| ClientError::Invalid("already subscribed".into()))?;
-        match self.request(Body::Subscribe(pb::Subscribe {})).await? {
-            R::SubscribeOk(_) => Ok(Deliveries { rx }),
+        let taken = || {
+            self.deliveries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+        };
+        if taken() {
+            return Err(ClientError::Invalid("already subscribed".into()));
+        }
+        match self
+            .obeying_retry_after(|| self.request(Body::Subscribe(pb::Subscribe {})))
+            .await?
+        {
+            R::SubscribeOk(_) => {
+                let rx = self
+                    .deliveries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                rx.map(|rx| Deliveries { rx })
+                    .ok_or_else(|| ClientError::Invalid("already subscribed".into()))
+            }
             other => Err(unexpected(&other)),
         }
     }

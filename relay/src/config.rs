@@ -40,6 +40,21 @@ pub struct NodeConfig {
     pub max_requests_in_flight: u32,
     /// A connection silent for this long (seconds) is closed. Clients ping to stay.
     pub idle_timeout_secs: u64,
+    /// Admission control on (the default) or off (everything admitted; for benchmarks and
+    /// drills that show the difference).
+    pub admission: bool,
+    /// Secret shared by the nodes of a cluster (hex, at least 32 characters): signs waiting-room
+    /// tickets and salts cohorts. When unset, one is generated in `data_dir/cluster.key`.
+    pub cluster_key: Option<String>,
+    /// Admission window: the level is reconsidered this often (milliseconds)...
+    pub admission_window_ms: u64,
+    /// ...shedding more when requests waited in queue longer than this on average (ms)...
+    pub admission_overload_wait_ms: u64,
+    /// ...and admitting more when they waited less than this (ms).
+    pub admission_recover_wait_ms: u64,
+    /// Registrations per second the waiting line starts at; from then on it follows what
+    /// the node measurably absorbs.
+    pub registration_initial_rate: f64,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +72,12 @@ impl Default for NodeConfig {
             max_connections: 10_000,
             max_requests_in_flight: 256,
             idle_timeout_secs: 30,
+            admission: true,
+            cluster_key: None,
+            admission_window_ms: 1000,
+            admission_overload_wait_ms: 20,
+            admission_recover_wait_ms: 5,
+            registration_initial_rate: 100.0,
         }
     }
 }
@@ -76,12 +97,30 @@ impl NodeConfig {
                 u64::from(self.max_requests_in_flight),
             ),
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("admission_window_ms", self.admission_window_ms),
+            (
+                "admission_overload_wait_ms",
+                self.admission_overload_wait_ms,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
         }
         if self.max_envelope_bytes > 16 * 1024 * 1024 {
             return Err("max_envelope_bytes may be at most 16 MiB".into());
+        }
+        if self.admission_recover_wait_ms > self.admission_overload_wait_ms {
+            return Err(
+                "admission_recover_wait_ms must not exceed admission_overload_wait_ms".into(),
+            );
+        }
+        if !(self.registration_initial_rate.is_finite() && self.registration_initial_rate >= 1.0) {
+            return Err("registration_initial_rate must be at least 1".into());
+        }
+        if let Some(key) = &self.cluster_key
+            && (key.len() < 32 || hex::decode(key).is_err())
+        {
+            return Err("cluster_key must be at least 32 hex characters".into());
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());

@@ -289,6 +289,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
             Body::Register(pb::Register {
                 public_key: bytes(me.account().as_bytes()),
                 signature: bytes(&captured),
+                ticket: Default::default(),
             }),
         )
         .await;
@@ -303,6 +304,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
             Body::Register(pb::Register {
                 public_key: bytes(me.account().as_bytes()),
                 signature: bytes(&captured),
+                ticket: Default::default(),
             }),
         )
         .await;

@@ -47,6 +47,17 @@ impl AdmissionLevel {
     }
 }
 
+/// What a closed window showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queueing delay over the limit, or the backend overloaded: shed more.
+    Overloaded,
+    /// Between the limits: keep the level.
+    Hold,
+    /// Queueing delay low: admit more.
+    Calm,
+}
+
 /// Tuning of the controller. Defaults follow WeChat's DAGOR (overload when the average
 /// queueing delay over 1 s or 2,000 requests exceeds 20 ms; shed 5%, restore 1%).
 #[derive(Clone, Debug, PartialEq)]
@@ -120,18 +131,20 @@ impl AdmissionController {
         self.backend_overloaded = overloaded;
     }
 
-    /// Records how long an admitted request waited before a worker started it.
-    pub fn record_wait(&mut self, wait: Duration, now: Instant) {
+    /// Records how long an admitted request waited before a worker started it. Returns the
+    /// verdict and length of the window if this closed one.
+    pub fn record_wait(&mut self, wait: Duration, now: Instant) -> Option<(Verdict, Duration)> {
         self.wait_total += wait;
         self.samples += 1;
-        self.tick(now);
+        self.tick(now)
     }
 
-    /// Closes the window if it is over; call also when idle so that an idle node recovers.
-    pub fn tick(&mut self, now: Instant) {
+    /// Closes the window if it is over (call also when idle, so an idle node recovers) and
+    /// returns what it showed and how long it lasted.
+    pub fn tick(&mut self, now: Instant) -> Option<(Verdict, Duration)> {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed < self.config.window && self.samples < self.config.window_samples {
-            return;
+            return None;
         }
         let average = if self.samples == 0 {
             Duration::ZERO
@@ -139,18 +152,28 @@ impl AdmissionController {
             self.wait_total / self.samples
         };
         let level = self.level.0;
-        self.level.0 = if self.backend_overloaded || average > self.config.overload_wait {
-            let shed = ((f64::from(level) * self.config.fall).ceil() as u32).max(1);
-            level.saturating_sub(shed)
+        let verdict = if self.backend_overloaded || average > self.config.overload_wait {
+            Verdict::Overloaded
         } else if average < self.config.recover_wait {
-            let restore = ((f64::from(SLOTS) * self.config.climb).ceil() as u32).max(1);
-            (level + restore).min(SLOTS)
+            Verdict::Calm
         } else {
-            level
+            Verdict::Hold
+        };
+        self.level.0 = match verdict {
+            Verdict::Overloaded => {
+                let shed = ((f64::from(level) * self.config.fall).ceil() as u32).max(1);
+                level.saturating_sub(shed)
+            }
+            Verdict::Calm => {
+                let restore = ((f64::from(SLOTS) * self.config.climb).ceil() as u32).max(1);
+                (level + restore).min(SLOTS)
+            }
+            Verdict::Hold => level,
         };
         self.window_start = now;
         self.wait_total = Duration::ZERO;
         self.samples = 0;
+        Some((verdict, elapsed))
     }
 }
 

@@ -10,6 +10,8 @@
 //!   space is admitted, adapted once per window from the time admitted requests waited in
 //!   queue before a worker started them and from backend health — down fast under
 //!   overload, up slowly, holding steady in between.
+//! - [`WaitingLine`]: registrations that cannot be served now get positions in arrival
+//!   order; the head advances at the rate the node has shown it absorbs.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
 //!   the cluster key) that any node can verify without shared state.
 //!
@@ -19,8 +21,12 @@
 
 mod cohort;
 mod controller;
+mod line;
 mod ticket;
 
 pub use cohort::{COHORTS, Cohort, CohortSalt};
-pub use controller::{AdmissionController, AdmissionLevel, ControllerConfig, RequestClass};
+pub use controller::{
+    AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
+};
+pub use line::WaitingLine;
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

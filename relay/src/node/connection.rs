@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use levee_queue::LogRecord;
@@ -14,6 +14,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::Shared;
+use super::admission::RegistrationDecision;
+use crate::admission::RequestClass;
 use crate::clock::now_ms;
 use crate::identity::Purpose;
 use crate::session::{Refusal, Session};
@@ -122,10 +124,12 @@ impl Connection {
     /// Reads and dispatches frames until the stream ends or breaks; returns the close code.
     async fn read_loop(&mut self, mut recv: quinn::RecvStream) -> u32 {
         let mut decoder = FrameDecoder::new(self.shared.config.max_frame_bytes());
+        // When the bytes being decoded arrived: the start of a request's queueing delay.
+        let mut arrived = Instant::now();
         loop {
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => self.dispatch(frame).await,
+                    Ok(Some(frame)) => self.dispatch(frame, arrived).await,
                     Ok(None) => break,
                     Err(e) => {
                         let code = match e {
@@ -141,7 +145,10 @@ impl Connection {
                 while self.tasks.try_join_next().is_some() {}
             }
             match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+                Ok(Some(chunk)) => {
+                    arrived = Instant::now();
+                    decoder.extend(&chunk.bytes);
+                }
                 Ok(None) | Err(_) => return close::NORMAL,
             }
         }
@@ -161,7 +168,20 @@ impl Connection {
         .await;
     }
 
-    async fn dispatch(&mut self, frame: Bytes) {
+    /// Refuses `id` if admission control sheds `class` for `key` now.
+    async fn admitted(&self, id: u64, class: RequestClass, key: &[u8]) -> bool {
+        match self.shared.admission.check(class, key) {
+            Ok(()) => true,
+            Err(retry_after_ms) => {
+                let msg = "the node is shedding load; retry after retry_after_ms";
+                self.respond(retry_later(id, ErrorCode::RateLimited, msg, retry_after_ms))
+                    .await;
+                false
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, frame: Bytes, arrived: Instant) {
         let Ok(frame) = pb::ClientFrame::decode(frame) else {
             // The frame boundary is intact, so the session can go on after saying so.
             self.respond(pb::Response::error(
@@ -182,6 +202,7 @@ impl Connection {
             .await;
             return;
         };
+        let started = Instant::now();
         match body {
             Body::Ping(_) => {
                 self.respond(pb::Response::ok(id, R::Pong(pb::Pong {})))
@@ -189,33 +210,58 @@ impl Connection {
             }
             Body::Hello(_) => self.hello(id).await,
             Body::Register(r) => {
-                self.prove(id, Purpose::Register, r.public_key, r.signature)
+                self.shared.admission.record_wait(started - arrived);
+                let ticket = (!r.ticket.is_empty()).then_some(r.ticket);
+                self.prove(id, Purpose::Register, r.public_key, r.signature, ticket)
                     .await
             }
             Body::Authenticate(a) => {
-                self.prove(id, Purpose::Authenticate, a.public_key, a.signature)
-                    .await
+                self.shared.admission.record_wait(started - arrived);
+                if self.admitted(id, RequestClass::Login, &a.public_key).await {
+                    self.prove(id, Purpose::Authenticate, a.public_key, a.signature, None)
+                        .await
+                }
             }
             Body::Send(s) => match self.session.account() {
-                Ok(sender) => self.spawn(move |shared| send(shared, id, sender, s)).await,
+                Ok(sender) => {
+                    if self
+                        .admitted(id, RequestClass::Messaging, sender.as_bytes())
+                        .await
+                    {
+                        self.spawn(arrived, move |shared| send(shared, id, sender, s))
+                            .await
+                    }
+                }
                 Err(r) => self.refuse(id, r).await,
             },
             Body::Ack(a) => match self.session.account() {
                 Ok(owner) => {
-                    self.spawn(move |shared| ack(shared, id, owner, a.envelope_ids))
-                        .await
+                    self.spawn(arrived, move |shared| {
+                        ack(shared, id, owner, a.envelope_ids)
+                    })
+                    .await
                 }
                 Err(r) => self.refuse(id, r).await,
             },
-            Body::Subscribe(_) => match self.session.subscribe() {
-                Ok(owner) => {
-                    self.respond(pb::Response::ok(id, R::SubscribeOk(pb::SubscribeOk {})))
-                        .await;
-                    let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
-                    self.tasks.spawn(pump(shared, owner, outbox));
-                }
-                Err(r) => self.refuse(id, r).await,
+            Body::Subscribe(_) => match self.session.account() {
+                Ok(owner)
+                    if !self
+                        .admitted(id, RequestClass::Messaging, owner.as_bytes())
+                        .await => {}
+                _ => self.subscribe(id).await,
             },
+        }
+    }
+
+    async fn subscribe(&mut self, id: u64) {
+        match self.session.subscribe() {
+            Ok(owner) => {
+                self.respond(pb::Response::ok(id, R::SubscribeOk(pb::SubscribeOk {})))
+                    .await;
+                let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
+                self.tasks.spawn(pump(shared, owner, outbox));
+            }
+            Err(r) => self.refuse(id, r).await,
         }
     }
 
@@ -246,11 +292,53 @@ impl Connection {
 
     /// `Register` / `Authenticate`. Handled in line, not spawned, so requests pipelined
     /// behind it already see the authenticated session.
-    async fn prove(&mut self, id: u64, purpose: Purpose, public_key: Bytes, signature: Bytes) {
+    async fn prove(
+        &mut self,
+        id: u64,
+        purpose: Purpose,
+        public_key: Bytes,
+        signature: Bytes,
+        ticket: Option<Bytes>,
+    ) {
         let account = match self.session.verify_proof(purpose, &public_key, &signature) {
             Ok(account) => account,
             Err(r) => return self.refuse(id, r).await,
         };
+        // Only a proven key gets a place in line, so nobody can queue up keys they do not hold.
+        if purpose == Purpose::Register {
+            match self
+                .shared
+                .admission
+                .register(account.as_bytes(), ticket.as_deref())
+            {
+                RegistrationDecision::Enter => {}
+                RegistrationDecision::Queued {
+                    ticket,
+                    position,
+                    ahead,
+                    retry_after_ms,
+                    estimated_wait_ms,
+                } => {
+                    let queued = pb::Queued {
+                        ticket: ticket.into(),
+                        position,
+                        ahead,
+                        retry_after_ms,
+                        estimated_wait_ms,
+                    };
+                    return self.respond(pb::Response::ok(id, R::Queued(queued))).await;
+                }
+                RegistrationDecision::Rejected(e) => {
+                    return self
+                        .respond(pb::Response::error(
+                            id,
+                            ErrorCode::TicketRejected,
+                            e.to_string(),
+                        ))
+                        .await;
+                }
+            }
+        }
         let created = match purpose {
             Purpose::Register => self.shared.store.create_mailbox(&account).await,
             Purpose::Authenticate => match self.shared.store.mailbox_exists(&account).await {
@@ -283,7 +371,9 @@ impl Connection {
 
     /// Runs a request concurrently with the connection's others (pipelining). Waits for a
     /// slot first, which stops reading from this client while it has too many in progress.
-    async fn spawn<F, Fut>(&mut self, work: F)
+    /// `arrived` is when the request's bytes arrived; the time until its task starts is the
+    /// queueing delay admission control watches.
+    async fn spawn<F, Fut>(&mut self, arrived: Instant, work: F)
     where
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: std::future::Future<Output = pb::Response> + Send + 'static,
@@ -293,8 +383,10 @@ impl Connection {
             return;
         };
         let outbox = self.outbox.clone();
+        let shared = self.shared.clone();
         let fut = work(self.shared.clone());
         self.tasks.spawn(async move {
+            shared.admission.record_wait(arrived.elapsed());
             let response = fut.await;
             let _ = outbox.send(response.into()).await;
             drop(permit);
@@ -302,16 +394,22 @@ impl Connection {
     }
 }
 
+/// An error that tells the client when to come back.
+fn retry_later(id: u64, code: ErrorCode, message: &str, retry_after_ms: u64) -> pb::Response {
+    let mut r = pb::Response::error(id, code, message);
+    if let Some(R::Error(e)) = &mut r.result {
+        e.retry_after_ms = retry_after_ms;
+    }
+    r
+}
+
 fn storage_error(id: u64) -> pb::Response {
-    let mut r = pb::Response::error(
+    retry_later(
         id,
         ErrorCode::Unavailable,
         "storage is unavailable; retry later",
-    );
-    if let Some(R::Error(e)) = &mut r.result {
-        e.retry_after_ms = STORAGE_RETRY_MS;
-    }
-    r
+        STORAGE_RETRY_MS,
+    )
 }
 
 /// Identifies "the same message sent again" without storing who sent it.

@@ -1,6 +1,7 @@
 //! The relay node runtime: the I/O shell around the session rules, the mailbox store and
 //! the delivery log.
 
+mod admission;
 mod connection;
 mod delivery;
 
@@ -49,6 +50,7 @@ pub enum NodeError {
 /// What every connection of a node shares.
 pub(crate) struct Shared {
     pub config: NodeConfig,
+    pub admission: admission::Admission,
     pub store: Arc<dyn MailboxStore>,
     pub log: Arc<dyn DeliveryLog>,
     pub presence: Presence,
@@ -114,6 +116,9 @@ impl Node {
             .max_concurrent_bidi_streams(1u32.into())
             .max_concurrent_uni_streams(0u32.into());
         server_config.transport_config(Arc::new(transport));
+        let secret = admission::cluster_key(&config).map_err(NodeError::Config)?;
+        // One node per cluster until placement exists; its tickets carry id 0.
+        let admission = admission::Admission::new(&config, &secret, 0);
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
             NodeError::Bind {
                 addr: config.listen,
@@ -125,6 +130,7 @@ impl Node {
             fingerprint: cert.fingerprint(),
             generated_cert,
             shared: Arc::new(Shared {
+                admission,
                 config,
                 store,
                 log,
@@ -161,6 +167,7 @@ impl Node {
         let shards: Vec<u32> = (0..self.shared.config.shards).collect();
         tasks.spawn(delivery::deliver(self.shared.clone(), shards, stop.clone()));
         tasks.spawn(delivery::sweep_expired(self.shared.clone(), stop.clone()));
+        tasks.spawn(tick_admission(self.shared.clone(), stop.clone()));
 
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -188,6 +195,17 @@ impl Node {
         while tasks.join_next().await.is_some() {}
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         Ok(())
+    }
+}
+
+/// Closes admission windows and moves the waiting line even when no request arrives.
+async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => shared.admission.tick(),
+        }
     }
 }
 

@@ -102,12 +102,15 @@ mod tests {
         use pb::client_frame::Body;
         prop_oneof![
             ".{0,20}".prop_map(|client| Body::Hello(pb::Hello { client })),
-            (arb_bytes(40), arb_bytes(70)).prop_map(|(public_key, signature)| Body::Register(
-                pb::Register {
-                    public_key,
-                    signature
+            (arb_bytes(40), arb_bytes(70), arb_bytes(80)).prop_map(
+                |(public_key, signature, ticket)| {
+                    Body::Register(pb::Register {
+                        public_key,
+                        signature,
+                        ticket,
+                    })
                 }
-            )),
+            ),
             (arb_bytes(40), arb_bytes(70)).prop_map(|(public_key, signature)| {
                 Body::Authenticate(pb::Authenticate {
                     public_key,
@@ -162,6 +165,24 @@ mod tests {
                 })
             ),
             Just(R::Pong(pb::Pong {})),
+            (
+                arb_bytes(80),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(
+                    |(ticket, position, ahead, retry_after_ms, estimated_wait_ms)| {
+                        R::Queued(pb::Queued {
+                            ticket,
+                            position,
+                            ahead,
+                            retry_after_ms,
+                            estimated_wait_ms,
+                        })
+                    }
+                ),
         ];
         let delivery = (any::<u64>(), arb_bytes(300), arb_bytes(16), any::<u64>()).prop_map(
             |(envelope_id, ciphertext, client_message_id, accepted_at_ms)| pb::Delivery {

@@ -1,0 +1,169 @@
+//! The registration waiting line: positions handed out in arrival order, and a head that
+//! advances at the rate the node has shown it can absorb.
+
+use std::time::{Duration, Instant};
+
+use super::Verdict;
+
+/// Slowest the line ever advances (positions per second), so it never stalls for good.
+const MIN_RATE: f64 = 1.0;
+/// How much unused capacity an idle line banks, in seconds of its rate: a newcomer to an
+/// idle node enters at once, but a burst beyond a second's worth waits its turn.
+const BURST_SECS: f64 = 1.0;
+
+/// A fair line for registrations that cannot be served now. Pure: time is passed in.
+#[derive(Debug)]
+pub struct WaitingLine {
+    /// The next position to hand out.
+    next: u64,
+    /// Positions below this may enter.
+    head: f64,
+    /// How fast the head moves, positions per second.
+    rate: f64,
+    last_advance: Instant,
+    /// Registrations that entered (from the line or directly) in the current window.
+    entered_this_window: u64,
+}
+
+impl WaitingLine {
+    /// An empty line whose head starts moving at `initial_rate` positions per second.
+    pub fn new(initial_rate: f64, now: Instant) -> Self {
+        Self {
+            next: 0,
+            head: 0.0,
+            rate: initial_rate.max(MIN_RATE),
+            last_advance: now,
+            entered_this_window: 0,
+        }
+    }
+
+    /// Moves the head for the time passed. It runs at most a second's worth of positions
+    /// past the last one handed out, so an idle line banks only that much for a burst.
+    pub fn advance(&mut self, now: Instant) {
+        let dt = now
+            .saturating_duration_since(self.last_advance)
+            .as_secs_f64();
+        self.head = (self.head + self.rate * dt).min(self.next as f64 + self.rate * BURST_SECS);
+        self.last_advance = now;
+    }
+
+    /// Nobody is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.head >= self.next as f64
+    }
+
+    /// How many are waiting.
+    pub fn len(&self) -> u64 {
+        self.next.saturating_sub(self.head.floor() as u64)
+    }
+
+    /// The position the head has reached.
+    pub fn head(&self) -> f64 {
+        self.head
+    }
+
+    /// Current advance rate, positions per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Hands out the next position.
+    pub fn join(&mut self) -> u64 {
+        let p = self.next;
+        self.next += 1;
+        p
+    }
+
+    /// Whether the holder of `position` may register now.
+    pub fn may_enter(&self, position: u64) -> bool {
+        (position as f64) < self.head
+    }
+
+    /// Counts a registration that was served (directly or from the line).
+    pub fn entered(&mut self) {
+        self.entered_this_window += 1;
+    }
+
+    /// Expected time until `position` may enter at the current rate.
+    pub fn wait_for(&self, position: u64) -> Duration {
+        let ahead = (position as f64 + 1.0 - self.head).max(0.0);
+        Duration::from_secs_f64(ahead / self.rate)
+    }
+
+    /// Adapts the rate once per admission window, from what the window showed: overloaded →
+    /// 10% slower; calm → 10% faster, but never beyond twice what actually entered in that
+    /// window (the measured absorption), so the rate follows capacity instead of a guess.
+    pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
+        let measured = self.entered_this_window as f64 / window.as_secs_f64().max(1e-3);
+        self.rate = match verdict {
+            Verdict::Overloaded => self.rate * 0.9,
+            Verdict::Hold => self.rate,
+            Verdict::Calm => (self.rate * 1.1 + 1.0).min(2.0 * measured + MIN_RATE),
+        }
+        .max(MIN_RATE);
+        self.entered_this_window = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_enter_in_order_at_the_rate() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(10.0, t0);
+        assert!(line.is_empty());
+        let positions: Vec<u64> = (0..50).map(|_| line.join()).collect();
+        assert_eq!(positions, (0..50).collect::<Vec<_>>());
+        assert_eq!(line.len(), 50);
+        assert_eq!(line.wait_for(19), Duration::from_secs(2));
+        line.advance(t0 + Duration::from_secs(1));
+        assert!(
+            line.may_enter(9) && !line.may_enter(10),
+            "10 per second, in order"
+        );
+        line.advance(t0 + Duration::from_secs(100));
+        assert!(line.is_empty() && line.may_enter(49));
+        // An idle line banks one second's worth (10) for newcomers, no more.
+        let burst: Vec<bool> = (0..11)
+            .map(|_| {
+                let p = line.join();
+                line.may_enter(p)
+            })
+            .collect();
+        assert_eq!(burst.iter().filter(|b| **b).count(), 10);
+        assert!(!burst[10]);
+    }
+
+    #[test]
+    fn rate_follows_what_the_node_absorbs() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(10.0, t0);
+        let w = Duration::from_secs(1);
+        // Calm windows in which 100 registrations entered: the rate climbs, capped by 2×100.
+        for _ in 0..100 {
+            for _ in 0..100 {
+                line.entered();
+            }
+            line.end_window(Verdict::Calm, w);
+        }
+        assert!(
+            (200.0..=201.0).contains(&line.rate()),
+            "capped by measurement: {}",
+            line.rate()
+        );
+        line.end_window(Verdict::Overloaded, w);
+        assert!(
+            (line.rate() - 180.0).abs() < 1.0,
+            "falls 10%: {}",
+            line.rate()
+        );
+        line.end_window(Verdict::Hold, w);
+        assert!((line.rate() - 180.0).abs() < 1.0, "holds");
+        for _ in 0..100 {
+            line.end_window(Verdict::Overloaded, w);
+        }
+        assert_eq!(line.rate(), MIN_RATE, "never stalls");
+    }
+}

@@ -1,0 +1,283 @@
+//! The node's admission state: the pure controller, waiting line and tickets of
+//! `crate::admission`, behind one lock, with the clock and randomness filled in.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::admission::{
+    AdmissionController, CohortSalt, ControllerConfig, RequestClass, Ticket, TicketError,
+    TicketKey, WaitingLine, key_hash,
+};
+use crate::clock::now_ms;
+use crate::config::NodeConfig;
+
+/// How often cohorts are reshuffled.
+const COHORT_ROTATION: Duration = Duration::from_secs(3600);
+/// Shortest life of a ticket; longer waits get twice the expected wait.
+const MIN_TICKET_LIFE: Duration = Duration::from_secs(600);
+/// A queued client is asked back at least this often, to refresh its estimate.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// What to do with a registration.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RegistrationDecision {
+    /// Serve it now.
+    Enter,
+    /// Not yet: here is the (possibly refreshed) ticket.
+    Queued {
+        ticket: Vec<u8>,
+        position: u64,
+        ahead: u64,
+        retry_after_ms: u64,
+        estimated_wait_ms: u64,
+    },
+    /// The presented ticket is not valid.
+    Rejected(TicketError),
+}
+
+struct State {
+    controller: AdmissionController,
+    line: WaitingLine,
+}
+
+/// Admission control of one node.
+pub(crate) struct Admission {
+    enabled: bool,
+    window: Duration,
+    state: Mutex<State>,
+    salt: CohortSalt,
+    tickets: TicketKey,
+    node_id: u32,
+    rng: SystemRandom,
+}
+
+/// Reads the cluster key from the config, or from (creating if needed) `data_dir/cluster.key`.
+pub(crate) fn cluster_key(config: &NodeConfig) -> Result<Vec<u8>, String> {
+    if let Some(hex_key) = &config.cluster_key {
+        return hex::decode(hex_key).map_err(|_| "cluster_key is not hex".to_owned());
+    }
+    let path = config.data_dir.join("cluster.key");
+    load_or_create_key(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return hex::decode(text.trim()).map_err(|_| std::io::Error::other("not a hex key"));
+    }
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(path)?.write_all(hex::encode(key).as_bytes())?;
+    Ok(key.to_vec())
+}
+
+impl Admission {
+    pub(crate) fn new(config: &NodeConfig, secret: &[u8], node_id: u32) -> Self {
+        let now = Instant::now();
+        let controller = AdmissionController::new(
+            ControllerConfig {
+                window: Duration::from_millis(config.admission_window_ms),
+                overload_wait: Duration::from_millis(config.admission_overload_wait_ms),
+                recover_wait: Duration::from_millis(config.admission_recover_wait_ms),
+                ..ControllerConfig::default()
+            },
+            now,
+        );
+        Self {
+            enabled: config.admission,
+            window: Duration::from_millis(config.admission_window_ms),
+            state: Mutex::new(State {
+                controller,
+                line: WaitingLine::new(config.registration_initial_rate, now),
+            }),
+            salt: CohortSalt::new(secret, COHORT_ROTATION),
+            tickets: TicketKey::new(secret),
+            node_id,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Only counters and timestamps inside; a panic elsewhere cannot corrupt them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A uniform factor in [0.8, 1.2): spreads the returns of clients told the same thing.
+    fn jitter(&self) -> f64 {
+        let mut b = [0u8; 2];
+        let _ = self.rng.fill(&mut b);
+        0.8 + 0.4 * f64::from(u16::from_be_bytes(b)) / 65536.0
+    }
+
+    /// Whether to serve a request of `class` for `key` now; `Err(retry_after_ms)` if not.
+    pub(crate) fn check(&self, class: RequestClass, key: &[u8]) -> Result<(), u64> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let cohort = self.salt.cohort(key, since_epoch());
+        let state = self.lock();
+        if state.controller.admits(class, cohort) {
+            return Ok(());
+        }
+        // One window is when the level can next change.
+        Err((self.window.as_millis() as f64 * self.jitter()) as u64)
+    }
+
+    /// Records how long a request waited in this node's queues before work on it started.
+    pub(crate) fn record_wait(&self, wait: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let mut state = self.lock();
+        if let Some((verdict, window)) = state.controller.record_wait(wait, Instant::now()) {
+            state.line.end_window(verdict, window);
+        }
+    }
+
+    /// Closes idle windows; called periodically.
+    pub(crate) fn tick(&self) {
+        if !self.enabled {
+            return;
+        }
+        let mut state = self.lock();
+        let now = Instant::now();
+        if let Some((verdict, window)) = state.controller.tick(now) {
+            state.line.end_window(verdict, window);
+        }
+        state.line.advance(now);
+    }
+
+    /// Decides a registration for `key`, with the ticket it presented, if any.
+    pub(crate) fn register(&self, key: &[u8], ticket: Option<&[u8]>) -> RegistrationDecision {
+        if !self.enabled {
+            return RegistrationDecision::Enter;
+        }
+        let now_ms = now_ms();
+        let presented = match ticket {
+            Some(bytes) => match self.tickets.open(bytes, key, now_ms) {
+                Ok(t) => Some(t),
+                Err(e) => return RegistrationDecision::Rejected(e),
+            },
+            None => None,
+        };
+        let mut state = self.lock();
+        state.line.advance(Instant::now());
+        // A ticket from another node holds a place in that node's line, which this node
+        // cannot see; it joins this line as a newcomer would.
+        let position = match &presented {
+            Some(t) if t.node_id == self.node_id => t.position,
+            _ => state.line.join(),
+        };
+        if state.line.may_enter(position) {
+            state.line.entered();
+            return RegistrationDecision::Enter;
+        }
+        let wait = state.line.wait_for(position);
+        let ahead = (position as f64 - state.line.head()).max(0.0) as u64;
+        drop(state);
+        let life = (wait * 2).max(MIN_TICKET_LIFE);
+        let ticket = self.tickets.seal(&Ticket {
+            position,
+            issued_at_ms: presented.as_ref().map_or(now_ms, |t| t.issued_at_ms),
+            expires_at_ms: now_ms + life.as_millis() as u64,
+            key_hash: key_hash(key),
+            node_id: self.node_id,
+        });
+        let retry_after = wait
+            .min(MAX_RETRY_AFTER)
+            .mul_f64(self.jitter())
+            .max(Duration::from_millis(50));
+        RegistrationDecision::Queued {
+            ticket,
+            position,
+            ahead,
+            retry_after_ms: retry_after.as_millis() as u64,
+            estimated_wait_ms: wait.as_millis() as u64,
+        }
+    }
+}
+
+fn since_epoch() -> Duration {
+    Duration::from_millis(now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(rate: f64) -> Admission {
+        let config = NodeConfig {
+            registration_initial_rate: rate,
+            ..NodeConfig::default()
+        };
+        Admission::new(&config, b"0123456789abcdef0123456789abcdef", 1)
+    }
+
+    #[test]
+    fn a_burst_beyond_the_line_rate_is_queued_in_order_and_tickets_keep_places() {
+        let a = admission(5.0);
+        let mut queued = Vec::new();
+        for i in 0..50u32 {
+            match a.register(&i.to_be_bytes(), None) {
+                RegistrationDecision::Enter => {}
+                RegistrationDecision::Queued {
+                    ticket, position, ..
+                } => queued.push((i, ticket, position)),
+                RegistrationDecision::Rejected(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            queued.len() >= 40,
+            "one second's worth (5) enters, the rest waits: {}",
+            queued.len()
+        );
+        let positions: Vec<u64> = queued.iter().map(|q| q.2).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "positions in arrival order"
+        );
+        // Presenting the ticket keeps the place (no new position).
+        let (key, ticket, position) = &queued[30];
+        match a.register(&key.to_be_bytes(), Some(ticket)) {
+            RegistrationDecision::Queued {
+                position: again, ..
+            } => assert_eq!(again, *position),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+        // Someone else's ticket is refused.
+        let (_, ticket, _) = &queued[0];
+        assert_eq!(
+            a.register(b"thief", Some(ticket)),
+            RegistrationDecision::Rejected(TicketError::WrongKey)
+        );
+    }
+
+    #[test]
+    fn disabled_admits_everything() {
+        let config = NodeConfig {
+            admission: false,
+            registration_initial_rate: 1.0,
+            ..NodeConfig::default()
+        };
+        let a = Admission::new(&config, b"k", 1);
+        for i in 0..100u32 {
+            assert_eq!(
+                a.register(&i.to_be_bytes(), None),
+                RegistrationDecision::Enter
+            );
+            assert_eq!(a.check(RequestClass::Messaging, &i.to_be_bytes()), Ok(()));
+        }
+    }
+}
