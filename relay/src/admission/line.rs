@@ -26,12 +26,14 @@ pub struct WaitingLine {
 }
 
 impl WaitingLine {
-    /// An empty line whose head starts moving at `initial_rate` positions per second.
+    /// An empty line whose head starts moving at `initial_rate` positions per second, with
+    /// a full second's worth banked so the first newcomers enter at once.
     pub fn new(initial_rate: f64, now: Instant) -> Self {
+        let rate = initial_rate.max(MIN_RATE);
         Self {
             next: 0,
-            head: 0.0,
-            rate: initial_rate.max(MIN_RATE),
+            head: rate * BURST_SECS,
+            rate,
             last_advance: now,
             entered_this_window: 0,
         }
@@ -91,14 +93,18 @@ impl WaitingLine {
     }
 
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
-    /// 10% slower; calm → 10% faster, but never beyond twice what actually entered in that
+    /// 10% slower; calm → 10% faster, but not beyond twice what actually entered in that
     /// window (the measured absorption), so the rate follows capacity instead of a guess.
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let measured = self.entered_this_window as f64 / window.as_secs_f64().max(1e-3);
         self.rate = match verdict {
             Verdict::Overloaded => self.rate * 0.9,
             Verdict::Hold => self.rate,
-            Verdict::Calm => (self.rate * 1.1 + 1.0).min(2.0 * measured + MIN_RATE),
+            // Raise at most to twice what measurably entered; never lower here: few entering can
+            // mean the holders of due places have not come back yet, not that the node is full.
+            Verdict::Calm => (self.rate * 1.1 + 1.0)
+                .min(2.0 * measured + MIN_RATE)
+                .max(self.rate),
         }
         .max(MIN_RATE);
         self.entered_this_window = 0;
@@ -116,11 +122,13 @@ mod tests {
         assert!(line.is_empty());
         let positions: Vec<u64> = (0..50).map(|_| line.join()).collect();
         assert_eq!(positions, (0..50).collect::<Vec<_>>());
-        assert_eq!(line.len(), 50);
-        assert_eq!(line.wait_for(19), Duration::from_secs(2));
+        // A fresh line has one second's worth banked: the first 10 enter at once.
+        assert!(line.may_enter(9) && !line.may_enter(10));
+        assert_eq!(line.len(), 40);
+        assert_eq!(line.wait_for(19), Duration::from_secs(1));
         line.advance(t0 + Duration::from_secs(1));
         assert!(
-            line.may_enter(9) && !line.may_enter(10),
+            line.may_enter(19) && !line.may_enter(20),
             "10 per second, in order"
         );
         line.advance(t0 + Duration::from_secs(100));

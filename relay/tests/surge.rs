@@ -1,0 +1,122 @@
+//! A signup wave over real QUIC: established users keep messaging while registrations are
+//! offered at more than ten times what the node lets in, and every newcomer gets a place in
+//! line instead of an error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{TestNode, receive};
+use levee_relay::Identity;
+use levee_relay::client::Client;
+
+/// Registrations the waiting line starts letting in per second.
+const LINE_RATE: f64 = 20.0;
+/// Newcomers, arriving over 1.5 s: 200 per second, ten times what the line starts letting in.
+const NEWCOMERS: usize = 300;
+const ARRIVAL_GAP: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+struct Newcomer {
+    registered: bool,
+    /// Every place in line this newcomer was told, in order.
+    places: Vec<u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, alice, bob) = TestNode::with_pair(dir.path(), |c| {
+        c.registration_initial_rate = LINE_RATE;
+        c.admission_window_ms = 200;
+    })
+    .await;
+    let (alice, bob) = (Arc::new(alice), Arc::new(bob));
+    let mut bob_inbox = bob.subscribe().await.unwrap();
+
+    // Established traffic: Alice sends to Bob throughout the wave.
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let messaging = {
+        let (alice, to, sent) = (alice.clone(), bob.account(), sent.clone());
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let text = format!("m{i}");
+                alice
+                    .send(&to, text.clone().into_bytes())
+                    .await
+                    .expect("an established user's send succeeds");
+                sent.lock().unwrap().push(text);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // The wave: newcomers connect and register, waiting in line as told.
+    let mut config = node.client_config();
+    // Hundreds of handshakes on two shared cores: give each more time than the default.
+    config.connect_timeout = Duration::from_secs(30);
+    let mut wave = tokio::task::JoinSet::new();
+    for i in 0..NEWCOMERS {
+        let config = config.clone();
+        wave.spawn(async move {
+            tokio::time::sleep(ARRIVAL_GAP * i as u32).await;
+            let mut me = Newcomer::default();
+            let client = Client::connect(&config, Identity::generate().unwrap())
+                .await
+                .unwrap();
+            let outcome = client
+                .register_waiting(|place| me.places.push(place.position))
+                .await;
+            me.registered = outcome.is_ok();
+            client.close().await;
+            me
+        });
+    }
+    let mut newcomers = Vec::new();
+    while let Some(n) = wave.join_next().await {
+        newcomers.push(n.unwrap());
+    }
+    messaging.await.unwrap();
+
+    // Every established send arrived.
+    let sent: BTreeSet<String> = sent.lock().unwrap().iter().cloned().collect();
+    let got = receive(&mut bob_inbox, sent.len(), Duration::from_secs(5)).await;
+    let got: BTreeSet<String> = got
+        .iter()
+        .map(|d| String::from_utf8(d.ciphertext.to_vec()).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 400);
+    assert_eq!(got, sent, "every established message delivered");
+
+    // Every newcomer ended registered; none with an error.
+    let failed = newcomers.iter().filter(|n| !n.registered).count();
+    assert_eq!(failed, 0, "registrations that ended in an error");
+    // The wave was far beyond what the line lets in at once, so most waited...
+    let waited = newcomers.iter().filter(|n| !n.places.is_empty()).count();
+    assert!(
+        waited >= NEWCOMERS / 2,
+        "only {waited} of {NEWCOMERS} waited in line"
+    );
+    // ...each keeping its place across returns (the ticket holds it), all places distinct.
+    for n in &newcomers {
+        assert!(
+            n.places.windows(2).all(|w| w[0] == w[1]),
+            "place changed: {:?}",
+            n.places
+        );
+    }
+    let places: BTreeSet<u64> = newcomers
+        .iter()
+        .filter_map(|n| n.places.first().copied())
+        .collect();
+    assert_eq!(places.len(), waited, "one place per newcomer");
+    let requests: usize = newcomers.iter().map(|n| n.places.len() + 1).sum();
+    println!(
+        "{waited} of {NEWCOMERS} newcomers waited; {:.2} register requests per registration",
+        requests as f64 / NEWCOMERS as f64
+    );
+    node.stop().await;
+}
