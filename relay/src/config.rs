@@ -35,6 +35,15 @@ pub struct NodeConfig {
     pub shards: u32,
     /// Most concurrent client connections; further ones are refused at once.
     pub max_connections: u32,
+    /// Most TLS handshakes in progress at once. Past half of it, clients whose address is not
+    /// yet validated get a QUIC Retry first; at it, new connections are refused.
+    pub max_handshakes: u32,
+    /// New connections per second from one network (/24 IPv4, /48 IPv6), twice that in a
+    /// burst; more are refused before the handshake.
+    pub connections_per_prefix_per_sec: u32,
+    /// Sends and subscriptions per second one account may make (twice that in a burst);
+    /// more get RATE_LIMITED.
+    pub account_requests_per_sec: u32,
     /// Most requests one connection may have in progress; beyond it the node stops
     /// reading from that connection (QUIC flow control then slows the client).
     pub max_requests_in_flight: u32,
@@ -70,6 +79,9 @@ impl Default for NodeConfig {
             envelope_ttl_secs: 14 * 24 * 3600,
             shards: 256,
             max_connections: 10_000,
+            max_handshakes: 256,
+            connections_per_prefix_per_sec: 200,
+            account_requests_per_sec: 1000,
             max_requests_in_flight: 256,
             idle_timeout_secs: 30,
             admission: true,

@@ -53,9 +53,11 @@ pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let _counted = Counted(shared.clone());
     // Errors here are the client's business (it went away, or spoke badly); they are not
     // logged with any detail that could identify the client.
-    let Ok(Ok(conn)) =
+    let handshake = {
+        let _in_progress = shared.guard.handshaking();
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
-    else {
+    };
+    let Ok(Ok(conn)) = handshake else {
         return;
     };
     let Ok(Ok((send, recv))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await
@@ -168,8 +170,18 @@ impl Connection {
         .await;
     }
 
-    /// Refuses `id` if admission control sheds `class` for `key` now.
+    /// Refuses `id` if admission control sheds `class` for `key` now, or `key` is an
+    /// account over its own request rate.
     async fn admitted(&self, id: u64, class: RequestClass, key: &[u8]) -> bool {
+        if class == RequestClass::Messaging
+            && let Some(account) = MailboxId::from_slice(key)
+            && !self.shared.guard.account_within_rate(&account)
+        {
+            let msg = "this account is over its request rate; retry after retry_after_ms";
+            self.respond(retry_later(id, ErrorCode::RateLimited, msg, 1000))
+                .await;
+            return false;
+        }
         match self.shared.admission.check(class, key) {
             Ok(()) => true,
             Err(retry_after_ms) => {

@@ -4,6 +4,7 @@
 mod admission;
 mod connection;
 mod delivery;
+mod guard;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ pub enum NodeError {
 pub(crate) struct Shared {
     pub config: NodeConfig,
     pub admission: admission::Admission,
+    pub guard: guard::Guard,
     pub store: Arc<dyn MailboxStore>,
     pub log: Arc<dyn DeliveryLog>,
     pub presence: Presence,
@@ -131,6 +133,7 @@ impl Node {
             generated_cert,
             shared: Arc::new(Shared {
                 admission,
+                guard: guard::Guard::new(&config),
                 config,
                 store,
                 log,
@@ -177,12 +180,24 @@ impl Node {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let active = self.shared.connections.load(Ordering::Relaxed);
-                    if active >= self.shared.config.max_connections as usize {
-                        // Refusing costs one small packet; accepting would cost a handshake.
-                        incoming.refuse();
-                        continue;
+                    // Refusing or asking to retry costs one small packet; accepting costs a
+                    // handshake.
+                    let gate = if active >= self.shared.config.max_connections as usize {
+                        guard::Gate::Refuse
+                    } else {
+                        self.shared.guard.gate(incoming.remote_address(), incoming.remote_address_validated())
+                    };
+                    match gate {
+                        guard::Gate::Accept => {
+                            connections.spawn(connection::serve(incoming, self.shared.clone()));
+                        }
+                        guard::Gate::Retry => {
+                            if let Err(e) = incoming.retry() {
+                                e.into_incoming().refuse();
+                            }
+                        }
+                        guard::Gate::Refuse => incoming.refuse(),
                     }
-                    connections.spawn(connection::serve(incoming, self.shared.clone()));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -201,10 +216,13 @@ impl Node {
 /// Closes admission windows and moves the waiting line even when no request arrives.
 async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
     let mut every = tokio::time::interval(Duration::from_millis(100));
-    loop {
+    for n in 0u64.. {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every.tick() => shared.admission.tick(),
+        }
+        if n % 100 == 0 {
+            shared.guard.forget_idle();
         }
     }
 }
