@@ -60,6 +60,12 @@ struct UpArgs {
     /// UDP address to listen on. Default: 127.0.0.1:4433
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100). Default: off
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Turn admission control off (everything admitted): only to measure what it does.
+    #[arg(long)]
+    no_admission: bool,
 }
 
 #[derive(Args)]
@@ -214,6 +220,12 @@ fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(admin) = args.admin {
+        config.admin_listen = Some(admin);
+    }
+    if args.no_admission {
+        config.admission = false;
+    }
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -230,6 +242,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  address:     {addr}");
     println!("  fingerprint: {fingerprint}");
     println!("  data:        {}", data_dir.display());
+    if let Some(admin) = node.admin_addr() {
+        println!("  metrics:     http://{admin}/metrics");
+    }
     if node.generated_certificate() {
         println!(
             "  (generated a new self-signed certificate in {})",

@@ -18,6 +18,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Directory for the embedded database and the generated TLS certificate.
     pub data_dir: PathBuf,
+    /// TCP address of the admin port serving `GET /metrics` (Prometheus). Off when unset.
+    /// Bind it to loopback or an internal network.
+    pub admin_listen: Option<SocketAddr>,
     /// PEM certificate chain for production; with `tls_key`. When unset, a self-signed
     /// certificate is generated in `data_dir/tls` on first start.
     pub tls_cert: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl Default for NodeConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             data_dir: PathBuf::from(".levee"),
+            admin_listen: None,
             tls_cert: None,
             tls_key: None,
             max_envelope_bytes: 64 * 1024,

@@ -22,6 +22,7 @@ mod config;
 pub mod identity;
 mod node;
 pub mod session;
+mod telemetry;
 pub mod tls;
 pub mod wire;
 

@@ -32,6 +32,7 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
     let (node, alice, bob) = TestNode::with_pair(dir.path(), |c| {
         c.registration_initial_rate = LINE_RATE;
         c.admission_window_ms = 200;
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let (alice, bob) = (Arc::new(alice), Arc::new(bob));
@@ -118,5 +119,29 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
         "{waited} of {NEWCOMERS} newcomers waited; {:.2} register requests per registration",
         requests as f64 / NEWCOMERS as f64
     );
+
+    // What operators see on the admin port.
+    let (status, metrics) = node.admin_get("/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
+    };
+    assert!(value("levee_registrations_queued_total") >= waited as f64);
+    assert!(value("levee_admission_admitted_total{class=\"messaging\"}") >= 400.0);
+    assert!(value("levee_envelopes_accepted_total") >= 400.0);
+    for name in [
+        "levee_admission_level",
+        "levee_waiting_room_length",
+        "levee_queue_wait_seconds_bucket",
+        "# HELP levee_queue_wait_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    assert_eq!(node.admin_get("/nope").await.0, "HTTP/1.1 404 Not Found");
     node.stop().await;
 }

@@ -35,6 +35,18 @@ pub enum TicketError {
     WrongKey,
 }
 
+impl TicketError {
+    /// A short label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TicketError::Malformed => "malformed",
+            TicketError::BadSignature => "bad_signature",
+            TicketError::Expired => "expired",
+            TicketError::WrongKey => "wrong_key",
+        }
+    }
+}
+
 const VERSION: u8 = 1;
 const BODY: usize = 1 + 8 + 8 + 8 + 16 + 4;
 const TAG: usize = 32;

@@ -13,6 +13,7 @@ use crate::admission::{
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
+use crate::telemetry;
 
 /// How often cohorts are reshuffled.
 const COHORT_ROTATION: Duration = Duration::from_secs(3600);
@@ -129,14 +130,17 @@ impl Admission {
         let cohort = self.salt.cohort(key, since_epoch());
         let state = self.lock();
         if state.controller.admits(class, cohort) {
+            telemetry::admitted(class);
             return Ok(());
         }
+        telemetry::shed(class);
         // One window is when the level can next change.
         Err((self.window.as_millis() as f64 * self.jitter()) as u64)
     }
 
     /// Records how long a request waited in this node's queues before work on it started.
     pub(crate) fn record_wait(&self, wait: Duration) {
+        telemetry::queue_wait(wait);
         if !self.enabled {
             return;
         }
@@ -157,6 +161,11 @@ impl Admission {
             state.line.end_window(verdict, window);
         }
         state.line.advance(now);
+        telemetry::admission_state(
+            state.controller.level().fraction(),
+            state.line.len(),
+            state.line.rate(),
+        );
     }
 
     /// Decides a registration for `key`, with the ticket it presented, if any.
@@ -168,7 +177,10 @@ impl Admission {
         let presented = match ticket {
             Some(bytes) => match self.tickets.open(bytes, key, now_ms) {
                 Ok(t) => Some(t),
-                Err(e) => return RegistrationDecision::Rejected(e),
+                Err(e) => {
+                    telemetry::ticket_rejected(e.reason());
+                    return RegistrationDecision::Rejected(e);
+                }
             },
             None => None,
         };
@@ -182,6 +194,7 @@ impl Admission {
         };
         if state.line.may_enter(position) {
             state.line.entered();
+            telemetry::admitted(RequestClass::Registration);
             return RegistrationDecision::Enter;
         }
         let wait = state.line.wait_for(position);
@@ -195,6 +208,7 @@ impl Admission {
             key_hash: key_hash(key),
             node_id: self.node_id,
         });
+        telemetry::queued(wait);
         let retry_after = wait
             .min(MAX_RETRY_AFTER)
             .mul_f64(self.jitter())

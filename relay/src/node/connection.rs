@@ -19,6 +19,7 @@ use crate::admission::RequestClass;
 use crate::clock::now_ms;
 use crate::identity::Purpose;
 use crate::session::{Refusal, Session};
+use crate::telemetry;
 use crate::wire::internal::LoggedEnvelope;
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, encode_frame};
@@ -43,13 +44,14 @@ struct Counted(Arc<Shared>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        let open = self.0.connections.fetch_sub(1, Ordering::Relaxed) - 1;
+        telemetry::connections(open);
     }
 }
 
 /// Serves one incoming connection until it closes.
 pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+    telemetry::connections(shared.connections.fetch_add(1, Ordering::Relaxed) + 1);
     let _counted = Counted(shared.clone());
     // Errors here are the client's business (it went away, or spoke badly); they are not
     // logged with any detail that could identify the client.
@@ -491,12 +493,15 @@ async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) ->
     };
     match shared.log.append(vec![record]).await {
         Ok(positions) => match positions.first() {
-            Some(p) => pb::Response::ok(
-                id,
-                R::SendOk(pb::SendOk {
-                    envelope_id: p.offset,
-                }),
-            ),
+            Some(p) => {
+                telemetry::envelope_accepted();
+                pb::Response::ok(
+                    id,
+                    R::SendOk(pb::SendOk {
+                        envelope_id: p.offset,
+                    }),
+                )
+            }
             None => err(ErrorCode::Internal, "the log returned no position"),
         },
         Err(e) => {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::tokio_util_shim::CancelToken;
 use crate::clock::now_ms;
+use crate::telemetry;
 use crate::wire::internal::LoggedEnvelope;
 
 /// Consumer group of the delivery workers.
@@ -149,6 +150,12 @@ pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: Can
         for mailbox in &woken {
             shared.presence.notify(mailbox);
         }
+        telemetry::envelopes_stored(
+            outcomes
+                .iter()
+                .filter(|o| **o == InsertOutcome::Stored)
+                .count(),
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! The relay node runtime: the I/O shell around the session rules, the mailbox store and
 //! the delivery log.
 
+mod admin;
 mod admission;
 mod connection;
 mod delivery;
@@ -63,6 +64,7 @@ pub(crate) struct Shared {
 /// A relay node, bound and ready to run.
 pub struct Node {
     endpoint: quinn::Endpoint,
+    admin: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     fingerprint: Fingerprint,
     generated_cert: bool,
@@ -127,8 +129,19 @@ impl Node {
                 source,
             }
         })?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                crate::telemetry::install();
+                let listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| NodeError::Bind { addr, source })?;
+                Some(listener)
+            }
+            None => None,
+        };
         Ok(Self {
             endpoint,
+            admin,
             fingerprint: cert.fingerprint(),
             generated_cert,
             shared: Arc::new(Shared {
@@ -152,6 +165,11 @@ impl Node {
             .expect("a bound endpoint has an address")
     }
 
+    /// The bound admin (metrics) address, if the node has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The SHA-256 fingerprint of the node's certificate, for clients to pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
@@ -164,13 +182,21 @@ impl Node {
 
     /// Serves clients and delivers envelopes until `shutdown` completes, then closes
     /// connections and returns once storage is synced.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let stop = CancelToken::default();
         let mut tasks = JoinSet::new();
         let shards: Vec<u32> = (0..self.shared.config.shards).collect();
         tasks.spawn(delivery::deliver(self.shared.clone(), shards, stop.clone()));
         tasks.spawn(delivery::sweep_expired(self.shared.clone(), stop.clone()));
         tasks.spawn(tick_admission(self.shared.clone(), stop.clone()));
+        if let Some(listener) = self.admin.take() {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tasks.spawn(admin::serve(listener, stop.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "admin port unavailable"),
+            }
+        }
 
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 /// A node running in this process on 127.0.0.1:0 with its data in a temporary directory.
 pub struct TestNode {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub fingerprint: Fingerprint,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -50,6 +51,7 @@ impl TestNode {
     pub fn start_with(config: NodeConfig) -> Self {
         let node = Node::open(config).expect("node opens");
         let addr = node.local_addr();
+        let admin = node.admin_addr();
         let fingerprint = node.fingerprint();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -61,6 +63,7 @@ impl TestNode {
         });
         Self {
             addr,
+            admin,
             fingerprint,
             stop: Some(stop),
             task: Some(task),
@@ -96,6 +99,21 @@ impl TestNode {
         client.authenticate().await.expect("authenticate");
         let inbox = client.subscribe().await.expect("subscribe");
         (client, inbox)
+    }
+
+    /// `GET path` on the admin port: (status line, body).
+    pub async fn admin_get(&self, path: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin.expect("admin port"))
+            .await
+            .unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
     }
 
     pub async fn stop(mut self) {
