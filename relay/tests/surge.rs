@@ -145,3 +145,82 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
     assert_eq!(node.admin_get("/nope").await.0, "HTTP/1.1 404 Not Found");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluster_key() {
+    use levee_relay::client::Registration;
+    use levee_relay::wire::pb::ErrorCode;
+
+    let key = "ab".repeat(32);
+    let tune = |c: &mut levee_relay::NodeConfig| {
+        // One registration per second, a second's worth banked: the second newcomer waits.
+        c.registration_initial_rate = 1.0;
+        c.cluster_key = Some(key.clone());
+    };
+    let (dir_a, dir_b, dir_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (node_a, _first, _second) = TestNode::with_pair(dir_a.path(), tune).await;
+    let me = Identity::generate().unwrap();
+
+    let place = |r: Registration| match r {
+        Registration::Queued(place) => place,
+        Registration::Registered { .. } => panic!("expected to wait in line"),
+    };
+    let c = node_a.connect(&me).await;
+    let first = place(c.register_once(None).await.unwrap());
+    c.close().await;
+    // A new connection presenting the ticket keeps the place.
+    let c = node_a.connect(&me).await;
+    let again = place(c.register_once(Some(first.ticket.clone())).await.unwrap());
+    assert_eq!(again.position, first.position);
+    // Someone else presenting it is refused, and so is an altered ticket.
+    let thief = node_a.connect(&Identity::generate().unwrap()).await;
+    let stolen = thief
+        .register_once(Some(first.ticket.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), Some(ErrorCode::TicketRejected));
+    let mut altered = first.ticket.to_vec();
+    altered[3] ^= 1;
+    let forged = c.register_once(Some(altered.into())).await.unwrap_err();
+    assert_eq!(forged.code(), Some(ErrorCode::TicketRejected));
+
+    // Another node with the same cluster key honours the ticket: the place is kept.
+    let node_b = TestNode::start_with(levee_relay::NodeConfig {
+        data_dir: dir_b.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cluster_key: Some(key.clone()),
+        ..levee_relay::NodeConfig::default()
+    });
+    let on_b = node_b.connect(&me).await;
+    match on_b
+        .register_once(Some(first.ticket.clone()))
+        .await
+        .unwrap()
+    {
+        Registration::Queued(p) => assert_eq!(p.position, first.position),
+        Registration::Registered { .. } => {} // node B's line is already past that place
+    }
+    // A node of another cluster does not.
+    let node_c = TestNode::start_with(levee_relay::NodeConfig {
+        data_dir: dir_c.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..levee_relay::NodeConfig::default()
+    });
+    let on_c = node_c.connect(&me).await;
+    let other = on_c
+        .register_once(Some(first.ticket.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Some(ErrorCode::TicketRejected));
+
+    // Waiting it out on node A: registered once the line reaches the place.
+    let created = c.register().await.unwrap();
+    assert!(created);
+    for node in [node_a, node_b, node_c] {
+        node.stop().await;
+    }
+}
