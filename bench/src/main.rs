@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
+use levee_relay::Identity;
 use levee_relay::client::{Client, ClientConfig};
 use levee_relay::tls::{Fingerprint, Trust};
-use levee_relay::{Identity, Node, NodeConfig};
 use tokio::sync::Mutex;
 
 #[derive(Parser, Debug)]
@@ -70,28 +71,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let _data;
-    let (config, node_stop) = match (args.server, args.fingerprint) {
-        (Some(server), Some(fp)) => (ClientConfig::new(server, Trust::Fingerprint(fp)), None),
+    let mut local = None;
+    let config = match (args.server, args.fingerprint) {
+        (Some(server), Some(fp)) => ClientConfig::new(server, Trust::Fingerprint(fp)),
         _ => {
-            let dir = tempfile::tempdir()?;
-            let node = Node::open(NodeConfig {
-                listen: "127.0.0.1:0".parse()?,
-                data_dir: dir.path().to_owned(),
-                mailbox_max_envelopes: 1_000_000,
-                mailbox_max_bytes: 1 << 32,
-                // A handful of accounts carry all the load here; no real user sends this fast.
-                account_requests_per_sec: 1_000_000,
-                ..NodeConfig::default()
-            })?;
-            let config =
-                ClientConfig::new(node.local_addr(), Trust::Fingerprint(node.fingerprint()));
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(node.run(async {
-                let _ = rx.await;
-            }));
-            _data = dir;
-            (config, Some((tx, task)))
+            let node = LocalNode::start(|_| {})?;
+            let config = node.client.clone();
+            local = Some(node);
+            config
         }
     };
 
@@ -109,7 +96,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
         completed: AtomicU64::new(0),
         sent: AtomicU64::new(0),
-        latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        latency_us: Mutex::new(latency_histogram()),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, client) in clients.iter().enumerate() {
@@ -135,7 +122,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let h = shared.latency_us.lock().await;
     let rate = completed as f64 / elapsed;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |q: f64| quantile_ms(&h, q);
     if args.json {
         println!(
             "{}",
@@ -167,9 +154,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             c.close().await;
         }
     }
-    if let Some((tx, task)) = node_stop {
-        let _ = tx.send(());
-        task.await??;
+    if let Some(node) = local {
+        node.stop().await?;
     }
     Ok(())
 }
@@ -212,7 +198,7 @@ async fn receive(
             let mut h = shared.latency_us.lock().await;
             for d in &batch {
                 let sent = u64::from_be_bytes(d.ciphertext[..8].try_into().unwrap_or_default());
-                let _ = h.record((now.saturating_sub(sent) / 1000).max(1));
+                record(&mut h, Duration::from_nanos(now.saturating_sub(sent)));
             }
         }
         let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
