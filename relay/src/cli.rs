@@ -20,7 +20,7 @@ use serde_json::json;
     version,
     about = "Levee: a load-shedding message relay for end-to-end encrypted messengers",
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 server unreachable; \
-                  4 certificate fingerprint mismatch; 5 refused by the server; \
+                  4 certificate fingerprint mismatch; 5 refused by the server (or busy); \
                   6 fewer envelopes than --count before --timeout."
 )]
 struct Cli {
@@ -138,7 +138,7 @@ impl From<anyhow::Error> for Failure {
         let code = match error.downcast_ref::<ClientError>() {
             Some(ClientError::Unreachable { .. }) => 3,
             Some(ClientError::CertificateMismatch) => 4,
-            Some(ClientError::Refused { .. }) => 5,
+            Some(ClientError::Refused { .. } | ClientError::Busy) => 5,
             _ => 1,
         };
         Self { code, error }

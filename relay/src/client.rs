@@ -102,8 +102,29 @@ impl Connector {
         })
     }
 
-    /// Connects one client for `identity` (not yet authenticated).
+    /// Connects one client for `identity` (not yet authenticated). A node that refuses
+    /// connections because it is overloaded is tried again after 0.5, 1 and 2 s (plus up to
+    /// 100% jitter), then the caller gets [`ClientError::Busy`].
     pub async fn connect(&self, identity: Identity) -> Result<Client, ClientError> {
+        let mut backoff = Duration::from_millis(500);
+        for _ in 0..MAX_RETRIES {
+            match Client::establish(
+                &self.endpoint,
+                &self.config,
+                &self.mismatch,
+                identity.clone(),
+            )
+            .await
+            {
+                Err(ClientError::Busy) => {
+                    let mut b = [0u8; 1];
+                    let _ = SystemRandom::new().fill(&mut b);
+                    tokio::time::sleep(backoff.mul_f64(1.0 + f64::from(b[0]) / 255.0)).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
         Client::establish(&self.endpoint, &self.config, &self.mismatch, identity).await
     }
 }
@@ -125,6 +146,9 @@ pub enum ClientError {
     /// TLS or QUIC set-up failed for another reason.
     #[error("TLS/QUIC: {0}")]
     Tls(String),
+    /// The node refused new connections for now (it is overloaded); try again later.
+    #[error("the server is busy and refused the connection; try again later")]
+    Busy,
     /// The connection ended.
     #[error("connection closed: {0}")]
     Closed(String),
@@ -625,6 +649,11 @@ fn connect_error(
             server,
             reason: "timed out".into(),
         },
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            ClientError::Busy
+        }
         quinn::ConnectionError::ConnectionClosed(c) => {
             ClientError::Closed(format!("refused by server: {c}"))
         }

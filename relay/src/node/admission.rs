@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
-    AdmissionController, CohortSalt, ControllerConfig, RequestClass, Ticket, TicketError,
-    TicketKey, WaitingLine, key_hash,
+    AdmissionController, AdmissionLevel, CohortSalt, ControllerConfig, RequestClass, Ticket,
+    TicketError, TicketKey, WaitingLine, key_hash,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -136,6 +136,11 @@ impl Admission {
         telemetry::shed(class);
         // One window is when the level can next change.
         Err((self.window.as_millis() as f64 * self.jitter()) as u64)
+    }
+
+    /// Whether the node is shedding anything at all (the level is below everything).
+    pub(crate) fn shedding(&self) -> bool {
+        self.enabled && self.lock().controller.level() < AdmissionLevel::ALL
     }
 
     /// Records how long a request waited in this node's queues before work on it started.

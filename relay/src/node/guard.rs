@@ -26,13 +26,22 @@ pub(crate) enum Gate {
 }
 
 /// The decision, from the numbers alone. Past half the handshake budget, unvalidated
-/// addresses are asked to retry; at the budget, or over a prefix's rate, refused.
+/// addresses are asked to retry; at the budget, or over a prefix's rate, refused. While
+/// admission control is shedding, the budget shrinks to an eighth: a handshake costs more
+/// CPU than anything a connected client asks for, so an overloaded node takes new
+/// connections only slowly (refusing costs one packet, and the client library backs off).
 pub(crate) fn decide(
     handshaking: usize,
     max_handshakes: usize,
     validated: bool,
     prefix_within_rate: bool,
+    shedding: bool,
 ) -> Gate {
+    let max_handshakes = if shedding {
+        (max_handshakes / 8).max(1)
+    } else {
+        max_handshakes
+    };
     if !prefix_within_rate || handshaking >= max_handshakes {
         Gate::Refuse
     } else if !validated && handshaking >= max_handshakes / 2 {
@@ -87,13 +96,15 @@ impl Guard {
     }
 
     /// Decides a new connection attempt from `addr`.
-    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool) -> Gate {
+    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool, shedding: bool) -> Gate {
         let within = self.per_prefix.check_key(&prefix(addr.ip())).is_ok();
+        let handshaking = self.handshaking.load(Ordering::Relaxed);
         decide(
-            self.handshaking.load(Ordering::Relaxed),
+            handshaking,
             self.max_handshakes,
             validated,
             within,
+            shedding,
         )
     }
 
@@ -121,16 +132,16 @@ mod tests {
 
     #[test]
     fn retry_past_half_the_budget_refuse_at_it_or_over_rate() {
-        assert_eq!(decide(0, 100, false, true), Gate::Accept);
-        assert_eq!(decide(49, 100, false, true), Gate::Accept);
-        assert_eq!(decide(50, 100, false, true), Gate::Retry);
-        assert_eq!(
-            decide(50, 100, true, true),
-            Gate::Accept,
-            "a validated address is not asked again"
-        );
-        assert_eq!(decide(100, 100, true, true), Gate::Refuse);
-        assert_eq!(decide(0, 100, true, false), Gate::Refuse);
+        assert_eq!(decide(0, 100, false, true, false), Gate::Accept);
+        assert_eq!(decide(49, 100, false, true, false), Gate::Accept);
+        assert_eq!(decide(50, 100, false, true, false), Gate::Retry);
+        // A validated address is not asked again.
+        assert_eq!(decide(50, 100, true, true, false), Gate::Accept);
+        assert_eq!(decide(100, 100, true, true, false), Gate::Refuse);
+        assert_eq!(decide(0, 100, true, false, false), Gate::Refuse);
+        // An eighth of the budget while shedding.
+        assert_eq!(decide(12, 100, true, true, true), Gate::Refuse);
+        assert_eq!(decide(6, 100, false, true, true), Gate::Retry);
     }
 
     #[test]

@@ -211,7 +211,11 @@ impl Node {
                     let gate = if active >= self.shared.config.max_connections as usize {
                         guard::Gate::Refuse
                     } else {
-                        self.shared.guard.gate(incoming.remote_address(), incoming.remote_address_validated())
+                        self.shared.guard.gate(
+                            incoming.remote_address(),
+                            incoming.remote_address_validated(),
+                            self.shared.admission.shedding(),
+                        )
                     };
                     match gate {
                         guard::Gate::Accept => {
