@@ -16,6 +16,15 @@ use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body};
 
 const QUIET: Duration = Duration::from_secs(3);
 
+/// A node with two registered users; Bob's identity is kept so the test can reconnect as him.
+async fn alice_and_bob(dir: &std::path::Path) -> (TestNode, Client, Identity, Client) {
+    let node = TestNode::start(dir);
+    let alice = node.new_user().await;
+    let bob_id = Identity::generate().unwrap();
+    let bob = node.user(&bob_id).await;
+    (node, alice, bob_id, bob)
+}
+
 /// Sends `n` numbered envelopes from `from` to `to`, `window` at a time in flight.
 async fn send_numbered(
     from: Arc<Client>,
@@ -121,10 +130,7 @@ async fn two_clients_exchange_a_thousand_envelopes_each_way_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path());
-    let alice = node.new_user().await;
-    let bob_id = Identity::generate().unwrap();
-    let bob = node.user(&bob_id).await;
+    let (node, alice, bob_id, bob) = alice_and_bob(dir.path()).await;
     for i in 0..10 {
         alice
             .send(&bob.account(), format!("m{i}").into_bytes())
@@ -155,10 +161,7 @@ async fn acknowledged_envelopes_are_not_redelivered_and_unacknowledged_ones_are(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resending_the_same_client_message_id_stores_one_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path());
-    let alice = node.new_user().await;
-    let bob_id = Identity::generate().unwrap();
-    let bob = node.user(&bob_id).await;
+    let (node, alice, bob_id, bob) = alice_and_bob(dir.path()).await;
     let id = [42u8; 16];
     for _ in 0..3 {
         alice
@@ -281,33 +284,20 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let me = Identity::generate().unwrap();
     let nonce = first.hello().await;
     let captured = me.sign(&transcript(Purpose::Register, &first.exporter, &nonce));
+    let register = Body::Register(pb::Register {
+        public_key: bytes(me.account().as_bytes()),
+        signature: bytes(&captured),
+        ticket: Default::default(),
+    });
     let mut second = RawConnection::open(&node).await;
     second.hello().await;
-    second
-        .request(
-            2,
-            Body::Register(pb::Register {
-                public_key: bytes(me.account().as_bytes()),
-                signature: bytes(&captured),
-                ticket: Default::default(),
-            }),
-        )
-        .await;
+    second.request(2, register.clone()).await;
     assert_eq!(
         error_code(&second.response().await.unwrap()),
         Some(ErrorCode::BadSignature)
     );
     // ... while on its own connection it works.
-    first
-        .request(
-            2,
-            Body::Register(pb::Register {
-                public_key: bytes(me.account().as_bytes()),
-                signature: bytes(&captured),
-                ticket: Default::default(),
-            }),
-        )
-        .await;
+    first.request(2, register).await;
     assert_eq!(error_code(&first.response().await.unwrap()), None);
 
     // A frame that is not protobuf: MALFORMED on request 0, and the session goes on.
