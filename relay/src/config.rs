@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub admission_overload_wait_ms: u64,
     /// ...and admitting more when they waited less than this (ms).
     pub admission_recover_wait_ms: u64,
+    /// Smoothed durable-write latency (ms) above which the node counts as overloaded even
+    /// when its own queues are short: the storage behind it is the bottleneck.
+    pub admission_backend_latency_ms: u64,
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
@@ -93,6 +96,7 @@ impl Default for NodeConfig {
             admission_window_ms: 1000,
             admission_overload_wait_ms: 20,
             admission_recover_wait_ms: 5,
+            admission_backend_latency_ms: 250,
             registration_initial_rate: 100.0,
         }
     }

@@ -22,6 +22,7 @@ const LINE_WAIT: &str = "levee_waiting_room_estimated_wait_seconds";
 const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
+const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
 
@@ -87,6 +88,11 @@ fn describe() {
         "Waiting-room tickets refused, by reason"
     );
     describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections");
+    describe_gauge!(
+        BACKEND_LATENCY,
+        Unit::Seconds,
+        "Smoothed latency of durable storage writes, as admission control sees it"
+    );
     describe_counter!(
         ENVELOPES_ACCEPTED,
         Unit::Count,
@@ -134,6 +140,10 @@ pub(crate) fn queued(estimated_wait: Duration) {
 
 pub(crate) fn ticket_rejected(reason: &'static str) {
     counter!(TICKETS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn backend_latency(seconds: f64) {
+    gauge!(BACKEND_LATENCY).set(seconds);
 }
 
 pub(crate) fn connections(open: usize) {

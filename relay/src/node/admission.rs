@@ -42,11 +42,15 @@ pub(crate) enum RegistrationDecision {
 struct State {
     controller: AdmissionController,
     line: WaitingLine,
+    /// Smoothed latency of durable storage writes (delivery-log appends, mailbox inserts,
+    /// acknowledgements), in milliseconds.
+    backend_ms: f64,
 }
 
 /// Admission control of one node.
 pub(crate) struct Admission {
     enabled: bool,
+    backend_limit_ms: f64,
     window: Duration,
     state: Mutex<State>,
     salt: CohortSalt,
@@ -102,7 +106,9 @@ impl Admission {
             state: Mutex::new(State {
                 controller,
                 line: WaitingLine::new(config.registration_initial_rate, now),
+                backend_ms: 0.0,
             }),
+            backend_limit_ms: config.admission_backend_latency_ms as f64,
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
             node_id,
@@ -136,6 +142,17 @@ impl Admission {
         telemetry::shed(class);
         // One window is when the level can next change.
         Err((self.window.as_millis() as f64 * self.jitter()) as u64)
+    }
+
+    /// Records how long a durable storage write took. When the smoothed latency passes
+    /// `admission_backend_latency_ms`, every window counts as overloaded: the storage
+    /// behind the node is the bottleneck even if its own queues are short.
+    pub(crate) fn record_backend_latency(&self, took: Duration) {
+        let mut state = self.lock();
+        state.backend_ms = 0.9 * state.backend_ms + 0.1 * took.as_secs_f64() * 1000.0;
+        let overloaded = state.backend_ms > self.backend_limit_ms;
+        state.controller.set_backend_overloaded(overloaded);
+        telemetry::backend_latency(state.backend_ms / 1000.0);
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
@@ -281,6 +298,24 @@ mod tests {
             a.register(b"thief", Some(ticket)),
             RegistrationDecision::Rejected(TicketError::WrongKey)
         );
+    }
+
+    #[test]
+    fn slow_storage_makes_the_node_shed() {
+        let a = admission(100.0);
+        for _ in 0..100 {
+            a.record_backend_latency(Duration::from_secs(1));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        a.tick();
+        assert!(a.shedding(), "a 1 s storage latency is overload");
+        let b = admission(100.0);
+        for _ in 0..100 {
+            b.record_backend_latency(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        b.tick();
+        assert!(!b.shedding());
     }
 
     #[test]

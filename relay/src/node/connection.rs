@@ -491,7 +491,10 @@ async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) ->
         mailbox: recipient,
         payload: logged.encode_to_vec().into(),
     };
-    match shared.log.append(vec![record]).await {
+    let started = Instant::now();
+    let appended = shared.log.append(vec![record]).await;
+    shared.admission.record_backend_latency(started.elapsed());
+    match appended {
         Ok(positions) => match positions.first() {
             Some(p) => {
                 telemetry::envelope_accepted();
@@ -513,7 +516,10 @@ async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) ->
 
 /// `Ack`: delete from the session's own mailbox only, durably.
 async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> pb::Response {
-    match shared.store.ack(&owner, &ids).await {
+    let started = Instant::now();
+    let acked = shared.store.ack(&owner, &ids).await;
+    shared.admission.record_backend_latency(started.elapsed());
+    match acked {
         Ok(outcome) => pb::Response::ok(
             id,
             R::AckOk(pb::AckOk {

@@ -126,7 +126,10 @@ pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: Can
             }
         }
         let outcomes = loop {
-            match shared.store.insert(envelopes.clone()).await {
+            let started = std::time::Instant::now();
+            let inserted = shared.store.insert(envelopes.clone()).await;
+            shared.admission.record_backend_latency(started.elapsed());
+            match inserted {
                 Ok(outcomes) => break outcomes,
                 Err(e) => {
                     tracing::error!(error = %e, "mailbox store insert failed; retrying the batch");
