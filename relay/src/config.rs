@@ -97,7 +97,7 @@ impl Default for NodeConfig {
             admission_overload_wait_ms: 20,
             admission_recover_wait_ms: 5,
             admission_backend_latency_ms: 250,
-            registration_initial_rate: 100.0,
+            registration_initial_rate: 500.0,
         }
     }
 }

@@ -93,7 +93,7 @@ impl WaitingLine {
     }
 
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
-    /// 10% slower; calm → 10% faster, but not beyond twice what actually entered in that
+    /// 10% slower; calm → 25% faster, but not beyond twice what actually entered in that
     /// window (the measured absorption), so the rate follows capacity instead of a guess.
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let measured = self.entered_this_window as f64 / window.as_secs_f64().max(1e-3);
@@ -102,7 +102,7 @@ impl WaitingLine {
             Verdict::Hold => self.rate,
             // Raise at most to twice what measurably entered; never lower here: few entering can
             // mean the holders of due places have not come back yet, not that the node is full.
-            Verdict::Calm => (self.rate * 1.1 + 1.0)
+            Verdict::Calm => (self.rate * 1.25 + 1.0)
                 .min(2.0 * measured + MIN_RATE)
                 .max(self.rate),
         }
