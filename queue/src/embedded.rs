@@ -290,6 +290,14 @@ impl LogConsumer for EmbeddedConsumer {
         Ok(Vec::new())
     }
 
+    fn lag(&self) -> u64 {
+        let heads = self.log.lock_next();
+        self.committed
+            .iter()
+            .map(|(shard, done)| heads[*shard as usize].saturating_sub(*done))
+            .sum()
+    }
+
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {
         let mut upto = BTreeMap::<ShardId, u64>::new();
         for p in done {
@@ -384,9 +392,11 @@ mod tests {
             .collect();
         at.sort();
         assert_eq!(at, vec![(1, 1), (3, 0)]);
+        assert_eq!(c.lag(), 2, "two read, none committed yet");
         c.commit(&got.iter().map(|r| r.position).collect::<Vec<_>>())
             .await
             .expect("commit");
+        assert_eq!(c.lag(), 0);
         // Offsets are not reused after everything was consumed and deleted.
         let pos = log.append(vec![record(1, 4)]).await.expect("append");
         assert_eq!(pos[0].offset, 2);

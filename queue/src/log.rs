@@ -93,4 +93,8 @@ pub trait LogConsumer: Send {
     /// Records that everything up to and including these positions has been handled, so a
     /// restart resumes after them. Call only once the records are durable downstream.
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError>;
+
+    /// Records appended to the assigned shards and not yet committed: how far delivery is
+    /// behind. A health signal, so an estimate from the last poll is good enough.
+    fn lag(&self) -> u64;
 }

@@ -67,6 +67,9 @@ pub struct NodeConfig {
     /// Smoothed durable-write latency (ms) above which the node counts as overloaded even
     /// when its own queues are short: the storage behind it is the bottleneck.
     pub admission_backend_latency_ms: u64,
+    /// Delivery-log records not yet stored in mailboxes above which the node counts as
+    /// overloaded.
+    pub admission_backend_lag: u64,
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
@@ -97,6 +100,7 @@ impl Default for NodeConfig {
             admission_overload_wait_ms: 20,
             admission_recover_wait_ms: 5,
             admission_backend_latency_ms: 250,
+            admission_backend_lag: 50_000,
             registration_initial_rate: 500.0,
         }
     }

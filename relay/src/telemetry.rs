@@ -23,6 +23,7 @@ const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
+const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
 
@@ -89,6 +90,11 @@ fn describe() {
     );
     describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections");
     describe_gauge!(
+        DELIVERY_LAG,
+        Unit::Count,
+        "Delivery-log records not yet stored in mailboxes"
+    );
+    describe_gauge!(
         BACKEND_LATENCY,
         Unit::Seconds,
         "Smoothed latency of durable storage writes, as admission control sees it"
@@ -140,6 +146,10 @@ pub(crate) fn queued(estimated_wait: Duration) {
 
 pub(crate) fn ticket_rejected(reason: &'static str) {
     counter!(TICKETS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn delivery_lag(records: u64) {
+    gauge!(DELIVERY_LAG).set(records as f64);
 }
 
 pub(crate) fn backend_latency(seconds: f64) {

@@ -45,11 +45,14 @@ struct State {
     /// Smoothed latency of durable storage writes (delivery-log appends, mailbox inserts,
     /// acknowledgements), in milliseconds.
     backend_ms: f64,
+    /// Whether delivery is further behind the log than allowed.
+    lagging: bool,
 }
 
 /// Admission control of one node.
 pub(crate) struct Admission {
     enabled: bool,
+    lag_limit: u64,
     backend_limit_ms: f64,
     window: Duration,
     state: Mutex<State>,
@@ -107,7 +110,9 @@ impl Admission {
                 controller,
                 line: WaitingLine::new(config.registration_initial_rate, now),
                 backend_ms: 0.0,
+                lagging: false,
             }),
+            lag_limit: config.admission_backend_lag,
             backend_limit_ms: config.admission_backend_latency_ms as f64,
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
@@ -150,9 +155,20 @@ impl Admission {
     pub(crate) fn record_backend_latency(&self, took: Duration) {
         let mut state = self.lock();
         state.backend_ms = 0.9 * state.backend_ms + 0.1 * took.as_secs_f64() * 1000.0;
-        let overloaded = state.backend_ms > self.backend_limit_ms;
+        let overloaded = state.backend_ms > self.backend_limit_ms || state.lagging;
         state.controller.set_backend_overloaded(overloaded);
         telemetry::backend_latency(state.backend_ms / 1000.0);
+    }
+
+    /// Records how many log records delivery has yet to store. Past
+    /// `admission_backend_lag`, every window counts as overloaded: accepting more sends
+    /// would only lengthen the time to deliver them.
+    pub(crate) fn record_lag(&self, records: u64) {
+        let mut state = self.lock();
+        state.lagging = records > self.lag_limit;
+        let overloaded = state.backend_ms > self.backend_limit_ms || state.lagging;
+        state.controller.set_backend_overloaded(overloaded);
+        telemetry::delivery_lag(records);
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
@@ -316,6 +332,21 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         b.tick();
         assert!(!b.shedding());
+    }
+
+    #[test]
+    fn delivery_lag_makes_the_node_shed_until_it_catches_up() {
+        let a = admission(100.0);
+        a.record_lag(1_000_000);
+        std::thread::sleep(Duration::from_millis(1100));
+        a.tick();
+        assert!(a.shedding());
+        a.record_lag(0);
+        // Calm windows climb back 1% of all slots each; the first already helps.
+        let before = a.lock().controller.level();
+        std::thread::sleep(Duration::from_millis(1100));
+        a.tick();
+        assert!(a.lock().controller.level() > before);
     }
 
     #[test]

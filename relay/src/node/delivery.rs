@@ -144,6 +144,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: Can
             // Harmless: the records are stored, and re-reading them later is idempotent.
             tracing::warn!(error = %e, "delivery log commit failed");
         }
+        shared.admission.record_lag(consumer.lag());
         let woken: HashSet<MailboxId> = envelopes
             .iter()
             .zip(&outcomes)
