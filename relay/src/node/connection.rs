@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::Shared;
 use super::admission::RegistrationDecision;
+use super::guard::Handshaking;
 use crate::admission::RequestClass;
 use crate::clock::now_ms;
 use crate::identity::Purpose;
@@ -50,13 +51,17 @@ impl Drop for Counted {
 }
 
 /// Serves one incoming connection until it closes.
-pub(super) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+pub(super) async fn serve(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    handshaking: Handshaking,
+) {
     telemetry::connections(shared.connections.fetch_add(1, Ordering::Relaxed) + 1);
     let _counted = Counted(shared.clone());
     // Errors here are the client's business (it went away, or spoke badly); they are not
     // logged with any detail that could identify the client.
     let handshake = {
-        let _in_progress = shared.guard.handshaking();
+        let _in_progress = handshaking;
         tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
     };
     let Ok(Ok(conn)) = handshake else {

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -71,15 +72,15 @@ fn quota(per_second: u32) -> Quota {
 /// Handshake and rate limits of one node.
 pub(crate) struct Guard {
     max_handshakes: usize,
-    handshaking: AtomicUsize,
+    handshaking: Arc<AtomicUsize>,
     per_prefix: DefaultKeyedRateLimiter<[u8; 6]>,
     per_account: DefaultKeyedRateLimiter<MailboxId>,
 }
 
 /// Counts a handshake in progress until dropped.
-pub(crate) struct Handshaking<'a>(&'a AtomicUsize);
+pub(crate) struct Handshaking(Arc<AtomicUsize>);
 
-impl Drop for Handshaking<'_> {
+impl Drop for Handshaking {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -89,7 +90,7 @@ impl Guard {
     pub(crate) fn new(config: &NodeConfig) -> Self {
         Self {
             max_handshakes: config.max_handshakes as usize,
-            handshaking: AtomicUsize::new(0),
+            handshaking: Arc::default(),
             per_prefix: RateLimiter::keyed(quota(config.connections_per_prefix_per_sec)),
             per_account: RateLimiter::keyed(quota(config.account_requests_per_sec)),
         }
@@ -108,10 +109,11 @@ impl Guard {
         )
     }
 
-    /// Marks a handshake as in progress for as long as the returned value lives.
-    pub(crate) fn handshaking(&self) -> Handshaking<'_> {
+    /// Marks a handshake as in progress for as long as the returned value lives. Taken at
+    /// the accept gate, so a burst within one accept round counts before the next decision.
+    pub(crate) fn handshaking(&self) -> Handshaking {
         self.handshaking.fetch_add(1, Ordering::Relaxed);
-        Handshaking(&self.handshaking)
+        Handshaking(self.handshaking.clone())
     }
 
     /// Whether `account` is within its request rate.

@@ -219,7 +219,8 @@ impl Node {
                     };
                     match gate {
                         guard::Gate::Accept => {
-                            connections.spawn(connection::serve(incoming, self.shared.clone()));
+                            let handshaking = self.shared.guard.handshaking();
+                            connections.spawn(connection::serve(incoming, self.shared.clone(), handshaking));
                         }
                         guard::Gate::Retry => {
                             if let Err(e) = incoming.retry() {
