@@ -1,23 +1,32 @@
 //! `levee-surge`: a signup wave against one node, with admission control on and off, side
 //! by side in one run.
 //!
+//! The node and its established users run in this process; the newcomers run in a child
+//! process (this same binary, `levee-surge wave`) at a lower CPU priority (`nice`). On a
+//! real deployment the people signing up bring their own CPUs; on one shared machine their
+//! handshakes would otherwise compete with the node on equal terms, and the benchmark would
+//! measure the machine rather than the node's behaviour. The lower priority lets the wave use
+//! whatever CPU the node and its users leave idle.
+//!
 //! First it measures, on a node with admission off, the node's messaging capacity (sends/s
-//! acknowledged, closed loop) and registration capacity (new connection + registration per
-//! second, closed loop). Then, for each mode and each multiplier, on a fresh node:
-//! established users send at half the messaging capacity (open loop: a slow answer does not
-//! slow the offered rate), 3 s unloaded, then a wave of new registrations offered at
-//! multiplier × registration capacity for `--duration` seconds, then a drain period in
-//! which newcomers still in line may finish.
+//! acknowledged, closed loop) and then its registration capacity *beside the baseline*: new
+//! connection + registration per second, 64 at a time, while the established users send at
+//! half the messaging capacity — what the node can absorb on top of the users it already
+//! has. Then, for each multiplier and each mode, on a fresh node: the same baseline, 3 s
+//! unloaded, then a wave of new registrations offered at multiplier × registration capacity
+//! for `--duration` seconds, then a drain period in which newcomers still in line may finish.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
-use levee_relay::client::{Client, Connector};
+use levee_relay::client::{Client, ClientConfig, Connector};
+use levee_relay::tls::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity};
 use tokio::sync::Mutex;
 
@@ -42,21 +51,64 @@ struct Args {
     /// Most newcomers in progress at once on the load side (this machine's own limit).
     #[arg(long, default_value_t = 4000)]
     max_in_flight: u64,
+    /// CPU niceness of the newcomers' process (0 = same priority as the node).
+    #[arg(long, default_value_t = 10)]
+    wave_nice: i32,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// Internal: the newcomers' side of a wave, run as a child process; prints its counts
+    /// as one JSON object.
+    #[command(hide = true)]
+    Wave(WaveSpec),
+}
+
+/// One wave, as the parent asks the child to play it.
+#[derive(clap::Args, Debug, Clone)]
+struct WaveSpec {
+    #[arg(long)]
+    server: SocketAddr,
+    #[arg(long)]
+    fingerprint: Fingerprint,
+    /// Newcomers per second (open loop); 0 with --closed.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Instead of a rate: this many newcomers at a time, back to back (closed loop).
+    #[arg(long)]
+    closed: Option<usize>,
+    #[arg(long)]
+    duration: f64,
+    #[arg(long, default_value_t = 0.0)]
+    drain: f64,
+    #[arg(long, default_value_t = 4000)]
+    max_in_flight: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Runtime::new()?.block_on(run(args))
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.role {
+        Some(Role::Wave(spec)) => {
+            let counts = runtime.block_on(play_wave(spec))?;
+            println!("{}", serde_json::to_string(&counts)?);
+            Ok(())
+        }
+        None => runtime.block_on(run(args)),
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let msg_capacity = messaging_capacity(args.established).await?;
-    let reg_capacity = registration_capacity().await?;
+    let reg_capacity = registration_capacity(&args, msg_capacity).await?;
     eprintln!(
-        "capacity: {msg_capacity:.0} envelopes/s end to end, {reg_capacity:.0} registrations/s"
+        "capacity: {msg_capacity:.0} envelopes/s end to end; beside half of that, \
+         {reg_capacity:.0} registrations/s"
     );
     let mut rows = Vec::new();
     for &m in &args.multipliers {
@@ -131,32 +183,24 @@ async fn messaging_capacity(n: usize) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
-/// New connection + registration per second, 64 at a time, 4 s.
-async fn registration_capacity() -> anyhow::Result<f64> {
-    let node = LocalNode::start(|c| c.admission = false)?;
-    let connector = Connector::new(&node.client)?;
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(4);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..64 {
-        let (connector, done) = (connector.clone(), done.clone());
-        tasks.spawn(async move {
-            while Instant::now() < deadline {
-                let Ok(id) = Identity::generate() else { return };
-                if let Ok(c) = connector.connect(id).await
-                    && c.register().await.is_ok()
-                {
-                    done.fetch_add(1, Ordering::Relaxed);
-                    c.close().await;
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    node.stop().await?;
-    Ok(done.load(Ordering::Relaxed) as f64 / 4.0)
+/// New connection + registration per second, 64 at a time for 4 s, from the wave process,
+/// against a node with admission off carrying the messaging baseline.
+async fn registration_capacity(args: &Args, msg_cap: f64) -> anyhow::Result<f64> {
+    let baseline = Baseline::start(false, args.established, msg_cap * 0.5).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let counts = spawn_wave(
+        args,
+        &baseline.node.client,
+        WaveSpecRate::Closed(64),
+        4.0,
+        0.0,
+    )
+    .await?;
+    baseline.stop().await?;
+    Ok(counts.admitted_in_wave as f64 / 4.0)
 }
 
+/// What the established users saw.
 #[derive(Default)]
 struct Messaging {
     ok: AtomicU64,
@@ -164,6 +208,159 @@ struct Messaging {
     latency: Mutex<Option<Histogram<u64>>>,
 }
 
+/// A node with established users sending to each other at a steady rate (open loop: a slow
+/// answer does not slow the offered rate), recording send → push latency.
+struct Baseline {
+    node: LocalNode,
+    messaging: Arc<Messaging>,
+    sending: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Baseline {
+    async fn start(admission: bool, established: usize, rate: f64) -> anyhow::Result<Self> {
+        let node = LocalNode::start(|c| c.admission = admission)?;
+        let connector = Connector::new(&node.client)?;
+        let established = users(&connector, established.max(2))
+            .await
+            .context("established users")?;
+        let epoch = Instant::now();
+        let messaging = Arc::new(Messaging::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in &established {
+            let mut inbox = c.subscribe().await?;
+            let (c, m) = (c.clone(), messaging.clone());
+            tasks.spawn(async move {
+                while let Some(first) = inbox.next().await {
+                    let mut batch = vec![first];
+                    while let Some(d) = inbox.try_next() {
+                        batch.push(d);
+                    }
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    if let Some(h) = m.latency.lock().await.as_mut() {
+                        for d in &batch {
+                            let sent = u64::from_be_bytes(
+                                d.ciphertext[..8].try_into().unwrap_or_default(),
+                            );
+                            record(h, Duration::from_nanos(now.saturating_sub(sent)));
+                        }
+                    }
+                    let _ = c
+                        .ack(&batch.iter().map(|d| d.envelope_id).collect::<Vec<_>>())
+                        .await;
+                }
+            });
+        }
+        let per_client = (rate / established.len() as f64).max(1.0);
+        let sending = Arc::new(AtomicBool::new(true));
+        for (i, c) in established.iter().enumerate() {
+            let to: AccountId = established[(i + 1) % established.len()].account();
+            let (c, m, sending) = (c.clone(), messaging.clone(), sending.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                while sending.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let (c, m) = (c.clone(), m.clone());
+                    tokio::spawn(async move {
+                        let mut payload = vec![0u8; 256];
+                        payload[..8]
+                            .copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                        let counter = if c.send(&to, payload).await.is_ok() {
+                            &m.ok
+                        } else {
+                            &m.failed
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            });
+        }
+        Ok(Self {
+            node,
+            messaging,
+            sending,
+            tasks,
+        })
+    }
+
+    /// Starts a fresh latency histogram and success count, returning the previous histogram.
+    async fn next_period(&self) -> Histogram<u64> {
+        self.messaging.ok.store(0, Ordering::Relaxed);
+        self.messaging.failed.store(0, Ordering::Relaxed);
+        self.messaging
+            .latency
+            .lock()
+            .await
+            .replace(latency_histogram())
+            .unwrap_or_else(latency_histogram)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.sending.store(false, Ordering::Relaxed);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.node.stop().await
+    }
+}
+
+/// How the newcomers arrive.
+enum WaveSpecRate {
+    /// This many per second.
+    Open(f64),
+    /// This many at a time, back to back.
+    Closed(usize),
+}
+
+/// Runs the newcomers' side in a child process at `--wave-nice` and returns its counts.
+async fn spawn_wave(
+    args: &Args,
+    target: &ClientConfig,
+    rate: WaveSpecRate,
+    duration: f64,
+    drain: f64,
+) -> anyhow::Result<Counts> {
+    let Trust::Fingerprint(fingerprint) = &target.trust else {
+        bail!("the local node is pinned by fingerprint");
+    };
+    let mut cmd = std::process::Command::new("nice");
+    cmd.arg("-n")
+        .arg(args.wave_nice.to_string())
+        .arg(std::env::current_exe()?)
+        .arg("wave")
+        .arg(format!("--server={}", target.server))
+        .arg(format!("--fingerprint={fingerprint}"))
+        .arg(format!("--duration={duration}"))
+        .arg(format!("--drain={drain}"))
+        .arg(format!("--max-in-flight={}", args.max_in_flight));
+    match rate {
+        WaveSpecRate::Open(r) => cmd.arg(format!("--rate={r}")),
+        WaveSpecRate::Closed(n) => cmd.arg(format!("--closed={n}")),
+    };
+    cmd.stderr(std::process::Stdio::inherit());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await?
+        .context("cannot run the wave process (is `nice` installed?)")?;
+    if !out.status.success() {
+        bail!("the wave process failed: {}", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("the wave process's report")
+}
+
+/// What happened to the newcomers of one wave.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Counts {
+    offered: u64,
+    not_offered: u64,
+    admitted_in_wave: u64,
+    admitted_in_drain: u64,
+    waiting_at_end: u64,
+    refused_at_end: u64,
+    hard_failures: u64,
+    requests: u64,
+}
+
+/// The same, counted concurrently.
 #[derive(Default)]
 struct Wave {
     offered: AtomicU64,
@@ -171,8 +368,77 @@ struct Wave {
     admitted_in_wave: AtomicU64,
     admitted_in_drain: AtomicU64,
     waiting_at_end: AtomicU64,
+    refused_at_end: AtomicU64,
     hard_failures: AtomicU64,
     requests: AtomicU64,
+}
+
+impl Wave {
+    fn counts(&self) -> Counts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            offered: get(&self.offered),
+            not_offered: get(&self.not_offered),
+            admitted_in_wave: get(&self.admitted_in_wave),
+            admitted_in_drain: get(&self.admitted_in_drain),
+            waiting_at_end: get(&self.waiting_at_end),
+            refused_at_end: get(&self.refused_at_end),
+            hard_failures: get(&self.hard_failures),
+            requests: get(&self.requests),
+        }
+    }
+}
+
+/// The child process: newcomers arriving at a rate (or back to back) for `duration`, each
+/// waiting as told until the end of the drain period.
+async fn play_wave(spec: WaveSpec) -> anyhow::Result<Counts> {
+    let mut config = ClientConfig::new(spec.server, Trust::Fingerprint(spec.fingerprint));
+    config.connect_timeout = Duration::from_secs(10);
+    let connectors: Vec<Connector> = (0..4)
+        .map(|_| Connector::new(&config))
+        .collect::<Result<_, _>>()?;
+    let wave = Arc::new(Wave::default());
+    let start = Instant::now();
+    let wave_end = start + Duration::from_secs_f64(spec.duration);
+    let give_up = wave_end + Duration::from_secs_f64(spec.drain);
+    let mut newcomers = tokio::task::JoinSet::new();
+    if let Some(n) = spec.closed {
+        for i in 0..n {
+            let (connector, wave) = (connectors[i % connectors.len()].clone(), wave.clone());
+            newcomers.spawn(async move {
+                while Instant::now() < wave_end {
+                    wave.offered.fetch_add(1, Ordering::Relaxed);
+                    newcomer(&connector, &wave, wave_end, wave_end).await;
+                }
+            });
+        }
+    } else {
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let mut spawned = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        while Instant::now() < wave_end {
+            tick.tick().await;
+            let due = (start.elapsed().as_secs_f64() * spec.rate) as u64;
+            while spawned < due {
+                spawned += 1;
+                if in_flight.load(Ordering::Relaxed) >= spec.max_in_flight {
+                    wave.not_offered.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                wave.offered.fetch_add(1, Ordering::Relaxed);
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let connector = connectors[spawned as usize % connectors.len()].clone();
+                let (wave, in_flight) = (wave.clone(), in_flight.clone());
+                newcomers.spawn(async move {
+                    newcomer(&connector, &wave, wave_end, give_up).await;
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            while newcomers.try_join_next().is_some() {}
+        }
+    }
+    while newcomers.join_next().await.is_some() {}
+    Ok(wave.counts())
 }
 
 #[derive(serde::Serialize)]
@@ -185,6 +451,7 @@ struct Row {
     goodput_of_capacity: f64,
     admitted_after_wave: u64,
     still_waiting_with_ticket: u64,
+    still_refused: u64,
     hard_failures: u64,
     not_offered: u64,
     requests_per_admitted: f64,
@@ -202,148 +469,45 @@ async fn scenario(
     msg_cap: f64,
     reg_cap: f64,
 ) -> anyhow::Result<Row> {
-    let node = LocalNode::start(|c| c.admission = admission)?;
-    let mut client_config = node.client.clone();
-    client_config.connect_timeout = Duration::from_secs(10);
-    let connector = Connector::new(&client_config)?;
-    let established = users(&connector, args.established)
-        .await
-        .context("established users")?;
-    let epoch = Instant::now();
-
-    // Receivers: latency from send to push.
-    let messaging = Arc::new(Messaging::default());
-    let mut background = tokio::task::JoinSet::new();
-    for c in &established {
-        let mut inbox = c.subscribe().await?;
-        let (c, m) = (c.clone(), messaging.clone());
-        background.spawn(async move {
-            while let Some(first) = inbox.next().await {
-                let mut batch = vec![first];
-                while let Some(d) = inbox.try_next() {
-                    batch.push(d);
-                }
-                let now = epoch.elapsed().as_nanos() as u64;
-                if let Some(h) = m.latency.lock().await.as_mut() {
-                    for d in &batch {
-                        let sent =
-                            u64::from_be_bytes(d.ciphertext[..8].try_into().unwrap_or_default());
-                        record(h, Duration::from_nanos(now.saturating_sub(sent)));
-                    }
-                }
-                let _ = c
-                    .ack(&batch.iter().map(|d| d.envelope_id).collect::<Vec<_>>())
-                    .await;
-            }
-        });
-    }
-    // Senders: half the messaging capacity, open loop.
-    let per_client = (msg_cap * 0.5 / established.len() as f64).max(1.0);
-    let sending = Arc::new(AtomicBool::new(true));
-    for (i, c) in established.iter().enumerate() {
-        let to: AccountId = established[(i + 1) % established.len()].account();
-        let (c, m, sending) = (c.clone(), messaging.clone(), sending.clone());
-        background.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            while sending.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let (c, m) = (c.clone(), m.clone());
-                tokio::spawn(async move {
-                    let mut payload = vec![0u8; 256];
-                    payload[..8]
-                        .copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
-                    let counter = if c.send(&to, payload).await.is_ok() {
-                        &m.ok
-                    } else {
-                        &m.failed
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                });
-            }
-        });
-    }
-
-    // Unloaded baseline.
+    let baseline = Baseline::start(admission, args.established, msg_cap * 0.5).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    *messaging.latency.lock().await = Some(latency_histogram());
+    baseline.next_period().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let unloaded = messaging
-        .latency
-        .lock()
-        .await
-        .replace(latency_histogram())
-        .unwrap_or_else(latency_histogram);
-    messaging.ok.store(0, Ordering::Relaxed);
-    messaging.failed.store(0, Ordering::Relaxed);
+    let unloaded = baseline.next_period().await;
 
-    // The wave.
-    let wave = Arc::new(Wave::default());
-    let rate = reg_cap * multiplier;
-    let wave_len = Duration::from_secs_f64(args.duration);
-    let start = Instant::now();
-    let wave_end = start + wave_len;
-    let give_up = wave_end + Duration::from_secs_f64(args.drain);
-    let connectors: Vec<Connector> = (0..4)
-        .map(|_| Connector::new(&client_config))
-        .collect::<Result<_, _>>()?;
-    let in_flight = Arc::new(AtomicU64::new(0));
-    let mut newcomers = tokio::task::JoinSet::new();
-    let mut spawned = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    while Instant::now() < wave_end {
-        tick.tick().await;
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        while spawned < due {
-            spawned += 1;
-            if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
-                wave.not_offered.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            wave.offered.fetch_add(1, Ordering::Relaxed);
-            in_flight.fetch_add(1, Ordering::Relaxed);
-            let connector = connectors[spawned as usize % connectors.len()].clone();
-            let (wave, in_flight) = (wave.clone(), in_flight.clone());
-            newcomers.spawn(async move {
-                newcomer(connector, &wave, wave_end, give_up).await;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-        while newcomers.try_join_next().is_some() {}
-    }
-    sending.store(false, Ordering::Relaxed);
-    let surge = messaging
-        .latency
-        .lock()
-        .await
-        .take()
-        .unwrap_or_else(latency_histogram);
+    let counts = spawn_wave(
+        args,
+        &baseline.node.client,
+        WaveSpecRate::Open(reg_cap * multiplier),
+        args.duration,
+        args.drain,
+    )
+    .await?;
+    // The baseline kept sending through the drain period too: latency and success cover
+    // the whole time newcomers were arriving or waiting.
     let (ok, failed) = (
-        messaging.ok.load(Ordering::Relaxed),
-        messaging.failed.load(Ordering::Relaxed),
+        baseline.messaging.ok.load(Ordering::Relaxed),
+        baseline.messaging.failed.load(Ordering::Relaxed),
     );
-    while newcomers.join_next().await.is_some() {}
-    background.abort_all();
-    while background.join_next().await.is_some() {}
-    node.stop().await?;
+    let surge = baseline.next_period().await;
+    baseline.stop().await?;
 
-    let admitted = wave.admitted_in_wave.load(Ordering::Relaxed)
-        + wave.admitted_in_drain.load(Ordering::Relaxed);
-    let goodput = wave.admitted_in_wave.load(Ordering::Relaxed) as f64 / wave_len.as_secs_f64();
+    let admitted = counts.admitted_in_wave + counts.admitted_in_drain;
+    let goodput = counts.admitted_in_wave as f64 / args.duration;
     let unloaded_p99 = quantile_ms(&unloaded, 0.99);
     Ok(Row {
         admission: if admission { "on" } else { "off" },
         multiplier,
         registration_capacity_per_s: reg_cap,
-        offered_per_s: wave.offered.load(Ordering::Relaxed) as f64 / wave_len.as_secs_f64(),
+        offered_per_s: counts.offered as f64 / args.duration,
         goodput_per_s: goodput,
         goodput_of_capacity: goodput / reg_cap,
-        admitted_after_wave: wave.admitted_in_drain.load(Ordering::Relaxed),
-        still_waiting_with_ticket: wave.waiting_at_end.load(Ordering::Relaxed),
-        hard_failures: wave.hard_failures.load(Ordering::Relaxed),
-        not_offered: wave.not_offered.load(Ordering::Relaxed),
-        requests_per_admitted: wave.requests.load(Ordering::Relaxed) as f64
-            / admitted.max(1) as f64,
+        admitted_after_wave: counts.admitted_in_drain,
+        still_waiting_with_ticket: counts.waiting_at_end,
+        still_refused: counts.refused_at_end,
+        hard_failures: counts.hard_failures,
+        not_offered: counts.not_offered,
+        requests_per_admitted: counts.requests as f64 / admitted.max(1) as f64,
         send_success: ok as f64 / (ok + failed).max(1) as f64,
         unloaded_p99_ms: unloaded_p99,
         p50_ms: quantile_ms(&surge, 0.5),
@@ -352,14 +516,27 @@ async fn scenario(
     })
 }
 
-/// One newcomer: connect, register, wait in line as told until `give_up`.
-async fn newcomer(connector: Connector, wave: &Wave, wave_end: Instant, give_up: Instant) {
+/// One newcomer: connect (patiently: a refusal is a delay, not the end), register, wait in
+/// line as told until `give_up`. Requests counted are what the node saw: each connection
+/// attempt it refused, and each registration request (the first, and every return with a
+/// ticket).
+async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up: Instant) {
     let Ok(identity) = Identity::generate() else {
         return;
     };
-    wave.requests.fetch_add(1, Ordering::Relaxed); // the connection itself
-    let Ok(client) = connector.connect(identity).await else {
-        wave.hard_failures.fetch_add(1, Ordering::Relaxed);
+    let connected = connector
+        .connect_patiently(identity, give_up, || {
+            wave.requests.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
+    let Ok(client) = connected else {
+        // Still being turned away at the end: not an error the person saw, but not a place
+        // in line either; counted on its own.
+        if matches!(connected, Err(levee_relay::client::ClientError::Busy)) {
+            wave.refused_at_end.fetch_add(1, Ordering::Relaxed);
+        } else {
+            wave.hard_failures.fetch_add(1, Ordering::Relaxed);
+        }
         return;
     };
     let mut held_ticket = false;
@@ -391,12 +568,12 @@ async fn newcomer(connector: Connector, wave: &Wave, wave_end: Instant, give_up:
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | hard failures | requests per admitted | send success | msg p50 | msg p99 (× unloaded) |"
+        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still refused | hard failures | requests per admitted | send success | msg p50 | msg p99 (× unloaded) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {:.2} | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
@@ -405,6 +582,7 @@ fn print_table(rows: &[Row]) {
             100.0 * r.goodput_of_capacity,
             r.admitted_after_wave,
             r.still_waiting_with_ticket,
+            r.still_refused,
             r.hard_failures,
             r.requests_per_admitted,
             100.0 * r.send_success,

@@ -90,10 +90,11 @@ impl Connector {
         }
         .parse()
         .expect("a literal socket address");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
-            server: config.server,
-            reason: format!("cannot open a UDP socket: {e}"),
-        })?;
+        let mut endpoint =
+            crate::udp::endpoint(bind, None).map_err(|e| ClientError::Unreachable {
+                server: config.server,
+                reason: format!("cannot open a UDP socket: {e}"),
+            })?;
         endpoint.set_default_client_config(client_config);
         Ok(Self {
             endpoint,
@@ -106,26 +107,58 @@ impl Connector {
     /// connections because it is overloaded is tried again after 0.5, 1 and 2 s (plus up to
     /// 100% jitter), then the caller gets [`ClientError::Busy`].
     pub async fn connect(&self, identity: Identity) -> Result<Client, ClientError> {
+        self.connect_until(identity, None, || {}).await
+    }
+
+    /// Like [`connect`](Self::connect), for someone who would rather wait than fail — a
+    /// newcomer during a signup wave: a refusal is answered by backing off (0.5 s doubling
+    /// to at most 8 s, plus up to 100% jitter) and trying again, until `give_up`. A refused
+    /// attempt costs the node one packet, and the growing back-off keeps a crowd of patient
+    /// clients from becoming a retry storm. `on_refused` is called for each refusal.
+    pub async fn connect_patiently(
+        &self,
+        identity: Identity,
+        give_up: Instant,
+        on_refused: impl FnMut(),
+    ) -> Result<Client, ClientError> {
+        self.connect_until(identity, Some(give_up), on_refused)
+            .await
+    }
+
+    async fn connect_until(
+        &self,
+        identity: Identity,
+        give_up: Option<Instant>,
+        mut on_refused: impl FnMut(),
+    ) -> Result<Client, ClientError> {
         let mut backoff = Duration::from_millis(500);
-        for _ in 0..MAX_RETRIES {
-            match Client::establish(
+        let mut refusals = 0;
+        loop {
+            let attempt = Client::establish(
                 &self.endpoint,
                 &self.config,
                 &self.mismatch,
                 identity.clone(),
             )
-            .await
-            {
-                Err(ClientError::Busy) => {
-                    let mut b = [0u8; 1];
-                    let _ = SystemRandom::new().fill(&mut b);
-                    tokio::time::sleep(backoff.mul_f64(1.0 + f64::from(b[0]) / 255.0)).await;
-                    backoff *= 2;
-                }
-                other => return other,
+            .await;
+            let Err(ClientError::Busy) = attempt else {
+                return attempt;
+            };
+            on_refused();
+            refusals += 1;
+            let mut b = [0u8; 1];
+            let _ = SystemRandom::new().fill(&mut b);
+            let pause = backoff.mul_f64(1.0 + f64::from(b[0]) / 255.0);
+            let out_of_patience = match give_up {
+                Some(t) => Instant::now() + pause >= t,
+                None => refusals > MAX_RETRIES,
+            };
+            if out_of_patience {
+                return attempt;
             }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(Duration::from_secs(8));
         }
-        Client::establish(&self.endpoint, &self.config, &self.mismatch, identity).await
     }
 }
 

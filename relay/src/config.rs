@@ -99,8 +99,8 @@ impl Default for NodeConfig {
             admission_window_ms: 1000,
             admission_overload_wait_ms: 20,
             admission_recover_wait_ms: 5,
-            admission_backend_latency_ms: 250,
-            admission_backend_lag: 50_000,
+            admission_backend_latency_ms: 25,
+            admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,
         }
     }

@@ -24,6 +24,7 @@ mod node;
 pub mod session;
 mod telemetry;
 pub mod tls;
+mod udp;
 pub mod wire;
 
 pub use config::NodeConfig;

@@ -16,6 +16,7 @@ const ADMITTED: &str = "levee_admission_admitted_total";
 const SHED: &str = "levee_admission_shed_total";
 const LEVEL: &str = "levee_admission_level";
 const QUEUE_WAIT: &str = "levee_queue_wait_seconds";
+const SCHEDULING_LAG: &str = "levee_scheduling_lag_seconds";
 const LINE_LENGTH: &str = "levee_waiting_room_length";
 const LINE_RATE: &str = "levee_waiting_room_admission_rate";
 const LINE_WAIT: &str = "levee_waiting_room_estimated_wait_seconds";
@@ -42,6 +43,8 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), QUEUE_WAIT_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(SCHEDULING_LAG.into()), QUEUE_WAIT_BUCKETS)
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
@@ -66,6 +69,11 @@ fn describe() {
         QUEUE_WAIT,
         Unit::Seconds,
         "Time a request waited in the node's queues before work on it started"
+    );
+    describe_histogram!(
+        SCHEDULING_LAG,
+        Unit::Seconds,
+        "How late the node's scheduler ran a 10 ms probe timer"
     );
     describe_gauge!(LINE_LENGTH, Unit::Count, "Registrations waiting in line");
     describe_gauge!(
@@ -130,6 +138,11 @@ pub(crate) fn shed(class: RequestClass) {
 
 pub(crate) fn queue_wait(wait: Duration) {
     histogram!(QUEUE_WAIT).record(wait.as_secs_f64());
+}
+
+/// How late the scheduler ran the lag probe.
+pub(crate) fn scheduling_lag(lag: Duration) {
+    histogram!(SCHEDULING_LAG).record(lag.as_secs_f64());
 }
 
 /// The admission state after a window or tick.

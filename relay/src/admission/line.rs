@@ -20,6 +20,9 @@ pub struct WaitingLine {
     head: f64,
     /// How fast the head moves, positions per second.
     rate: f64,
+    /// Share of `rate` actually served: the admission level's share of the registration
+    /// class (see [`set_share`](Self::set_share)).
+    share: f64,
     last_advance: Instant,
     /// Registrations that entered (from the line or directly) in the current window.
     entered_this_window: u64,
@@ -34,6 +37,7 @@ impl WaitingLine {
             next: 0,
             head: rate * BURST_SECS,
             rate,
+            share: 1.0,
             last_advance: now,
             entered_this_window: 0,
         }
@@ -45,7 +49,8 @@ impl WaitingLine {
         let dt = now
             .saturating_duration_since(self.last_advance)
             .as_secs_f64();
-        self.head = (self.head + self.rate * dt).min(self.next as f64 + self.rate * BURST_SECS);
+        let rate = self.served_rate();
+        self.head = (self.head + rate * dt).min(self.next as f64 + rate * BURST_SECS);
         self.last_advance = now;
     }
 
@@ -64,9 +69,23 @@ impl WaitingLine {
         self.head
     }
 
-    /// Current advance rate, positions per second.
+    /// The rate the line has learnt the node absorbs, positions per second.
     pub fn rate(&self) -> f64 {
         self.rate
+    }
+
+    /// How fast the head actually moves: the learnt rate times the share admission
+    /// control grants registrations, never below the minimum.
+    pub fn served_rate(&self) -> f64 {
+        (self.rate * self.share).max(MIN_RATE)
+    }
+
+    /// Sets the share (0.0..=1.0) of the learnt rate to serve. Admission control sheds the
+    /// lowest class first: as the level falls through the registration cohorts, the line
+    /// slows with it, down to its minimum, before any login or message is refused. Call
+    /// [`advance`](Self::advance) first, so time already passed counts at the old share.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = share.clamp(0.0, 1.0);
     }
 
     /// Hands out the next position.
@@ -89,7 +108,7 @@ impl WaitingLine {
     /// Expected time until `position` may enter at the current rate.
     pub fn wait_for(&self, position: u64) -> Duration {
         let ahead = (position as f64 + 1.0 - self.head).max(0.0);
-        Duration::from_secs_f64(ahead / self.rate)
+        Duration::from_secs_f64(ahead / self.served_rate())
     }
 
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
@@ -142,6 +161,26 @@ mod tests {
             .collect();
         assert_eq!(burst.iter().filter(|b| **b).count(), 10);
         assert!(!burst[10]);
+    }
+
+    #[test]
+    fn the_share_slows_the_head_and_the_estimate() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(100.0, t0);
+        let positions: Vec<u64> = (0..1000).map(|_| line.join()).collect();
+        line.set_share(0.25);
+        assert_eq!(line.served_rate(), 25.0);
+        assert_eq!(line.wait_for(positions[124]), Duration::from_secs(1));
+        line.advance(t0 + Duration::from_secs(2));
+        // 100 banked at the start, then 2 s at 25/s.
+        assert!(line.may_enter(149) && !line.may_enter(150));
+        line.set_share(0.0);
+        line.advance(t0 + Duration::from_secs(4));
+        assert!(
+            line.may_enter(151) && !line.may_enter(152),
+            "the minimum only"
+        );
+        assert_eq!(line.rate(), 100.0, "the learnt rate is kept");
     }
 
     #[test]

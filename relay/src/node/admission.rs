@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
     AdmissionController, AdmissionLevel, CohortSalt, ControllerConfig, RequestClass, Ticket,
-    TicketError, TicketKey, WaitingLine, key_hash,
+    TicketError, TicketKey, Verdict, WaitingLine, key_hash,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -21,6 +21,8 @@ const COHORT_ROTATION: Duration = Duration::from_secs(3600);
 const MIN_TICKET_LIFE: Duration = Duration::from_secs(600);
 /// A queued client is asked back at least this often, to refresh its estimate.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// New connections per second a pressed node still takes, whatever its line does.
+const MIN_HANDSHAKE_RATE: f64 = 20.0;
 
 /// What to do with a registration.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +49,17 @@ struct State {
     backend_ms: f64,
     /// Whether delivery is further behind the log than allowed.
     lagging: bool,
+}
+
+impl State {
+    /// After a window: the line learns from it, and serves the share of its rate that the
+    /// new level grants registrations.
+    fn window_closed(&mut self, (verdict, window): (Verdict, Duration), now: Instant) {
+        self.line.advance(now);
+        self.line.end_window(verdict, window);
+        self.line
+            .set_share(self.controller.level().share(RequestClass::Registration));
+    }
 }
 
 /// Admission control of one node.
@@ -172,8 +185,24 @@ impl Admission {
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
-    pub(crate) fn shedding(&self) -> bool {
+    #[cfg(test)]
+    fn shedding(&self) -> bool {
         self.enabled && self.lock().controller.level() < AdmissionLevel::ALL
+    }
+
+    /// How many new connections per second to take, or `None` for no limit. While the
+    /// node sheds or people wait in line: twice the rate the line advances (newcomers to
+    /// seat, plus existing users reconnecting), at least [`MIN_HANDSHAKE_RATE`]. More
+    /// would only hand out more tickets at a handshake each, with CPU the users already
+    /// connected need.
+    pub(crate) fn handshake_rate(&self) -> Option<f64> {
+        if !self.enabled {
+            return None;
+        }
+        let mut state = self.lock();
+        state.line.advance(Instant::now());
+        let pressed = state.controller.level() < AdmissionLevel::ALL || !state.line.is_empty();
+        pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
     }
 
     /// Records how long a request waited in this node's queues before work on it started.
@@ -183,8 +212,18 @@ impl Admission {
             return;
         }
         let mut state = self.lock();
-        if let Some((verdict, window)) = state.controller.record_wait(wait, Instant::now()) {
-            state.line.end_window(verdict, window);
+        let now = Instant::now();
+        if let Some(closed) = state.controller.record_wait(wait, now) {
+            state.window_closed(closed, now);
+        }
+    }
+
+    /// Records how late the scheduler ran the lag probe (see
+    /// [`AdmissionController::record_lag`]).
+    pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
+        telemetry::scheduling_lag(lag);
+        if self.enabled {
+            self.lock().controller.record_lag(lag);
         }
     }
 
@@ -195,8 +234,8 @@ impl Admission {
         }
         let mut state = self.lock();
         let now = Instant::now();
-        if let Some((verdict, window)) = state.controller.tick(now) {
-            state.line.end_window(verdict, window);
+        if let Some(closed) = state.controller.tick(now) {
+            state.window_closed(closed, now);
         }
         state.line.advance(now);
         telemetry::admission_state(

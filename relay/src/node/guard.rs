@@ -6,8 +6,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use levee_sharding::MailboxId;
@@ -27,28 +28,63 @@ pub(crate) enum Gate {
 }
 
 /// The decision, from the numbers alone. Past half the handshake budget, unvalidated
-/// addresses are asked to retry; at the budget, or over a prefix's rate, refused. While
-/// admission control is shedding, the budget shrinks to an eighth: a handshake costs more
-/// CPU than anything a connected client asks for, so an overloaded node takes new
-/// connections only slowly (refusing costs one packet, and the client library backs off).
+/// addresses are asked to retry; at the budget, over a prefix's rate, or over the node-wide
+/// handshake rate (see [`HandshakeRate`]), refused. Refusing costs one packet, and the
+/// client library backs off.
 pub(crate) fn decide(
     handshaking: usize,
     max_handshakes: usize,
     validated: bool,
     prefix_within_rate: bool,
-    shedding: bool,
+    node_within_rate: bool,
 ) -> Gate {
-    let max_handshakes = if shedding {
-        (max_handshakes / 8).max(1)
-    } else {
-        max_handshakes
-    };
-    if !prefix_within_rate || handshaking >= max_handshakes {
+    if !prefix_within_rate || !node_within_rate || handshaking >= max_handshakes {
         Gate::Refuse
     } else if !validated && handshaking >= max_handshakes / 2 {
         Gate::Retry
     } else {
         Gate::Accept
+    }
+}
+
+/// A token bucket for new handshakes across the node, whose rate admission control sets
+/// while it is shedding or people are waiting in line. A handshake costs more CPU than
+/// anything a connected client asks for, and it comes before any admission decision: if
+/// the node kept taking handshakes as fast as they arrive, shedding requests would free
+/// nothing and the overload would spread to the users already connected. With the rate
+/// tied to how fast the waiting line moves, new connections arrive about as fast as the
+/// node can seat them.
+#[derive(Debug)]
+pub(crate) struct HandshakeRate {
+    tokens: f64,
+    last: Instant,
+}
+
+impl HandshakeRate {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            tokens: 0.0,
+            last: now,
+        }
+    }
+
+    /// Takes a token if one is available at `rate` per second (banking at most a quarter
+    /// second's worth, and at least one); `None` means no limit.
+    pub(crate) fn take(&mut self, rate: Option<f64>, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let Some(rate) = rate else {
+            self.tokens = 0.0;
+            return true;
+        };
+        let burst = (rate / 4.0).max(1.0);
+        self.tokens = (self.tokens + rate * dt).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -75,6 +111,7 @@ pub(crate) struct Guard {
     handshaking: Arc<AtomicUsize>,
     per_prefix: DefaultKeyedRateLimiter<[u8; 6]>,
     per_account: DefaultKeyedRateLimiter<MailboxId>,
+    handshake_rate: Mutex<HandshakeRate>,
 }
 
 /// Counts a handshake in progress until dropped.
@@ -93,19 +130,26 @@ impl Guard {
             handshaking: Arc::default(),
             per_prefix: RateLimiter::keyed(quota(config.connections_per_prefix_per_sec)),
             per_account: RateLimiter::keyed(quota(config.account_requests_per_sec)),
+            handshake_rate: Mutex::new(HandshakeRate::new(Instant::now())),
         }
     }
 
-    /// Decides a new connection attempt from `addr`.
-    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool, shedding: bool) -> Gate {
+    /// Decides a new connection attempt from `addr`, with the node-wide handshake rate
+    /// admission control asks for (`None`: no limit).
+    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool, rate: Option<f64>) -> Gate {
         let within = self.per_prefix.check_key(&prefix(addr.ip())).is_ok();
         let handshaking = self.handshaking.load(Ordering::Relaxed);
+        let node_within = self
+            .handshake_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(rate, Instant::now());
         decide(
             handshaking,
             self.max_handshakes,
             validated,
             within,
-            shedding,
+            node_within,
         )
     }
 
@@ -133,17 +177,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_past_half_the_budget_refuse_at_it_or_over_rate() {
-        assert_eq!(decide(0, 100, false, true, false), Gate::Accept);
-        assert_eq!(decide(49, 100, false, true, false), Gate::Accept);
-        assert_eq!(decide(50, 100, false, true, false), Gate::Retry);
+    fn retry_past_half_the_budget_refuse_at_it_or_over_a_rate() {
+        assert_eq!(decide(0, 100, false, true, true), Gate::Accept);
+        assert_eq!(decide(49, 100, false, true, true), Gate::Accept);
+        assert_eq!(decide(50, 100, false, true, true), Gate::Retry);
         // A validated address is not asked again.
-        assert_eq!(decide(50, 100, true, true, false), Gate::Accept);
-        assert_eq!(decide(100, 100, true, true, false), Gate::Refuse);
-        assert_eq!(decide(0, 100, true, false, false), Gate::Refuse);
-        // An eighth of the budget while shedding.
-        assert_eq!(decide(12, 100, true, true, true), Gate::Refuse);
-        assert_eq!(decide(6, 100, false, true, true), Gate::Retry);
+        assert_eq!(decide(50, 100, true, true, true), Gate::Accept);
+        assert_eq!(decide(100, 100, true, true, true), Gate::Refuse);
+        assert_eq!(decide(0, 100, true, false, true), Gate::Refuse);
+        assert_eq!(decide(0, 100, true, true, false), Gate::Refuse);
+    }
+
+    #[test]
+    fn handshake_rate_limits_only_when_asked() {
+        let t0 = Instant::now();
+        let mut bucket = HandshakeRate::new(t0);
+        assert!((0..1000).all(|_| bucket.take(None, t0)), "no limit");
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        // 40/s: nothing banked from the unlimited time, then 40 over one second.
+        assert!(!bucket.take(Some(40.0), t0));
+        let taken = (1..=1000)
+            .filter(|&ms| bucket.take(Some(40.0), at(ms)))
+            .count();
+        assert_eq!(taken, 40);
+        // An idle bucket banks a quarter second's worth, no more.
+        let after_idle = (0..100)
+            .filter(|_| bucket.take(Some(40.0), at(60_000)))
+            .count();
+        assert_eq!(after_idle, 10);
     }
 
     #[test]

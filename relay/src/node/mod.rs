@@ -123,12 +123,13 @@ impl Node {
         let secret = admission::cluster_key(&config).map_err(NodeError::Config)?;
         // One node per cluster until placement exists; its tickets carry id 0.
         let admission = admission::Admission::new(&config, &secret, 0);
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            NodeError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let endpoint =
+            crate::udp::endpoint(config.listen, Some(server_config)).map_err(|source| {
+                NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
         let admin = match config.admin_listen {
             Some(addr) => {
                 crate::telemetry::install();
@@ -214,7 +215,7 @@ impl Node {
                         self.shared.guard.gate(
                             incoming.remote_address(),
                             incoming.remote_address_validated(),
-                            self.shared.admission.shedding(),
+                            self.shared.admission.handshake_rate(),
                         )
                     };
                     match gate {
@@ -244,15 +245,25 @@ impl Node {
     }
 }
 
-/// Closes admission windows and moves the waiting line even when no request arrives.
+/// Probes how late the scheduler runs tasks (see `AdmissionController::record_lag`), and
+/// closes admission windows and moves the waiting line even when no request arrives.
 async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
-    let mut every = tokio::time::interval(Duration::from_millis(100));
-    for n in 0u64.. {
+    const PROBE: Duration = Duration::from_millis(10);
+    for n in 1u64.. {
+        let asleep = std::time::Instant::now();
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = every.tick() => shared.admission.tick(),
+            () = tokio::time::sleep(PROBE) => {}
         }
-        if n % 100 == 0 {
+        // The timer wheel has millisecond ticks: up to about a millisecond late is on time.
+        let lag = asleep
+            .elapsed()
+            .saturating_sub(PROBE + Duration::from_millis(1));
+        shared.admission.record_scheduling_lag(lag);
+        if n % 10 == 0 {
+            shared.admission.tick();
+        }
+        if n % 1000 == 0 {
             shared.guard.forget_idle();
         }
     }
