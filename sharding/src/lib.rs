@@ -5,6 +5,9 @@
 //! - [`MailboxId`] and [`ShardId`]: a mailbox is named by its owner's account key; a mailbox
 //!   hashes onto one of a fixed number of shards ([`shard_of`]). Shards are the unit that
 //!   placement moves between relay nodes and the partitions of the delivery log.
+//! - [`Placement`]: which relay nodes serve which shards, computed the same way by every node
+//!   from a [`Membership`] (weighted rendezvous hashing with bounded loads, replicas, region
+//!   pins). Pure.
 //! - [`MailboxStore`]: the storage contract every backend meets (idempotent insert, ordered
 //!   reads, durable acknowledgement, quotas, expiry).
 //! - [`EmbeddedStore`] / [`EmbeddedMailboxStore`]: the default backend, one fjall database on
@@ -15,11 +18,13 @@
 mod embedded;
 mod envelope;
 mod mailbox;
+mod placement;
 mod shard;
 mod store;
 
 pub use embedded::{EmbeddedMailboxStore, EmbeddedStore};
 pub use envelope::{EnvelopeId, NewEnvelope, StoredEnvelope};
 pub use mailbox::{MailboxId, ParseMailboxIdError};
+pub use placement::{Member, Membership, MembershipError, Placement, PlacementConfig, Unavailable};
 pub use shard::{ShardId, shard_of};
 pub use store::{AckOutcome, InsertOutcome, MailboxStore, MailboxUsage, StoreError};
