@@ -169,6 +169,20 @@ async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluste
         Registration::Queued(place) => place,
         Registration::Registered { .. } => panic!("expected to wait in line"),
     };
+    // Three others take places first, so that this one waits seconds, not a fraction of
+    // one (the line banks a second's worth while idle, and a slow machine can be idle).
+    let mut queued = 0;
+    for _ in 0..20 {
+        let other = node_a.connect(&Identity::generate().unwrap()).await;
+        if let Registration::Queued(_) = other.register_once(None).await.unwrap() {
+            queued += 1;
+        }
+        other.close().await;
+        if queued == 3 {
+            break;
+        }
+    }
+    assert_eq!(queued, 3, "a line at 1/s makes newcomers wait");
     let c = node_a.connect(&me).await;
     let first = place(c.register_once(None).await.unwrap());
     c.close().await;
