@@ -168,8 +168,7 @@ impl Admission {
     pub(crate) fn record_backend_latency(&self, took: Duration) {
         let mut state = self.lock();
         state.backend_ms = 0.9 * state.backend_ms + 0.1 * took.as_secs_f64() * 1000.0;
-        let overloaded = state.backend_ms > self.backend_limit_ms || state.lagging;
-        state.controller.set_backend_overloaded(overloaded);
+        self.judge_backend(&mut state);
         telemetry::backend_latency(state.backend_ms / 1000.0);
     }
 
@@ -179,9 +178,14 @@ impl Admission {
     pub(crate) fn record_lag(&self, records: u64) {
         let mut state = self.lock();
         state.lagging = records > self.lag_limit;
+        self.judge_backend(&mut state);
+        telemetry::delivery_lag(records);
+    }
+
+    /// The backend is overloaded while writes are slow or delivery lags.
+    fn judge_backend(&self, state: &mut State) {
         let overloaded = state.backend_ms > self.backend_limit_ms || state.lagging;
         state.controller.set_backend_overloaded(overloaded);
-        telemetry::delivery_lag(records);
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
@@ -241,7 +245,7 @@ impl Admission {
         telemetry::admission_state(
             state.controller.level().fraction(),
             state.line.len(),
-            state.line.rate(),
+            state.line.served_rate(),
         );
     }
 
