@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use levee_relay::client::{Client, ClientConfig, ClientError, Delivery};
+use levee_relay::cluster::{LocalCluster, NodeSummary};
 use levee_relay::tls::{Fingerprint, Trust};
-use levee_relay::{AccountId, Identity, Node, NodeConfig};
+use levee_relay::{AccountId, Identity, NodeConfig};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -47,6 +48,33 @@ enum Command {
     Send(SendArgs),
     /// Receive envelopes: print each, then acknowledge it.
     Recv(RecvArgs),
+    /// Change or inspect a running cluster through a node's admin port.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Start one more node in the `levee up` process that serves ADMIN; prints it.
+    Add(AdminArgs),
+    /// Drain the node whose admin port is ADMIN: it hands its shards over, moves its clients
+    /// to the new owners and leaves.
+    Drain(AdminArgs),
+    /// List the nodes as the node at ADMIN sees them: state, shards, address, fingerprint.
+    List(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// A node's admin address (printed by `levee up --admin ...`).
+    #[arg(long, env = "LEVEE_ADMIN", value_name = "ADDR")]
+    admin: SocketAddr,
+    /// Bearer token, when the nodes have `admin_token` set.
+    #[arg(long, env = "LEVEE_ADMIN_TOKEN", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the node's JSON answer instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -66,6 +94,11 @@ struct UpArgs {
     /// Turn admission control off (everything admitted): only to measure what it does.
     #[arg(long)]
     no_admission: bool,
+    /// Run this many relay nodes in this process, sharing the embedded store: node k
+    /// listens on the --listen port + k − 1 (likewise --admin), so a cluster can be tried on
+    /// one machine. More can be added later with `levee node add`.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    nodes: u32,
 }
 
 #[derive(Args)]
@@ -181,6 +214,7 @@ pub fn main() -> ExitCode {
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Up(_) => "info,quinn=warn,fjall=warn,lsm_tree=warn",
+        Command::Node(_) => "warn",
         _ => "warn",
     }
 }
@@ -192,6 +226,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Register(args) => register(args).await,
         Command::Send(args) => send(args).await,
         Command::Recv(args) => recv(args).await,
+        Command::Node(command) => node_command(command).await.map_err(Failure::from),
     }
 }
 
@@ -235,37 +270,153 @@ fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let config = node_config(&args)?;
     let data_dir = config.data_dir.clone();
-    let node = Node::open(config).context("starting the node")?;
-    let addr = node.local_addr();
-    let fingerprint = node.fingerprint();
-    println!("levee node ready");
-    println!("  address:     {addr}");
-    println!("  fingerprint: {fingerprint}");
-    println!("  data:        {}", data_dir.display());
-    if let Some(admin) = node.admin_addr() {
-        println!("  metrics:     http://{admin}/metrics");
+    let cluster = LocalCluster::open(config).context("opening the data directory")?;
+    let mut first = None;
+    for _ in 0..args.nodes {
+        let node = match cluster.add_node().await {
+            Ok(node) => node,
+            Err(e) => {
+                let _ = cluster.shutdown().await;
+                return Err(anyhow::Error::from(e).context("starting a node"));
+            }
+        };
+        print_node(&node);
+        first.get_or_insert(node);
     }
-    if node.generated_certificate() {
+    let Some(first) = first else {
+        return Err(anyhow!("--nodes must be at least 1"));
+    };
+    println!("  data:        {}", data_dir.display());
+    if first.generated_certificate {
         println!(
             "  (generated a new self-signed certificate in {})",
             data_dir.join("tls").display()
         );
     }
+    let (addr, fingerprint) = (first.address, first.fingerprint);
     println!();
     println!("try it:");
     println!("  levee keygen --out alice.key");
     println!("  levee register --identity alice.key --server {addr} --fingerprint {fingerprint}");
+    if args.nodes > 1 {
+        println!(
+            "  (any node will do: clients are redirected to the node that owns their mailbox)"
+        );
+    }
     println!("stop with Ctrl-C");
-    let shutdown = async {
-        // If the handler cannot be installed the node runs until killed, which is what a
-        // service manager would do to it anyway.
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    node.run(shutdown)
+    tokio::select! {
+        // If the handler cannot be installed the nodes run until killed, which is what a
+        // service manager would do anyway.
+        _ = tokio::signal::ctrl_c() => {}
+        () = cluster.all_stopped() => println!("every node has left"),
+    }
+    cluster
+        .shutdown()
         .await
-        .context("node stopped with an error")?;
-    println!("levee node stopped");
+        .context("a node stopped with an error")?;
+    println!("levee stopped");
     Ok(())
+}
+
+fn print_node(node: &NodeSummary) {
+    println!("levee node ready: {}", node.name);
+    println!("  address:     {}", node.address);
+    println!("  fingerprint: {}", node.fingerprint);
+    if let Some(admin) = node.admin {
+        println!("  metrics:     http://{admin}/metrics");
+        println!("  admin:       {admin}");
+    }
+}
+
+async fn node_command(command: NodeCommand) -> anyhow::Result<()> {
+    let (args, method, path) = match &command {
+        NodeCommand::Add(a) => (a, "POST", "/admin/nodes"),
+        NodeCommand::Drain(a) => (a, "POST", "/admin/drain"),
+        NodeCommand::List(a) => (a, "GET", "/admin/cluster"),
+    };
+    let (status, body) = admin_request(args, method, path).await?;
+    if !(200..300).contains(&status) {
+        return Err(anyhow!("the admin port answered {status}: {}", body.trim()));
+    }
+    if args.json {
+        println!("{}", body.trim());
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("the admin port's answer")?;
+    match command {
+        NodeCommand::Add(_) => {
+            println!(
+                "added {} at {} (fingerprint {})",
+                v["name"].as_str().unwrap_or("?"),
+                v["address"].as_str().unwrap_or("?"),
+                v["fingerprint"].as_str().unwrap_or("?")
+            );
+        }
+        NodeCommand::Drain(_) => {
+            println!(
+                "draining {}: it hands its shards over and leaves",
+                v["draining"].as_str().unwrap_or("?")
+            );
+        }
+        NodeCommand::List(_) => {
+            println!(
+                "epoch {} (as {} sees it)",
+                v["epoch"],
+                v["node"].as_str().unwrap_or("?")
+            );
+            for n in v["nodes"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<10} {:<9} {:>4} shards  {:<8} {}  {}",
+                    n["name"].as_str().unwrap_or("?"),
+                    n["state"].as_str().unwrap_or("?"),
+                    n["shards"],
+                    n["region"].as_str().unwrap_or("?"),
+                    n["address"].as_str().unwrap_or("?"),
+                    n["fingerprint"].as_str().unwrap_or("?"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request to an admin port; the status code and body.
+async fn admin_request(
+    args: &AdminArgs,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let admin = args.admin;
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let auth = args
+            .token
+            .as_ref()
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(30), io)
+        .await
+        .map_err(|_| anyhow!("the admin port at {admin} did not answer within 30 s"))?
+        .with_context(|| format!("cannot reach the admin port at {admin}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("the admin port at {admin} sent no HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("the admin port at {admin} sent no HTTP status"))?;
+    Ok((status, body.to_owned()))
 }
 
 fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {

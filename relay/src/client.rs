@@ -22,17 +22,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::identity::{AccountId, Identity, Purpose, transcript};
-use crate::tls::{MismatchFlag, Trust, quic_client_config};
+use crate::tls::{Fingerprint, MismatchFlag, Trust, quic_client_config};
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 use crate::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame};
 
@@ -76,13 +76,7 @@ pub struct Connector {
 impl Connector {
     /// A connector for `config`'s node, with its own UDP socket.
     pub fn new(config: &ClientConfig) -> Result<Self, ClientError> {
-        let (crypto, mismatch) =
-            quic_client_config(&config.trust).map_err(|e| ClientError::Tls(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        // Keeps an idle subscription alive through the node's idle timeout.
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
-        client_config.transport_config(Arc::new(transport));
+        let (client_config, mismatch) = quinn_config(&config.trust)?;
         let bind: SocketAddr = if config.server.is_ipv6() {
             "[::]:0"
         } else {
@@ -293,27 +287,162 @@ fn lock(p: &Pending) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::Response
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A connection to a relay node, acting as one identity.
-pub struct Client {
-    /// Keeps the (possibly shared) socket alive for as long as this client.
-    _endpoint: quinn::Endpoint,
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The client's mutexes hold plain values replaced whole; a panic cannot tear them.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Redirects followed for one login before giving up (a placement that keeps changing).
+pub const MAX_REDIRECTS: u32 = 4;
+
+/// What a connection's reader shares with the client.
+struct LinkShared {
+    pending: Pending,
+    /// Where deliveries go. The reader drops it when the connection ends for good, which
+    /// ends [`Deliveries`]; after a move, the next connection takes it over instead.
+    deliveries: Mutex<Option<mpsc::UnboundedSender<Delivery>>>,
+    /// Set when the node said the mailbox moved (`ServerFrame.moved`).
+    moved: Mutex<Option<pb::Redirect>>,
+}
+
+/// One QUIC connection to one node, with its session stream.
+struct Link {
     conn: quinn::Connection,
-    identity: Identity,
+    server: SocketAddr,
     exporter: [u8; 32],
     outbox: mpsc::UnboundedSender<Bytes>,
-    pending: Pending,
+    shared: Arc<LinkShared>,
+}
+
+impl Link {
+    fn was_moved(&self) -> bool {
+        locked(&self.shared.moved).is_some()
+    }
+
+    fn closed(&self) -> ClientError {
+        ClientError::Closed(
+            self.conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "stream ended".into()),
+        )
+    }
+}
+
+/// The answer to a `Register`/`Authenticate` on one connection.
+enum Proved {
+    Done(Registration),
+    Redirect(pb::Redirect),
+}
+
+/// A session with the relay cluster, acting as one identity.
+///
+/// It follows the cluster transparently: a login answered with a redirect is repeated on
+/// the mailbox's owner, and when the node says mid-session that the mailbox moved, the
+/// client connects to the new owner, authenticates and subscribes again, and requests that
+/// are safe to repeat (send with its message id, subscribe, ack, ping) are repeated there.
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The (possibly shared) socket, also used for the connections redirects lead to.
+    endpoint: quinn::Endpoint,
+    config: ClientConfig,
+    identity: Identity,
+    link: Mutex<Arc<Link>>,
+    /// Bumped whenever a move has been followed (or given up), for requests waiting on it.
+    relinked: watch::Sender<u64>,
+    moves: mpsc::UnboundedSender<()>,
     deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
     next_id: AtomicU64,
-    request_timeout: Duration,
     max_envelope_bytes: Mutex<Option<u32>>,
     rng: SystemRandom,
+    authenticated: AtomicBool,
+    subscribed: AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("account", &self.identity.account())
+            .field("account", &self.inner.identity.account())
+            .field("server", &self.server())
             .finish_non_exhaustive()
+    }
+}
+
+/// The quinn configuration for `trust`, and the flag that tells a fingerprint mismatch.
+fn quinn_config(trust: &Trust) -> Result<(quinn::ClientConfig, MismatchFlag), ClientError> {
+    let (crypto, mismatch) =
+        quic_client_config(trust).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Keeps an idle subscription alive through the node's idle timeout.
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    client_config.transport_config(Arc::new(transport));
+    Ok((client_config, mismatch))
+}
+
+/// Opens a connection and its session stream, and starts its reader and writer.
+async fn open_link(
+    endpoint: &quinn::Endpoint,
+    config: &ClientConfig,
+    quinn_config: Option<quinn::ClientConfig>,
+    mismatch: &MismatchFlag,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    moves: mpsc::UnboundedSender<()>,
+) -> Result<Arc<Link>, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        server: config.server,
+        reason,
+    };
+    let connecting = match quinn_config {
+        Some(c) => endpoint.connect_with(c, config.server, &config.server_name),
+        None => endpoint.connect(config.server, &config.server_name),
+    }
+    .map_err(|e| unreachable(e.to_string()))?;
+    let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no answer within {:?}",
+                config.connect_timeout
+            )));
+        }
+        Ok(Err(e)) => return Err(connect_error(e, mismatch, config.server)),
+        Ok(Ok(conn)) => conn,
+    };
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Closed(e.to_string()))?;
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(LinkShared {
+        pending: Arc::default(),
+        deliveries: Mutex::new(Some(deliveries)),
+        moved: Mutex::new(None),
+    });
+    tokio::spawn(write_loop(send, outbox_rx));
+    tokio::spawn(read_loop(recv, shared.clone(), moves));
+    Ok(Arc::new(Link {
+        conn,
+        server: config.server,
+        exporter,
+        outbox,
+        shared,
+    }))
+}
+
+/// Follows moves for the client behind `inner` until it is dropped.
+async fn follow_moves(inner: std::sync::Weak<Inner>, mut moves: mpsc::UnboundedReceiver<()>) {
+    while moves.recv().await.is_some() {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.follow().await;
+        inner.relinked.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -333,159 +462,75 @@ impl Client {
         mismatch: &MismatchFlag,
         identity: Identity,
     ) -> Result<Self, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            server: config.server,
-            reason,
-        };
-        let connecting = endpoint
-            .connect(config.server, &config.server_name)
-            .map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {:?}",
-                    config.connect_timeout
-                )));
-            }
-            Ok(Err(e)) => return Err(connect_error(e, mismatch, config.server)),
-            Ok(Ok(conn)) => conn,
-        };
-        let mut exporter = [0u8; 32];
-        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-            .map_err(|_| ClientError::Tls("TLS exporter unavailable".into()))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ClientError::Closed(e.to_string()))?;
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let (deliveries_tx, deliveries_rx) = mpsc::unbounded_channel();
-        let pending: Pending = Arc::default();
-        tokio::spawn(write_loop(send, outbox_rx));
-        tokio::spawn(read_loop(recv, pending.clone(), deliveries_tx));
-        Ok(Self {
-            _endpoint: endpoint.clone(),
-            conn,
+        let (moves_tx, moves_rx) = mpsc::unbounded_channel();
+        let link = open_link(
+            endpoint,
+            config,
+            None,
+            mismatch,
+            deliveries_tx,
+            moves_tx.clone(),
+        )
+        .await?;
+        let inner = Arc::new(Inner {
+            endpoint: endpoint.clone(),
+            config: config.clone(),
             identity,
-            exporter,
-            outbox,
-            pending,
+            link: Mutex::new(link),
+            relinked: watch::Sender::new(0),
+            moves: moves_tx,
             deliveries: Mutex::new(Some(deliveries_rx)),
             next_id: AtomicU64::new(1),
-            request_timeout: config.request_timeout,
             max_envelope_bytes: Mutex::new(None),
             rng: SystemRandom::new(),
-        })
+            authenticated: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+        });
+        tokio::spawn(follow_moves(Arc::downgrade(&inner), moves_rx));
+        Ok(Self { inner })
     }
 
     /// The account this client acts as.
     pub fn account(&self) -> AccountId {
-        self.identity.account()
+        self.inner.identity.account()
+    }
+
+    /// The node this client is connected to now (after any redirects and moves).
+    pub fn server(&self) -> SocketAddr {
+        self.inner.link().server
     }
 
     /// Sends one request and waits for its answer. Error answers are returned as
-    /// [`ClientError::Refused`].
+    /// [`ClientError::Refused`]. If the mailbox moves while it is in flight, a request that
+    /// is safe to repeat is repeated on the new owner.
     pub async fn request(&self, body: Body) -> Result<R, ClientError> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(request_id, tx);
-        let frame = encode_frame(&pb::ClientFrame {
-            request_id,
-            body: Some(body),
-        });
-        if self.outbox.send(frame).is_err() {
-            lock(&self.pending).remove(&request_id);
-            return Err(self.closed());
-        }
-        let response = match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => return Err(self.closed()),
-            Err(_) => {
-                lock(&self.pending).remove(&request_id);
-                return Err(ClientError::Timeout(self.request_timeout));
+        let mut moves = 0;
+        loop {
+            let link = self.inner.link();
+            let mut relinked = self.inner.relinked.subscribe();
+            match self.inner.request_on(&link, body.clone()).await {
+                Err(ClientError::Closed(_))
+                    if link.was_moved() && replayable(&body) && moves < MAX_REDIRECTS =>
+                {
+                    moves += 1;
+                    if Arc::ptr_eq(&self.inner.link(), &link) {
+                        let wait = self.inner.config.connect_timeout * 2;
+                        let _ = tokio::time::timeout(wait, relinked.changed()).await;
+                    }
+                    if Arc::ptr_eq(&self.inner.link(), &link) {
+                        return Err(link.closed());
+                    }
+                }
+                other => return other,
             }
-        };
-        match response.result {
-            Some(R::Error(e)) => Err(ClientError::Refused {
-                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
-                message: e.message,
-                retry_after: (e.retry_after_ms > 0)
-                    .then(|| Duration::from_millis(e.retry_after_ms)),
-            }),
-            Some(result) => Ok(result),
-            None => Err(ClientError::Protocol("empty response".into())),
-        }
-    }
-
-    fn closed(&self) -> ClientError {
-        ClientError::Closed(
-            self.conn
-                .close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "stream ended".into()),
-        )
-    }
-
-    async fn challenge(&self) -> Result<[u8; 32], ClientError> {
-        match self
-            .request(Body::Hello(pb::Hello {
-                client: format!("levee-relay/{}", env!("CARGO_PKG_VERSION")),
-            }))
-            .await?
-        {
-            R::Challenge(c) => {
-                *self
-                    .max_envelope_bytes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(c.max_envelope_bytes);
-                c.nonce
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| ClientError::Protocol("challenge nonce is not 32 bytes".into()))
-            }
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    async fn prove(
-        &self,
-        purpose: Purpose,
-        ticket: Option<Bytes>,
-    ) -> Result<Registration, ClientError> {
-        let nonce = self.challenge().await?;
-        let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
-            purpose,
-            &self.exporter,
-            &nonce,
-        )));
-        let public_key = Bytes::copy_from_slice(self.identity.account().as_bytes());
-        let body = match purpose {
-            Purpose::Register => Body::Register(pb::Register {
-                public_key,
-                signature,
-                ticket: ticket.unwrap_or_default(),
-            }),
-            Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
-                public_key,
-                signature,
-            }),
-        };
-        match self.request(body).await? {
-            R::Authenticated(a) => Ok(Registration::Registered { created: a.created }),
-            R::Queued(q) => Ok(Registration::Queued(Place {
-                ticket: q.ticket,
-                position: q.position,
-                ahead: q.ahead,
-                retry_after: Duration::from_millis(q.retry_after_ms),
-                estimated_wait: Duration::from_millis(q.estimated_wait_ms),
-            })),
-            other => Err(unexpected(&other)),
         }
     }
 
     /// One registration attempt, presenting `ticket` from an earlier [`Place`] if there is
     /// one: either registered (and the session authenticated), or a place in the line.
     pub async fn register_once(&self, ticket: Option<Bytes>) -> Result<Registration, ClientError> {
-        self.prove(Purpose::Register, ticket).await
+        self.inner.prove(Purpose::Register, ticket).await
     }
 
     /// Registers this identity's account (idempotent) and authenticates the session,
@@ -517,7 +562,7 @@ impl Client {
 
     /// Authenticates the session as this identity's existing account.
     pub async fn authenticate(&self) -> Result<(), ClientError> {
-        self.obeying_retry_after(|| self.prove(Purpose::Authenticate, None))
+        self.obeying_retry_after(|| self.inner.prove(Purpose::Authenticate, None))
             .await
             .map(|_| ())
     }
@@ -526,7 +571,7 @@ impl Client {
     /// come back at the same instant; never shorter than the node asked.
     fn jittered(&self, wait: Duration) -> Duration {
         let mut b = [0u8; 1];
-        let _ = self.rng.fill(&mut b);
+        let _ = self.inner.rng.fill(&mut b);
         wait.mul_f64(1.0 + f64::from(b[0]) / 1020.0)
     }
 
@@ -565,7 +610,8 @@ impl Client {
         ciphertext: impl Into<Bytes>,
     ) -> Result<u64, ClientError> {
         let mut id = [0u8; 16];
-        self.rng
+        self.inner
+            .rng
             .fill(&mut id)
             .map_err(|_| ClientError::Invalid("no randomness".into()))?;
         self.send_with_id(to, ciphertext, id).await
@@ -580,10 +626,7 @@ impl Client {
         client_message_id: [u8; 16],
     ) -> Result<u64, ClientError> {
         let ciphertext = ciphertext.into();
-        let limit = *self
-            .max_envelope_bytes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let limit = *locked(&self.inner.max_envelope_bytes);
         if let Some(limit) = limit.filter(|l| ciphertext.len() > *l as usize) {
             return Err(ClientError::Invalid(format!(
                 "envelope of {} bytes exceeds the server's limit of {limit}",
@@ -606,12 +649,7 @@ impl Client {
 
     /// Subscribes to this account's mailbox. Can be called once per client.
     pub async fn subscribe(&self) -> Result<Deliveries, ClientError> {
-        let taken = || {
-            self.deliveries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_none()
-        };
+        let taken = || locked(&self.inner.deliveries).is_none();
         if taken() {
             return Err(ClientError::Invalid("already subscribed".into()));
         }
@@ -620,11 +658,9 @@ impl Client {
             .await?
         {
             R::SubscribeOk(_) => {
-                let rx = self
-                    .deliveries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                // From now on a move re-subscribes on the new owner.
+                self.inner.subscribed.store(true, Ordering::Relaxed);
+                let rx = locked(&self.inner.deliveries).take();
                 rx.map(|rx| Deliveries { rx })
                     .ok_or_else(|| ClientError::Invalid("already subscribed".into()))
             }
@@ -659,9 +695,235 @@ impl Client {
 
     /// Closes the connection and waits briefly for the close to reach the node.
     pub async fn close(self) {
-        self.conn.close(0u32.into(), b"bye");
+        self.inner.link().conn.close(0u32.into(), b"bye");
         // Gives the endpoint a moment to send the close frame before the socket may go.
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Requests that may be sent again on a new connection without changing their effect.
+fn replayable(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Send(_) | Body::Subscribe(_) | Body::Ack(_) | Body::Ping(_)
+    )
+}
+
+impl Inner {
+    fn link(&self) -> Arc<Link> {
+        locked(&self.link).clone()
+    }
+
+    /// Makes `link` the client's connection and closes the one it replaces.
+    fn replace_link(&self, link: Arc<Link>) {
+        let old = std::mem::replace(&mut *locked(&self.link), link);
+        old.conn.close(0u32.into(), b"moved");
+    }
+
+    async fn request_on(&self, link: &Link, body: Body) -> Result<R, ClientError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&link.shared.pending).insert(request_id, tx);
+        let frame = encode_frame(&pb::ClientFrame {
+            request_id,
+            body: Some(body),
+        });
+        if link.outbox.send(frame).is_err() {
+            lock(&link.shared.pending).remove(&request_id);
+            return Err(link.closed());
+        }
+        let timeout = self.config.request_timeout;
+        let response = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(_)) => return Err(link.closed()),
+            Err(_) => {
+                lock(&link.shared.pending).remove(&request_id);
+                return Err(ClientError::Timeout(timeout));
+            }
+        };
+        match response.result {
+            Some(R::Error(e)) => Err(ClientError::Refused {
+                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified),
+                message: e.message,
+                retry_after: (e.retry_after_ms > 0)
+                    .then(|| Duration::from_millis(e.retry_after_ms)),
+            }),
+            Some(result) => Ok(result),
+            None => Err(ClientError::Protocol("empty response".into())),
+        }
+    }
+
+    async fn challenge_on(&self, link: &Link) -> Result<[u8; 32], ClientError> {
+        let hello = Body::Hello(pb::Hello {
+            client: format!("levee-relay/{}", env!("CARGO_PKG_VERSION")),
+        });
+        match self.request_on(link, hello).await? {
+            R::Challenge(c) => {
+                *locked(&self.max_envelope_bytes) = Some(c.max_envelope_bytes);
+                c.nonce
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ClientError::Protocol("challenge nonce is not 32 bytes".into()))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn prove_on(
+        &self,
+        link: &Link,
+        purpose: Purpose,
+        ticket: Option<Bytes>,
+    ) -> Result<Proved, ClientError> {
+        let nonce = self.challenge_on(link).await?;
+        let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
+            purpose,
+            &link.exporter,
+            &nonce,
+        )));
+        let public_key = Bytes::copy_from_slice(self.identity.account().as_bytes());
+        let body = match purpose {
+            Purpose::Register => Body::Register(pb::Register {
+                public_key,
+                signature,
+                ticket: ticket.unwrap_or_default(),
+            }),
+            Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
+                public_key,
+                signature,
+            }),
+        };
+        Ok(match self.request_on(link, body).await? {
+            R::Authenticated(a) => Proved::Done(Registration::Registered { created: a.created }),
+            R::Queued(q) => Proved::Done(Registration::Queued(Place {
+                ticket: q.ticket,
+                position: q.position,
+                ahead: q.ahead,
+                retry_after: Duration::from_millis(q.retry_after_ms),
+                estimated_wait: Duration::from_millis(q.estimated_wait_ms),
+            })),
+            R::Redirect(r) => Proved::Redirect(r),
+            other => return Err(unexpected(&other)),
+        })
+    }
+
+    /// A connection to the node `redirect` names, trusted as it says: its fingerprint when
+    /// this client pins fingerprints, the same CA and server name otherwise. The redirect
+    /// came over a connection this client already trusts.
+    async fn open_redirect(
+        &self,
+        redirect: &pb::Redirect,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+    ) -> Result<Arc<Link>, ClientError> {
+        let server: SocketAddr = redirect.address.parse().map_err(|_| {
+            ClientError::Protocol(format!("redirect to a bad address {:?}", redirect.address))
+        })?;
+        let trust = match &self.config.trust {
+            Trust::Fingerprint(_) => Trust::Fingerprint(Fingerprint(
+                redirect.fingerprint.as_ref().try_into().map_err(|_| {
+                    ClientError::Protocol("redirect fingerprint is not 32 bytes".into())
+                })?,
+            )),
+            ca @ Trust::CaBundle(_) => ca.clone(),
+        };
+        let (quinn_config, mismatch) = quinn_config(&trust)?;
+        let config = ClientConfig {
+            server,
+            trust,
+            ..self.config.clone()
+        };
+        open_link(
+            &self.endpoint,
+            &config,
+            Some(quinn_config),
+            &mismatch,
+            deliveries,
+            self.moves.clone(),
+        )
+        .await
+    }
+
+    /// `Register`/`Authenticate`, following redirects to the mailbox's owner.
+    async fn prove(
+        &self,
+        purpose: Purpose,
+        ticket: Option<Bytes>,
+    ) -> Result<Registration, ClientError> {
+        for _ in 0..=MAX_REDIRECTS {
+            let link = self.link();
+            match self.prove_on(&link, purpose, ticket.clone()).await? {
+                Proved::Done(r) => {
+                    if matches!(r, Registration::Registered { .. }) {
+                        self.authenticated.store(true, Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
+                Proved::Redirect(redirect) => {
+                    // Not subscribed yet (that needs a session), so the new connection
+                    // gets a fresh delivery channel in place of the unused one.
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let next = self.open_redirect(&redirect, tx).await?;
+                    *locked(&self.deliveries) = Some(rx);
+                    self.replace_link(next);
+                }
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "redirected more than {MAX_REDIRECTS} times"
+        )))
+    }
+
+    /// After `ServerFrame.moved`: connects to the new owner, authenticates and subscribes
+    /// there as this session had, and only then switches over, so no request reaches the
+    /// new node before its session is ready. Gives up (the session ends, as a dropped
+    /// connection would) when the new owner cannot be reached.
+    async fn follow(&self) {
+        let old = self.link();
+        let Some(mut redirect) = locked(&old.shared.moved).clone() else {
+            return;
+        };
+        let Some(deliveries) = locked(&old.shared.deliveries).clone() else {
+            return;
+        };
+        for _ in 0..=MAX_REDIRECTS {
+            if redirect.address.is_empty() {
+                tracing::warn!("the mailbox is unavailable for now; the session ends");
+                break;
+            }
+            let link = match self.open_redirect(&redirect, deliveries.clone()).await {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the mailbox's new node");
+                    break;
+                }
+            };
+            if self.authenticated.load(Ordering::Relaxed) {
+                match self.prove_on(&link, Purpose::Authenticate, None).await {
+                    Ok(Proved::Done(_)) => {}
+                    Ok(Proved::Redirect(next)) => {
+                        link.conn.close(0u32.into(), b"redirected");
+                        redirect = next;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot log in on the mailbox's new node");
+                        break;
+                    }
+                }
+            }
+            if self.subscribed.load(Ordering::Relaxed)
+                && let Err(e) = self
+                    .request_on(&link, Body::Subscribe(pb::Subscribe {}))
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot subscribe on the mailbox's new node");
+                break;
+            }
+            self.replace_link(link);
+            return;
+        }
+        // Could not follow: let the delivery stream end like a closed connection's.
+        locked(&old.shared.deliveries).take();
     }
 }
 
@@ -715,20 +977,20 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
 
 async fn read_loop(
     mut recv: quinn::RecvStream,
-    pending: Pending,
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    link: Arc<LinkShared>,
+    moves: mpsc::UnboundedSender<()>,
 ) {
     // The client trusts the node it chose, but still refuses to buffer without bound.
     let mut decoder = FrameDecoder::new(32 * 1024 * 1024);
-    loop {
+    let deliveries = locked(&link.deliveries).clone();
+    'read: loop {
         loop {
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable frame from server; closing");
-                    lock(&pending).clear();
-                    return;
+                    break 'read;
                 }
             };
             let Ok(frame) = pb::ServerFrame::decode(frame) else {
@@ -739,7 +1001,7 @@ async fn read_loop(
                 Some(pb::server_frame::Body::Response(r)) => {
                     if r.request_id == 0 {
                         tracing::warn!(response = ?r.result, "connection-level error from server");
-                    } else if let Some(tx) = lock(&pending).remove(&r.request_id) {
+                    } else if let Some(tx) = lock(&link.pending).remove(&r.request_id) {
                         let _ = tx.send(r);
                     }
                 }
@@ -748,23 +1010,32 @@ async fn read_loop(
                         tracing::warn!("delivery with a malformed client message id; ignoring it");
                         continue;
                     };
-                    let _ = deliveries.send(Delivery {
-                        envelope_id: d.envelope_id,
-                        ciphertext: d.ciphertext,
-                        client_message_id,
-                        accepted_at_ms: d.accepted_at_ms,
-                    });
+                    if let Some(tx) = &deliveries {
+                        let _ = tx.send(Delivery {
+                            envelope_id: d.envelope_id,
+                            ciphertext: d.ciphertext,
+                            client_message_id,
+                            accepted_at_ms: d.accepted_at_ms,
+                        });
+                    }
+                }
+                Some(pb::server_frame::Body::Moved(redirect)) => {
+                    *locked(&link.moved) = Some(redirect);
+                    let _ = moves.send(());
                 }
                 None => {}
             }
         }
         match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
-            Ok(None) | Err(_) => {
-                // Dropping the reply channels fails every outstanding request at once.
-                lock(&pending).clear();
-                return;
-            }
+            Ok(None) | Err(_) => break,
         }
+    }
+    // Dropping the reply channels fails every outstanding request at once.
+    lock(&link.pending).clear();
+    // A moved session's deliveries go on through the next connection; otherwise the
+    // delivery stream ends with this connection.
+    if locked(&link.moved).is_none() {
+        locked(&link.deliveries).take();
     }
 }

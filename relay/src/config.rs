@@ -1,9 +1,11 @@
 //! Node configuration. Every field has a default that works with no file at all.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use levee_sharding::PlacementConfig;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of one relay node (embedded deployment).
@@ -73,6 +75,40 @@ pub struct NodeConfig {
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
+    /// This node's name in the cluster: unique and stable across restarts.
+    pub node_name: String,
+    /// The region this node runs in; shards pinned to regions only go to nodes in them.
+    pub region: String,
+    /// Relative capacity: a node of weight 2 gets about twice the shards of weight 1.
+    pub weight: u32,
+    /// The address other nodes send clients to (redirects). When unset, the bound `listen`
+    /// address; set it when listening on a wildcard address.
+    pub advertise_address: Option<SocketAddr>,
+    /// How often the node refreshes its roster row and re-reads the others' (ms).
+    pub heartbeat_ms: u64,
+    /// A node whose row was not refreshed for this long (ms) is declared dead and its
+    /// shards move.
+    pub failure_timeout_ms: u64,
+    /// Longest a draining node waits for its clients to move before it leaves (ms).
+    pub drain_grace_ms: u64,
+    /// Placement load bound: no node owns more than ⌈(1 + ε) × its weighted share⌉ shards.
+    pub placement_epsilon: f64,
+    /// Shards that may only be placed on nodes of the given regions; with none of those
+    /// up, they are unavailable rather than placed elsewhere.
+    pub region_pins: Vec<RegionPin>,
+    /// Bearer token the admin port requires for changes (`POST /admin/...`). When unset,
+    /// changes are accepted only on a loopback admin address.
+    pub admin_token: Option<String>,
+}
+
+/// Shards pinned to a set of regions; see [`NodeConfig::region_pins`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPin {
+    /// The shards.
+    pub shards: Vec<u32>,
+    /// Regions allowed to hold them.
+    pub regions: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +138,16 @@ impl Default for NodeConfig {
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,
+            node_name: "node-1".into(),
+            region: "local".into(),
+            weight: 1,
+            advertise_address: None,
+            heartbeat_ms: 250,
+            failure_timeout_ms: 3000,
+            drain_grace_ms: 5000,
+            placement_epsilon: 0.25,
+            region_pins: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -121,6 +167,8 @@ impl NodeConfig {
                 u64::from(self.max_requests_in_flight),
             ),
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("weight", u64::from(self.weight)),
+            ("heartbeat_ms", self.heartbeat_ms),
             ("admission_window_ms", self.admission_window_ms),
             (
                 "admission_overload_wait_ms",
@@ -146,6 +194,26 @@ impl NodeConfig {
         {
             return Err("cluster_key must be at least 32 hex characters".into());
         }
+        if self.node_name.is_empty() || self.region.is_empty() {
+            return Err("node_name and region must not be empty".into());
+        }
+        if self.failure_timeout_ms < 2 * self.heartbeat_ms {
+            return Err("failure_timeout_ms must be at least twice heartbeat_ms".into());
+        }
+        if !(self.placement_epsilon.is_finite() && self.placement_epsilon > 0.0) {
+            return Err("placement_epsilon must be greater than 0".into());
+        }
+        for pin in &self.region_pins {
+            if pin.regions.is_empty() {
+                return Err("a region pin needs at least one region".into());
+            }
+            if let Some(s) = pin.shards.iter().find(|s| **s >= self.shards) {
+                return Err(format!(
+                    "region pin names shard {s}, but there are {} shards",
+                    self.shards
+                ));
+            }
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
         }
@@ -157,6 +225,25 @@ impl NodeConfig {
     /// a closed connection.
     pub fn max_frame_bytes(&self) -> usize {
         2 * self.max_envelope_bytes as usize + 4096
+    }
+
+    /// The placement rules these settings describe.
+    pub fn placement(&self) -> PlacementConfig {
+        let mut pins: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+        for pin in &self.region_pins {
+            for shard in &pin.shards {
+                pins.entry(*shard)
+                    .or_default()
+                    .extend(pin.regions.iter().cloned());
+            }
+        }
+        PlacementConfig {
+            shards: self.shards,
+            // The embedded deployment shares one store: each shard needs one owner.
+            replicas: 1,
+            epsilon: Some(self.placement_epsilon),
+            pins,
+        }
     }
 
     /// [`envelope_ttl_secs`](Self::envelope_ttl_secs) as a duration.

@@ -18,6 +18,7 @@
 pub mod admission;
 pub mod client;
 mod clock;
+pub mod cluster;
 mod config;
 pub mod identity;
 mod node;
@@ -27,6 +28,6 @@ pub mod tls;
 mod udp;
 pub mod wire;
 
-pub use config::NodeConfig;
+pub use config::{NodeConfig, RegionPin};
 pub use identity::{AccountId, Identity};
-pub use node::{Node, NodeError};
+pub use node::{DrainHandle, Node, NodeError};

@@ -27,6 +27,10 @@ const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
+const SHARDS_OWNED: &str = "levee_shards_owned";
+const PLACEMENT_EPOCH: &str = "levee_placement_epoch";
+const REDIRECTS: &str = "levee_redirects_total";
+const HANDOFFS: &str = "levee_shard_handoffs_total";
 
 /// Queue-wait buckets: dense around the 5 ms / 20 ms admission thresholds, up to the
 /// seconds a badly overloaded node shows.
@@ -54,6 +58,26 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
 }
 
 fn describe() {
+    describe_gauge!(
+        SHARDS_OWNED,
+        Unit::Count,
+        "Shards the node owns in its current placement, by node"
+    );
+    describe_gauge!(
+        PLACEMENT_EPOCH,
+        Unit::Count,
+        "Roster epoch of the node's current placement, by node"
+    );
+    describe_counter!(
+        REDIRECTS,
+        Unit::Count,
+        "Clients sent to another node: at login (redirect) or mid-session (moved), by node"
+    );
+    describe_counter!(
+        HANDOFFS,
+        Unit::Count,
+        "Shards taken over (direction=in) or handed over (direction=out), by node"
+    );
     describe_counter!(ADMITTED, Unit::Count, "Requests admitted, by class");
     describe_counter!(
         SHED,
@@ -179,4 +203,18 @@ pub(crate) fn envelope_accepted() {
 
 pub(crate) fn envelopes_stored(n: usize) {
     counter!(ENVELOPES_STORED).increment(n as u64);
+}
+
+/// The node's placement after a change: what it owns now, and what moved in and out.
+pub(crate) fn placement(node: &str, epoch: u64, owned: usize, gained: usize, lost: usize) {
+    let node = node.to_owned();
+    gauge!(SHARDS_OWNED, "node" => node.clone()).set(owned as f64);
+    gauge!(PLACEMENT_EPOCH, "node" => node.clone()).set(epoch as f64);
+    counter!(HANDOFFS, "node" => node.clone(), "direction" => "in").increment(gained as u64);
+    counter!(HANDOFFS, "node" => node, "direction" => "out").increment(lost as u64);
+}
+
+/// A client sent elsewhere: `kind` is "redirect" (at login) or "moved" (mid-session).
+pub(crate) fn redirected(node: &str, kind: &'static str) {
+    counter!(REDIRECTS, "node" => node.to_owned(), "kind" => kind).increment(1);
 }

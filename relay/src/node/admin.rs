@@ -1,53 +1,177 @@
-//! The admin port: `GET /metrics` in Prometheus text format.
+//! The admin port: `GET /metrics` in Prometheus text format, `GET /admin/cluster` (this
+//! node's view of the cluster, JSON), `POST /admin/drain` (hand this node's shards over and
+//! leave) and `POST /admin/nodes` (start one more node of an embedded cluster).
+//!
+//! Changes need `authorization: Bearer <admin_token>` when a token is configured; without
+//! one they are accepted only on a loopback admin address.
 //!
 //! A deliberately small HTTP/1.1 responder (one request per connection, bounded read,
 //! timeout) instead of an HTTP framework: it serves one page to a scraper on a private
 //! address. Operators bind it to loopback or an internal network, never to clients.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Shared;
 use super::tokio_util_shim::CancelToken;
 use crate::telemetry;
+
+/// What the admin port may ask of the embedded cluster a node runs in.
+#[async_trait]
+pub(crate) trait ClusterAdmin: Send + Sync {
+    /// Starts one more node; returns what to print about it.
+    async fn add_node(&self) -> Result<serde_json::Value, String>;
+}
 
 /// Largest request head read; anything longer is answered 431 and dropped.
 const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the admin port until `stop`.
-pub(super) async fn serve(listener: TcpListener, stop: CancelToken) {
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancelToken) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(respond(stream));
+                    tokio::spawn(respond(stream, shared.clone(), loopback));
                 }
             }
         }
     }
 }
 
-/// The status line and body for a request head.
-fn route(head: &str) -> (&'static str, String) {
+/// A request, as far as the admin port cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    Metrics,
+    Cluster,
+    Drain,
+    AddNode,
+    /// Known path, wrong method.
+    WrongMethod(&'static str),
+    NotFound,
+    Malformed,
+}
+
+fn parse(head: &str) -> Request {
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
     match (parts.next(), parts.next()) {
-        (Some("GET"), Some("/metrics")) => match telemetry::install() {
-            Some(handle) => ("200 OK", handle.render()),
-            None => (
-                "503 Service Unavailable",
-                "another metrics recorder is installed\n".into(),
-            ),
-        },
-        (Some("GET"), Some(_)) => ("404 Not Found", "try /metrics\n".into()),
-        (Some(_), Some(_)) => ("405 Method Not Allowed", "GET only\n".into()),
-        _ => ("400 Bad Request", "not an HTTP request\n".into()),
+        (Some("GET"), Some("/metrics")) => Request::Metrics,
+        (Some("GET"), Some("/admin/cluster")) => Request::Cluster,
+        (Some("POST"), Some("/admin/drain")) => Request::Drain,
+        (Some("POST"), Some("/admin/nodes")) => Request::AddNode,
+        (Some(_), Some("/metrics" | "/admin/cluster")) => Request::WrongMethod("GET"),
+        (Some(_), Some("/admin/drain" | "/admin/nodes")) => Request::WrongMethod("POST"),
+        (Some(_), Some(_)) => Request::NotFound,
+        _ => Request::Malformed,
     }
 }
 
-async fn respond(mut stream: TcpStream) {
+/// Whether a change may go ahead: the configured token, or loopback when there is none.
+fn authorised(head: &str, token: Option<&str>, loopback: bool) -> bool {
+    let Some(token) = token else {
+        return loopback;
+    };
+    let presented = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().strip_prefix("Bearer ").unwrap_or_default())
+    });
+    // Compare digests, so the time taken says nothing about how much of the token matched.
+    let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+    presented.is_some_and(|p| digest(p).as_ref() == digest(token).as_ref())
+}
+
+/// The status line, content type and body for a request head.
+async fn route(
+    head: &str,
+    shared: &Shared,
+    loopback: bool,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; version=0.0.4";
+    const JSON: &str = "application/json";
+    let request = parse(head);
+    if matches!(request, Request::Drain | Request::AddNode)
+        && !authorised(head, shared.config.admin_token.as_deref(), loopback)
+    {
+        return (
+            "403 Forbidden",
+            TEXT,
+            "changes need the admin token (or a loopback admin address)\n".into(),
+        );
+    }
+    match request {
+        Request::Metrics => match telemetry::install() {
+            Some(handle) => ("200 OK", TEXT, handle.render()),
+            None => (
+                "503 Service Unavailable",
+                TEXT,
+                "another metrics recorder is installed\n".into(),
+            ),
+        },
+        Request::Cluster => ("200 OK", JSON, cluster_json(shared).to_string()),
+        Request::Drain => {
+            shared.drain.send_replace(true);
+            let body = json!({ "draining": shared.membership.name() });
+            ("202 Accepted", JSON, body.to_string())
+        }
+        Request::AddNode => match shared.cluster_admin.get().and_then(|w| w.upgrade()) {
+            Some(cluster) => match cluster.add_node().await {
+                Ok(node) => ("201 Created", JSON, node.to_string()),
+                Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
+            },
+            None => (
+                "501 Not Implemented",
+                TEXT,
+                "this node does not run in an embedded cluster (levee up)\n".into(),
+            ),
+        },
+        Request::WrongMethod(m) => ("405 Method Not Allowed", TEXT, format!("{m} only\n")),
+        Request::NotFound => (
+            "404 Not Found",
+            TEXT,
+            "try /metrics, /admin/cluster, /admin/drain, /admin/nodes\n".into(),
+        ),
+        Request::Malformed => ("400 Bad Request", TEXT, "not an HTTP request\n".into()),
+    }
+}
+
+/// This node's view: epoch, itself, and every node with its state and shard count.
+fn cluster_json(shared: &Shared) -> serde_json::Value {
+    let view = shared.membership.view();
+    let load = view.placement().load();
+    let nodes: Vec<_> = view
+        .nodes()
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "address": n.address.to_string(),
+                "fingerprint": n.fingerprint.to_string(),
+                "region": n.region,
+                "weight": n.weight,
+                "state": n.state.as_str(),
+                "shards": load.get(n.name.as_str()).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    json!({
+        "node": view.me(),
+        "epoch": view.epoch(),
+        "draining": shared.membership.is_draining(),
+        "shards": view.placement().shards(),
+        "nodes": nodes,
+    })
+}
+
+async fn respond(mut stream: TcpStream, shared: Arc<Shared>, loopback: bool) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -60,13 +184,19 @@ async fn respond(mut stream: TcpStream) {
         true
     })
     .await;
-    let (status, body) = match read {
-        Ok(true) if head.len() <= MAX_HEAD => route(&String::from_utf8_lossy(&head)),
-        Ok(true) => ("431 Request Header Fields Too Large", String::new()),
+    let (status, content_type, body) = match read {
+        Ok(true) if head.len() <= MAX_HEAD => {
+            route(&String::from_utf8_lossy(&head), &shared, loopback).await
+        }
+        Ok(true) => (
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            String::new(),
+        ),
         _ => return,
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
@@ -78,16 +208,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes() {
+    fn parses_routes() {
         assert_eq!(
-            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").0,
-            "200 OK"
+            parse("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics
         );
-        assert_eq!(route("GET / HTTP/1.1\r\n\r\n").0, "404 Not Found");
         assert_eq!(
-            route("POST /metrics HTTP/1.1\r\n\r\n").0,
-            "405 Method Not Allowed"
+            parse("GET /admin/cluster HTTP/1.1\r\n\r\n"),
+            Request::Cluster
         );
-        assert_eq!(route("\u{0}\u{1}garbage").0, "400 Bad Request");
+        assert_eq!(parse("POST /admin/drain HTTP/1.1\r\n\r\n"), Request::Drain);
+        assert_eq!(
+            parse("POST /admin/nodes HTTP/1.1\r\n\r\n"),
+            Request::AddNode
+        );
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(
+            parse("POST /metrics HTTP/1.1\r\n\r\n"),
+            Request::WrongMethod("GET")
+        );
+        assert_eq!(
+            parse("GET /admin/drain HTTP/1.1\r\n\r\n"),
+            Request::WrongMethod("POST")
+        );
+        assert_eq!(parse("\u{0}\u{1}garbage"), Request::Malformed);
+    }
+
+    #[test]
+    fn changes_need_the_token_or_loopback() {
+        let head = "POST /admin/drain HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n";
+        assert!(authorised(head, Some("s3cret"), false));
+        assert!(!authorised(head, Some("other"), true));
+        assert!(!authorised(
+            "POST /admin/drain HTTP/1.1\r\n\r\n",
+            Some("s3cret"),
+            true
+        ));
+        assert!(authorised("POST /admin/drain HTTP/1.1\r\n\r\n", None, true));
+        assert!(!authorised(
+            "POST /admin/drain HTTP/1.1\r\n\r\n",
+            None,
+            false
+        ));
     }
 }

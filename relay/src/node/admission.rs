@@ -75,6 +75,14 @@ pub(crate) struct Admission {
     rng: SystemRandom,
 }
 
+/// The id a node's tickets carry: derived from its name, so it is the same on every start
+/// and differs between the nodes of a cluster (a ticket keeps its position only in the line
+/// of the node that issued it).
+pub(crate) fn node_id(name: &str) -> u32 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    u32::from_be_bytes(digest.as_ref()[..4].try_into().expect("4 bytes"))
+}
+
 /// Reads the cluster key from the config, or from (creating if needed) `data_dir/cluster.key`.
 pub(crate) fn cluster_key(config: &NodeConfig) -> Result<Vec<u8>, String> {
     if let Some(hex_key) = &config.cluster_key {

@@ -18,6 +18,7 @@ use super::admission::RegistrationDecision;
 use super::guard::Handshaking;
 use crate::admission::RequestClass;
 use crate::clock::now_ms;
+use crate::cluster::{NodeInfo, Route};
 use crate::identity::Purpose;
 use crate::session::{Refusal, Session};
 use crate::telemetry;
@@ -33,6 +34,8 @@ const OUTBOX: usize = 1024;
 const PUMP_BATCH: usize = 256;
 /// Suggested back-off when storage fails.
 const STORAGE_RETRY_MS: u64 = 1_000;
+/// Suggested back-off for a mailbox no live node may hold.
+const UNAVAILABLE_RETRY_MS: u64 = 5_000;
 
 /// QUIC application close codes.
 mod close {
@@ -135,6 +138,7 @@ impl Connection {
         let mut decoder = FrameDecoder::new(self.shared.config.max_frame_bytes());
         // When the bytes being decoded arrived: the start of a request's queueing delay.
         let mut arrived = Instant::now();
+        let mut view = self.shared.membership.subscribe();
         loop {
             loop {
                 match decoder.next_frame() {
@@ -153,7 +157,16 @@ impl Connection {
                 // Reap finished request tasks so the set does not grow without bound.
                 while self.tasks.try_join_next().is_some() {}
             }
-            match recv.read_chunk(64 * 1024, true).await {
+            let chunk = tokio::select! {
+                chunk = recv.read_chunk(64 * 1024, true) => chunk,
+                Ok(()) = view.changed() => {
+                    if self.moved_away().await {
+                        return close::NORMAL;
+                    }
+                    continue;
+                }
+            };
+            match chunk {
                 Ok(Some(chunk)) => {
                     arrived = Instant::now();
                     decoder.extend(&chunk.bytes);
@@ -161,6 +174,28 @@ impl Connection {
                 Ok(None) | Err(_) => return close::NORMAL,
             }
         }
+    }
+
+    /// After a placement change: if this session's mailbox now lives on another node, tells
+    /// the client where (`ServerFrame.moved`) and returns true: the connection ends, and the
+    /// client reconnects to the new owner.
+    async fn moved_away(&self) -> bool {
+        let Ok(account) = self.session.account() else {
+            return false;
+        };
+        let view = self.shared.membership.view();
+        let redirect = match view.route(&account) {
+            Route::Local => return false,
+            Route::Elsewhere(owner) => redirect_to(owner, view.epoch()),
+            // Nobody may hold it now; the client finds out when it comes back.
+            Route::Unavailable => pb::Redirect::default(),
+        };
+        telemetry::redirected(view.me(), "moved");
+        let frame = pb::ServerFrame {
+            body: Some(pb::server_frame::Body::Moved(redirect)),
+        };
+        let _ = self.outbox.send(frame).await;
+        true
     }
 
     async fn respond(&self, response: pb::Response) {
@@ -319,6 +354,31 @@ impl Connection {
         signature: Bytes,
         ticket: Option<Bytes>,
     ) {
+        // Before any work: a mailbox is served only by its owner.
+        if let Some(mailbox) = MailboxId::from_slice(&public_key) {
+            let view = self.shared.membership.view();
+            match view.route(&mailbox) {
+                Route::Local => {}
+                Route::Elsewhere(owner) => {
+                    telemetry::redirected(view.me(), "redirect");
+                    let redirect = redirect_to(owner, view.epoch());
+                    return self
+                        .respond(pb::Response::ok(id, R::Redirect(redirect)))
+                        .await;
+                }
+                Route::Unavailable => {
+                    let msg = "no live node may hold this mailbox (its regions are down)";
+                    return self
+                        .respond(retry_later(
+                            id,
+                            ErrorCode::MailboxUnavailable,
+                            msg,
+                            UNAVAILABLE_RETRY_MS,
+                        ))
+                        .await;
+                }
+            }
+        }
         let account = match self.session.verify_proof(purpose, &public_key, &signature) {
             Ok(account) => account,
             Err(r) => return self.refuse(id, r).await,
@@ -410,6 +470,15 @@ impl Connection {
             let _ = outbox.send(response.into()).await;
             drop(permit);
         });
+    }
+}
+
+/// Where to find a mailbox's owner.
+fn redirect_to(owner: &NodeInfo, epoch: u64) -> pb::Redirect {
+    pb::Redirect {
+        address: owner.address.to_string(),
+        fingerprint: Bytes::copy_from_slice(&owner.fingerprint.0),
+        epoch,
     }
 }
 

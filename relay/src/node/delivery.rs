@@ -75,11 +75,19 @@ fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
     })
 }
 
-/// The delivery worker: log → mailbox store → commit → wake subscribers, for `shards`.
+/// The delivery worker: log → mailbox store → commit → wake subscribers, for the shards
+/// this node owns in its current view of the cluster.
 ///
 /// A batch is committed to the log only after the store made it durable, and retried until
 /// it is, so an envelope acknowledged to its sender cannot fall between the two.
-pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: CancelToken) {
+///
+/// When placement changes, the worker finishes (stores and commits) the batch in hand and
+/// then takes exactly the new set of shards; the new owner of a shard resumes after the
+/// last commit. For a moment two nodes may both read a shard's newest records; the store
+/// recognises the second copy by its dedupe key, even after the first was acknowledged and
+/// deleted, so a handoff never delivers an envelope twice after its acknowledgement.
+pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
+    let mut view = shared.membership.subscribe();
     let mut consumer: Box<dyn LogConsumer> = loop {
         match shared.log.consumer(DELIVERY_GROUP).await {
             Ok(c) => break c,
@@ -91,15 +99,23 @@ pub(crate) async fn deliver(shared: Arc<Shared>, shards: Vec<ShardId>, stop: Can
             }
         }
     };
-    while let Err(e) = consumer.assign(&shards).await {
-        tracing::error!(error = %e, "cannot assign shards; retrying");
-        if sleep_or_stop(&stop, Duration::from_secs(1)).await {
-            return;
-        }
-    }
+    let mut assigned: Option<Vec<ShardId>> = None;
     loop {
+        let owned = view.borrow_and_update().owned();
+        if assigned.as_ref() != Some(&owned) {
+            if let Err(e) = consumer.assign(&owned).await {
+                tracing::error!(error = %e, "cannot assign shards; retrying");
+                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+            assigned = Some(owned);
+        }
         let records = tokio::select! {
             () = stop.cancelled() => return,
+            // A new placement: go round and take the new shards. Polling is cancel-safe.
+            Ok(()) = view.changed() => continue,
             polled = consumer.poll(DELIVERY_BATCH, Duration::from_millis(250)) => match polled {
                 Ok(records) => records,
                 Err(e) => {

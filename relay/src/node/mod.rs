@@ -6,6 +6,7 @@ mod admission;
 mod connection;
 mod delivery;
 mod guard;
+mod membership;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,9 +20,12 @@ use ring::rand::SystemRandom;
 use tokio::task::JoinSet;
 use tokio_util_shim::CancelToken;
 
+use crate::cluster::{LocalRoster, NodeInfo, NodeState, Roster, RosterError};
 use crate::config::NodeConfig;
 use crate::tls::{Fingerprint, ServerCert, TlsError};
 
+pub(crate) use admin::ClusterAdmin;
+pub(crate) use admission::cluster_key;
 pub(crate) use delivery::Presence;
 
 /// Why a node could not start or stopped with an error.
@@ -39,6 +43,9 @@ pub enum NodeError {
     /// The delivery log failed to open.
     #[error("delivery log: {0}")]
     Log(#[from] LogError),
+    /// The cluster roster could not be joined.
+    #[error("cluster roster: {0}")]
+    Roster(#[from] RosterError),
     /// The UDP socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -59,6 +66,30 @@ pub(crate) struct Shared {
     pub presence: Presence,
     pub rng: SystemRandom,
     pub connections: AtomicUsize,
+    pub membership: Arc<membership::Membership>,
+    /// Set once to start draining (admin port, or the embedded cluster).
+    pub drain: tokio::sync::watch::Sender<bool>,
+    /// The embedded cluster this node runs in, for `POST /admin/nodes`.
+    pub cluster_admin: std::sync::OnceLock<std::sync::Weak<dyn ClusterAdmin>>,
+}
+
+/// Asks a running node to drain: hand its shards over, move its clients, leave.
+#[derive(Clone)]
+pub struct DrainHandle(Arc<Shared>);
+
+impl std::fmt::Debug for DrainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DrainHandle")
+            .field(&self.0.membership.name())
+            .finish()
+    }
+}
+
+impl DrainHandle {
+    /// Starts draining; [`Node::run`] returns once the node has left. Idempotent.
+    pub fn drain(&self) {
+        self.0.drain.send_replace(true);
+    }
 }
 
 /// A relay node, bound and ready to run.
@@ -89,11 +120,23 @@ impl Node {
         Self::with_backends(config, store, log)
     }
 
-    /// Like [`open`](Self::open) with the given mailbox store and delivery log.
+    /// Like [`open`](Self::open) with the given mailbox store and delivery log, as a
+    /// cluster of one.
     pub fn with_backends(
         config: NodeConfig,
         store: Arc<dyn MailboxStore>,
         log: Arc<dyn DeliveryLog>,
+    ) -> Result<Self, NodeError> {
+        Self::in_cluster(config, store, log, Arc::new(LocalRoster::default()))
+    }
+
+    /// A node of the cluster whose members are listed in `roster`, sharing `store` and
+    /// `log` with them. It joins the roster when it starts running.
+    pub fn in_cluster(
+        config: NodeConfig,
+        store: Arc<dyn MailboxStore>,
+        log: Arc<dyn DeliveryLog>,
+        roster: Arc<dyn Roster>,
     ) -> Result<Self, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         if log.shards() != config.shards {
@@ -121,8 +164,6 @@ impl Node {
             .max_concurrent_uni_streams(0u32.into());
         server_config.transport_config(Arc::new(transport));
         let secret = admission::cluster_key(&config).map_err(NodeError::Config)?;
-        // One node per cluster until placement exists; its tickets carry id 0.
-        let admission = admission::Admission::new(&config, &secret, 0);
         let endpoint =
             crate::udp::endpoint(config.listen, Some(server_config)).map_err(|source| {
                 NodeError::Bind {
@@ -130,6 +171,29 @@ impl Node {
                     source,
                 }
             })?;
+        let address = match config.advertise_address {
+            Some(a) => a,
+            None => endpoint.local_addr().map_err(|source| NodeError::Bind {
+                addr: config.listen,
+                source,
+            })?,
+        };
+        let me = NodeInfo {
+            name: config.node_name.clone(),
+            address,
+            fingerprint: cert.fingerprint(),
+            region: config.region.clone(),
+            weight: config.weight,
+            state: NodeState::Active,
+        };
+        let membership = Arc::new(membership::Membership::new(
+            roster,
+            me,
+            config.placement(),
+            Duration::from_millis(config.failure_timeout_ms),
+        ));
+        let admission =
+            admission::Admission::new(&config, &secret, admission::node_id(&config.node_name));
         let admin = match config.admin_listen {
             Some(addr) => {
                 crate::telemetry::install();
@@ -154,6 +218,9 @@ impl Node {
                 presence: Presence::default(),
                 rng: SystemRandom::new(),
                 connections: AtomicUsize::new(0),
+                membership,
+                drain: tokio::sync::watch::Sender::new(false),
+                cluster_admin: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -176,34 +243,86 @@ impl Node {
         self.fingerprint
     }
 
+    /// The node's name in its cluster.
+    pub fn name(&self) -> String {
+        self.shared.membership.name()
+    }
+
+    /// A handle to make the running node drain and leave.
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle(self.shared.clone())
+    }
+
+    /// Lets the admin port add nodes to the embedded cluster this node runs in.
+    pub(crate) fn set_cluster_admin(&self, cluster: std::sync::Weak<dyn ClusterAdmin>) {
+        let _ = self.shared.cluster_admin.set(cluster);
+    }
+
     /// Whether this start generated a new self-signed certificate.
     pub fn generated_certificate(&self) -> bool {
         self.generated_cert
     }
 
-    /// Serves clients and delivers envelopes until `shutdown` completes, then closes
+    /// Joins the cluster, then serves clients and delivers envelopes for the shards it owns
+    /// until `shutdown` completes or a drain finishes; then leaves the roster, closes
     /// connections and returns once storage is synced.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let (joined, _) = tokio::sync::oneshot::channel();
+        self.run_announcing(shutdown, joined).await
+    }
+
+    /// [`run`](Self::run), saying on `joined` once the node is in the roster.
+    pub(crate) async fn run_announcing(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        joined: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), NodeError> {
+        let membership = self.shared.membership.clone();
+        membership.join().await?;
+        let _ = joined.send(());
         let stop = CancelToken::default();
         let mut tasks = JoinSet::new();
-        let shards: Vec<u32> = (0..self.shared.config.shards).collect();
-        tasks.spawn(delivery::deliver(self.shared.clone(), shards, stop.clone()));
+        tasks.spawn(membership::keep(
+            membership.clone(),
+            Duration::from_millis(self.shared.config.heartbeat_ms),
+            stop.clone(),
+        ));
+        tasks.spawn(delivery::deliver(self.shared.clone(), stop.clone()));
         tasks.spawn(delivery::sweep_expired(self.shared.clone(), stop.clone()));
         tasks.spawn(tick_admission(self.shared.clone(), stop.clone()));
         if let Some(listener) = self.admin.take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tasks.spawn(admin::serve(listener, stop.clone()));
+                    tasks.spawn(admin::serve(listener, self.shared.clone(), stop.clone()));
                 }
                 Err(e) => tracing::error!(error = %e, "admin port unavailable"),
             }
         }
 
         let mut connections = JoinSet::new();
+        let mut drain = self.shared.drain.subscribe();
+        let mut drained_by: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                true = drain_requested(&mut drain), if drained_by.is_none() => {
+                    tracing::info!(node = %membership.name(), "draining");
+                    if let Err(e) = membership.drain().await {
+                        tracing::error!(error = %e, "cannot mark the node draining");
+                    }
+                    drained_by = Some(tokio::time::Instant::now()
+                        + Duration::from_millis(self.shared.config.drain_grace_ms));
+                }
+                _ = check.tick(), if drained_by.is_some() => {
+                    // Connections learn from the new placement that their mailboxes moved
+                    // and go; the node leaves when they have, or when the grace is over.
+                    let idle = self.shared.connections.load(Ordering::Relaxed) == 0;
+                    if idle || drained_by.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        break;
+                    }
+                }
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let active = self.shared.connections.load(Ordering::Relaxed);
@@ -234,7 +353,10 @@ impl Node {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
-        tracing::info!("shutting down");
+        tracing::info!(node = %membership.name(), "leaving the cluster and shutting down");
+        if let Err(e) = membership.leave().await {
+            tracing::warn!(error = %e, "could not leave the roster; the others will time it out");
+        }
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"node shutting down");
         stop.cancel();
@@ -243,6 +365,11 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         Ok(())
     }
+}
+
+/// Resolves (true) once a drain was asked for.
+async fn drain_requested(drain: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    drain.wait_for(|d| *d).await.is_ok()
 }
 
 /// Probes how late the scheduler runs tasks (see `AdmissionController::record_lag`), and

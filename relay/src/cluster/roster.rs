@@ -1,0 +1,253 @@
+//! The roster: which relay nodes exist, where they listen, and whether they are alive.
+//!
+//! Every node writes its own row (join, heartbeat, drain, leave) and reads everyone's.
+//! Liveness is decided from heartbeats: a row not refreshed within the failure-detection
+//! timeout is removed by whichever node notices first. Every change bumps the roster's
+//! epoch, and placement is a pure function of (epoch, rows), so nodes that read the same
+//! roster compute the same placement without talking to each other.
+//!
+//! [`LocalRoster`] keeps the rows in memory, for the nodes of one process (`levee up
+//! --nodes N`). A roster shared by separate processes (rows with a TTL in the distributed
+//! store) implements the same trait.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::tls::Fingerprint;
+
+/// Whether a node takes shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Serving; placement gives it shards.
+    Active,
+    /// Handing its shards over before it leaves; placement gives it none.
+    Draining,
+}
+
+impl NodeState {
+    /// Lower-case name for metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// One node's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Unique, stable name.
+    pub name: String,
+    /// Where clients reach it.
+    pub address: SocketAddr,
+    /// Its certificate, for clients that pin.
+    pub fingerprint: Fingerprint,
+    /// Where it runs (placement honours region pins).
+    pub region: String,
+    /// Relative capacity (placement gives it shards in proportion).
+    pub weight: u32,
+    /// Active or draining.
+    pub state: NodeState,
+}
+
+/// The roster at one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterSnapshot {
+    /// Bumped by every change of the rows (not by heartbeats).
+    pub epoch: u64,
+    /// The rows, by name.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// Why a roster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RosterError {
+    /// No row has this name (never joined, left, or removed as dead).
+    #[error("node {0:?} is not in the roster")]
+    Unknown(String),
+    /// The backend failed.
+    #[error("roster backend: {0}")]
+    Backend(String),
+}
+
+/// Reading and writing the roster. See the module docs.
+#[async_trait]
+pub trait Roster: Send + Sync + 'static {
+    /// Adds (or replaces) `node`'s row as active and alive.
+    async fn join(&self, node: NodeInfo) -> Result<(), RosterError>;
+    /// Refreshes `name`'s liveness.
+    async fn heartbeat(&self, name: &str) -> Result<(), RosterError>;
+    /// Marks `name` as draining.
+    async fn drain(&self, name: &str) -> Result<(), RosterError>;
+    /// Removes `name`'s row.
+    async fn leave(&self, name: &str) -> Result<(), RosterError>;
+    /// Removes rows whose last heartbeat is older than `timeout`; returns their names.
+    async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError>;
+    /// The current rows and epoch.
+    async fn snapshot(&self) -> Result<RosterSnapshot, RosterError>;
+}
+
+/// The roster of the nodes of one process, in memory.
+#[derive(Default)]
+pub struct LocalRoster {
+    inner: Mutex<Rows>,
+}
+
+#[derive(Default)]
+struct Rows {
+    epoch: u64,
+    rows: BTreeMap<String, (NodeInfo, Instant)>,
+}
+
+impl std::fmt::Debug for LocalRoster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = self.lock();
+        f.debug_struct("LocalRoster")
+            .field("epoch", &rows.epoch)
+            .field("nodes", &rows.rows.len())
+            .finish()
+    }
+}
+
+impl LocalRoster {
+    fn lock(&self) -> MutexGuard<'_, Rows> {
+        // Every change below is a single insert/remove plus an epoch bump; a panic cannot
+        // leave the rows half-changed.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn change(&self, name: &str, f: impl FnOnce(&mut NodeInfo)) -> Result<(), RosterError> {
+        let mut rows = self.lock();
+        let (info, _) = rows
+            .rows
+            .get_mut(name)
+            .ok_or_else(|| RosterError::Unknown(name.to_owned()))?;
+        f(info);
+        rows.epoch += 1;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Roster for LocalRoster {
+    async fn join(&self, mut node: NodeInfo) -> Result<(), RosterError> {
+        let mut rows = self.lock();
+        node.state = NodeState::Active;
+        rows.rows.insert(node.name.clone(), (node, Instant::now()));
+        rows.epoch += 1;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+        let mut rows = self.lock();
+        let (_, seen) = rows
+            .rows
+            .get_mut(name)
+            .ok_or_else(|| RosterError::Unknown(name.to_owned()))?;
+        *seen = Instant::now();
+        Ok(())
+    }
+
+    async fn drain(&self, name: &str) -> Result<(), RosterError> {
+        self.change(name, |info| info.state = NodeState::Draining)
+    }
+
+    async fn leave(&self, name: &str) -> Result<(), RosterError> {
+        let mut rows = self.lock();
+        if rows.rows.remove(name).is_some() {
+            rows.epoch += 1;
+        }
+        Ok(())
+    }
+
+    async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
+        let mut rows = self.lock();
+        let dead: Vec<String> = rows
+            .rows
+            .iter()
+            .filter(|(_, (_, seen))| seen.elapsed() > timeout)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &dead {
+            rows.rows.remove(name);
+        }
+        if !dead.is_empty() {
+            rows.epoch += 1;
+        }
+        Ok(dead)
+    }
+
+    async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
+        let rows = self.lock();
+        Ok(RosterSnapshot {
+            epoch: rows.epoch,
+            nodes: rows.rows.values().map(|(info, _)| info.clone()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn info(name: &str, port: u16) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            fingerprint: Fingerprint([port as u8; 32]),
+            region: "local".into(),
+            weight: 1,
+            state: NodeState::Active,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_change_bumps_the_epoch_and_heartbeats_do_not() {
+        let roster = LocalRoster::default();
+        roster.join(info("a", 1)).await.unwrap();
+        roster.join(info("b", 2)).await.unwrap();
+        let e = roster.snapshot().await.unwrap().epoch;
+        roster.heartbeat("a").await.unwrap();
+        assert_eq!(roster.snapshot().await.unwrap().epoch, e);
+        roster.drain("b").await.unwrap();
+        let s = roster.snapshot().await.unwrap();
+        assert_eq!(s.epoch, e + 1);
+        assert_eq!(s.nodes[1].state, NodeState::Draining);
+        roster.leave("b").await.unwrap();
+        assert_eq!(roster.snapshot().await.unwrap().nodes.len(), 1);
+        // Unknown names are errors, not no-ops: a node learns it was given up for dead.
+        assert!(matches!(
+            roster.heartbeat("zed").await,
+            Err(RosterError::Unknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn silent_rows_expire() {
+        let roster = LocalRoster::default();
+        roster.join(info("a", 1)).await.unwrap();
+        roster.join(info("b", 2)).await.unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        roster.heartbeat("a").await.unwrap();
+        let e = roster.snapshot().await.unwrap().epoch;
+        assert_eq!(
+            roster.expire(Duration::from_millis(150)).await.unwrap(),
+            vec!["b".to_string()]
+        );
+        let s = roster.snapshot().await.unwrap();
+        assert_eq!(s.epoch, e + 1);
+        assert_eq!(s.nodes.len(), 1);
+        assert!(
+            roster
+                .expire(Duration::from_millis(150))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Keeping this node's roster row alive and its view of the cluster current.
+//!
+//! Every heartbeat the node refreshes its row, removes rows that stopped beating (failure
+//! detection: any node may do it, and doing it twice is harmless), and re-reads the roster.
+//! A new epoch means a new placement, published on a watch channel that the delivery worker
+//! (which shards to drain) and every connection (whether its mailbox moved) follow.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use levee_sharding::PlacementConfig;
+use tokio::sync::watch;
+
+use super::tokio_util_shim::CancelToken;
+use crate::cluster::{ClusterView, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
+use crate::telemetry;
+
+pub(crate) struct Membership {
+    roster: Arc<dyn Roster>,
+    me: std::sync::Mutex<NodeInfo>,
+    placement: PlacementConfig,
+    failure_timeout: Duration,
+    view: watch::Sender<Arc<ClusterView>>,
+    draining: AtomicBool,
+    left: AtomicBool,
+}
+
+impl Membership {
+    /// Not yet joined: the view is empty (owns nothing) until [`join`](Self::join).
+    pub fn new(
+        roster: Arc<dyn Roster>,
+        me: NodeInfo,
+        placement: PlacementConfig,
+        failure_timeout: Duration,
+    ) -> Self {
+        let empty = RosterSnapshot {
+            epoch: 0,
+            nodes: Vec::new(),
+        };
+        let view = Arc::new(ClusterView::compute(&me.name, &empty, &placement));
+        Self {
+            roster,
+            me: std::sync::Mutex::new(me),
+            placement,
+            failure_timeout,
+            view: watch::Sender::new(view),
+            draining: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+        }
+    }
+
+    fn me(&self) -> NodeInfo {
+        self.me.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> String {
+        self.me().name
+    }
+
+    /// Adds this node's row and computes the first view.
+    pub async fn join(&self) -> Result<(), RosterError> {
+        self.roster.join(self.me()).await?;
+        if self.draining.load(Ordering::Relaxed) {
+            self.roster.drain(&self.name()).await?;
+        }
+        self.refresh().await
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Follows view changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+
+    /// Re-reads the roster and publishes a new view if its epoch changed.
+    pub async fn refresh(&self) -> Result<(), RosterError> {
+        let snapshot = self.roster.snapshot().await?;
+        let old = self.view();
+        if snapshot.epoch == old.epoch() {
+            return Ok(());
+        }
+        let view = Arc::new(ClusterView::compute(old.me(), &snapshot, &self.placement));
+        let before: BTreeSet<_> = old.owned().into_iter().collect();
+        let after: BTreeSet<_> = view.owned().into_iter().collect();
+        let gained = after.difference(&before).count();
+        let lost = before.difference(&after).count();
+        telemetry::placement(view.me(), view.epoch(), after.len(), gained, lost);
+        if gained + lost > 0 {
+            tracing::info!(
+                node = view.me(),
+                epoch = view.epoch(),
+                owned = after.len(),
+                gained,
+                lost,
+                "placement changed"
+            );
+        }
+        self.view.send_replace(view);
+        Ok(())
+    }
+
+    /// One heartbeat: refresh the row (joining again if the others gave this node up for
+    /// dead while it was alive), remove silent rows, re-read.
+    pub async fn beat(&self) -> Result<(), RosterError> {
+        if self.left.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.roster.heartbeat(&self.name()).await {
+            Err(RosterError::Unknown(_)) => {
+                tracing::warn!("this node was removed from the roster; joining again");
+                self.join().await?;
+            }
+            other => other?,
+        }
+        let dead = self.roster.expire(self.failure_timeout).await?;
+        if !dead.is_empty() {
+            tracing::warn!(nodes = ?dead, "nodes stopped answering; their shards move");
+        }
+        self.refresh().await
+    }
+
+    /// Marks this node as draining: placement gives its shards to the others.
+    pub async fn drain(&self) -> Result<(), RosterError> {
+        self.draining.store(true, Ordering::Relaxed);
+        self.me.lock().unwrap_or_else(|p| p.into_inner()).state = NodeState::Draining;
+        self.roster.drain(&self.name()).await?;
+        self.refresh().await
+    }
+
+    /// Whether [`drain`](Self::drain) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Removes this node's row for good (no heartbeat brings it back).
+    pub async fn leave(&self) -> Result<(), RosterError> {
+        self.left.store(true, Ordering::Relaxed);
+        self.roster.leave(&self.name()).await
+    }
+}
+
+/// Beats every `period` until `stop`.
+pub(crate) async fn keep(membership: Arc<Membership>, period: Duration, stop: CancelToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = membership.beat().await {
+            tracing::error!(error = %e, "roster unavailable; keeping the last placement");
+        }
+    }
+}
