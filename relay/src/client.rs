@@ -701,6 +701,41 @@ impl Client {
     }
 }
 
+/// Connections tried while following one chain of redirects, counting the waits for nodes
+/// that have not yet seen the newest placement.
+const MAX_HOPS: u32 = 24;
+
+/// The redirects followed for one login or move. Nodes learn of a new placement a moment
+/// apart, so a node that has not caught up yet may send the client back where it came
+/// from; its answer carries an older epoch than the one being followed. Then the client
+/// waits a little and asks the newer node's choice again instead of going back and forth.
+#[derive(Default)]
+struct RedirectChain {
+    followed: Option<pb::Redirect>,
+    hops: u32,
+    stale: u32,
+}
+
+impl RedirectChain {
+    /// Where to go after `answer`, or `None` when the chain is too long.
+    async fn next(&mut self, answer: pb::Redirect) -> Option<pb::Redirect> {
+        match &self.followed {
+            Some(f) if answer.epoch < f.epoch => {
+                self.stale += 1;
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(self.stale.min(10)))).await;
+            }
+            _ => {
+                self.hops += 1;
+                if self.hops > MAX_REDIRECTS {
+                    return None;
+                }
+                self.followed = Some(answer);
+            }
+        }
+        self.followed.clone()
+    }
+}
+
 /// Requests that may be sent again on a new connection without changing their effect.
 fn replayable(body: &Body) -> bool {
     matches!(
@@ -849,7 +884,8 @@ impl Inner {
         purpose: Purpose,
         ticket: Option<Bytes>,
     ) -> Result<Registration, ClientError> {
-        for _ in 0..=MAX_REDIRECTS {
+        let mut chain = RedirectChain::default();
+        for _ in 0..MAX_HOPS {
             let link = self.link();
             match self.prove_on(&link, purpose, ticket.clone()).await? {
                 Proved::Done(r) => {
@@ -858,11 +894,14 @@ impl Inner {
                     }
                     return Ok(r);
                 }
-                Proved::Redirect(redirect) => {
+                Proved::Redirect(answer) => {
+                    let Some(target) = chain.next(answer).await else {
+                        break;
+                    };
                     // Not subscribed yet (that needs a session), so the new connection
                     // gets a fresh delivery channel in place of the unused one.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let next = self.open_redirect(&redirect, tx).await?;
+                    let next = self.open_redirect(&target, tx).await?;
                     *locked(&self.deliveries) = Some(rx);
                     self.replace_link(next);
                 }
@@ -879,13 +918,18 @@ impl Inner {
     /// connection would) when the new owner cannot be reached.
     async fn follow(&self) {
         let old = self.link();
-        let Some(mut redirect) = locked(&old.shared.moved).clone() else {
+        let Some(moved) = locked(&old.shared.moved).clone() else {
             return;
         };
         let Some(deliveries) = locked(&old.shared.deliveries).clone() else {
             return;
         };
-        for _ in 0..=MAX_REDIRECTS {
+        let mut chain = RedirectChain::default();
+        let mut target = chain.next(moved).await;
+        for _ in 0..MAX_HOPS {
+            let Some(redirect) = target.take() else {
+                break;
+            };
             if redirect.address.is_empty() {
                 tracing::warn!("the mailbox is unavailable for now; the session ends");
                 break;
@@ -900,9 +944,9 @@ impl Inner {
             if self.authenticated.load(Ordering::Relaxed) {
                 match self.prove_on(&link, Purpose::Authenticate, None).await {
                     Ok(Proved::Done(_)) => {}
-                    Ok(Proved::Redirect(next)) => {
+                    Ok(Proved::Redirect(answer)) => {
                         link.conn.close(0u32.into(), b"redirected");
-                        redirect = next;
+                        target = chain.next(answer).await;
                         continue;
                     }
                     Err(e) => {

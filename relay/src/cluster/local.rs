@@ -267,6 +267,7 @@ impl ClusterAdmin for LocalCluster {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

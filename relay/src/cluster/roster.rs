@@ -192,6 +192,7 @@ impl Roster for LocalRoster {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

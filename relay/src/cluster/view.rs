@@ -102,6 +102,7 @@ impl ClusterView {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeSet;
     use std::net::SocketAddr;

@@ -166,6 +166,7 @@ fn cluster_json(shared: &Shared) -> serde_json::Value {
         "node": view.me(),
         "epoch": view.epoch(),
         "draining": shared.membership.is_draining(),
+        "owned": view.owned(),
         "shards": view.placement().shards(),
         "nodes": nodes,
     })

@@ -161,12 +161,9 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             tracing::warn!(error = %e, "delivery log commit failed");
         }
         shared.admission.record_lag(consumer.lag());
-        let woken: HashSet<MailboxId> = envelopes
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o == InsertOutcome::Stored)
-            .map(|(e, _)| e.mailbox)
-            .collect();
+        // Duplicates wake too: after a handoff the other node may have stored them a moment
+        // ago, while this node's subscriber was reading its backlog, and told nobody here.
+        let woken: HashSet<MailboxId> = envelopes.iter().map(|e| e.mailbox).collect();
         for mailbox in &woken {
             shared.presence.notify(mailbox);
         }

@@ -103,17 +103,7 @@ impl TestNode {
 
     /// `GET path` on the admin port: (status line, body).
     pub async fn admin_get(&self, path: &str) -> (String, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin.expect("admin port"))
-            .await
-            .unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        (head.lines().next().unwrap().to_owned(), body.to_owned())
+        admin_request(self.admin.expect("admin port"), "GET", path).await
     }
 
     pub async fn stop(mut self) {
@@ -124,6 +114,19 @@ impl TestNode {
             task.await.expect("node task");
         }
     }
+}
+
+/// `method path` on an admin port: (status line, body).
+pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(format!("{method} {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
 pub fn test_config() -> NodeConfig {

@@ -1,0 +1,578 @@
+//! A multi-node cluster in one process (`LocalCluster`, as `levee up --nodes N` runs it),
+//! over real QUIC on loopback: redirects to the mailbox's owner, a join and a drain while
+//! clients send, an abrupt node loss, and region pins. Every acknowledged envelope must be
+//! delivered, and none again after its acknowledgement.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{admin_request, test_config};
+use levee_relay::client::{Client, ClientConfig, ClientError};
+use levee_relay::cluster::{LocalCluster, NodeSummary};
+use levee_relay::tls::Trust;
+use levee_relay::wire::pb::ErrorCode;
+use levee_relay::{AccountId, Identity, NodeConfig, RegionPin};
+use levee_sharding::{Member, Membership, Placement, shard_of};
+
+const SHARDS: u32 = 32;
+
+fn cluster_config(dir: &Path) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.to_owned(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: SHARDS,
+        heartbeat_ms: 100,
+        failure_timeout_ms: 1000,
+        drain_grace_ms: 5000,
+        // Four busy senders share one account limit per account; keep it out of the way.
+        account_requests_per_sec: 100_000,
+        ..test_config()
+    }
+}
+
+async fn start(config: NodeConfig, regions: &[&str]) -> Arc<LocalCluster> {
+    let cluster = LocalCluster::open(config).unwrap();
+    for region in regions {
+        cluster
+            .add_node_with(|c| c.region = (*region).to_owned())
+            .await
+            .unwrap();
+    }
+    cluster
+}
+
+/// The placement the library computes for these (name, region) members.
+fn predict(config: &NodeConfig, members: &[(&str, &str)]) -> Placement {
+    let members = members.iter().map(|(n, r)| Member::new(*n, *r)).collect();
+    Placement::compute(&Membership::new(0, members).unwrap(), &config.placement())
+}
+
+fn owner_of(placement: &Placement, account: &AccountId) -> String {
+    placement
+        .owner(shard_of(account, SHARDS))
+        .unwrap()
+        .name
+        .clone()
+}
+
+fn node(cluster: &LocalCluster, name: &str) -> NodeSummary {
+    cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("{name} is not running"))
+}
+
+fn client_config(node: &NodeSummary) -> ClientConfig {
+    let mut config = ClientConfig::new(node.address, Trust::Fingerprint(node.fingerprint));
+    config.connect_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(10);
+    config
+}
+
+/// The node's own view from its admin port: (epoch, nodes listed, shards it owns).
+async fn view_of(node: &NodeSummary) -> (u64, usize, BTreeSet<u32>) {
+    let (status, body) = admin_request(node.admin.unwrap(), "GET", "/admin/cluster").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let owned = v["owned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap() as u32)
+        .collect();
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["nodes"].as_array().unwrap().len(),
+        owned,
+    )
+}
+
+/// Waits until every running node sees the same epoch with `expected` nodes listed; returns
+/// what each owns.
+async fn settle(cluster: &LocalCluster, expected: usize) -> HashMap<String, BTreeSet<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut epochs = BTreeSet::new();
+        let mut owned = HashMap::new();
+        let mut complete = true;
+        for n in cluster.nodes() {
+            let (epoch, listed, shards) = view_of(&n).await;
+            epochs.insert(epoch);
+            complete &= listed == expected;
+            owned.insert(n.name.clone(), shards);
+        }
+        if epochs.len() == 1 && complete && owned.len() == expected {
+            return owned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never agreed: {epochs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the nodes own must be what the library predicts, shard for shard.
+fn assert_matches(owned: &HashMap<String, BTreeSet<u32>>, predicted: &Placement) {
+    for (name, shards) in owned {
+        let expected: BTreeSet<u32> = predicted.owned_by(name).into_iter().collect();
+        assert_eq!(shards, &expected, "{name} owns other shards than predicted");
+    }
+}
+
+async fn user_via(entry: &NodeSummary, identity: &Identity) -> Client {
+    let client = Client::connect(&client_config(entry), identity.clone())
+        .await
+        .unwrap();
+    client.register().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_any_node_end_on_their_owner_and_exchange_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let cluster = start(config.clone(), &["local"; 3]).await;
+    let owned = settle(&cluster, 3).await;
+    let placement = predict(
+        &config,
+        &[
+            ("node-1", "local"),
+            ("node-2", "local"),
+            ("node-3", "local"),
+        ],
+    );
+    assert_matches(&owned, &placement);
+
+    // Six users, each entering through node (i mod 3); at least one through a node that is
+    // not its owner, so a redirect is certain to be exercised.
+    let nodes = cluster.nodes();
+    let mut identities: Vec<Identity> = (0..5).map(|_| Identity::generate().unwrap()).collect();
+    let first_owner = owner_of(&placement, &identities[0].account());
+    let mut users = Vec::new();
+    let mut redirected = 0;
+    loop {
+        let id = Identity::generate().unwrap();
+        if owner_of(&placement, &id.account()) != first_owner {
+            identities.insert(0, id);
+            break;
+        }
+    }
+    for (i, identity) in identities.iter().enumerate() {
+        let entry = if i == 0 {
+            node(&cluster, &first_owner)
+        } else {
+            nodes[i % 3].clone()
+        };
+        let client = user_via(&entry, identity).await;
+        let owner = node(&cluster, &owner_of(&placement, &identity.account()));
+        assert_eq!(client.server(), owner.address, "user {i} is on its owner");
+        if entry.name != owner.name {
+            redirected += 1;
+        }
+        users.push(client);
+    }
+    assert!(redirected >= 1);
+
+    // Everyone sends to the next user; everyone receives from the previous one.
+    let mut inboxes = Vec::new();
+    for u in &users {
+        inboxes.push(u.subscribe().await.unwrap());
+    }
+    for (i, u) in users.iter().enumerate() {
+        let to = users[(i + 1) % users.len()].account();
+        u.send(&to, format!("hello from {i}")).await.unwrap();
+    }
+    for (i, inbox) in inboxes.iter_mut().enumerate() {
+        let got = common::receive(inbox, 1, Duration::from_secs(10)).await;
+        let from = (i + users.len() - 1) % users.len();
+        assert_eq!(got.len(), 1, "user {i} got its envelope");
+        assert_eq!(got[0].ciphertext, format!("hello from {from}").as_bytes());
+        users[i].ack(&[got[0].envelope_id]).await.unwrap();
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+/// What senders had acknowledged and receivers saw, for the invariants.
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged to the sender: message id → recipient.
+    sent: Mutex<HashMap<[u8; 16], AccountId>>,
+    /// Delivered, per recipient.
+    received: Mutex<HashMap<AccountId, HashSet<[u8; 16]>>>,
+    violations: Mutex<Vec<String>>,
+}
+
+async fn keep_sending(
+    from: Arc<Client>,
+    to: AccountId,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[8..].copy_from_slice(&from.account().as_bytes()[..8]);
+        n += 1;
+        // The same id until it is acknowledged: a retry is the same message.
+        loop {
+            match from.send_with_id(&to, format!("m{n}"), id).await {
+                Ok(_) => {
+                    ledger.sent.lock().unwrap().insert(id, to);
+                    break;
+                }
+                Err(_) if !stop.load(Ordering::Relaxed) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receives and acknowledges everything. A copy that arrives after its ack was sent can be
+/// legitimate (pushed by the old node before the ack, during a move); that nothing comes
+/// back once acknowledged is checked at the end, on a fresh session.
+async fn keep_receiving(client: Arc<Client>, ledger: Arc<Ledger>) {
+    let me = client.account();
+    let mut inbox = client.subscribe().await.unwrap();
+    while let Some(d) = inbox.next().await {
+        ledger
+            .received
+            .lock()
+            .unwrap()
+            .entry(me)
+            .or_default()
+            .insert(d.client_message_id);
+        let mut tries = 0;
+        while let Err(e) = client.ack(&[d.envelope_id]).await {
+            tries += 1;
+            if tries == 50 {
+                ledger
+                    .violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("ack failed: {e}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    ledger
+        .violations
+        .lock()
+        .unwrap()
+        .push(format!("{me}'s delivery stream ended"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_what_placement_says()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let cluster = start(config.clone(), &["local"; 3]).await;
+    let before = settle(&cluster, 3).await;
+    let p3 = predict(
+        &config,
+        &[
+            ("node-1", "local"),
+            ("node-2", "local"),
+            ("node-3", "local"),
+        ],
+    );
+    assert_matches(&before, &p3);
+
+    let entry = node(&cluster, "node-1");
+    let mut users = Vec::new();
+    let mut identity_of = HashMap::new();
+    for _ in 0..4 {
+        let identity = Identity::generate().unwrap();
+        identity_of.insert(identity.account(), identity.clone());
+        users.push(Arc::new(user_via(&entry, &identity).await));
+    }
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        tasks.push(tokio::spawn(keep_receiving(u.clone(), ledger.clone())));
+        let to = users[(i + 1) % users.len()].account();
+        tasks.push(tokio::spawn(keep_sending(
+            u.clone(),
+            to,
+            ledger.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Join: shards move only to the new node, exactly those predicted.
+    cluster.add_node().await.unwrap();
+    let joined = settle(&cluster, 4).await;
+    let p4 = predict(
+        &config,
+        &[
+            ("node-1", "local"),
+            ("node-2", "local"),
+            ("node-3", "local"),
+            ("node-4", "local"),
+        ],
+    );
+    assert_matches(&joined, &p4);
+    let moves = p3.moves(&p4);
+    assert!(!moves.is_empty());
+    assert!(moves.iter().all(|(_, _, to)| *to == Some("node-4")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Drain: only the drained node's shards move.
+    cluster.drain("node-2").await.unwrap();
+    let drained = settle(&cluster, 3).await;
+    let p_after = predict(
+        &config,
+        &[
+            ("node-1", "local"),
+            ("node-3", "local"),
+            ("node-4", "local"),
+        ],
+    );
+    assert_matches(&drained, &p_after);
+    assert!(
+        p4.moves(&p_after)
+            .iter()
+            .all(|(_, from, _)| *from == Some("node-2"))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    // Every acknowledged envelope arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: usize = {
+            let sent = ledger.sent.lock().unwrap();
+            let received = ledger.received.lock().unwrap();
+            sent.iter()
+                .filter(|(id, to)| !received.get(to).is_some_and(|r| r.contains(*id)))
+                .count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged envelopes never arrived; {:?}",
+            ledger.violations.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = ledger.sent.lock().unwrap().len();
+    assert!(sent > 100, "the senders kept sending ({sent})");
+    assert_eq!(*ledger.violations.lock().unwrap(), Vec::<String>::new());
+    // Each client followed its mailbox to the node that owns it now.
+    let addresses: HashMap<String, SocketAddr> = cluster
+        .nodes()
+        .into_iter()
+        .map(|n| (n.name, n.address))
+        .collect();
+    for u in &users {
+        assert_eq!(
+            u.server(),
+            addresses[&owner_of(&p_after, &u.account())],
+            "the client is on its mailbox's owner"
+        );
+    }
+    for t in tasks {
+        t.abort();
+    }
+    // Nothing acknowledged comes back: a fresh session on each mailbox finds it empty.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for u in &users {
+        let owner = node(&cluster, &owner_of(&p_after, &u.account()));
+        let fresh = log_in_eventually(&owner, &identity_of[&u.account()]).await;
+        let mut inbox = fresh.subscribe().await.unwrap();
+        common::assert_nothing_arrives(&mut inbox).await;
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+/// Connects `identity` through `entry` and logs in, retrying while the cluster still
+/// sends it to a node that is gone.
+async fn log_in_eventually(entry: &NodeSummary, identity: &Identity) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = async {
+            let c = Client::connect(&client_config(entry), identity.clone()).await?;
+            c.authenticate().await?;
+            Ok::<_, ClientError>(c)
+        };
+        match attempt.await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "could not log in: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_is_replaced_after_the_timeout_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let cluster = start(config.clone(), &["local"; 3]).await;
+    settle(&cluster, 3).await;
+    let p3 = predict(
+        &config,
+        &[
+            ("node-1", "local"),
+            ("node-2", "local"),
+            ("node-3", "local"),
+        ],
+    );
+    let victim_id = loop {
+        let id = Identity::generate().unwrap();
+        if owner_of(&p3, &id.account()) == "node-2" {
+            break id;
+        }
+    };
+    let sender_id = loop {
+        let id = Identity::generate().unwrap();
+        if owner_of(&p3, &id.account()) == "node-1" {
+            break id;
+        }
+    };
+    let entry = node(&cluster, "node-1");
+    let victim = user_via(&entry, &victim_id).await;
+    assert_eq!(victim.server(), node(&cluster, "node-2").address);
+    let sender = user_via(&entry, &sender_id).await;
+    let mut inbox = victim.subscribe().await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let id = [i as u8; 16];
+        sender
+            .send_with_id(&victim_id.account(), format!("before {i}"), id)
+            .await
+            .unwrap();
+        sent.push(id);
+    }
+    let got = common::receive(&mut inbox, 10, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 10);
+    // Half are acknowledged before the crash; the other half must come again.
+    let acked: Vec<[u8; 16]> = got[..5].iter().map(|d| d.client_message_id).collect();
+    let ids: Vec<u64> = got[..5].iter().map(|d| d.envelope_id).collect();
+    victim.ack(&ids).await.unwrap();
+
+    cluster.kill("node-2").unwrap();
+    // Sends go on through a live node while the dead one is not yet declared dead.
+    for i in 10..20 {
+        let id = [i as u8; 16];
+        sender
+            .send_with_id(&victim_id.account(), format!("during {i}"), id)
+            .await
+            .unwrap();
+        sent.push(id);
+    }
+    // Declared dead after the failure-detection timeout; its shards moved.
+    let owned = settle(&cluster, 2).await;
+    let p2 = predict(&config, &[("node-1", "local"), ("node-3", "local")]);
+    assert_matches(&owned, &p2);
+
+    let victim = log_in_eventually(&entry, &victim_id).await;
+    let new_owner = node(&cluster, &owner_of(&p2, &victim_id.account()));
+    assert_eq!(victim.server(), new_owner.address);
+    let mut inbox = victim.subscribe().await.unwrap();
+    let got = common::receive(&mut inbox, 15, Duration::from_secs(10)).await;
+    let got_ids: BTreeSet<[u8; 16]> = got.iter().map(|d| d.client_message_id).collect();
+    let expected: BTreeSet<[u8; 16]> = sent
+        .iter()
+        .filter(|id| !acked.contains(id))
+        .copied()
+        .collect();
+    assert_eq!(got_ids, expected, "every unacknowledged envelope, once");
+    assert_eq!(got.len(), expected.len());
+    common::assert_nothing_arrives(&mut inbox).await;
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_mailboxes_are_unavailable_without_their_region_and_never_placed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let pinned: Vec<u32> = (0..SHARDS / 2).collect();
+    let config = NodeConfig {
+        region_pins: vec![RegionPin {
+            shards: pinned.clone(),
+            regions: vec!["eu".into()],
+        }],
+        ..cluster_config(dir.path())
+    };
+    let cluster = start(config.clone(), &["eu", "eu", "us"]).await;
+    settle(&cluster, 3).await;
+    let us = node(&cluster, "node-3");
+    let euro = loop {
+        let id = Identity::generate().unwrap();
+        if pinned.contains(&shard_of(&id.account(), SHARDS)) {
+            break id;
+        }
+    };
+    // Entering through the us node, the pinned mailbox lands on an eu node.
+    let client = user_via(&us, &euro).await;
+    let eu_addresses = [
+        node(&cluster, "node-1").address,
+        node(&cluster, "node-2").address,
+    ];
+    assert!(eu_addresses.contains(&client.server()));
+    client.close().await;
+
+    cluster.kill("node-1").unwrap();
+    cluster.kill("node-2").unwrap();
+    let owned = settle(&cluster, 1).await;
+    let us_owns = &owned["node-3"];
+    assert!(
+        us_owns.iter().all(|s| !pinned.contains(s)),
+        "a pinned shard was placed on the us node: {us_owns:?}"
+    );
+    assert_eq!(
+        us_owns.len(),
+        (SHARDS / 2) as usize,
+        "it owns every unpinned shard"
+    );
+
+    let c = Client::connect(&client_config(&us), euro.clone())
+        .await
+        .unwrap();
+    match c.authenticate().await {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::MailboxUnavailable), "{e}"),
+        Ok(()) => panic!("a pinned mailbox was served outside its region"),
+    }
+    // A send to it is still accepted (the log keeps it) and waits for its region.
+    let local = loop {
+        let id = Identity::generate().unwrap();
+        if !pinned.contains(&shard_of(&id.account(), SHARDS)) {
+            break id;
+        }
+    };
+    let sender = user_via(&us, &local).await;
+    sender.send(&euro.account(), "kept for you").await.unwrap();
+
+    // An eu node comes back: the mailbox is served again, with what was sent meanwhile.
+    cluster
+        .add_node_with(|c| c.region = "eu".into())
+        .await
+        .unwrap();
+    settle(&cluster, 2).await;
+    let back = log_in_eventually(&us, &euro).await;
+    assert_eq!(back.server(), node(&cluster, "node-4").address);
+    let mut inbox = back.subscribe().await.unwrap();
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ciphertext, "kept for you".as_bytes());
+    cluster.shutdown().await.unwrap();
+}
