@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{NodeProcess, levee_bin};
+use common::{NodeProcess, PrintedNode, levee_bin};
 use levee_relay::tls::Trust;
 
 fn levee(dir: &Path, args: &[&str]) -> Output {
@@ -220,4 +220,140 @@ fn help_and_configuration_errors() {
         "{}",
         stderr(&invalid)
     );
+}
+
+/// `levee up --nodes 3`, then the cluster commands: list, add, drain; clients of the CLI are
+/// redirected to their owners; after SIGKILL and a restart nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_cluster_is_run_and_changed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let (process, nodes) = NodeProcess::start_cluster(&data, 3, &["--admin", "127.0.0.1:0"]);
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2", "node-3"]);
+    let admin = |i: usize| nodes[i].admin.unwrap().to_string();
+
+    let v = wait_for_nodes(d, &admin(0), &["node-1", "node-2", "node-3"]);
+    let listed = v["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let shards: u64 = listed.iter().map(|n| n["shards"].as_u64().unwrap()).sum();
+    assert_eq!(shards, 256, "every shard has one owner");
+    let text = levee(d, &["node", "list", "--admin", &admin(0)]);
+    assert!(stdout(&text).contains("node-3"), "{}", stdout(&text));
+
+    // The CLI's client follows redirects: register and send through any node.
+    for who in ["alice", "bob"] {
+        let out = levee(d, &["keygen", "--out", &format!("{who}.key")]);
+        assert!(out.status.success());
+    }
+    let bob_id = {
+        let bob = Command::new(levee_bin())
+            .current_dir(d)
+            .args(["register", "--identity", "bob.key", "--json"])
+            .args(server_args(&nodes[2]))
+            .output()
+            .unwrap();
+        assert!(bob.status.success(), "{}", stderr(&bob));
+        let v: serde_json::Value = serde_json::from_str(stdout(&bob).trim()).unwrap();
+        v["account"].as_str().unwrap().to_owned()
+    };
+    let run = |args: Vec<String>| {
+        let out = Command::new(levee_bin())
+            .current_dir(d)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    let mut register = vec![
+        "register".to_string(),
+        "--identity".into(),
+        "alice.key".into(),
+    ];
+    register.extend(server_args(&nodes[1]));
+    run(register);
+    let send = |text: &str, via: &PrintedNode| {
+        let mut args: Vec<String> = [
+            "send",
+            "--identity",
+            "alice.key",
+            "--to",
+            &bob_id,
+            "--text",
+            text,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(server_args(via));
+        run(args);
+    };
+    send("one", &nodes[0]);
+
+    // Add a node, then drain one: the cluster has node-1, node-3, node-4 after it.
+    let added = levee(d, &["node", "add", "--admin", &admin(0)]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(stdout(&added).contains("node-4"), "{}", stdout(&added));
+    let drained = levee(d, &["node", "drain", "--admin", &admin(1)]);
+    assert!(drained.status.success(), "{}", stderr(&drained));
+    assert!(stdout(&drained).contains("node-2"), "{}", stdout(&drained));
+    wait_for_nodes(d, &admin(0), &["node-1", "node-3", "node-4"]);
+    // The drained node's admin port is gone with it.
+    let gone = levee(d, &["node", "list", "--admin", &admin(1)]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("admin port"), "{}", stderr(&gone));
+
+    send("two", &nodes[2]);
+    // SIGKILL the whole process; after a restart both acknowledged envelopes arrive.
+    process.sigkill();
+    let (_process, nodes) = NodeProcess::start_cluster(&data, 3, &[]);
+    let mut recv = vec![
+        "recv".to_string(),
+        "--identity".into(),
+        "bob.key".into(),
+        "--count".into(),
+        "2".into(),
+        "--json".into(),
+    ];
+    recv.extend(server_args(&nodes[0]));
+    let out = run(recv);
+    let texts: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(texts, ["one", "two"], "{}", stdout(&out));
+}
+
+/// Polls `levee node list --json` until exactly `expected` are listed; returns the answer.
+fn wait_for_nodes(d: &Path, admin: &str, expected: &[&str]) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = levee(d, &["node", "list", "--admin", admin, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let mut names: Vec<String> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        if names == expected {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {names:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn server_args(node: &PrintedNode) -> Vec<String> {
+    vec![
+        "--server".into(),
+        node.addr.to_string(),
+        "--fingerprint".into(),
+        node.fingerprint.to_string(),
+    ]
 }

@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::tls::Fingerprint;
 
@@ -90,12 +91,26 @@ pub trait Roster: Send + Sync + 'static {
     async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError>;
     /// The current rows and epoch.
     async fn snapshot(&self) -> Result<RosterSnapshot, RosterError>;
+    /// A channel that changes with the epoch, when the backend can tell at once; nodes
+    /// then re-read without waiting for their next heartbeat.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The roster of the nodes of one process, in memory.
-#[derive(Default)]
 pub struct LocalRoster {
     inner: Mutex<Rows>,
+    epoch: watch::Sender<u64>,
+}
+
+impl Default for LocalRoster {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            epoch: watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -129,6 +144,7 @@ impl LocalRoster {
             .ok_or_else(|| RosterError::Unknown(name.to_owned()))?;
         f(info);
         rows.epoch += 1;
+        self.epoch.send_replace(rows.epoch);
         Ok(())
     }
 }
@@ -140,6 +156,7 @@ impl Roster for LocalRoster {
         node.state = NodeState::Active;
         rows.rows.insert(node.name.clone(), (node, Instant::now()));
         rows.epoch += 1;
+        self.epoch.send_replace(rows.epoch);
         Ok(())
     }
 
@@ -161,6 +178,7 @@ impl Roster for LocalRoster {
         let mut rows = self.lock();
         if rows.rows.remove(name).is_some() {
             rows.epoch += 1;
+            self.epoch.send_replace(rows.epoch);
         }
         Ok(())
     }
@@ -178,6 +196,7 @@ impl Roster for LocalRoster {
         }
         if !dead.is_empty() {
             rows.epoch += 1;
+            self.epoch.send_replace(rows.epoch);
         }
         Ok(dead)
     }
@@ -188,6 +207,10 @@ impl Roster for LocalRoster {
             epoch: rows.epoch,
             nodes: rows.rows.values().map(|(info, _)| info.clone()).collect(),
         })
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.epoch.subscribe())
     }
 }
 

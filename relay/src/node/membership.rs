@@ -146,15 +146,27 @@ impl Membership {
     }
 }
 
-/// Beats every `period` until `stop`.
+/// Beats every `period` until `stop`; re-reads at once when the roster says it changed.
 pub(crate) async fn keep(membership: Arc<Membership>, period: Duration, stop: CancelToken) {
+    let mut changes = membership.roster.changes();
+    let mut beat = tokio::time::interval(period);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let result = tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-        }
-        if let Err(e) = membership.beat().await {
+            _ = beat.tick() => membership.beat().await,
+            Some(()) = changed(&mut changes) => membership.refresh().await,
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "roster unavailable; keeping the last placement");
         }
+    }
+}
+
+/// Resolves when `changes` (if any) moves; never, for rosters that cannot tell.
+async fn changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match changes {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }

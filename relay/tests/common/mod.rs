@@ -259,31 +259,66 @@ pub struct NodeProcess {
     pub config: ClientConfig,
 }
 
+/// One node as `levee up` printed it.
+#[derive(Clone, Debug)]
+pub struct PrintedNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub fingerprint: Fingerprint,
+    pub admin: Option<SocketAddr>,
+}
+
+impl PrintedNode {
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr, Trust::Fingerprint(self.fingerprint))
+    }
+}
+
 impl NodeProcess {
     pub fn start(data: &Path) -> Self {
+        Self::start_cluster(data, 1, &[]).0
+    }
+
+    /// `levee up --nodes N` with `extra` flags; every node it printed.
+    pub fn start_cluster(data: &Path, nodes: usize, extra: &[&str]) -> (Self, Vec<PrintedNode>) {
         let mut child = Command::new(levee_bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(["--nodes", &nodes.to_string()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("levee up starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut fingerprint) = (None, None);
-        while addr.is_none() || fingerprint.is_none() {
-            let line = lines.next().expect("levee up prints its address").unwrap();
+        let mut printed: Vec<PrintedNode> = Vec::new();
+        // Each node's block starts with its name; the data line follows the last block.
+        loop {
+            let line = lines.next().expect("levee up prints its nodes").unwrap();
             let line = line.trim();
-            if let Some(a) = line.strip_prefix("address:") {
-                addr = Some(a.trim().parse::<SocketAddr>().unwrap());
+            if let Some(name) = line.strip_prefix("levee node ready:") {
+                printed.push(PrintedNode {
+                    name: name.trim().to_owned(),
+                    addr: "0.0.0.0:0".parse().unwrap(),
+                    fingerprint: Fingerprint([0; 32]),
+                    admin: None,
+                });
+            } else if let Some(a) = line.strip_prefix("address:") {
+                printed.last_mut().unwrap().addr = a.trim().parse().unwrap();
             } else if let Some(f) = line.strip_prefix("fingerprint:") {
-                fingerprint = Some(f.trim().parse::<Fingerprint>().unwrap());
+                printed.last_mut().unwrap().fingerprint = f.trim().parse().unwrap();
+            } else if let Some(a) = line.strip_prefix("admin:") {
+                printed.last_mut().unwrap().admin = Some(a.trim().parse().unwrap());
+            } else if line.starts_with("data:") {
+                break;
             }
         }
-        // Keep draining stdout so the node never blocks on a full pipe.
+        assert_eq!(printed.len(), nodes);
+        // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        let config = ClientConfig::new(addr.unwrap(), Trust::Fingerprint(fingerprint.unwrap()));
-        Self { child, config }
+        let config = printed[0].client_config();
+        (Self { child, config }, printed)
     }
 
     /// Sends SIGKILL (std's `kill` on Unix): no shutdown code runs.
