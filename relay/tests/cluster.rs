@@ -181,6 +181,19 @@ async fn clients_on_any_node_end_on_their_owner_and_exchange_envelopes() {
         users.push(client);
     }
     assert!(redirected >= 1);
+    // The placement and the redirects are visible on the metrics page.
+    let (_, metrics) = admin_request(nodes[0].admin.unwrap(), "GET", "/metrics").await;
+    for expected in [
+        "levee_shards_owned{node=\"node-1\"}",
+        "levee_placement_epoch{node=\"node-1\"}",
+        "levee_redirects_total{",
+        "levee_shard_handoffs_total{",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
 
     // Everyone sends to the next user; everyone receives from the previous one.
     let mut inboxes = Vec::new();
