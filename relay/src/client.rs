@@ -280,12 +280,9 @@ pub struct AckReceipt {
     pub unknown_ids: Vec<u64>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::Response>>>>;
-
-fn lock(p: &Pending) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::Response>>> {
-    // Holds only reply channels; a panic elsewhere cannot leave it inconsistent.
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Reply channels of the requests in flight on one connection; `None` once its reader has
+/// stopped, so a request can never wait for an answer nobody will deliver.
+type Pending = Mutex<Option<HashMap<u64, oneshot::Sender<pb::Response>>>>;
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The client's mutexes hold plain values replaced whole; a panic cannot tear them.
@@ -420,7 +417,7 @@ async fn open_link(
         .map_err(|e| ClientError::Closed(e.to_string()))?;
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(LinkShared {
-        pending: Arc::default(),
+        pending: Mutex::new(Some(HashMap::new())),
         deliveries: Mutex::new(Some(deliveries)),
         moved: Mutex::new(None),
     });
@@ -758,13 +755,18 @@ impl Inner {
     async fn request_on(&self, link: &Link, body: Body) -> Result<R, ClientError> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&link.shared.pending).insert(request_id, tx);
+        match locked(&link.shared.pending).as_mut() {
+            Some(pending) => pending.insert(request_id, tx),
+            None => return Err(link.closed()),
+        };
         let frame = encode_frame(&pb::ClientFrame {
             request_id,
             body: Some(body),
         });
         if link.outbox.send(frame).is_err() {
-            lock(&link.shared.pending).remove(&request_id);
+            if let Some(p) = locked(&link.shared.pending).as_mut() {
+                p.remove(&request_id);
+            }
             return Err(link.closed());
         }
         let timeout = self.config.request_timeout;
@@ -772,7 +774,9 @@ impl Inner {
             Ok(Ok(response)) => response,
             Ok(Err(_)) => return Err(link.closed()),
             Err(_) => {
-                lock(&link.shared.pending).remove(&request_id);
+                if let Some(p) = locked(&link.shared.pending).as_mut() {
+                    p.remove(&request_id);
+                }
                 return Err(ClientError::Timeout(timeout));
             }
         };
@@ -1045,7 +1049,10 @@ async fn read_loop(
                 Some(pb::server_frame::Body::Response(r)) => {
                     if r.request_id == 0 {
                         tracing::warn!(response = ?r.result, "connection-level error from server");
-                    } else if let Some(tx) = lock(&link.pending).remove(&r.request_id) {
+                    } else if let Some(tx) = locked(&link.pending)
+                        .as_mut()
+                        .and_then(|p| p.remove(&r.request_id))
+                    {
                         let _ = tx.send(r);
                     }
                 }
@@ -1076,7 +1083,7 @@ async fn read_loop(
         }
     }
     // Dropping the reply channels fails every outstanding request at once.
-    lock(&link.pending).clear();
+    locked(&link.pending).take();
     // A moved session's deliveries go on through the next connection; otherwise the
     // delivery stream ends with this connection.
     if locked(&link.moved).is_none() {

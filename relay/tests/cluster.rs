@@ -219,7 +219,7 @@ async fn clients_on_any_node_end_on_their_owner_and_exchange_envelopes() {
 struct Ledger {
     /// Acknowledged to the sender: message id → recipient.
     sent: Mutex<HashMap<[u8; 16], AccountId>>,
-    /// Delivered, per recipient.
+    /// Delivered and acknowledged, per recipient.
     received: Mutex<HashMap<AccountId, HashSet<[u8; 16]>>>,
     violations: Mutex<Vec<String>>,
 }
@@ -236,17 +236,24 @@ async fn keep_sending(
         id[..8].copy_from_slice(&n.to_be_bytes());
         id[8..].copy_from_slice(&from.account().as_bytes()[..8]);
         n += 1;
-        // The same id until it is acknowledged: a retry is the same message.
+        // The same id until it is acknowledged: a retry is the same message. Even after
+        // `stop`, so that no send is left half-known (possibly stored, never acknowledged).
+        let mut tries = 0;
         loop {
             match from.send_with_id(&to, format!("m{n}"), id).await {
                 Ok(_) => {
                     ledger.sent.lock().unwrap().insert(id, to);
                     break;
                 }
-                Err(_) if !stop.load(Ordering::Relaxed) => {
+                Err(e) => {
+                    tries += 1;
+                    if tries == 100 {
+                        let msg = format!("a send kept failing: {e}");
+                        ledger.violations.lock().unwrap().push(msg);
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(_) => break,
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -260,13 +267,6 @@ async fn keep_receiving(client: Arc<Client>, ledger: Arc<Ledger>) {
     let me = client.account();
     let mut inbox = client.subscribe().await.unwrap();
     while let Some(d) = inbox.next().await {
-        ledger
-            .received
-            .lock()
-            .unwrap()
-            .entry(me)
-            .or_default()
-            .insert(d.client_message_id);
         let mut tries = 0;
         while let Err(e) = client.ack(&[d.envelope_id]).await {
             tries += 1;
@@ -280,6 +280,13 @@ async fn keep_receiving(client: Arc<Client>, ledger: Arc<Ledger>) {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        ledger
+            .received
+            .lock()
+            .unwrap()
+            .entry(me)
+            .or_default()
+            .insert(d.client_message_id);
     }
     ledger
         .violations
@@ -315,11 +322,11 @@ async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_wh
     }
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    let (mut receivers, mut senders) = (Vec::new(), Vec::new());
     for (i, u) in users.iter().enumerate() {
-        tasks.push(tokio::spawn(keep_receiving(u.clone(), ledger.clone())));
+        receivers.push(tokio::spawn(keep_receiving(u.clone(), ledger.clone())));
         let to = users[(i + 1) % users.len()].account();
-        tasks.push(tokio::spawn(keep_sending(
+        senders.push(tokio::spawn(keep_sending(
             u.clone(),
             to,
             ledger.clone(),
@@ -365,8 +372,11 @@ async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_wh
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
 
-    // Every acknowledged envelope arrives.
+    // Every acknowledged envelope arrives (and is acknowledged by its recipient).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let missing: usize = {
@@ -402,8 +412,8 @@ async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_wh
             "the client is on its mailbox's owner"
         );
     }
-    for t in tasks {
-        t.abort();
+    for r in receivers {
+        r.abort();
     }
     // Nothing acknowledged comes back: a fresh session on each mailbox finds it empty.
     tokio::time::sleep(Duration::from_millis(500)).await;
