@@ -128,6 +128,34 @@ fn assert_matches(owned: &HashMap<String, BTreeSet<u32>>, predicted: &Placement)
     }
 }
 
+/// Three nodes in region "local", settled, owning what the library predicts.
+async fn three_nodes(dir: &Path) -> (NodeConfig, Arc<LocalCluster>, Placement) {
+    let config = cluster_config(dir);
+    let cluster = start(config.clone(), &["local"; 3]).await;
+    let placement = settled_as(&cluster, &config, &["node-1", "node-2", "node-3"]).await;
+    (config, cluster, placement)
+}
+
+/// Waits until the running nodes (all in region "local") agree, and checks that each owns
+/// exactly what the library predicts for `names`; returns that placement.
+async fn settled_as(cluster: &LocalCluster, config: &NodeConfig, names: &[&str]) -> Placement {
+    let owned = settle(cluster, names.len()).await;
+    let members: Vec<(&str, &str)> = names.iter().map(|n| (*n, "local")).collect();
+    let placement = predict(config, &members);
+    assert_matches(&owned, &placement);
+    placement
+}
+
+/// A fresh identity whose mailbox satisfies `wanted` (e.g. lives on a given node).
+fn identity_where(wanted: impl Fn(&AccountId) -> bool) -> Identity {
+    loop {
+        let id = Identity::generate().unwrap();
+        if wanted(&id.account()) {
+            return id;
+        }
+    }
+}
+
 async fn user_via(entry: &NodeSummary, identity: &Identity) -> Client {
     let client = Client::connect(&client_config(entry), identity.clone())
         .await
@@ -139,18 +167,7 @@ async fn user_via(entry: &NodeSummary, identity: &Identity) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_any_node_end_on_their_owner_and_exchange_envelopes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_config(dir.path());
-    let cluster = start(config.clone(), &["local"; 3]).await;
-    let owned = settle(&cluster, 3).await;
-    let placement = predict(
-        &config,
-        &[
-            ("node-1", "local"),
-            ("node-2", "local"),
-            ("node-3", "local"),
-        ],
-    );
-    assert_matches(&owned, &placement);
+    let (_, cluster, placement) = three_nodes(dir.path()).await;
 
     // Six users, each entering through node (i mod 3); at least one through a node that is
     // not its owner, so a redirect is certain to be exercised.
@@ -159,13 +176,10 @@ async fn clients_on_any_node_end_on_their_owner_and_exchange_envelopes() {
     let first_owner = owner_of(&placement, &identities[0].account());
     let mut users = Vec::new();
     let mut redirected = 0;
-    loop {
-        let id = Identity::generate().unwrap();
-        if owner_of(&placement, &id.account()) != first_owner {
-            identities.insert(0, id);
-            break;
-        }
-    }
+    identities.insert(
+        0,
+        identity_where(|a| owner_of(&placement, a) != first_owner),
+    );
     for (i, identity) in identities.iter().enumerate() {
         let entry = if i == 0 {
             node(&cluster, &first_owner)
@@ -299,18 +313,7 @@ async fn keep_receiving(client: Arc<Client>, ledger: Arc<Ledger>) {
 async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_what_placement_says()
 {
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_config(dir.path());
-    let cluster = start(config.clone(), &["local"; 3]).await;
-    let before = settle(&cluster, 3).await;
-    let p3 = predict(
-        &config,
-        &[
-            ("node-1", "local"),
-            ("node-2", "local"),
-            ("node-3", "local"),
-        ],
-    );
-    assert_matches(&before, &p3);
+    let (config, cluster, p3) = three_nodes(dir.path()).await;
 
     let entry = node(&cluster, "node-1");
     let mut users = Vec::new();
@@ -337,17 +340,7 @@ async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_wh
 
     // Join: shards move only to the new node, exactly those predicted.
     cluster.add_node().await.unwrap();
-    let joined = settle(&cluster, 4).await;
-    let p4 = predict(
-        &config,
-        &[
-            ("node-1", "local"),
-            ("node-2", "local"),
-            ("node-3", "local"),
-            ("node-4", "local"),
-        ],
-    );
-    assert_matches(&joined, &p4);
+    let p4 = settled_as(&cluster, &config, &["node-1", "node-2", "node-3", "node-4"]).await;
     let moves = p3.moves(&p4);
     assert!(!moves.is_empty());
     assert!(moves.iter().all(|(_, _, to)| *to == Some("node-4")));
@@ -355,16 +348,7 @@ async fn a_join_and_a_drain_under_continuous_sends_lose_nothing_and_move_only_wh
 
     // Drain: only the drained node's shards move.
     cluster.drain("node-2").await.unwrap();
-    let drained = settle(&cluster, 3).await;
-    let p_after = predict(
-        &config,
-        &[
-            ("node-1", "local"),
-            ("node-3", "local"),
-            ("node-4", "local"),
-        ],
-    );
-    assert_matches(&drained, &p_after);
+    let p_after = settled_as(&cluster, &config, &["node-1", "node-3", "node-4"]).await;
     assert!(
         p4.moves(&p_after)
             .iter()
@@ -449,43 +433,29 @@ async fn log_in_eventually(entry: &NodeSummary, identity: &Identity) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_dies_is_replaced_after_the_timeout_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let config = cluster_config(dir.path());
-    let cluster = start(config.clone(), &["local"; 3]).await;
-    settle(&cluster, 3).await;
-    let p3 = predict(
-        &config,
-        &[
-            ("node-1", "local"),
-            ("node-2", "local"),
-            ("node-3", "local"),
-        ],
-    );
-    let victim_id = loop {
-        let id = Identity::generate().unwrap();
-        if owner_of(&p3, &id.account()) == "node-2" {
-            break id;
-        }
-    };
-    let sender_id = loop {
-        let id = Identity::generate().unwrap();
-        if owner_of(&p3, &id.account()) == "node-1" {
-            break id;
-        }
-    };
+    let (config, cluster, p3) = three_nodes(dir.path()).await;
+    let victim_id = identity_where(|a| owner_of(&p3, a) == "node-2");
+    let sender_id = identity_where(|a| owner_of(&p3, a) == "node-1");
     let entry = node(&cluster, "node-1");
     let victim = user_via(&entry, &victim_id).await;
     assert_eq!(victim.server(), node(&cluster, "node-2").address);
     let sender = user_via(&entry, &sender_id).await;
     let mut inbox = victim.subscribe().await.unwrap();
     let mut sent = Vec::new();
-    for i in 0..10 {
-        let id = [i as u8; 16];
-        sender
-            .send_with_id(&victim_id.account(), format!("before {i}"), id)
-            .await
-            .unwrap();
-        sent.push(id);
-    }
+    let send = |range: std::ops::Range<u8>, when: &'static str| {
+        let (sender, to) = (&sender, victim_id.account());
+        async move {
+            let mut ids = Vec::new();
+            for i in range {
+                let id = [i; 16];
+                let text = format!("{when} {i}");
+                sender.send_with_id(&to, text, id).await.unwrap();
+                ids.push(id);
+            }
+            ids
+        }
+    };
+    sent.extend(send(0..10, "before").await);
     let got = common::receive(&mut inbox, 10, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 10);
     // Half are acknowledged before the crash; the other half must come again.
@@ -495,18 +465,9 @@ async fn a_node_that_dies_is_replaced_after_the_timeout_and_nothing_acknowledged
 
     cluster.kill("node-2").unwrap();
     // Sends go on through a live node while the dead one is not yet declared dead.
-    for i in 10..20 {
-        let id = [i as u8; 16];
-        sender
-            .send_with_id(&victim_id.account(), format!("during {i}"), id)
-            .await
-            .unwrap();
-        sent.push(id);
-    }
+    sent.extend(send(10..20, "during").await);
     // Declared dead after the failure-detection timeout; its shards moved.
-    let owned = settle(&cluster, 2).await;
-    let p2 = predict(&config, &[("node-1", "local"), ("node-3", "local")]);
-    assert_matches(&owned, &p2);
+    let p2 = settled_as(&cluster, &config, &["node-1", "node-3"]).await;
 
     let victim = log_in_eventually(&entry, &victim_id).await;
     let new_owner = node(&cluster, &owner_of(&p2, &victim_id.account()));
@@ -539,12 +500,7 @@ async fn pinned_mailboxes_are_unavailable_without_their_region_and_never_placed_
     let cluster = start(config.clone(), &["eu", "eu", "us"]).await;
     settle(&cluster, 3).await;
     let us = node(&cluster, "node-3");
-    let euro = loop {
-        let id = Identity::generate().unwrap();
-        if pinned.contains(&shard_of(&id.account(), SHARDS)) {
-            break id;
-        }
-    };
+    let euro = identity_where(|a| pinned.contains(&shard_of(a, SHARDS)));
     // Entering through the us node, the pinned mailbox lands on an eu node.
     let client = user_via(&us, &euro).await;
     let eu_addresses = [
@@ -576,12 +532,7 @@ async fn pinned_mailboxes_are_unavailable_without_their_region_and_never_placed_
         Ok(()) => panic!("a pinned mailbox was served outside its region"),
     }
     // A send to it is still accepted (the log keeps it) and waits for its region.
-    let local = loop {
-        let id = Identity::generate().unwrap();
-        if !pinned.contains(&shard_of(&id.account(), SHARDS)) {
-            break id;
-        }
-    };
+    let local = identity_where(|a| !pinned.contains(&shard_of(a, SHARDS)));
     let sender = user_via(&us, &local).await;
     sender.send(&euro.account(), "kept for you").await.unwrap();
 
