@@ -1,12 +1,14 @@
 //! Metrics: every name, its help text and unit, in one place; Prometheus text exposition.
 //!
-//! Labels never carry an address, an account id or content.
+//! Every series carries the node's name (`node`); labels never carry an address, an account
+//! id or content.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -152,69 +154,141 @@ fn class_label(class: RequestClass) -> &'static str {
     }
 }
 
-pub(crate) fn admitted(class: RequestClass) {
-    counter!(ADMITTED, "class" => class_label(class)).increment(1);
+const CLASSES: [RequestClass; 4] = [
+    RequestClass::Control,
+    RequestClass::Messaging,
+    RequestClass::Login,
+    RequestClass::Registration,
+];
+
+/// One node's metrics, every series labelled with the node's name (several nodes can run
+/// in one process). The handles are registered once, so recording is a plain atomic
+/// update; created before the recorder is installed, they record nothing.
+#[derive(Clone)]
+pub(crate) struct NodeMetrics {
+    node: String,
+    admitted: [Counter; 4],
+    shed: [Counter; 4],
+    queue_wait: Histogram,
+    scheduling_lag: Histogram,
+    level: Gauge,
+    line_length: Gauge,
+    line_rate: Gauge,
+    line_wait: Gauge,
+    queued: Counter,
+    delivery_lag: Gauge,
+    backend_latency: Gauge,
+    connections: Gauge,
+    envelopes_accepted: Counter,
+    envelopes_stored: Counter,
+    shards_owned: Gauge,
+    placement_epoch: Gauge,
+    handoffs_in: Counter,
+    handoffs_out: Counter,
+    redirects: Counter,
+    moves: Counter,
 }
 
-pub(crate) fn shed(class: RequestClass) {
-    counter!(SHED, "class" => class_label(class)).increment(1);
-}
+impl NodeMetrics {
+    pub(crate) fn new(node: &str) -> Self {
+        let n = || ("node", node.to_owned());
+        let by_class = |name: &'static str| {
+            CLASSES.map(|c| counter!(name, "class" => class_label(c), "node" => node.to_owned()))
+        };
+        Self {
+            node: node.to_owned(),
+            admitted: by_class(ADMITTED),
+            shed: by_class(SHED),
+            queue_wait: histogram!(QUEUE_WAIT, &[n()]),
+            scheduling_lag: histogram!(SCHEDULING_LAG, &[n()]),
+            level: gauge!(LEVEL, &[n()]),
+            line_length: gauge!(LINE_LENGTH, &[n()]),
+            line_rate: gauge!(LINE_RATE, &[n()]),
+            line_wait: gauge!(LINE_WAIT, &[n()]),
+            queued: counter!(QUEUED, &[n()]),
+            delivery_lag: gauge!(DELIVERY_LAG, &[n()]),
+            backend_latency: gauge!(BACKEND_LATENCY, &[n()]),
+            connections: gauge!(CONNECTIONS, &[n()]),
+            envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
+            envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
+            shards_owned: gauge!(SHARDS_OWNED, &[n()]),
+            placement_epoch: gauge!(PLACEMENT_EPOCH, &[n()]),
+            handoffs_in: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "in"),
+            handoffs_out: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "out"),
+            redirects: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "redirect"),
+            moves: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "moved"),
+        }
+    }
 
-pub(crate) fn queue_wait(wait: Duration) {
-    histogram!(QUEUE_WAIT).record(wait.as_secs_f64());
-}
+    pub(crate) fn admitted(&self, class: RequestClass) {
+        self.admitted[class as usize].increment(1);
+    }
 
-/// How late the scheduler ran the lag probe.
-pub(crate) fn scheduling_lag(lag: Duration) {
-    histogram!(SCHEDULING_LAG).record(lag.as_secs_f64());
-}
+    pub(crate) fn shed(&self, class: RequestClass) {
+        self.shed[class as usize].increment(1);
+    }
 
-/// The admission state after a window or tick.
-pub(crate) fn admission_state(level: f64, line_length: u64, line_rate: f64) {
-    gauge!(LEVEL).set(level);
-    gauge!(LINE_LENGTH).set(line_length as f64);
-    gauge!(LINE_RATE).set(line_rate);
-}
+    pub(crate) fn queue_wait(&self, wait: Duration) {
+        self.queue_wait.record(wait.as_secs_f64());
+    }
 
-pub(crate) fn queued(estimated_wait: Duration) {
-    counter!(QUEUED).increment(1);
-    gauge!(LINE_WAIT).set(estimated_wait.as_secs_f64());
-}
+    /// How late the scheduler ran the lag probe.
+    pub(crate) fn scheduling_lag(&self, lag: Duration) {
+        self.scheduling_lag.record(lag.as_secs_f64());
+    }
 
-pub(crate) fn ticket_rejected(reason: &'static str) {
-    counter!(TICKETS_REJECTED, "reason" => reason).increment(1);
-}
+    /// The admission state after a window or tick.
+    pub(crate) fn admission_state(&self, level: f64, line_length: u64, line_rate: f64) {
+        self.level.set(level);
+        self.line_length.set(line_length as f64);
+        self.line_rate.set(line_rate);
+    }
 
-pub(crate) fn delivery_lag(records: u64) {
-    gauge!(DELIVERY_LAG).set(records as f64);
-}
+    pub(crate) fn queued(&self, estimated_wait: Duration) {
+        self.queued.increment(1);
+        self.line_wait.set(estimated_wait.as_secs_f64());
+    }
 
-pub(crate) fn backend_latency(seconds: f64) {
-    gauge!(BACKEND_LATENCY).set(seconds);
-}
+    /// Rare, so the series is looked up per call.
+    pub(crate) fn ticket_rejected(&self, reason: &'static str) {
+        counter!(TICKETS_REJECTED, "reason" => reason, "node" => self.node.clone()).increment(1);
+    }
 
-pub(crate) fn connections(open: usize) {
-    gauge!(CONNECTIONS).set(open as f64);
-}
+    pub(crate) fn delivery_lag(&self, records: u64) {
+        self.delivery_lag.set(records as f64);
+    }
 
-pub(crate) fn envelope_accepted() {
-    counter!(ENVELOPES_ACCEPTED).increment(1);
-}
+    pub(crate) fn backend_latency(&self, seconds: f64) {
+        self.backend_latency.set(seconds);
+    }
 
-pub(crate) fn envelopes_stored(n: usize) {
-    counter!(ENVELOPES_STORED).increment(n as u64);
-}
+    pub(crate) fn connections(&self, open: usize) {
+        self.connections.set(open as f64);
+    }
 
-/// The node's placement after a change: what it owns now, and what moved in and out.
-pub(crate) fn placement(node: &str, epoch: u64, owned: usize, gained: usize, lost: usize) {
-    let node = node.to_owned();
-    gauge!(SHARDS_OWNED, "node" => node.clone()).set(owned as f64);
-    gauge!(PLACEMENT_EPOCH, "node" => node.clone()).set(epoch as f64);
-    counter!(HANDOFFS, "node" => node.clone(), "direction" => "in").increment(gained as u64);
-    counter!(HANDOFFS, "node" => node, "direction" => "out").increment(lost as u64);
-}
+    pub(crate) fn envelope_accepted(&self) {
+        self.envelopes_accepted.increment(1);
+    }
 
-/// A client sent elsewhere: `kind` is "redirect" (at login) or "moved" (mid-session).
-pub(crate) fn redirected(node: &str, kind: &'static str) {
-    counter!(REDIRECTS, "node" => node.to_owned(), "kind" => kind).increment(1);
+    pub(crate) fn envelopes_stored(&self, n: usize) {
+        self.envelopes_stored.increment(n as u64);
+    }
+
+    /// The node's placement after a change: what it owns now, and what moved in and out.
+    pub(crate) fn placement(&self, epoch: u64, owned: usize, gained: usize, lost: usize) {
+        self.shards_owned.set(owned as f64);
+        self.placement_epoch.set(epoch as f64);
+        self.handoffs_in.increment(gained as u64);
+        self.handoffs_out.increment(lost as u64);
+    }
+
+    /// A client sent to another node at login.
+    pub(crate) fn redirected(&self) {
+        self.redirects.increment(1);
+    }
+
+    /// A session told mid-way that its mailbox moved.
+    pub(crate) fn moved(&self) {
+        self.moves.increment(1);
+    }
 }

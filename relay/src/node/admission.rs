@@ -13,7 +13,7 @@ use crate::admission::{
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
-use crate::telemetry;
+use crate::telemetry::NodeMetrics;
 
 /// How often cohorts are reshuffled.
 const COHORT_ROTATION: Duration = Duration::from_secs(3600);
@@ -73,6 +73,7 @@ pub(crate) struct Admission {
     tickets: TicketKey,
     node_id: u32,
     rng: SystemRandom,
+    metrics: NodeMetrics,
 }
 
 /// The id a node's tickets carry: derived from its name, so it is the same on every start
@@ -113,7 +114,12 @@ fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl Admission {
-    pub(crate) fn new(config: &NodeConfig, secret: &[u8], node_id: u32) -> Self {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        secret: &[u8],
+        node_id: u32,
+        metrics: NodeMetrics,
+    ) -> Self {
         let now = Instant::now();
         let controller = AdmissionController::new(
             ControllerConfig {
@@ -139,6 +145,7 @@ impl Admission {
             tickets: TicketKey::new(secret),
             node_id,
             rng: SystemRandom::new(),
+            metrics,
         }
     }
 
@@ -162,10 +169,10 @@ impl Admission {
         let cohort = self.salt.cohort(key, since_epoch());
         let state = self.lock();
         if state.controller.admits(class, cohort) {
-            telemetry::admitted(class);
+            self.metrics.admitted(class);
             return Ok(());
         }
-        telemetry::shed(class);
+        self.metrics.shed(class);
         // One window is when the level can next change.
         Err((self.window.as_millis() as f64 * self.jitter()) as u64)
     }
@@ -177,7 +184,7 @@ impl Admission {
         let mut state = self.lock();
         state.backend_ms = 0.9 * state.backend_ms + 0.1 * took.as_secs_f64() * 1000.0;
         self.judge_backend(&mut state);
-        telemetry::backend_latency(state.backend_ms / 1000.0);
+        self.metrics.backend_latency(state.backend_ms / 1000.0);
     }
 
     /// Records how many log records delivery has yet to store. Past
@@ -187,7 +194,7 @@ impl Admission {
         let mut state = self.lock();
         state.lagging = records > self.lag_limit;
         self.judge_backend(&mut state);
-        telemetry::delivery_lag(records);
+        self.metrics.delivery_lag(records);
     }
 
     /// The backend is overloaded while writes are slow or delivery lags.
@@ -219,7 +226,7 @@ impl Admission {
 
     /// Records how long a request waited in this node's queues before work on it started.
     pub(crate) fn record_wait(&self, wait: Duration) {
-        telemetry::queue_wait(wait);
+        self.metrics.queue_wait(wait);
         if !self.enabled {
             return;
         }
@@ -233,7 +240,7 @@ impl Admission {
     /// Records how late the scheduler ran the lag probe (see
     /// [`AdmissionController::record_lag`]).
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
-        telemetry::scheduling_lag(lag);
+        self.metrics.scheduling_lag(lag);
         if self.enabled {
             self.lock().controller.record_lag(lag);
         }
@@ -250,7 +257,7 @@ impl Admission {
             state.window_closed(closed, now);
         }
         state.line.advance(now);
-        telemetry::admission_state(
+        self.metrics.admission_state(
             state.controller.level().fraction(),
             state.line.len(),
             state.line.served_rate(),
@@ -267,7 +274,7 @@ impl Admission {
             Some(bytes) => match self.tickets.open(bytes, key, now_ms) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    telemetry::ticket_rejected(e.reason());
+                    self.metrics.ticket_rejected(e.reason());
                     return RegistrationDecision::Rejected(e);
                 }
             },
@@ -283,7 +290,7 @@ impl Admission {
         };
         if state.line.may_enter(position) {
             state.line.entered();
-            telemetry::admitted(RequestClass::Registration);
+            self.metrics.admitted(RequestClass::Registration);
             return RegistrationDecision::Enter;
         }
         let wait = state.line.wait_for(position);
@@ -297,7 +304,7 @@ impl Admission {
             key_hash: key_hash(key),
             node_id: self.node_id,
         });
-        telemetry::queued(wait);
+        self.metrics.queued(wait);
         let retry_after = wait
             .min(MAX_RETRY_AFTER)
             .mul_f64(self.jitter())
@@ -325,7 +332,12 @@ mod tests {
             registration_initial_rate: rate,
             ..NodeConfig::default()
         };
-        Admission::new(&config, b"0123456789abcdef0123456789abcdef", 1)
+        Admission::new(
+            &config,
+            b"0123456789abcdef0123456789abcdef",
+            1,
+            NodeMetrics::new("test"),
+        )
     }
 
     #[test]
@@ -407,7 +419,7 @@ mod tests {
             registration_initial_rate: 1.0,
             ..NodeConfig::default()
         };
-        let a = Admission::new(&config, b"k", 1);
+        let a = Admission::new(&config, b"k", 1, NodeMetrics::new("test"));
         for i in 0..100u32 {
             assert_eq!(
                 a.register(&i.to_be_bytes(), None),

@@ -21,7 +21,6 @@ use crate::clock::now_ms;
 use crate::cluster::{NodeInfo, Route};
 use crate::identity::Purpose;
 use crate::session::{Refusal, Session};
-use crate::telemetry;
 use crate::wire::internal::LoggedEnvelope;
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, encode_frame};
@@ -49,7 +48,7 @@ struct Counted(Arc<Shared>);
 impl Drop for Counted {
     fn drop(&mut self) {
         let open = self.0.connections.fetch_sub(1, Ordering::Relaxed) - 1;
-        telemetry::connections(open);
+        self.0.metrics.connections(open);
     }
 }
 
@@ -59,7 +58,8 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     handshaking: Handshaking,
 ) {
-    telemetry::connections(shared.connections.fetch_add(1, Ordering::Relaxed) + 1);
+    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    shared.metrics.connections(open);
     let _counted = Counted(shared.clone());
     // Errors here are the client's business (it went away, or spoke badly); they are not
     // logged with any detail that could identify the client.
@@ -190,7 +190,7 @@ impl Connection {
             // Nobody may hold it now; the client finds out when it comes back.
             Route::Unavailable => pb::Redirect::default(),
         };
-        telemetry::redirected(view.me(), "moved");
+        self.shared.metrics.moved();
         let frame = pb::ServerFrame {
             body: Some(pb::server_frame::Body::Moved(redirect)),
         };
@@ -360,7 +360,7 @@ impl Connection {
             match view.route(&mailbox) {
                 Route::Local => {}
                 Route::Elsewhere(owner) => {
-                    telemetry::redirected(view.me(), "redirect");
+                    self.shared.metrics.redirected();
                     let redirect = redirect_to(owner, view.epoch());
                     return self
                         .respond(pb::Response::ok(id, R::Redirect(redirect)))
@@ -571,7 +571,7 @@ async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) ->
     match appended {
         Ok(positions) => match positions.first() {
             Some(p) => {
-                telemetry::envelope_accepted();
+                shared.metrics.envelope_accepted();
                 pb::Response::ok(
                     id,
                     R::SendOk(pb::SendOk {

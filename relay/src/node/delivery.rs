@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use super::Shared;
 use super::tokio_util_shim::CancelToken;
 use crate::clock::now_ms;
-use crate::telemetry;
 use crate::wire::internal::LoggedEnvelope;
 
 /// Consumer group of the delivery workers.
@@ -167,7 +166,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         for mailbox in &woken {
             shared.presence.notify(mailbox);
         }
-        telemetry::envelopes_stored(
+        shared.metrics.envelopes_stored(
             outcomes
                 .iter()
                 .filter(|o| **o == InsertOutcome::Stored)

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::tokio_util_shim::CancelToken;
 use crate::cluster::{ClusterView, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
-use crate::telemetry;
+use crate::telemetry::NodeMetrics;
 
 pub(crate) struct Membership {
     roster: Arc<dyn Roster>,
@@ -25,6 +25,7 @@ pub(crate) struct Membership {
     view: watch::Sender<Arc<ClusterView>>,
     draining: AtomicBool,
     left: AtomicBool,
+    metrics: NodeMetrics,
 }
 
 impl Membership {
@@ -34,6 +35,7 @@ impl Membership {
         me: NodeInfo,
         placement: PlacementConfig,
         failure_timeout: Duration,
+        metrics: NodeMetrics,
     ) -> Self {
         let empty = RosterSnapshot {
             epoch: 0,
@@ -48,6 +50,7 @@ impl Membership {
             view: watch::Sender::new(view),
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            metrics,
         }
     }
 
@@ -91,7 +94,8 @@ impl Membership {
         let after: BTreeSet<_> = view.owned().into_iter().collect();
         let gained = after.difference(&before).count();
         let lost = before.difference(&after).count();
-        telemetry::placement(view.me(), view.epoch(), after.len(), gained, lost);
+        self.metrics
+            .placement(view.epoch(), after.len(), gained, lost);
         if gained + lost > 0 {
             tracing::info!(
                 node = view.me(),

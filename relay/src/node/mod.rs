@@ -66,6 +66,7 @@ pub(crate) struct Shared {
     pub presence: Presence,
     pub rng: SystemRandom,
     pub connections: AtomicUsize,
+    pub metrics: crate::telemetry::NodeMetrics,
     pub membership: Arc<membership::Membership>,
     /// Set once to start draining (admin port, or the embedded cluster).
     pub drain: tokio::sync::watch::Sender<bool>,
@@ -186,16 +187,9 @@ impl Node {
             weight: config.weight,
             state: NodeState::Active,
         };
-        let membership = Arc::new(membership::Membership::new(
-            roster,
-            me,
-            config.placement(),
-            Duration::from_millis(config.failure_timeout_ms),
-        ));
-        let admission =
-            admission::Admission::new(&config, &secret, admission::node_id(&config.node_name));
         let admin = match config.admin_listen {
             Some(addr) => {
+                // Before the node's metric handles exist, or they would record nothing.
                 crate::telemetry::install();
                 let listener = std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -204,6 +198,20 @@ impl Node {
             }
             None => None,
         };
+        let metrics = crate::telemetry::NodeMetrics::new(&config.node_name);
+        let membership = Arc::new(membership::Membership::new(
+            roster,
+            me,
+            config.placement(),
+            Duration::from_millis(config.failure_timeout_ms),
+            metrics.clone(),
+        ));
+        let admission = admission::Admission::new(
+            &config,
+            &secret,
+            admission::node_id(&config.node_name),
+            metrics.clone(),
+        );
         Ok(Self {
             endpoint,
             admin,
@@ -218,6 +226,7 @@ impl Node {
                 presence: Presence::default(),
                 rng: SystemRandom::new(),
                 connections: AtomicUsize::new(0),
+                metrics,
                 membership,
                 drain: tokio::sync::watch::Sender::new(false),
                 cluster_admin: std::sync::OnceLock::new(),
