@@ -161,7 +161,16 @@ impl LocalCluster {
             .await
         });
         // Wait until it is in the roster, so whoever added it sees it in the placement.
-        let _ = joined.await;
+        if joined.await.is_err() {
+            // It stopped before joining; say why.
+            return match task.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err(NodeError::Config(format!(
+                    "{} stopped before joining the cluster",
+                    summary.name
+                ))),
+            };
+        }
         self.lock().insert(
             summary.name.clone(),
             Running {
