@@ -10,10 +10,13 @@
 //!   a Kafka consumer with manual partition assignment, which is the distributed backend.
 //! - [`EmbeddedLog`]: the default backend, in the embedded fjall database shared with the
 //!   mailbox store.
+//! - [`KafkaLog`]: the distributed backend, one Kafka partition per shard.
 #![warn(missing_docs)]
 
 mod embedded;
+mod kafka;
 mod log;
 
 pub use embedded::EmbeddedLog;
+pub use kafka::{KafkaConfig, KafkaLog};
 pub use log::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};

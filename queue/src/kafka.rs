@@ -1,0 +1,384 @@
+//! The delivery log in Apache Kafka: one topic, one partition per shard.
+//!
+//! - Appends go through an idempotent producer (`enable.idempotence=true`, `acks=all`) to
+//!   the recipient's shard's partition; `append` returns only after Kafka's delivery report,
+//!   so an envelope is acknowledged to its sender only once the broker has it.
+//! - Consumers assign partitions by hand (placement decides who delivers a shard, not
+//!   Kafka's group protocol) and commit offsets to the consumer group only when the caller
+//!   says the records are stored, so a restart or a new owner resumes after the last
+//!   committed record.
+//! - Records are not deleted on commit: the topic's retention removes them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use levee_sharding::{MailboxId, ShardId};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
+
+/// Longest a broker request made while opening or assigning may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a consumer re-reads the partitions' high watermarks for its lag estimate.
+const WATERMARK_REFRESH: Duration = Duration::from_secs(2);
+
+fn backend(e: KafkaError) -> LogError {
+    LogError::Backend(format!("kafka: {e}"))
+}
+
+/// Where the log lives in Kafka.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
+    pub brokers: String,
+    /// The topic (created with `shards` partitions if missing).
+    pub topic: String,
+    /// Replication factor when creating the topic.
+    pub replication: i32,
+}
+
+/// The delivery log in Kafka; see the module docs.
+#[derive(Clone)]
+pub struct KafkaLog {
+    config: KafkaConfig,
+    shards: u32,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("config", &self.config)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic with one partition per shard if it is missing, and
+    /// checks that an existing topic has exactly `shards` partitions.
+    pub async fn open(config: KafkaConfig, shards: u32) -> Result<Self, LogError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .create()
+            .map_err(backend)?;
+        let topic = NewTopic::new(
+            &config.topic,
+            shards as i32,
+            TopicReplication::Fixed(config.replication),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        for result in admin
+            .create_topics([&topic], &options)
+            .await
+            .map_err(backend)?
+        {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(LogError::Backend(format!(
+                        "kafka: cannot create topic {t}: {code}"
+                    )));
+                }
+            }
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(backend)?;
+        let partitions = {
+            let producer = producer.clone();
+            let topic = config.topic.clone();
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+                    .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+            })
+            .await
+            .map_err(|e| LogError::Backend(format!("metadata task: {e}")))?
+            .map_err(backend)?
+        };
+        if partitions != shards as usize {
+            return Err(LogError::Backend(format!(
+                "kafka topic {} has {partitions} partitions but the configuration says {shards} shards",
+                config.topic
+            )));
+        }
+        Ok(Self {
+            config,
+            shards,
+            producer,
+        })
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for KafkaLog {
+    fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    async fn append(&self, records: Vec<LogRecord>) -> Result<Vec<LogPosition>, LogError> {
+        // Hand every record to the producer first, then wait for the reports, so a batch
+        // costs one round trip rather than one per record.
+        let mut reports = Vec::with_capacity(records.len());
+        for r in &records {
+            if r.shard >= self.shards {
+                return Err(LogError::NoSuchShard {
+                    shard: r.shard,
+                    shards: self.shards,
+                });
+            }
+            let record = FutureRecord::to(&self.config.topic)
+                .partition(r.shard as i32)
+                .key(r.mailbox.as_bytes().as_slice())
+                .payload(r.payload.as_ref());
+            let report = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| backend(e))?;
+            reports.push(report);
+        }
+        let mut positions = Vec::with_capacity(reports.len());
+        for report in reports {
+            let delivery = report
+                .await
+                .map_err(|_| LogError::Backend("kafka: producer went away".into()))?
+                .map_err(|(e, _)| backend(e))?;
+            positions.push(LogPosition {
+                shard: delivery.partition as ShardId,
+                offset: delivery.offset as u64,
+            });
+        }
+        Ok(positions)
+    }
+
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(backend)?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            topic: self.config.topic.clone(),
+            shards: self.shards,
+            next: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            high: BTreeMap::new(),
+            high_read: None,
+        }))
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    shards: u32,
+    /// Assigned shard → next offset to hand out.
+    next: BTreeMap<ShardId, u64>,
+    /// Assigned shard → next offset after the last commit (for lag).
+    committed: BTreeMap<ShardId, u64>,
+    /// Assigned shard → its high watermark when last read, and when that was.
+    high: BTreeMap<ShardId, u64>,
+    high_read: Option<std::time::Instant>,
+}
+
+impl KafkaConsumer {
+    /// Re-reads the high watermarks every [`WATERMARK_REFRESH`], for [`lag`](LogConsumer::lag).
+    async fn refresh_watermarks(&mut self) {
+        if self
+            .high_read
+            .is_some_and(|t| t.elapsed() < WATERMARK_REFRESH)
+        {
+            return;
+        }
+        self.high_read = Some(std::time::Instant::now());
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let shards: Vec<ShardId> = self.next.keys().copied().collect();
+        let read = tokio::task::spawn_blocking(move || {
+            shards
+                .into_iter()
+                .filter_map(|s| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, s as i32, Duration::from_secs(1))
+                        .ok()?;
+                    Some((s, high.max(0) as u64))
+                })
+                .collect::<BTreeMap<_, _>>()
+        })
+        .await;
+        if let Ok(high) = read {
+            self.high = high;
+        }
+    }
+
+    /// The group's committed offsets for `shards` (0 where none).
+    async fn committed_offsets(&self, shards: &[ShardId]) -> Result<Vec<u64>, LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for s in shards {
+            tpl.add_partition(&self.topic, *s as i32);
+        }
+        // The group coordinator may still be loading (right after the broker started, or
+        // when the offsets topic is first created): that passes, so try again for a while.
+        let mut attempt = 0;
+        let committed = loop {
+            let (consumer, tpl) = (self.consumer.clone(), tpl.clone());
+            let read =
+                tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, ADMIN_TIMEOUT))
+                    .await
+                    .map_err(|e| LogError::Backend(format!("offsets task: {e}")))?;
+            match read {
+                Ok(committed) => break committed,
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "committed offsets not readable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
+        Ok(shards
+            .iter()
+            .map(|s| {
+                match committed
+                    .find_partition(&self.topic, *s as i32)
+                    .map(|p| p.offset())
+                {
+                    Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                    _ => 0,
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError> {
+        if let Some(s) = shards.iter().find(|s| **s >= self.shards) {
+            return Err(LogError::NoSuchShard {
+                shard: *s,
+                shards: self.shards,
+            });
+        }
+        let new: Vec<ShardId> = shards
+            .iter()
+            .filter(|s| !self.next.contains_key(s))
+            .copied()
+            .collect();
+        let from_group = self.committed_offsets(&new).await?;
+        let mut next = BTreeMap::new();
+        let mut committed = BTreeMap::new();
+        for s in shards {
+            // A shard kept goes on where it was; records already handed out are not handed
+            // out again.
+            let (n, c) = match (self.next.get(s), self.committed.get(s)) {
+                (Some(n), Some(c)) => (*n, *c),
+                _ => {
+                    let i = new.iter().position(|x| x == s).unwrap_or(0);
+                    let c = from_group.get(i).copied().unwrap_or(0);
+                    (c, c)
+                }
+            };
+            next.insert(*s, n);
+            committed.insert(*s, c);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (s, n) in &next {
+            tpl.add_partition_offset(&self.topic, *s as i32, Offset::Offset(*n as i64))
+                .map_err(backend)?;
+        }
+        self.consumer.assign(&tpl).map_err(backend)?;
+        self.next = next;
+        self.committed = committed;
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
+        let mut out = Vec::new();
+        self.refresh_watermarks().await;
+        if self.next.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(out);
+        }
+        let mut budget = wait;
+        while out.len() < max {
+            let message = match tokio::time::timeout(budget, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(backend(e)),
+                Ok(Ok(m)) => m,
+            };
+            // After the first record, take only what has already arrived.
+            budget = Duration::ZERO;
+            let shard = message.partition() as ShardId;
+            let offset = message.offset() as u64;
+            let Some(mailbox) = message.key().and_then(MailboxId::from_slice) else {
+                return Err(LogError::Corrupt { shard, offset });
+            };
+            self.next.insert(shard, offset + 1);
+            out.push(LoggedRecord {
+                position: LogPosition { shard, offset },
+                mailbox,
+                payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {
+        let mut upto = BTreeMap::<ShardId, u64>::new();
+        for p in done {
+            let e = upto.entry(p.shard).or_insert(0);
+            *e = (*e).max(p.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (shard, next) in &upto {
+            if self.committed.get(shard).is_some_and(|c| next > c) {
+                tpl.add_partition_offset(&self.topic, *shard as i32, Offset::Offset(*next as i64))
+                    .map_err(backend)?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| LogError::Backend(format!("commit task: {e}")))?
+            .map_err(backend)?;
+        for (shard, next) in upto {
+            if let Some(c) = self.committed.get_mut(&shard) {
+                *c = (*c).max(next);
+            }
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> u64 {
+        // From the watermarks read at most a refresh period ago: an estimate is enough for
+        // a health signal, and lag() must not wait on the broker.
+        self.committed
+            .iter()
+            .map(|(s, c)| self.high.get(s).map_or(0, |h| h.saturating_sub(*c)))
+            .sum()
+    }
+}

@@ -1,0 +1,103 @@
+//! The Kafka delivery log against a real broker. Needs one: start it with
+//! `scripts/services.sh up`, then
+//! `LEVEE_KAFKA=127.0.0.1:19092 cargo test -p levee-queue --test kafka -- --ignored`.
+//! Ignored by default until the README's test command starts the services (issue 5).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use levee_queue::{
+    DeliveryLog, KafkaConfig, KafkaLog, LogConsumer, LogPosition, LogRecord, LoggedRecord,
+};
+use levee_sharding::MailboxId;
+
+fn config(topic: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: std::env::var("LEVEE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into()),
+        topic: topic.into(),
+        replication: 1,
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos}")
+}
+
+fn record(shard: u32, n: u8) -> LogRecord {
+    LogRecord {
+        shard,
+        mailbox: MailboxId([n; 32]),
+        payload: Bytes::from(vec![n; 10]),
+    }
+}
+
+fn at(shard: u32, offset: u64) -> LogPosition {
+    LogPosition { shard, offset }
+}
+
+/// Polls until `n` records came (each poll must bring some); returns them in log order.
+async fn poll_until(c: &mut dyn LogConsumer, n: usize) -> Vec<LoggedRecord> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let batch = c.poll(100, Duration::from_secs(10)).await.unwrap();
+        assert!(!batch.is_empty(), "records arrive");
+        got.extend(batch);
+    }
+    got.sort_by_key(|r| r.position);
+    got
+}
+
+#[tokio::test]
+#[ignore = "needs Kafka: scripts/services.sh up"]
+async fn append_consume_commit_resume_and_reassign() {
+    let topic = unique("levee-test");
+    let log = KafkaLog::open(config(&topic), 4).await.unwrap();
+    // Opening again finds the topic and agrees with it; another shard count is refused.
+    KafkaLog::open(config(&topic), 4).await.unwrap();
+    assert!(KafkaLog::open(config(&topic), 8).await.is_err());
+
+    let positions = log
+        .append(vec![record(0, 1), record(1, 2), record(1, 3), record(3, 4)])
+        .await
+        .unwrap();
+    assert_eq!(positions, [at(0, 0), at(1, 0), at(1, 1), at(3, 0),]);
+    assert!(log.append(vec![record(4, 5)]).await.is_err(), "no shard 4");
+
+    let mut c = log.consumer("delivery").await.unwrap();
+    c.assign(&[0, 1, 2, 3]).await.unwrap();
+    let got = poll_until(c.as_mut(), 4).await;
+    assert_eq!(got[2].mailbox, MailboxId([3; 32]));
+    assert_eq!(got[2].payload, Bytes::from(vec![3u8; 10]));
+    assert!(
+        c.poll(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Commit shard 0 and the first record of shard 1 only.
+    c.commit(&[got[0].position, got[1].position]).await.unwrap();
+    drop(c);
+
+    // A new consumer of the group (a restart, or a new owner) resumes after the commits.
+    let mut again = log.consumer("delivery").await.unwrap();
+    again.assign(&[1, 3]).await.unwrap();
+    let rest = poll_until(again.as_mut(), 2).await;
+    let positions: Vec<LogPosition> = rest.iter().map(|r| r.position).collect();
+    assert_eq!(positions, [at(1, 1), at(3, 0),]);
+    // Lag: two records read but not committed (watermarks are re-read every 2 s).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let _ = again.poll(1, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(again.lag(), 2);
+    again.commit(&positions).await.unwrap();
+    assert_eq!(again.lag(), 0);
+    // Another group starts from the beginning.
+    let mut other = log.consumer("audit").await.unwrap();
+    other.assign(&[1]).await.unwrap();
+    let first = other.poll(10, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(first[0].position, at(1, 0));
+}
