@@ -31,6 +31,7 @@ use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admission::solve_work;
 use crate::identity::{AccountId, Identity, Purpose, transcript};
 use crate::tls::{Fingerprint, MismatchFlag, Trust, quic_client_config};
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
@@ -792,17 +793,20 @@ impl Inner {
         }
     }
 
-    async fn challenge_on(&self, link: &Link) -> Result<[u8; 32], ClientError> {
+    /// A fresh challenge on `link`: its nonce and the proof-of-work bits it asks of a
+    /// registration without a ticket.
+    async fn challenge_on(&self, link: &Link) -> Result<([u8; 32], u32), ClientError> {
         let hello = Body::Hello(pb::Hello {
             client: format!("levee-relay/{}", env!("CARGO_PKG_VERSION")),
         });
         match self.request_on(link, hello).await? {
             R::Challenge(c) => {
                 *locked(&self.max_envelope_bytes) = Some(c.max_envelope_bytes);
-                c.nonce
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| ClientError::Protocol("challenge nonce is not 32 bytes".into()))
+                let nonce =
+                    c.nonce.as_ref().try_into().map_err(|_| {
+                        ClientError::Protocol("challenge nonce is not 32 bytes".into())
+                    })?;
+                Ok((nonce, c.registration_work_bits))
             }
             other => Err(unexpected(&other)),
         }
@@ -814,7 +818,7 @@ impl Inner {
         purpose: Purpose,
         ticket: Option<Bytes>,
     ) -> Result<Proved, ClientError> {
-        let nonce = self.challenge_on(link).await?;
+        let (nonce, work_bits) = self.challenge_on(link).await?;
         let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
             purpose,
             &link.exporter,
@@ -823,6 +827,12 @@ impl Inner {
         let public_key = Bytes::copy_from_slice(self.identity.account().as_bytes());
         let body = match purpose {
             Purpose::Register => Body::Register(pb::Register {
+                work: match &ticket {
+                    None if work_bits > 0 => {
+                        solve_off_runtime(nonce, &public_key, work_bits).await?
+                    }
+                    _ => 0,
+                },
                 public_key,
                 signature,
                 ticket: ticket.unwrap_or_default(),
@@ -973,6 +983,28 @@ impl Inner {
         // Could not follow: let the delivery stream end like a closed connection's.
         locked(&old.shared.deliveries).take();
     }
+}
+
+/// The most proof of work this client will do for one registration: about 2^24 hashes
+/// (seconds of CPU). A server asking more is refused rather than obeyed.
+const MAX_CLIENT_WORK_BITS: u32 = 24;
+
+/// Solves a registration's proof of work on a blocking thread (it is CPU work: about
+/// 2^`bits` hashes); refuses if the server asks more than [`MAX_CLIENT_WORK_BITS`].
+async fn solve_off_runtime(
+    nonce: [u8; 32],
+    public_key: &[u8],
+    bits: u32,
+) -> Result<u64, ClientError> {
+    if bits > MAX_CLIENT_WORK_BITS {
+        return Err(ClientError::Protocol(format!(
+            "the server asks {bits} bits of proof of work, more than the {MAX_CLIENT_WORK_BITS} this client does"
+        )));
+    }
+    let key = public_key.to_vec();
+    tokio::task::spawn_blocking(move || solve_work(&nonce, &key, bits))
+        .await
+        .map_err(|e| ClientError::Protocol(format!("proof of work did not finish: {e}")))
 }
 
 fn unexpected(r: &R) -> ClientError {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use levee_sharding::PlacementConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::MAX_WORK_BITS;
+
 /// Configuration of one relay node (embedded deployment).
 ///
 /// Read by the `levee` binary from a TOML file (`--config`), then `LEVEE_*` environment
@@ -75,6 +77,10 @@ pub struct NodeConfig {
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
+    /// Proof of work for registrations while a waiting line forms: the most leading zero
+    /// bits asked (difficulty rises one bit per doubling of the line from 8 bits, up to
+    /// this). 0, the default, turns it off; at most 28.
+    pub registration_work_max_bits: u32,
     /// This node's name in the cluster: unique and stable across restarts.
     pub node_name: String,
     /// The region this node runs in; shards pinned to regions only go to nodes in them.
@@ -138,6 +144,7 @@ impl Default for NodeConfig {
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,
+            registration_work_max_bits: 0,
             node_name: "node-1".into(),
             region: "local".into(),
             weight: 1,
@@ -188,6 +195,11 @@ impl NodeConfig {
         }
         if !(self.registration_initial_rate.is_finite() && self.registration_initial_rate >= 1.0) {
             return Err("registration_initial_rate must be at least 1".into());
+        }
+        if self.registration_work_max_bits > MAX_WORK_BITS {
+            return Err(format!(
+                "registration_work_max_bits may be at most {MAX_WORK_BITS}"
+            ));
         }
         if let Some(key) = &self.cluster_key
             && (key.len() < 32 || hex::decode(key).is_err())

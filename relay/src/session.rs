@@ -2,6 +2,7 @@
 //!
 //! Pure logic, no I/O: the connection handler feeds it requests and acts on its answers.
 
+use crate::admission::verify_work;
 use crate::identity::{self, AccountId, Purpose};
 use crate::wire::pb::ErrorCode;
 
@@ -25,6 +26,8 @@ pub struct Session {
     exporter: [u8; 32],
     /// The outstanding challenge, single use.
     nonce: Option<[u8; 32]>,
+    /// Proof-of-work bits the outstanding challenge asks of a registration without a ticket.
+    work_bits: u32,
     account: Option<AccountId>,
     subscribed: bool,
 }
@@ -35,14 +38,16 @@ impl Session {
         Self {
             exporter,
             nonce: None,
+            work_bits: 0,
             account: None,
             subscribed: false,
         }
     }
 
-    /// `Hello`: issues `nonce` as the challenge. Allowed until authenticated, so a client
-    /// whose proof was refused can try again.
-    pub fn hello(&mut self, nonce: [u8; 32]) -> Result<(), Refusal> {
+    /// `Hello`: issues `nonce` as the challenge, asking `work_bits` of proof of work from a
+    /// registration that presents no ticket. Allowed until authenticated, so a client whose
+    /// proof was refused can try again.
+    pub fn hello(&mut self, nonce: [u8; 32], work_bits: u32) -> Result<(), Refusal> {
         if self.account.is_some() {
             return Err(refuse(
                 ErrorCode::ProtocolViolation,
@@ -50,16 +55,20 @@ impl Session {
             ));
         }
         self.nonce = Some(nonce);
+        self.work_bits = work_bits;
         Ok(())
     }
 
-    /// `Register` / `Authenticate`: checks the signature over this session's transcript.
+    /// `Register` / `Authenticate`: checks the signature over this session's transcript,
+    /// and, when `work` is given (a registration without a ticket), the proof of work the
+    /// challenge asked for — first, since it costs one hash against a signature check.
     /// Uses up the challenge either way, so a failed attempt cannot be retried blind.
     pub fn verify_proof(
         &mut self,
         purpose: Purpose,
         public_key: &[u8],
         signature: &[u8],
+        work: Option<u64>,
     ) -> Result<AccountId, Refusal> {
         if self.account.is_some() {
             return Err(refuse(
@@ -73,6 +82,14 @@ impl Session {
         ))?;
         let account = AccountId::from_slice(public_key)
             .ok_or(refuse(ErrorCode::Malformed, "public_key must be 32 bytes"))?;
+        if let Some(solution) = work
+            && !verify_work(&nonce, public_key, self.work_bits, solution)
+        {
+            return Err(refuse(
+                ErrorCode::WorkRequired,
+                "registration needs the proof of work its challenge asked for",
+            ));
+        }
         if signature.len() != 64 {
             return Err(refuse(ErrorCode::Malformed, "signature must be 64 bytes"));
         }
@@ -128,33 +145,33 @@ mod tests {
         let sig = me.sign(&transcript(Purpose::Register, &[7; 32], &[1; 32]));
         let key = me.account().0;
         assert_eq!(
-            s.verify_proof(Purpose::Register, &key, &sig)
+            s.verify_proof(Purpose::Register, &key, &sig, None)
                 .map_err(|r| r.code),
             Err(ErrorCode::ProtocolViolation),
             "no challenge yet"
         );
-        s.hello([1; 32]).expect("hello");
+        s.hello([1; 32], 0).expect("hello");
         // Signed for another session's exporter: refused, and the nonce is used up.
         let elsewhere = me.sign(&transcript(Purpose::Register, &[8; 32], &[1; 32]));
         assert_eq!(
-            s.verify_proof(Purpose::Register, &key, &elsewhere)
+            s.verify_proof(Purpose::Register, &key, &elsewhere, None)
                 .map_err(|r| r.code),
             Err(ErrorCode::BadSignature)
         );
         assert_eq!(
-            s.verify_proof(Purpose::Register, &key, &sig)
+            s.verify_proof(Purpose::Register, &key, &sig, None)
                 .map_err(|r| r.code),
             Err(ErrorCode::ProtocolViolation)
         );
-        s.hello([1; 32]).expect("hello again");
+        s.hello([1; 32], 0).expect("hello again");
         assert_eq!(
-            s.verify_proof(Purpose::Register, &key[..31], &sig)
+            s.verify_proof(Purpose::Register, &key[..31], &sig, None)
                 .map_err(|r| r.code),
             Err(ErrorCode::Malformed)
         );
-        s.hello([1; 32]).expect("hello again");
+        s.hello([1; 32], 0).expect("hello again");
         assert_eq!(
-            s.verify_proof(Purpose::Register, &key, &sig),
+            s.verify_proof(Purpose::Register, &key, &sig, None),
             Ok(me.account())
         );
         s.bind(me.account());
@@ -164,8 +181,40 @@ mod tests {
             Err(ErrorCode::ProtocolViolation)
         );
         assert_eq!(
-            s.hello([2; 32]).map_err(|r| r.code),
+            s.hello([2; 32], 0).map_err(|r| r.code),
             Err(ErrorCode::ProtocolViolation)
+        );
+    }
+
+    #[test]
+    fn a_registration_without_ticket_must_carry_the_work_its_challenge_asked() {
+        let me = Identity::generate().expect("rng");
+        let key = me.account().0;
+        let nonce = [5; 32];
+        let sig = me.sign(&transcript(Purpose::Register, &[7; 32], &nonce));
+        let mut s = Session::new([7; 32]);
+        s.hello(nonce, 10).expect("hello");
+        let wrong = (0..)
+            .find(|w| !verify_work(&nonce, &key, 10, *w))
+            .expect("some");
+        assert_eq!(
+            s.verify_proof(Purpose::Register, &key, &sig, Some(wrong))
+                .map_err(|r| r.code),
+            Err(ErrorCode::WorkRequired)
+        );
+        // The challenge is used up; a new one may ask for different work.
+        s.hello(nonce, 10).expect("hello again");
+        let solved = crate::admission::solve_work(&nonce, &key, 10);
+        assert_eq!(
+            s.verify_proof(Purpose::Register, &key, &sig, Some(solved)),
+            Ok(me.account())
+        );
+        // Exempt (a ticket was presented, or a login): no work looked at.
+        let mut s = Session::new([7; 32]);
+        s.hello(nonce, 10).expect("hello");
+        assert_eq!(
+            s.verify_proof(Purpose::Register, &key, &sig, None),
+            Ok(me.account())
         );
     }
 }

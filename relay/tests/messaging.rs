@@ -287,7 +287,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let register = Body::Register(pb::Register {
         public_key: bytes(me.account().as_bytes()),
         signature: bytes(&captured),
-        ticket: Default::default(),
+        ..Default::default()
     });
     let mut second = RawConnection::open(&node).await;
     second.hello().await;

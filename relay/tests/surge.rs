@@ -238,3 +238,84 @@ async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluste
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
+    use common::{RawConnection, bytes, error_code};
+    use levee_relay::admission::{solve_work, verify_work};
+    use levee_relay::identity::{Purpose, transcript};
+    use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
+        c.registration_initial_rate = 1.0;
+        c.registration_work_max_bits = 12;
+    })
+    .await;
+    let me = Identity::generate().unwrap();
+    let key = me.account().0;
+    let register = |raw: &RawConnection, nonce: &[u8; 32], work: u64, ticket: &[u8]| {
+        Body::Register(pb::Register {
+            public_key: bytes(&key),
+            signature: bytes(&me.sign(&transcript(Purpose::Register, &raw.exporter, nonce))),
+            ticket: bytes(ticket),
+            work,
+        })
+    };
+
+    // Others queue up; the client library solves whatever work is asked by itself.
+    let mut queued = 0;
+    for _ in 0..20 {
+        let other = node.connect(&Identity::generate().unwrap()).await;
+        if let levee_relay::client::Registration::Queued(_) =
+            other.register_once(None).await.unwrap()
+        {
+            queued += 1;
+        }
+        other.close().await;
+        if queued == 8 {
+            break;
+        }
+    }
+    // Eight seconds of line at 1/s: it is still there when this test looks, however slow
+    // the machine.
+    assert_eq!(queued, 8, "a line at 1/s makes newcomers wait");
+
+    // Now a challenge asks for work, and a registration without it is refused.
+    let mut raw = RawConnection::open(&node).await;
+    let challenge = raw.challenge().await;
+    let bits = challenge.registration_work_bits;
+    assert!(
+        (8..=12).contains(&bits),
+        "a line of 1 to 8 asks 8..=12 bits, got {bits}"
+    );
+    let nonce: [u8; 32] = challenge.nonce.as_ref().try_into().unwrap();
+    let lazy = (0..)
+        .find(|w| !verify_work(&nonce, &key, bits, *w))
+        .unwrap();
+    raw.request(2, register(&raw, &nonce, lazy, &[])).await;
+    let refused = raw.response().await.unwrap();
+    assert_eq!(error_code(&refused), Some(ErrorCode::WorkRequired));
+
+    // With the work done, the registration takes a place in line.
+    let challenge = raw.challenge().await;
+    let nonce: [u8; 32] = challenge.nonce.as_ref().try_into().unwrap();
+    let work = solve_work(&nonce, &key, challenge.registration_work_bits);
+    raw.request(3, register(&raw, &nonce, work, &[])).await;
+    let place = match raw.response().await.unwrap().result {
+        Some(R::Queued(q)) => q,
+        other => panic!("expected a place in line, got {other:?}"),
+    };
+
+    // Coming back with the ticket needs no new work: the place was paid for.
+    let mut back = RawConnection::open(&node).await;
+    let nonce = back.hello().await;
+    back.request(2, register(&back, &nonce, 0, &place.ticket))
+        .await;
+    match back.response().await.unwrap().result {
+        Some(R::Queued(q)) => assert_eq!(q.position, place.position),
+        Some(R::Authenticated(_)) => {} // the line already reached the place
+        other => panic!("expected the same place, got {other:?}"),
+    }
+    node.stop().await;
+}

@@ -14,15 +14,16 @@
 //!   order; the head advances at the rate the node has shown it absorbs.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
 //!   the cluster key) that any node can verify without shared state.
+//! - [`work_bits`] / [`verify_work`] / [`solve_work`]: the optional proof of work a new
+//!   place in line may have to carry, harder as the line grows.
 //!
-//! Status: this core is built and tested; wiring it into the node (issuing tickets and
-//! advancing the line, handshake protection, metrics, the client's retry behaviour) is the
-//! rest of the admission-control issue.
+//! The node wires these to its clock, randomness and metrics in `crate::node::admission`.
 
 mod cohort;
 mod controller;
 mod line;
 mod ticket;
+mod work;
 
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{
@@ -30,3 +31,4 @@ pub use controller::{
 };
 pub use line::WaitingLine;
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};
+pub use work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};

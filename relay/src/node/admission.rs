@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
     AdmissionController, AdmissionLevel, CohortSalt, ControllerConfig, RequestClass, Ticket,
-    TicketError, TicketKey, Verdict, WaitingLine, key_hash,
+    TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -67,6 +67,7 @@ pub(crate) struct Admission {
     enabled: bool,
     lag_limit: u64,
     backend_limit_ms: f64,
+    work_max_bits: u32,
     window: Duration,
     state: Mutex<State>,
     salt: CohortSalt,
@@ -140,6 +141,7 @@ impl Admission {
                 lagging: false,
             }),
             lag_limit: config.admission_backend_lag,
+            work_max_bits: config.registration_work_max_bits,
             backend_limit_ms: config.admission_backend_latency_ms as f64,
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
@@ -222,6 +224,17 @@ impl Admission {
         state.line.advance(Instant::now());
         let pressed = state.controller.level() < AdmissionLevel::ALL || !state.line.is_empty();
         pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
+    }
+
+    /// The proof of work (leading zero bits) a registration without a ticket must carry
+    /// now: rises with the line's length, 0 while nobody waits or when turned off.
+    pub(crate) fn work_bits(&self) -> u32 {
+        if !self.enabled || self.work_max_bits == 0 {
+            return 0;
+        }
+        let mut state = self.lock();
+        state.line.advance(Instant::now());
+        work_bits(state.line.len(), self.work_max_bits)
     }
 
     /// Records how long a request waited in this node's queues before work on it started.
@@ -410,6 +423,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         a.tick();
         assert!(a.lock().controller.level() > before);
+    }
+
+    #[test]
+    fn proof_of_work_is_asked_only_while_people_wait_and_only_when_configured() {
+        let config = NodeConfig {
+            registration_initial_rate: 1.0,
+            registration_work_max_bits: 16,
+            ..NodeConfig::default()
+        };
+        let a = Admission::new(&config, b"k", 1, NodeMetrics::new("test"));
+        assert_eq!(a.work_bits(), 0, "an empty line asks nothing");
+        for i in 0..40u32 {
+            a.register(&i.to_be_bytes(), None);
+        }
+        let bits = a.work_bits();
+        assert!((8..=16).contains(&bits), "a line of ~40 asks work: {bits}");
+        // The same line at a node configured without it asks nothing.
+        let off = admission(1.0);
+        for i in 0..40u32 {
+            off.register(&i.to_be_bytes(), None);
+        }
+        assert_eq!(off.work_bits(), 0);
     }
 
     #[test]

@@ -266,14 +266,24 @@ impl Connection {
             Body::Register(r) => {
                 self.shared.admission.record_wait(started - arrived);
                 let ticket = (!r.ticket.is_empty()).then_some(r.ticket);
-                self.prove(id, Purpose::Register, r.public_key, r.signature, ticket)
-                    .await
+                // A ticket's place was paid for when it was taken; only a new place needs work.
+                let work = ticket.is_none().then_some(r.work);
+                let proof = Proof {
+                    public_key: r.public_key,
+                    signature: r.signature,
+                    work,
+                };
+                self.prove(id, Purpose::Register, proof, ticket).await
             }
             Body::Authenticate(a) => {
                 self.shared.admission.record_wait(started - arrived);
                 if self.admitted(id, RequestClass::Login, &a.public_key).await {
-                    self.prove(id, Purpose::Authenticate, a.public_key, a.signature, None)
-                        .await
+                    let proof = Proof {
+                        public_key: a.public_key,
+                        signature: a.signature,
+                        work: None,
+                    };
+                    self.prove(id, Purpose::Authenticate, proof, None).await
                 }
             }
             Body::Send(s) => match self.session.account() {
@@ -330,12 +340,14 @@ impl Connection {
             .await;
             return;
         }
-        match self.session.hello(nonce) {
+        let work_bits = self.shared.admission.work_bits();
+        match self.session.hello(nonce, work_bits) {
             Ok(()) => {
                 let challenge = pb::Challenge {
                     nonce: Bytes::copy_from_slice(&nonce),
                     max_envelope_bytes: self.shared.config.max_envelope_bytes,
                     max_frame_bytes: self.shared.config.max_frame_bytes() as u32,
+                    registration_work_bits: work_bits,
                 };
                 self.respond(pb::Response::ok(id, R::Challenge(challenge)))
                     .await;
@@ -346,16 +358,9 @@ impl Connection {
 
     /// `Register` / `Authenticate`. Handled in line, not spawned, so requests pipelined
     /// behind it already see the authenticated session.
-    async fn prove(
-        &mut self,
-        id: u64,
-        purpose: Purpose,
-        public_key: Bytes,
-        signature: Bytes,
-        ticket: Option<Bytes>,
-    ) {
+    async fn prove(&mut self, id: u64, purpose: Purpose, proof: Proof, ticket: Option<Bytes>) {
         // Before any work: a mailbox is served only by its owner.
-        if let Some(mailbox) = MailboxId::from_slice(&public_key) {
+        if let Some(mailbox) = MailboxId::from_slice(&proof.public_key) {
             let view = self.shared.membership.view();
             match view.route(&mailbox) {
                 Route::Local => {}
@@ -379,7 +384,10 @@ impl Connection {
                 }
             }
         }
-        let account = match self.session.verify_proof(purpose, &public_key, &signature) {
+        let verified =
+            self.session
+                .verify_proof(purpose, &proof.public_key, &proof.signature, proof.work);
+        let account = match verified {
             Ok(account) => account,
             Err(r) => return self.refuse(id, r).await,
         };
@@ -474,6 +482,14 @@ impl Connection {
 }
 
 /// Where to find a mailbox's owner.
+/// What a `Register` or `Authenticate` offers as proof of its key.
+struct Proof {
+    public_key: Bytes,
+    signature: Bytes,
+    /// The proof-of-work solution, when one is due: a registration without a ticket.
+    work: Option<u64>,
+}
+
 fn redirect_to(owner: &NodeInfo, epoch: u64) -> pb::Redirect {
     pb::Redirect {
         address: owner.address.to_string(),

@@ -102,12 +102,13 @@ mod tests {
         use pb::client_frame::Body;
         prop_oneof![
             ".{0,20}".prop_map(|client| Body::Hello(pb::Hello { client })),
-            (arb_bytes(40), arb_bytes(70), arb_bytes(80)).prop_map(
-                |(public_key, signature, ticket)| {
+            (arb_bytes(40), arb_bytes(70), arb_bytes(80), any::<u64>()).prop_map(
+                |(public_key, signature, ticket, work)| {
                     Body::Register(pb::Register {
                         public_key,
                         signature,
                         ticket,
+                        work,
                     })
                 }
             ),
@@ -136,20 +137,23 @@ mod tests {
     fn arb_server_frame() -> impl Strategy<Value = pb::ServerFrame> {
         use pb::response::Result as R;
         let result = prop_oneof![
-            (0..12i32, ".{0,30}", any::<u64>()).prop_map(|(code, message, retry_after_ms)| {
+            (0..15i32, ".{0,30}", any::<u64>()).prop_map(|(code, message, retry_after_ms)| {
                 R::Error(pb::Error {
                     code,
                     message,
                     retry_after_ms,
                 })
             }),
-            (arb_bytes(32), any::<u32>(), any::<u32>()).prop_map(|(nonce, a, b)| {
-                R::Challenge(pb::Challenge {
-                    nonce,
-                    max_envelope_bytes: a,
-                    max_frame_bytes: b,
-                })
-            }),
+            (arb_bytes(32), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(nonce, a, b, bits)| {
+                    R::Challenge(pb::Challenge {
+                        nonce,
+                        max_envelope_bytes: a,
+                        max_frame_bytes: b,
+                        registration_work_bits: bits,
+                    })
+                }
+            ),
             (arb_bytes(32), any::<bool>()).prop_map(|(account_id, created)| R::Authenticated(
                 pb::Authenticated {
                     account_id,

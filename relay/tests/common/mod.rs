@@ -227,10 +227,15 @@ impl RawConnection {
 
     /// `Hello`, returning the challenge nonce.
     pub async fn hello(&mut self) -> [u8; 32] {
+        self.challenge().await.nonce.as_ref().try_into().unwrap()
+    }
+
+    /// `Hello`, returning the whole challenge.
+    pub async fn challenge(&mut self) -> pb::Challenge {
         self.request(1, pb::client_frame::Body::Hello(pb::Hello::default()))
             .await;
         match self.response().await.and_then(|r| r.result) {
-            Some(pb::response::Result::Challenge(c)) => c.nonce.as_ref().try_into().unwrap(),
+            Some(pb::response::Result::Challenge(c)) => c,
             other => panic!("expected a challenge, got {other:?}"),
         }
     }
