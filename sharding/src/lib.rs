@@ -13,8 +13,12 @@
 //! - [`EmbeddedStore`] / [`EmbeddedMailboxStore`]: the default backend, one fjall database on
 //!   local disk with group commit. The embedded delivery log in `levee-queue` shares the same
 //!   database so that one fsync covers log appends and mailbox writes alike.
+//! - [`ScyllaMailboxStore`]: the distributed backend, mailboxes in ScyllaDB or any
+//!   Cassandra-compatible CQL cluster ([`ScyllaConfig`], [`Replication`]); how it avoids the
+//!   tombstone trap of queues in such stores is in its module documentation.
 #![warn(missing_docs)]
 
+mod cql;
 mod embedded;
 mod envelope;
 mod mailbox;
@@ -22,6 +26,7 @@ mod placement;
 mod shard;
 mod store;
 
+pub use cql::{Replication, ScyllaConfig, ScyllaMailboxStore, schema};
 pub use embedded::{EmbeddedMailboxStore, EmbeddedStore};
 pub use envelope::{EnvelopeId, NewEnvelope, StoredEnvelope};
 pub use mailbox::{MailboxId, ParseMailboxIdError};

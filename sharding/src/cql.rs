@@ -1,0 +1,705 @@
+//! The ScyllaDB mailbox store: mailboxes in any Cassandra-compatible CQL cluster.
+//!
+//! # Schema (created at start if missing; see [`schema`])
+//!
+//! - `accounts (mailbox PRIMARY KEY, created_at_ms)`: one row per registered key, no TTL.
+//! - `envelopes ((mailbox), id)`: partitioned by mailbox, clustered by envelope id (the
+//!   delivery-log offset, so delivery order). Table-level TTL as a backstop; every row is
+//!   written with its own TTL from `expires_at_ms`.
+//! - `dedupe ((mailbox), dedupe_key) → id`: "this message was stored", kept until the
+//!   envelope would have expired, so a re-send or a replayed log record after the recipient
+//!   acknowledged (deleted) the envelope is still recognised.
+//! - `mailbox_heads (mailbox PRIMARY KEY, live_from)`: the id below which everything in the
+//!   mailbox was acknowledged (see below).
+//!
+//! # Queues and tombstones
+//!
+//! Deleting from the head of a partition is the classic queue anti-pattern in
+//! Cassandra-family stores: each acknowledgement leaves a tombstone that a read from the
+//! start of the mailbox must step over until compaction purges it, after `gc_grace_seconds`.
+//! Levee never reads over them on purpose:
+//! - every read is a slice `id >= start`; a subscription starts after its own cursor, and a
+//!   reconnect starts at the mailbox's `live_from`, which an acknowledgement that empties the
+//!   mailbox moves past everything it deleted. The slice begins past the tombstones, so the
+//!   read does not see them.
+//! - envelopes and dedupe records all carry TTLs, so expiry costs no deletes at all:
+//!   [`MailboxStore::expire`] has nothing to do.
+//! - compaction is TimeWindowCompactionStrategy with one-day windows, made for data written
+//!   in time order that expires by TTL: an SSTable whose rows have all expired is dropped
+//!   whole instead of being rewritten. `unchecked_tombstone_compaction` lets a window
+//!   compact away the acknowledgement tombstones once they are past `gc_grace_seconds`.
+//!
+//! # Idempotence without lightweight transactions
+//!
+//! A log record may be stored twice (a node dies after the store write and before the
+//! offset commit; two owners overlap in a handoff). Both copies write the same primary key,
+//! *and the same write timestamp* — the time the relay accepted the envelope — so the second
+//! write is the same cell version as the first. An acknowledgement deletes with a later
+//! timestamp, so a replay arriving after it stays shadowed: an acknowledged envelope never
+//! comes back. The dedupe record additionally turns a replay (or a re-send) into
+//! [`InsertOutcome::Duplicate`] without writing.
+//!
+//! Only account creation uses a lightweight transaction (`IF NOT EXISTS`), to report
+//! whether the account is new; it is rare next to message traffic.
+//!
+//! Every statement is prepared (so the driver routes it to a replica owning the partition:
+//! token-aware) and runs at LOCAL_QUORUM.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use futures::future::try_join_all;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{AckOutcome, InsertOutcome, MailboxStore, MailboxUsage, StoreError};
+use crate::{EnvelopeId, MailboxId, NewEnvelope, StoredEnvelope};
+
+/// How many statements of one insert run at once against the cluster.
+const CONCURRENCY: usize = 64;
+/// Rows fetched per page when reading a mailbox.
+const PAGE_ROWS: i32 = 256;
+
+/// How the keyspace is replicated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Replication {
+    /// `SimpleStrategy`: one replication factor, no notion of data centres. For tests and
+    /// single-data-centre development clusters.
+    Simple {
+        /// Copies of each row.
+        factor: u32,
+    },
+    /// `NetworkTopologyStrategy`: a replication factor per data centre (region), for
+    /// production. Data is stored only in the data centres listed.
+    NetworkTopology {
+        /// Data centre name → copies of each row there.
+        factors: BTreeMap<String, u32>,
+    },
+}
+
+impl Replication {
+    /// The CQL replication map.
+    fn cql(&self) -> Result<String, StoreError> {
+        match self {
+            Replication::Simple { factor } if *factor > 0 => Ok(format!(
+                "{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
+            )),
+            Replication::NetworkTopology { factors }
+                if !factors.is_empty() && factors.values().all(|f| *f > 0) =>
+            {
+                let mut out = String::from("{'class': 'NetworkTopologyStrategy'");
+                for (dc, factor) in factors {
+                    if !dc
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    {
+                        return Err(config_error(format!("bad data centre name {dc:?}")));
+                    }
+                    let _ = write!(out, ", '{dc}': {factor}");
+                }
+                out.push('}');
+                Ok(out)
+            }
+            _ => Err(config_error("every replication factor must be at least 1")),
+        }
+    }
+}
+
+/// Where and how the ScyllaDB store keeps mailboxes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Contact points, `host:port` (the driver discovers the rest of the cluster).
+    pub nodes: Vec<String>,
+    /// Keyspace holding Levee's tables; created if missing.
+    pub keyspace: String,
+    /// Replication of the keyspace when it is created (an existing keyspace is left as it
+    /// is: changing replication is an operator's decision, followed by a repair).
+    pub replication: Replication,
+    /// The data centre this node prefers (its region); unset: any.
+    pub local_datacenter: Option<String>,
+    /// Table-level TTL of envelopes and dedupe records (seconds); each row also carries its
+    /// own TTL from the envelope's expiry.
+    pub envelope_ttl_secs: u64,
+    /// How long one statement may take before it fails (milliseconds).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "levee".into(),
+            replication: Replication::Simple { factor: 1 },
+            local_datacenter: None,
+            envelope_ttl_secs: 14 * 24 * 3600,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+fn config_error(message: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(format!("scylla configuration: {message}"))
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+/// The CQL statements that create Levee's schema in `keyspace`, in order.
+pub fn schema(config: &ScyllaConfig) -> Result<Vec<String>, StoreError> {
+    let ks = &config.keyspace;
+    let valid = ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && ks.len() <= 48
+        && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(config_error(format!(
+            "keyspace {ks:?} must be a letter then up to 47 letters, digits or underscores"
+        )));
+    }
+    if config.envelope_ttl_secs == 0 || config.envelope_ttl_secs > MAX_TTL_SECS {
+        return Err(config_error(format!(
+            "envelope_ttl_secs must be between 1 and {MAX_TTL_SECS}"
+        )));
+    }
+    let ttl = config.envelope_ttl_secs;
+    let replication = config.replication.cql()?;
+    let twcs = "{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS', \
+                'compaction_window_size': 1, 'unchecked_tombstone_compaction': 'true'}";
+    Ok(vec![
+        format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.accounts (mailbox blob PRIMARY KEY, \
+             created_at_ms bigint)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.envelopes (mailbox blob, id bigint, \
+             client_message_id blob, accepted_at_ms bigint, expires_at_ms bigint, size bigint, \
+             ciphertext blob, PRIMARY KEY ((mailbox), id)) \
+             WITH CLUSTERING ORDER BY (id ASC) AND default_time_to_live = {ttl} \
+             AND compaction = {twcs}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.dedupe (mailbox blob, dedupe_key blob, id bigint, \
+             PRIMARY KEY ((mailbox), dedupe_key)) WITH default_time_to_live = {ttl} \
+             AND compaction = {twcs}"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {ks}.mailbox_heads (mailbox blob PRIMARY KEY, \
+             live_from bigint)"
+        ),
+    ])
+}
+
+/// CQL's largest TTL (20 years).
+const MAX_TTL_SECS: u64 = 630_720_000;
+
+struct Statements {
+    create_account: PreparedStatement,
+    account_exists: PreparedStatement,
+    usage: PreparedStatement,
+    dedupe_lookup: PreparedStatement,
+    insert_envelope: PreparedStatement,
+    insert_dedupe: PreparedStatement,
+    read_head: PreparedStatement,
+    write_head: PreparedStatement,
+    read: PreparedStatement,
+    first_live: PreparedStatement,
+    find_ids: PreparedStatement,
+    delete: PreparedStatement,
+}
+
+/// Mailboxes in a ScyllaDB (or any CQL) cluster. See the module documentation.
+pub struct ScyllaMailboxStore {
+    session: Session,
+    statements: Statements,
+}
+
+/// Envelope ids are log offsets; CQL's `bigint` is signed.
+fn to_cql_id(id: EnvelopeId) -> Result<i64, StoreError> {
+    i64::try_from(id).map_err(|_| StoreError::Engine(format!("envelope id {id} beyond bigint")))
+}
+
+fn from_cql_id(id: i64) -> Result<EnvelopeId, StoreError> {
+    u64::try_from(id).map_err(|_| StoreError::Corrupt {
+        what: "envelope id",
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The TTL (whole seconds, at least 1) of something that expires at `expires_at_ms`.
+fn ttl_secs(expires_at_ms: u64, now_ms: u64) -> i32 {
+    let secs = expires_at_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+    secs.min(MAX_TTL_SECS) as i32
+}
+
+impl ScyllaMailboxStore {
+    /// Connects, creates the keyspace and tables if missing (waiting for every node to
+    /// agree on the schema), and prepares every statement.
+    pub async fn connect(config: &ScyllaConfig) -> Result<Self, StoreError> {
+        let statements = schema(config)?;
+        if config.nodes.is_empty() {
+            return Err(config_error("nodes must list at least one contact point"));
+        }
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &config.local_datacenter {
+            policy = policy.prefer_datacenter(dc.clone());
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(Duration::from_millis(config.request_timeout_ms)))
+            .load_balancing_policy(policy.build())
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(&config.nodes)
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .map_err(engine)?;
+        for statement in &statements {
+            session
+                .query_unpaged(statement.as_str(), ())
+                .await
+                .map_err(|e| StoreError::Engine(format!("creating the schema: {e}")))?;
+        }
+        session.await_schema_agreement().await.map_err(engine)?;
+        let statements = Statements::prepare(&session, &config.keyspace).await?;
+        Ok(Self {
+            session,
+            statements,
+        })
+    }
+
+    /// The live-from hint of `mailbox` (0 if none).
+    async fn live_from(&self, mailbox: &MailboxId) -> Result<i64, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.statements.read_head, (mailbox.as_bytes().as_slice(),))
+            .await
+            .map_err(engine)?;
+        let row = result
+            .into_rows_result()
+            .map_err(engine)?
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(engine)?;
+        Ok(row.and_then(|(from,)| from).unwrap_or(0))
+    }
+
+    async fn set_live_from(&self, mailbox: &MailboxId, from: i64) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.write_head,
+                (mailbox.as_bytes().as_slice(), from),
+            )
+            .await
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    /// Moves the live-from hint of `mailbox` down to `low` if it is above.
+    async fn lower_live_from(&self, mailbox: &MailboxId, low: i64) -> Result<(), StoreError> {
+        if self.live_from(mailbox).await? > low {
+            self.set_live_from(mailbox, low).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the dedupe record of `e` exists: this message is already stored (or was, and
+    /// has been acknowledged).
+    async fn seen(&self, e: &NewEnvelope) -> Result<bool, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.dedupe_lookup,
+                (e.mailbox.as_bytes().as_slice(), e.dedupe_key.as_slice()),
+            )
+            .await
+            .map_err(engine)?;
+        Ok(result.into_rows_result().map_err(engine)?.rows_num() > 0)
+    }
+
+    /// Writes an envelope and then its dedupe record, both at the envelope's acceptance
+    /// time (see "Idempotence" in the module documentation).
+    async fn store(&self, e: &NewEnvelope, now_ms: u64) -> Result<(), StoreError> {
+        let id = to_cql_id(e.id)?;
+        let ttl = ttl_secs(e.expires_at_ms, now_ms);
+        let written_at = i64::try_from(e.accepted_at_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mailbox = e.mailbox.as_bytes().as_slice();
+        self.session
+            .execute_unpaged(
+                &self.statements.insert_envelope,
+                (
+                    mailbox,
+                    id,
+                    e.client_message_id.as_slice(),
+                    e.accepted_at_ms as i64,
+                    e.expires_at_ms as i64,
+                    e.ciphertext.len() as i64,
+                    e.ciphertext.as_ref(),
+                    ttl,
+                    written_at,
+                ),
+            )
+            .await
+            .map_err(engine)?;
+        self.session
+            .execute_unpaged(
+                &self.statements.insert_dedupe,
+                (mailbox, e.dedupe_key.as_slice(), id, ttl, written_at),
+            )
+            .await
+            .map_err(engine)?;
+        Ok(())
+    }
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+        let prepare = |cql: String, idempotent: bool| async move {
+            let mut statement = session
+                .prepare(cql.as_str())
+                .await
+                .map_err(|e| StoreError::Engine(format!("preparing {cql:?}: {e}")))?;
+            statement.set_is_idempotent(idempotent);
+            Ok::<_, StoreError>(statement)
+        };
+        let mut read = prepare(
+            format!(
+                "SELECT id, client_message_id, accepted_at_ms, expires_at_ms, ciphertext \
+                 FROM {ks}.envelopes WHERE mailbox = ? AND id >= ? LIMIT ?"
+            ),
+            true,
+        )
+        .await?;
+        read.set_page_size(PAGE_ROWS);
+        Ok(Self {
+            // Not idempotent: a retry after a lost answer would report "exists" for an
+            // account this very call created. Harmless either way, but honest.
+            create_account: prepare(
+                format!(
+                    "INSERT INTO {ks}.accounts (mailbox, created_at_ms) VALUES (?, ?) \
+                     IF NOT EXISTS"
+                ),
+                false,
+            )
+            .await?,
+            account_exists: prepare(
+                format!("SELECT mailbox FROM {ks}.accounts WHERE mailbox = ?"),
+                true,
+            )
+            .await?,
+            usage: prepare(
+                format!(
+                    "SELECT COUNT(*), SUM(size) FROM {ks}.envelopes WHERE mailbox = ? AND id >= ?"
+                ),
+                true,
+            )
+            .await?,
+            dedupe_lookup: prepare(
+                format!("SELECT id FROM {ks}.dedupe WHERE mailbox = ? AND dedupe_key = ?"),
+                true,
+            )
+            .await?,
+            insert_envelope: prepare(
+                format!(
+                    "INSERT INTO {ks}.envelopes (mailbox, id, client_message_id, accepted_at_ms, \
+                     expires_at_ms, size, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                     USING TTL ? AND TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            insert_dedupe: prepare(
+                format!(
+                    "INSERT INTO {ks}.dedupe (mailbox, dedupe_key, id) VALUES (?, ?, ?) \
+                     USING TTL ? AND TIMESTAMP ?"
+                ),
+                true,
+            )
+            .await?,
+            read_head: prepare(
+                format!("SELECT live_from FROM {ks}.mailbox_heads WHERE mailbox = ?"),
+                true,
+            )
+            .await?,
+            write_head: prepare(
+                format!("INSERT INTO {ks}.mailbox_heads (mailbox, live_from) VALUES (?, ?)"),
+                true,
+            )
+            .await?,
+            read,
+            first_live: prepare(
+                format!("SELECT id FROM {ks}.envelopes WHERE mailbox = ? AND id >= ? LIMIT 1"),
+                true,
+            )
+            .await?,
+            find_ids: prepare(
+                format!(
+                    "SELECT id, accepted_at_ms FROM {ks}.envelopes WHERE mailbox = ? AND id IN ?"
+                ),
+                true,
+            )
+            .await?,
+            delete: prepare(
+                format!(
+                    "DELETE FROM {ks}.envelopes USING TIMESTAMP ? WHERE mailbox = ? AND id = ?"
+                ),
+                true,
+            )
+            .await?,
+        })
+    }
+}
+
+#[async_trait]
+impl MailboxStore for ScyllaMailboxStore {
+    async fn create_mailbox(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.create_account,
+                (mailbox.as_bytes().as_slice(), now_ms() as i64),
+            )
+            .await
+            .map_err(engine)?;
+        // A conditional write answers `[applied]` first, then the existing row if not applied.
+        let row = result
+            .into_rows_result()
+            .map_err(engine)?
+            .first_row::<Row>()
+            .map_err(engine)?;
+        match row.columns.first() {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            _ => Err(StoreError::Corrupt {
+                what: "conditional insert answer",
+            }),
+        }
+    }
+
+    async fn mailbox_exists(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.account_exists,
+                (mailbox.as_bytes().as_slice(),),
+            )
+            .await
+            .map_err(engine)?;
+        Ok(result.into_rows_result().map_err(engine)?.rows_num() > 0)
+    }
+
+    /// Counted from the stored rows at or after the mailbox's live-from hint (expired rows
+    /// are already gone by TTL): a single-partition aggregate bounded by the quota.
+    async fn usage(&self, mailbox: &MailboxId) -> Result<MailboxUsage, StoreError> {
+        let from = self.live_from(mailbox).await?;
+        let result = self
+            .session
+            .execute_unpaged(
+                &self.statements.usage,
+                (mailbox.as_bytes().as_slice(), from),
+            )
+            .await
+            .map_err(engine)?;
+        let (count, bytes) = result
+            .into_rows_result()
+            .map_err(engine)?
+            .maybe_first_row::<(i64, Option<i64>)>()
+            .map_err(engine)?
+            .unwrap_or((0, None));
+        Ok(MailboxUsage {
+            envelopes: count.max(0) as u64,
+            bytes: bytes.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError> {
+        let now = now_ms();
+        let mut seen = Vec::with_capacity(envelopes.len());
+        for chunk in envelopes.chunks(CONCURRENCY) {
+            seen.extend(try_join_all(chunk.iter().map(|e| self.seen(e))).await?);
+        }
+        // Within the batch too: a re-send in the same batch as the original is a duplicate.
+        let mut keys = HashSet::new();
+        let outcomes: Vec<InsertOutcome> = envelopes
+            .iter()
+            .zip(seen)
+            .map(|(e, seen)| {
+                if seen || !keys.insert((e.mailbox, e.dedupe_key)) {
+                    InsertOutcome::Duplicate
+                } else {
+                    InsertOutcome::Stored
+                }
+            })
+            .collect();
+        let fresh: Vec<&NewEnvelope> = envelopes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == InsertOutcome::Stored)
+            .map(|(e, _)| e)
+            .collect();
+        for chunk in fresh.chunks(CONCURRENCY) {
+            try_join_all(chunk.iter().map(|e| self.store(e, now))).await?;
+        }
+        // A live-from hint must never hide a stored envelope. Log order makes this a no-op
+        // (an acknowledged id is always above what was stored before it), but one read per
+        // mailbox keeps it true whatever order envelopes come in.
+        let mut lowest: HashMap<MailboxId, i64> = HashMap::new();
+        for e in &fresh {
+            let id = to_cql_id(e.id)?;
+            let low = lowest.entry(e.mailbox).or_insert(id);
+            *low = (*low).min(id);
+        }
+        let lowest: Vec<(MailboxId, i64)> = lowest.into_iter().collect();
+        for chunk in lowest.chunks(CONCURRENCY) {
+            try_join_all(
+                chunk
+                    .iter()
+                    .map(|(mailbox, low)| self.lower_live_from(mailbox, *low)),
+            )
+            .await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn read(
+        &self,
+        mailbox: &MailboxId,
+        after: Option<EnvelopeId>,
+        max: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let live_from = self.live_from(mailbox).await?;
+        let start = match after {
+            Some(id) if id >= i64::MAX as u64 => return Ok(Vec::new()),
+            Some(id) => (id as i64 + 1).max(live_from),
+            None => live_from,
+        };
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i32::try_from(max).unwrap_or(i32::MAX);
+        type Columns = (i64, Vec<u8>, i64, i64, Vec<u8>);
+        let rows: Vec<Columns> = self
+            .session
+            .execute_iter(
+                self.statements.read.clone(),
+                (mailbox.as_bytes().as_slice(), start, limit),
+            )
+            .await
+            .map_err(engine)?
+            .rows_stream::<Columns>()
+            .map_err(engine)?
+            .try_collect()
+            .await
+            .map_err(engine)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, client_message_id, accepted_at_ms, expires_at_ms, ciphertext) in rows {
+            let expires_at_ms = expires_at_ms.max(0) as u64;
+            if expires_at_ms <= now_ms {
+                continue;
+            }
+            out.push(StoredEnvelope {
+                id: from_cql_id(id)?,
+                client_message_id: client_message_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt { what: "envelope" })?,
+                accepted_at_ms: accepted_at_ms.max(0) as u64,
+                expires_at_ms,
+                ciphertext: Bytes::from(ciphertext),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, mailbox: &MailboxId, ids: &[EnvelopeId]) -> Result<AckOutcome, StoreError> {
+        let mut outcome = AckOutcome::default();
+        let mut wanted = Vec::new();
+        for &id in ids {
+            match i64::try_from(id) {
+                Ok(cql) if !wanted.contains(&cql) => wanted.push(cql),
+                Ok(_) => {} // the same id twice in one ack
+                Err(_) => outcome.unknown.push(id),
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(outcome);
+        }
+        let key = mailbox.as_bytes().as_slice();
+        let found: Vec<(i64, i64)> = self
+            .session
+            .execute_unpaged(&self.statements.find_ids, (key, &wanted))
+            .await
+            .map_err(engine)?
+            .into_rows_result()
+            .map_err(engine)?
+            .rows::<(i64, i64)>()
+            .map_err(engine)?
+            .collect::<Result<_, _>>()
+            .map_err(engine)?;
+        let present: HashSet<i64> = found.iter().map(|(id, _)| *id).collect();
+        outcome.unknown.extend(
+            wanted
+                .iter()
+                .filter(|id| !present.contains(id))
+                .map(|id| *id as u64),
+        );
+        if found.is_empty() {
+            return Ok(outcome);
+        }
+        // One partition: an unlogged batch is applied atomically on each replica. Each delete
+        // is stamped later than its envelope's write even if this node's clock is behind the
+        // accepting node's, so a replayed insert can never shadow it.
+        let now_us = now_ms() as i64 * 1000;
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::with_capacity(found.len());
+        for (id, accepted_at_ms) in &found {
+            batch.append_statement(self.statements.delete.clone());
+            let stamp = now_us.max(accepted_at_ms.saturating_mul(1000).saturating_add(1));
+            values.push((stamp, key, *id));
+        }
+        batch.set_is_idempotent(true);
+        self.session.batch(&batch, values).await.map_err(engine)?;
+        outcome.deleted = found.len() as u32;
+        // Emptied: let reads from the start begin past the tombstones just written.
+        let highest = found.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let from = self.live_from(mailbox).await?;
+        let remaining = self
+            .session
+            .execute_unpaged(&self.statements.first_live, (key, from))
+            .await
+            .map_err(engine)?
+            .into_rows_result()
+            .map_err(engine)?
+            .rows_num();
+        if remaining == 0 && highest >= from {
+            self.set_live_from(mailbox, highest.saturating_add(1))
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Nothing to do: envelopes and dedupe records carry TTLs and the database drops them.
+    async fn expire(&self, _now_ms: u64, _max: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
