@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs every Levee test: formatting, lints, then the whole workspace's tests.
 #
-# This is the README's test command and what CI runs (.ci/run). It needs only a Rust
-# toolchain; the embedded deployment has no external services. Slow stress/soak tests are
-# #[ignore]d and run with: cargo test --workspace -- --ignored
+# This is the README's test command and what CI runs (.ci/run). Besides a Rust toolchain
+# it needs java (17) and mvn: the distributed tests run against real Apache Kafka and
+# Apache Cassandra, which scripts/services.sh fetches from Maven Central, starts on
+# loopback, and this script stops again however it ends.
+#
+# Tests that need those services are #[ignore]d (so a plain `cargo test` works without
+# them) and run here by name, after the rest. Slow stress/soak tests are #[ignore]d too,
+# outside those test files, and are run by hand (see docs/PERFORMANCE.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +25,15 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+echo "== real Kafka and Cassandra (scripts/services.sh)"
+trap 'scripts/services.sh down || true; rm -f "$log"' EXIT
+scripts/services.sh up
+
+echo "== tests against the real services"
+# Every #[ignore]d test in these files needs the services, and nothing else is ignored there.
+cargo test --locked -p levee-queue --test kafka -- --ignored 2>&1 | tee -a "$log"
+cargo test --locked -p levee-sharding --test scylla -- --ignored 2>&1 | tee -a "$log"
 
 # One closing line for the whole run, summed over every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -1,7 +1,7 @@
-//! The Kafka delivery log against a real broker. Needs one: start it with
-//! `scripts/services.sh up`, then
-//! `LEVEE_KAFKA=127.0.0.1:19092 cargo test -p levee-queue --test kafka -- --ignored`.
-//! Ignored by default until the README's test command starts the services (issue 5).
+//! The Kafka delivery log against a real broker, started by `scripts/services.sh up`.
+//! `./scripts/test.sh` starts the services and runs these; by hand:
+//! `scripts/services.sh up && cargo test -p levee-queue --test kafka -- --ignored`
+//! (`LEVEE_KAFKA` overrides the broker address, default 127.0.0.1:19092).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
