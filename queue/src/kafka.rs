@@ -24,6 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 
 use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
 
@@ -37,7 +38,8 @@ fn backend(e: KafkaError) -> LogError {
 }
 
 /// Where the log lives in Kafka.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
     pub brokers: String,
@@ -45,6 +47,16 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Replication factor when creating the topic.
     pub replication: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "levee-delivery".into(),
+            replication: 1,
+        }
+    }
 }
 
 /// The delivery log in Kafka; see the module docs.

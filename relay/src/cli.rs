@@ -3,16 +3,20 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use levee_queue::KafkaLog;
+use levee_relay::Node;
 use levee_relay::client::{Client, ClientConfig, ClientError, Delivery};
-use levee_relay::cluster::{LocalCluster, NodeSummary};
+use levee_relay::cluster::{CqlRoster, LocalCluster, NodeSummary};
 use levee_relay::tls::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity, NodeConfig};
+use levee_sharding::ScyllaMailboxStore;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -48,9 +52,19 @@ enum Command {
     Send(SendArgs),
     /// Receive envelopes: print each, then acknowledge it.
     Recv(RecvArgs),
-    /// Change or inspect a running cluster through a node's admin port.
+    /// Run one relay process of a distributed cluster (`levee node --config FILE`, with
+    /// ScyllaDB and Kafka), or change and inspect a running cluster through a node's admin
+    /// port (`levee node add|drain|list`).
+    Node(NodeArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct NodeArgs {
     #[command(subcommand)]
-    Node(NodeCommand),
+    command: Option<NodeCommand>,
+    #[command(flatten)]
+    run: ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -79,7 +93,21 @@ struct AdminArgs {
 
 #[derive(Args)]
 struct UpArgs {
-    /// TOML configuration file (every field optional; see docs/levee.example.toml).
+    #[command(flatten)]
+    settings: ConfigArgs,
+    /// Run this many relay nodes in this process, sharing the embedded store: node k
+    /// listens on the --listen port + k − 1 (likewise --admin), so a cluster can be tried on
+    /// one machine. More can be added later with `levee node add`.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    nodes: u32,
+}
+
+/// Where a node's settings come from: a file, the environment, these flags.
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML configuration file (every field optional for `levee up`, see
+    /// docs/levee.example.toml; `levee node` needs [scylla], [kafka] and cluster_key, see
+    /// docs/levee.distributed.example.toml).
     #[arg(long, env = "LEVEE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Data directory (embedded database and generated certificate). Default: .levee
@@ -94,11 +122,6 @@ struct UpArgs {
     /// Turn admission control off (everything admitted): only to measure what it does.
     #[arg(long)]
     no_admission: bool,
-    /// Run this many relay nodes in this process, sharing the embedded store: node k
-    /// listens on the --listen port + k − 1 (likewise --admin), so a cluster can be tried on
-    /// one machine. More can be added later with `levee node add`.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    nodes: u32,
 }
 
 #[derive(Args)]
@@ -214,6 +237,7 @@ pub fn main() -> ExitCode {
 fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Up(_) => "info,quinn=warn,fjall=warn,lsm_tree=warn",
+        Command::Node(NodeArgs { command: None, .. }) => "info,quinn=warn,rdkafka=warn,scylla=warn",
         Command::Node(_) => "warn",
         _ => "warn",
     }
@@ -226,12 +250,18 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Register(args) => register(args).await,
         Command::Send(args) => send(args).await,
         Command::Recv(args) => recv(args).await,
-        Command::Node(command) => node_command(command).await.map_err(Failure::from),
+        Command::Node(NodeArgs {
+            command: Some(command),
+            ..
+        }) => node_command(command).await.map_err(Failure::from),
+        Command::Node(NodeArgs { command: None, run }) => {
+            run_node(run).await.map_err(Failure::from)
+        }
     }
 }
 
 /// Defaults, then the file, then `LEVEE_<FIELD>` variables, then flags.
-fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
+fn node_config(args: &ConfigArgs) -> anyhow::Result<NodeConfig> {
     let defaults = Serialized::defaults(NodeConfig::default());
     // Only variables named after config fields: LEVEE_IDENTITY and friends belong to the
     // client commands and must not trip `deny_unknown_fields`.
@@ -268,7 +298,7 @@ fn node_config(args: &UpArgs) -> anyhow::Result<NodeConfig> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let config = node_config(&args)?;
+    let config = node_config(&args.settings)?;
     let data_dir = config.data_dir.clone();
     let cluster = LocalCluster::open(config).context("opening the data directory")?;
     let mut first = None;
@@ -316,6 +346,90 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .context("a node stopped with an error")?;
     println!("levee stopped");
     Ok(())
+}
+
+/// `levee node --config FILE`: one relay process of a distributed cluster.
+async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
+    const EXAMPLE: &str = "see docs/levee.distributed.example.toml";
+    if args.config.is_none() {
+        return Err(anyhow!(
+            "levee node needs --config FILE with [scylla] and [kafka] tables ({EXAMPLE}); \
+             for a node with embedded storage use `levee up`"
+        ));
+    }
+    let config = node_config(&args)?;
+    let (Some(mut scylla), Some(kafka)) = (config.scylla.clone(), config.kafka.clone()) else {
+        return Err(anyhow!(
+            "the configuration needs both a [scylla] and a [kafka] table ({EXAMPLE})"
+        ));
+    };
+    if config.cluster_key.is_none() {
+        return Err(anyhow!(
+            "cluster_key must be set, the same on every node of the cluster ({EXAMPLE})"
+        ));
+    }
+    scylla.envelope_ttl_secs = config.envelope_ttl_secs;
+    let store = ScyllaMailboxStore::connect(&scylla)
+        .await
+        .with_context(|| format!("connecting to ScyllaDB at {}", scylla.nodes.join(", ")))?;
+    let log = KafkaLog::open(kafka.clone(), config.shards)
+        .await
+        .with_context(|| format!("opening the delivery log in Kafka at {}", kafka.brokers))?;
+    let roster = CqlRoster::connect(
+        store.session(),
+        &scylla.keyspace,
+        &config.cluster_name,
+        Duration::from_millis(config.failure_timeout_ms),
+    )
+    .await
+    .context("opening the roster")?;
+    let node = Node::in_cluster(
+        config.clone(),
+        Arc::new(store),
+        Arc::new(log),
+        Arc::new(roster),
+    )
+    .context("starting the node")?;
+    print_node(&NodeSummary {
+        name: node.name(),
+        address: node.local_addr(),
+        fingerprint: node.fingerprint(),
+        admin: node.admin_addr(),
+        region: config.region.clone(),
+        generated_certificate: node.generated_certificate(),
+    });
+    println!(
+        "  cluster:     {} (keyspace {}, topic {})",
+        config.cluster_name, scylla.keyspace, kafka.topic
+    );
+    println!("stop with Ctrl-C or SIGTERM");
+    node.run(shutdown_signal())
+        .await
+        .context("the node stopped with an error")?;
+    println!("levee stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send). If a handler cannot be installed the
+/// node runs until killed, which is what a service manager would do anyway.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn print_node(node: &NodeSummary) {

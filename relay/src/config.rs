@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use levee_sharding::PlacementConfig;
+use levee_queue::KafkaConfig;
+use levee_sharding::{PlacementConfig, ScyllaConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::MAX_WORK_BITS;
@@ -105,6 +106,16 @@ pub struct NodeConfig {
     /// Bearer token the admin port requires for changes (`POST /admin/...`). When unset,
     /// changes are accepted only on a loopback admin address.
     pub admin_token: Option<String>,
+    /// Distributed deployment (`levee node`): the name of this cluster in the shared
+    /// database. Nodes with the same `cluster_name` and `[scylla]` keyspace form one
+    /// cluster.
+    pub cluster_name: String,
+    /// Distributed deployment: where mailboxes (and the roster) live. Required by
+    /// `levee node`; ignored by `levee up`.
+    pub scylla: Option<ScyllaConfig>,
+    /// Distributed deployment: where the delivery log lives. Required by `levee node`;
+    /// ignored by `levee up`.
+    pub kafka: Option<KafkaConfig>,
 }
 
 /// Shards pinned to a set of regions; see [`NodeConfig::region_pins`].
@@ -155,6 +166,9 @@ impl Default for NodeConfig {
             placement_epsilon: 0.25,
             region_pins: Vec::new(),
             admin_token: None,
+            cluster_name: "levee".into(),
+            scylla: None,
+            kafka: None,
         }
     }
 }
@@ -226,6 +240,9 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.cluster_name.is_empty() {
+            return Err("cluster_name must not be empty".into());
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("tls_cert and tls_key go together".into());
         }
@@ -273,6 +290,24 @@ mod tests {
         let text = include_str!("../../docs/levee.example.toml");
         let parsed: NodeConfig = toml::from_str(text).expect("the example parses");
         assert_eq!(parsed, NodeConfig::default());
+    }
+
+    #[test]
+    fn the_distributed_example_config_parses_and_validates() {
+        let text = include_str!("../../docs/levee.distributed.example.toml");
+        let parsed: NodeConfig = toml::from_str(text).expect("the example parses");
+        assert_eq!(parsed.validate(), Ok(()));
+        let scylla = parsed.scylla.expect("a [scylla] table");
+        assert_eq!(scylla.nodes, vec!["127.0.0.1:19042".to_owned()]);
+        assert_eq!(
+            scylla.replication,
+            levee_sharding::Replication::Simple { factor: 1 }
+        );
+        assert_eq!(
+            parsed.kafka.expect("a [kafka] table").topic,
+            "levee-delivery"
+        );
+        assert!(parsed.cluster_key.is_some());
     }
 
     #[test]

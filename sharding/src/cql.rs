@@ -47,6 +47,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -130,8 +131,10 @@ pub struct ScyllaConfig {
     pub replication: Replication,
     /// The data centre this node prefers (its region); unset: any.
     pub local_datacenter: Option<String>,
-    /// Table-level TTL of envelopes and dedupe records (seconds); each row also carries its
-    /// own TTL from the envelope's expiry.
+    /// Table-level TTL of envelopes and dedupe records (seconds), a backstop: each row also
+    /// carries its own TTL from the envelope's expiry. Not read from configuration files:
+    /// the relay sets it from its own `envelope_ttl_secs`.
+    #[serde(skip)]
     pub envelope_ttl_secs: u64,
     /// How long one statement may take before it fails (milliseconds).
     pub request_timeout_ms: u64,
@@ -223,7 +226,7 @@ struct Statements {
 
 /// Mailboxes in a ScyllaDB (or any CQL) cluster. See the module documentation.
 pub struct ScyllaMailboxStore {
-    session: Session,
+    session: Arc<Session>,
     statements: Statements,
 }
 
@@ -284,9 +287,15 @@ impl ScyllaMailboxStore {
         session.await_schema_agreement().await.map_err(engine)?;
         let statements = Statements::prepare(&session, &config.keyspace).await?;
         Ok(Self {
-            session,
+            session: Arc::new(session),
             statements,
         })
+    }
+
+    /// The driver session, for other tables in the same keyspace (the relay's roster):
+    /// one connection pool per process.
+    pub fn session(&self) -> Arc<Session> {
+        self.session.clone()
     }
 
     /// The live-from hint of `mailbox` (0 if none).

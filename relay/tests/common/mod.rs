@@ -296,34 +296,26 @@ impl NodeProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("levee up starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut printed: Vec<PrintedNode> = Vec::new();
-        // Each node's block starts with its name; the data line follows the last block.
-        loop {
-            let line = lines.next().expect("levee up prints its nodes").unwrap();
-            let line = line.trim();
-            if let Some(name) = line.strip_prefix("levee node ready:") {
-                printed.push(PrintedNode {
-                    name: name.trim().to_owned(),
-                    addr: "0.0.0.0:0".parse().unwrap(),
-                    fingerprint: Fingerprint([0; 32]),
-                    admin: None,
-                });
-            } else if let Some(a) = line.strip_prefix("address:") {
-                printed.last_mut().unwrap().addr = a.trim().parse().unwrap();
-            } else if let Some(f) = line.strip_prefix("fingerprint:") {
-                printed.last_mut().unwrap().fingerprint = f.trim().parse().unwrap();
-            } else if let Some(a) = line.strip_prefix("admin:") {
-                printed.last_mut().unwrap().admin = Some(a.trim().parse().unwrap());
-            } else if line.starts_with("data:") {
-                break;
-            }
-        }
+        let printed = read_printed_nodes(&mut child, "data:");
         assert_eq!(printed.len(), nodes);
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
         let config = printed[0].client_config();
         (Self { child, config }, printed)
+    }
+
+    /// `levee node --config FILE`: one process of a distributed cluster.
+    pub fn start_distributed(config: &Path) -> (Self, PrintedNode) {
+        let mut child = Command::new(levee_bin())
+            .args(["node", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("levee node starts");
+        let printed = read_printed_nodes(&mut child, "cluster:");
+        assert_eq!(printed.len(), 1, "levee node prints itself");
+        let config = printed[0].client_config();
+        (Self { child, config }, printed[0].clone())
     }
 
     /// Sends SIGKILL (std's `kill` on Unix): no shutdown code runs.
@@ -336,6 +328,36 @@ impl NodeProcess {
         c.register().await.unwrap();
         c
     }
+}
+
+/// The node blocks a `levee up` / `levee node` process prints, up to the line starting with
+/// `last`; then keeps draining its stdout so it never blocks on a full pipe.
+fn read_printed_nodes(child: &mut Child, last: &str) -> Vec<PrintedNode> {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed: Vec<PrintedNode> = Vec::new();
+    // Each node's block starts with its name.
+    loop {
+        let line = lines.next().expect("levee prints its nodes").unwrap();
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("levee node ready:") {
+            printed.push(PrintedNode {
+                name: name.trim().to_owned(),
+                addr: "0.0.0.0:0".parse().unwrap(),
+                fingerprint: Fingerprint([0; 32]),
+                admin: None,
+            });
+        } else if let Some(a) = line.strip_prefix("address:") {
+            printed.last_mut().unwrap().addr = a.trim().parse().unwrap();
+        } else if let Some(f) = line.strip_prefix("fingerprint:") {
+            printed.last_mut().unwrap().fingerprint = f.trim().parse().unwrap();
+        } else if let Some(a) = line.strip_prefix("admin:") {
+            printed.last_mut().unwrap().admin = Some(a.trim().parse().unwrap());
+        } else if line.starts_with(last) {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    printed
 }
 
 impl Drop for NodeProcess {

@@ -1,0 +1,342 @@
+//! The roster of separate relay processes, kept in the CQL database they already share.
+//!
+//! No home-made consensus and no extra service: liveness and epochs come from two things
+//! Cassandra-family databases already do well.
+//!
+//! - **Liveness is a TTL.** Each node writes its own row in `roster` with a TTL of the
+//!   failure-detection timeout and rewrites it on every heartbeat. A node that stops
+//!   (SIGKILL, power loss, partition) stops rewriting; its row disappears by itself after
+//!   the timeout. Nobody has to notice and delete it, so [`Roster::expire`] has nothing to do.
+//! - **Epochs are a compare-and-set.** `roster_epoch` holds one row per cluster: the epoch
+//!   and a digest of the rows it describes. A node whose read of the rows gives another
+//!   digest advances the epoch with a lightweight transaction (`IF epoch = e`, Paxos in the
+//!   database); if another node won the race it reads again. Every node thus reports the
+//!   same epoch for the same rows, and epochs only grow — what placement and the client's
+//!   redirect chain need.
+//!
+//! Reads of the epoch use LOCAL_SERIAL so they see the latest transaction; row reads and
+//! writes use the session's LOCAL_QUORUM.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::roster::{NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
+use crate::tls::Fingerprint;
+
+/// How many times a snapshot tries to settle the epoch before reporting what it has.
+const EPOCH_ATTEMPTS: usize = 5;
+
+fn backend(e: impl std::fmt::Display) -> RosterError {
+    RosterError::Backend(format!("cql roster: {e}"))
+}
+
+/// A roster in the CQL keyspace of the mailbox store; see the module docs.
+pub struct CqlRoster {
+    session: Arc<Session>,
+    cluster: String,
+    ttl_secs: i32,
+    /// The rows this process wrote, so a heartbeat can rewrite them whole.
+    mine: Mutex<HashMap<String, NodeInfo>>,
+    write: PreparedStatement,
+    delete: PreparedStatement,
+    rows: PreparedStatement,
+    epoch: PreparedStatement,
+    first_epoch: PreparedStatement,
+    next_epoch: PreparedStatement,
+}
+
+impl std::fmt::Debug for CqlRoster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlRoster")
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+impl CqlRoster {
+    /// Creates the roster tables in `keyspace` if missing (the keyspace must exist: the
+    /// mailbox store creates it) and prepares the statements. Rows live `failure_timeout`
+    /// after their last heartbeat (whole seconds, at least one). `cluster` names the
+    /// cluster within the keyspace.
+    pub async fn connect(
+        session: Arc<Session>,
+        keyspace: &str,
+        cluster: &str,
+        failure_timeout: Duration,
+    ) -> Result<Self, RosterError> {
+        let ks = keyspace;
+        for ddl in [
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.roster (cluster text, name text, address text, \
+                 fingerprint blob, region text, weight int, state text, \
+                 PRIMARY KEY ((cluster), name))"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.roster_epoch (cluster text PRIMARY KEY, \
+                 epoch bigint, digest blob)"
+            ),
+        ] {
+            session
+                .query_unpaged(ddl.as_str(), ())
+                .await
+                .map_err(backend)?;
+        }
+        session.await_schema_agreement().await.map_err(backend)?;
+        let prepare = |cql: String| {
+            let session = session.clone();
+            async move {
+                session
+                    .prepare(cql.as_str())
+                    .await
+                    .map_err(|e| backend(format!("preparing {cql:?}: {e}")))
+            }
+        };
+        let mut epoch = prepare(format!(
+            "SELECT epoch, digest FROM {ks}.roster_epoch WHERE cluster = ?"
+        ))
+        .await?;
+        epoch.set_consistency(Consistency::LocalSerial);
+        let mut write = prepare(format!(
+            "INSERT INTO {ks}.roster (cluster, name, address, fingerprint, region, weight, \
+             state) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+        ))
+        .await?;
+        write.set_is_idempotent(true);
+        let ttl_secs = failure_timeout.as_millis().div_ceil(1000).clamp(1, 3600) as i32;
+        Ok(Self {
+            cluster: cluster.to_owned(),
+            ttl_secs,
+            mine: Mutex::default(),
+            write,
+            delete: prepare(format!(
+                "DELETE FROM {ks}.roster WHERE cluster = ? AND name = ?"
+            ))
+            .await?,
+            rows: prepare(format!(
+                "SELECT name, address, fingerprint, region, weight, state FROM {ks}.roster \
+                 WHERE cluster = ?"
+            ))
+            .await?,
+            epoch,
+            first_epoch: prepare(format!(
+                "INSERT INTO {ks}.roster_epoch (cluster, epoch, digest) VALUES (?, 1, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            next_epoch: prepare(format!(
+                "UPDATE {ks}.roster_epoch SET epoch = ?, digest = ? WHERE cluster = ? \
+                 IF epoch = ?"
+            ))
+            .await?,
+            session,
+        })
+    }
+
+    fn mine(&self) -> MutexGuard<'_, HashMap<String, NodeInfo>> {
+        // Plain inserts and removals; a panic elsewhere cannot leave it half-changed.
+        self.mine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn write_row(&self, node: &NodeInfo) -> Result<(), RosterError> {
+        let values = (
+            &self.cluster,
+            &node.name,
+            node.address.to_string(),
+            node.fingerprint.0.as_slice(),
+            &node.region,
+            node.weight.min(i32::MAX as u32) as i32,
+            node.state.as_str(),
+            self.ttl_secs,
+        );
+        self.session
+            .execute_unpaged(&self.write, values)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Changes this process's row for `name` and writes it.
+    async fn rewrite(&self, name: &str, f: impl FnOnce(&mut NodeInfo)) -> Result<(), RosterError> {
+        let node = {
+            let mut mine = self.mine();
+            let node = mine
+                .get_mut(name)
+                .ok_or_else(|| RosterError::Unknown(name.to_owned()))?;
+            f(node);
+            node.clone()
+        };
+        self.write_row(&node).await
+    }
+
+    async fn read_rows(&self) -> Result<Vec<NodeInfo>, RosterError> {
+        type Columns = (String, String, Vec<u8>, String, i32, String);
+        let result = self
+            .session
+            .execute_unpaged(&self.rows, (&self.cluster,))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        let mut nodes = Vec::new();
+        for row in result.rows::<Columns>().map_err(backend)? {
+            let (name, address, fingerprint, region, weight, state) = row.map_err(backend)?;
+            nodes.push(parse_row(
+                name,
+                &address,
+                &fingerprint,
+                region,
+                weight,
+                &state,
+            )?);
+        }
+        // Clustering order is by name already; sorting keeps the digest independent of it.
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    /// The stored epoch and the digest it describes, if any.
+    async fn read_epoch(&self) -> Result<Option<(u64, Vec<u8>)>, RosterError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.epoch, (&self.cluster,))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        let row = result
+            .maybe_first_row::<(i64, Vec<u8>)>()
+            .map_err(backend)?;
+        Ok(row.map(|(epoch, digest)| (epoch.max(0) as u64, digest)))
+    }
+
+    /// Tries to move the epoch from `current` (none: no row yet) to describe `digest`.
+    async fn advance(&self, current: Option<u64>, digest: &[u8]) -> Result<(), RosterError> {
+        let result = match current {
+            None => {
+                self.session
+                    .execute_unpaged(&self.first_epoch, (&self.cluster, digest))
+                    .await
+            }
+            Some(epoch) => {
+                let values = (epoch as i64 + 1, digest, &self.cluster, epoch as i64);
+                self.session.execute_unpaged(&self.next_epoch, values).await
+            }
+        };
+        // Whether it applied does not matter: the caller reads again either way.
+        result.map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn parse_row(
+    name: String,
+    address: &str,
+    fingerprint: &[u8],
+    region: String,
+    weight: i32,
+    state: &str,
+) -> Result<NodeInfo, RosterError> {
+    let bad = |what: &str| backend(format!("roster row {name:?} has a bad {what}"));
+    let address: SocketAddr = address.parse().map_err(|_| bad("address"))?;
+    let fingerprint = Fingerprint(fingerprint.try_into().map_err(|_| bad("fingerprint"))?);
+    let state = match state {
+        "active" => NodeState::Active,
+        "draining" => NodeState::Draining,
+        _ => return Err(bad("state")),
+    };
+    let weight = u32::try_from(weight).map_err(|_| bad("weight"))?;
+    Ok(NodeInfo {
+        name,
+        address,
+        fingerprint,
+        region,
+        weight,
+        state,
+    })
+}
+
+/// What an epoch describes: every field of every row, in name order.
+pub(crate) fn digest(nodes: &[NodeInfo]) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for n in nodes {
+        for field in [
+            n.name.as_bytes(),
+            n.address.to_string().as_bytes(),
+            &n.fingerprint.0,
+            n.region.as_bytes(),
+            &n.weight.to_be_bytes(),
+            n.state.as_str().as_bytes(),
+        ] {
+            ctx.update(&(field.len() as u32).to_be_bytes());
+            ctx.update(field);
+        }
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+#[async_trait]
+impl Roster for CqlRoster {
+    async fn join(&self, mut node: NodeInfo) -> Result<(), RosterError> {
+        node.state = NodeState::Active;
+        self.mine().insert(node.name.clone(), node.clone());
+        self.write_row(&node).await
+    }
+
+    /// Rewrites the row with a fresh TTL. A row that had already expired comes back, which
+    /// is the same as joining again.
+    async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+        self.rewrite(name, |_| {}).await
+    }
+
+    async fn drain(&self, name: &str) -> Result<(), RosterError> {
+        self.rewrite(name, |n| n.state = NodeState::Draining).await
+    }
+
+    async fn leave(&self, name: &str) -> Result<(), RosterError> {
+        self.mine().remove(name);
+        self.session
+            .execute_unpaged(&self.delete, (&self.cluster, name))
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Nothing to do: a silent node's row expires by its TTL.
+    async fn expire(&self, _timeout: Duration) -> Result<Vec<String>, RosterError> {
+        Ok(Vec::new())
+    }
+
+    async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
+        let mut last = None;
+        for _ in 0..EPOCH_ATTEMPTS {
+            let nodes = self.read_rows().await?;
+            let digest = digest(&nodes);
+            let stored = self.read_epoch().await?;
+            if let Some((epoch, d)) = &stored
+                && *d == digest
+            {
+                return Ok(RosterSnapshot {
+                    epoch: *epoch,
+                    nodes,
+                });
+            }
+            self.advance(stored.as_ref().map(|(e, _)| *e), &digest)
+                .await?;
+            last = Some(nodes);
+        }
+        // The rows keep changing under us (nodes joining at this very moment); report them
+        // with the newest epoch, and the next heartbeat settles it.
+        let epoch = self.read_epoch().await?.map_or(0, |(e, _)| e);
+        Ok(RosterSnapshot {
+            epoch,
+            nodes: last.unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,336 @@
+//! The distributed deployment end to end: three `levee node` processes sharing real
+//! Apache Cassandra (mailboxes and roster; ScyllaDB speaks the same CQL) and real Apache
+//! Kafka (the delivery log), both started by `scripts/services.sh up`. `./scripts/test.sh`
+//! starts the services and runs these; by hand:
+//!
+//! ```sh
+//! scripts/services.sh up && cargo test -p levee-relay --test distributed -- --ignored
+//! ```
+//!
+//! `LEVEE_CQL` and `LEVEE_KAFKA` override the addresses (127.0.0.1:19042, 127.0.0.1:19092).
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{NodeProcess, PrintedNode, admin_request, assert_nothing_arrives};
+use levee_relay::client::{Client, ClientConfig, ClientError};
+use levee_relay::{AccountId, Identity};
+
+const SHARDS: u32 = 16;
+const USERS: usize = 6;
+const MESSAGES_PER_USER: u64 = 40;
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos}")
+}
+
+/// Three node configurations of one fresh cluster (its own roster partition and Kafka
+/// topic, in a keyspace shared by test runs).
+fn write_configs(dir: &Path) -> Vec<PathBuf> {
+    let cql = std::env::var("LEVEE_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
+    let kafka = std::env::var("LEVEE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let (cluster, topic) = (unique("dist"), unique("levee-dist"));
+    (1..=3)
+        .map(|k| {
+            let data = dir.join(format!("node-{k}"));
+            let text = format!(
+                r#"
+node_name = "node-{k}"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+data_dir = "{data}"
+cluster_key = "{key}"
+shards = {SHARDS}
+cluster_name = "{cluster}"
+heartbeat_ms = 250
+failure_timeout_ms = 2000
+
+[scylla]
+nodes = ["{cql}"]
+keyspace = "levee_dist"
+
+[scylla.replication]
+class = "simple"
+factor = 1
+
+[kafka]
+brokers = "{kafka}"
+topic = "{topic}"
+replication = 1
+"#,
+                data = data.display(),
+                key = "ab".repeat(32),
+            );
+            let path = dir.join(format!("node-{k}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// The relay processes, by node number (1-based); `None` while one is down.
+struct Cluster {
+    configs: Vec<PathBuf>,
+    nodes: Vec<Option<(NodeProcess, PrintedNode)>>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Self {
+        let configs = write_configs(dir);
+        let nodes = configs
+            .iter()
+            .map(|c| Some(NodeProcess::start_distributed(c)))
+            .collect();
+        Self { configs, nodes }
+    }
+
+    fn live(&self) -> Vec<PrintedNode> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<ClientConfig> {
+        self.live().iter().map(PrintedNode::client_config).collect()
+    }
+
+    fn sigkill(&mut self, k: usize) {
+        let (process, _) = self.nodes[k - 1].take().unwrap();
+        process.sigkill();
+    }
+
+    fn restart(&mut self, k: usize) {
+        self.nodes[k - 1] = Some(NodeProcess::start_distributed(&self.configs[k - 1]));
+    }
+
+    /// Waits until every live node lists exactly the live nodes at one common epoch.
+    async fn settle(&self) -> u64 {
+        let live = self.live();
+        let want: BTreeSet<String> = live.iter().map(|p| p.name.clone()).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut epochs = BTreeSet::new();
+            let mut agree = true;
+            for node in &live {
+                let (status, body) =
+                    admin_request(node.admin.unwrap(), "GET", "/admin/cluster").await;
+                assert!(status.contains("200"), "{status}: {body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let names: BTreeSet<String> = v["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|n| n["name"].as_str().unwrap().to_owned())
+                    .collect();
+                agree &= names == want;
+                epochs.insert(v["epoch"].as_u64().unwrap());
+            }
+            if agree && epochs.len() == 1 {
+                return epochs.into_iter().next().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not agree on {want:?} (epochs {epochs:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Logs `identity` in through any of `entries` (the library follows the redirect to the
+/// owner), retrying while the cluster still points at a node that is gone.
+async fn log_in(entries: &[ClientConfig], identity: &Identity, register: bool) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempt = 0usize;
+    loop {
+        let entry = &entries[attempt % entries.len()];
+        attempt += 1;
+        let result = async {
+            let c = Client::connect(entry, identity.clone()).await?;
+            if register {
+                c.register().await?;
+            } else {
+                c.authenticate().await?;
+            }
+            Ok::<_, ClientError>(c)
+        }
+        .await;
+        match result {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "could not log in: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// What senders were told: message id → recipient, for every acknowledged send.
+type Acked = Arc<Mutex<BTreeMap<[u8; 16], AccountId>>>;
+
+/// Sends `count` messages to `to`, each with a stable id; a failed send (its node died) is
+/// repeated with the same id after logging in again through a live node, so it is stored
+/// once whatever happened to the first try.
+async fn send_all(
+    identity: Identity,
+    to: AccountId,
+    entries: Arc<Mutex<Vec<ClientConfig>>>,
+    count: u64,
+    acked: Acked,
+) {
+    let current = || entries.lock().unwrap().clone();
+    let mut client = log_in(&current(), &identity, false).await;
+    for n in 0..count {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[8..].copy_from_slice(&identity.account().as_bytes()[..8]);
+        let mut tries = 0;
+        loop {
+            match client.send_with_id(&to, format!("m{n}"), id).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 20, "a send kept failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    client = log_in(&current(), &identity, false).await;
+                }
+            }
+        }
+        acked.lock().unwrap().insert(id, to);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs each user in, drains its mailbox and acknowledges everything; returns, per user,
+/// the message ids received (with repeats, if any).
+async fn drain_all(
+    entries: &[ClientConfig],
+    users: &[Identity],
+    expected: &BTreeMap<[u8; 16], AccountId>,
+) -> BTreeMap<AccountId, Vec<[u8; 16]>> {
+    let mut got = BTreeMap::new();
+    for user in users {
+        let want = expected
+            .values()
+            .filter(|to| **to == user.account())
+            .count();
+        let client = log_in(entries, user, false).await;
+        let mut inbox = client.subscribe().await.unwrap();
+        let deliveries = common::receive(&mut inbox, want, Duration::from_secs(15)).await;
+        let ids: Vec<u64> = deliveries.iter().map(|d| d.envelope_id).collect();
+        if !ids.is_empty() {
+            client.ack(&ids).await.unwrap();
+        }
+        got.insert(
+            user.account(),
+            deliveries.iter().map(|d| d.client_message_id).collect(),
+        );
+        client.close().await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path());
+    let first_epoch = cluster.settle().await;
+
+    // Users register through different nodes; each ends on its mailbox's owner.
+    let users: Vec<Identity> = (0..USERS).map(|_| Identity::generate().unwrap()).collect();
+    let entries = cluster.entries();
+    let mut servers = BTreeSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let c = log_in(&entries[i % 3..], user, true).await;
+        servers.insert(c.server());
+        c.close().await;
+    }
+
+    // Everyone sends to the next user; node-2 is killed while they do.
+    let acked: Acked = Arc::default();
+    let live_entries = Arc::new(Mutex::new(cluster.entries()));
+    let mut senders = tokio::task::JoinSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let to = users[(i + 1) % USERS].account();
+        senders.spawn(send_all(
+            user.clone(),
+            to,
+            live_entries.clone(),
+            MESSAGES_PER_USER,
+            acked.clone(),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < USERS * MESSAGES_PER_USER as usize / 3 {
+        assert!(Instant::now() < deadline, "sends did not get going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_at = acked.lock().unwrap().len();
+    let victim: SocketAddr = cluster.live()[1].addr;
+    cluster.sigkill(2);
+    *live_entries.lock().unwrap() = cluster.entries();
+    while let Some(done) = senders.join_next().await {
+        done.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), USERS * MESSAGES_PER_USER as usize);
+    assert!(killed_at < acked.len(), "the kill happened mid-stream");
+
+    // The survivors agree on a newer epoch without node-2, and deliver everything.
+    let epoch = cluster.settle().await;
+    assert!(epoch > first_epoch, "epoch {epoch} after {first_epoch}");
+    let got = drain_all(&cluster.entries(), &users, &acked).await;
+    for user in &users {
+        let want: BTreeSet<[u8; 16]> = acked
+            .iter()
+            .filter(|(_, to)| **to == user.account())
+            .map(|(id, _)| *id)
+            .collect();
+        let received = &got[&user.account()];
+        let distinct: BTreeSet<[u8; 16]> = received.iter().copied().collect();
+        assert_eq!(distinct, want, "every acknowledged send delivered");
+        assert_eq!(received.len(), want.len(), "each exactly once");
+    }
+
+    // Nothing acknowledged comes back, on a fresh session through another node.
+    let entries = cluster.entries();
+    for user in &users {
+        let c = log_in(&entries[1..], user, false).await;
+        assert_ne!(c.server(), victim);
+        let mut inbox = c.subscribe().await.unwrap();
+        assert_nothing_arrives(&mut inbox).await;
+        c.close().await;
+    }
+
+    // node-2 comes back with its certificate and rejoins; the cluster serves on.
+    cluster.restart(2);
+    let back = cluster.settle().await;
+    assert!(back > epoch);
+    let (alice, bob) = (&users[0], &users[1]);
+    let entries = cluster.entries();
+    let a = log_in(&entries, alice, false).await;
+    a.send(&bob.account(), "after the restart").await.unwrap();
+    let b = log_in(&entries, bob, false).await;
+    let mut inbox = b.subscribe().await.unwrap();
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].ciphertext[..], b"after the restart");
+    assert!(
+        servers.len() > 1,
+        "users were spread over several nodes: {servers:?}"
+    );
+}
