@@ -7,6 +7,12 @@
 #   scripts/services.sh status   say what runs and whether it answers
 #   scripts/services.sh wipe     down, then delete their data
 #
+# Faults, for the distributed tests and drills (NAME is kafka or cassandra; each acts only
+# on the process `up` started, by its pid file):
+#   scripts/services.sh restart NAME   stop it (SIGTERM), start it again, wait until it answers
+#   scripts/services.sh pause NAME     freeze it (SIGSTOP): connections stay open, nothing answers
+#   scripts/services.sh resume NAME    thaw it (SIGCONT)
+#
 # Jars come from Maven Central with the machine's Maven (poms in scripts/services/) into a
 # cache outside git ($LEVEE_SERVICES_CACHE, default ~/.cache/levee-services). Configs are
 # written from the templates in scripts/services/ into $LEVEE_SERVICES_DIR (default
@@ -167,6 +173,8 @@ stop() {
         rm -f "$(pidfile "$name")"
         return 0
     fi
+    # A paused (SIGSTOPped) process handles SIGTERM only once it runs again.
+    kill -CONT "$pid" 2>/dev/null || true
     kill -TERM "$pid"
     for _ in $(seq 60); do
         kill -0 "$pid" 2>/dev/null || break
@@ -209,10 +217,38 @@ status() {
     return $code
 }
 
+# service NAME: NAME if it is one of ours, else a usage error.
+service() {
+    case "${1:-}" in
+        kafka|cassandra) echo "$1" ;;
+        *) die "unknown service ${1:-(none)}: kafka or cassandra" ;;
+    esac
+}
+
+restart() {
+    local name
+    name="$(service "$1")"
+    stop "$name"
+    "start_$name"
+    wait_ready "$name"
+}
+
+# signal NAME SIG: send SIG to the process `up` started for NAME.
+signal() {
+    local name pid
+    name="$(service "$1")"
+    pid="$(running "$name")" || die "$name is not running"
+    kill "-$2" "$pid"
+    say "$name: SIG$2 sent (pid $pid)"
+}
+
 case "${1:-}" in
     up) up ;;
     down) stop cassandra; stop kafka ;;
     status) status ;;
     wipe) stop cassandra; stop kafka; rm -rf "$DATA" "$LOGS"; say "data deleted" ;;
-    *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    restart) restart "${2:-}" ;;
+    pause) signal "${2:-}" STOP ;;
+    resume) signal "${2:-}" CONT ;;
+    *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

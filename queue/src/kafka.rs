@@ -8,6 +8,10 @@
 //!   says the records are stored, so a restart or a new owner resumes after the last
 //!   committed record.
 //! - Records are not deleted on commit: the topic's retention removes them.
+//! - A consumer with records waiting that receives none for [`STALL_LIMIT`] is rebuilt and
+//!   re-assigned where it was. librdkafka's manually assigned consumers sometimes stop
+//!   fetching for good after a broker restart (confluentinc/librdkafka#5153,
+//!   fede1024/rust-rdkafka#597); our broker-restart test hit it on most partitions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +36,10 @@ use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRe
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a consumer re-reads the partitions' high watermarks for its lag estimate.
 const WATERMARK_REFRESH: Duration = Duration::from_secs(2);
+/// How long a consumer may see records waiting (by the watermarks) without receiving one
+/// before it is presumed stuck and rebuilt. Several watermark refreshes, so a consumer that
+/// is merely catching up after a pause is never mistaken for a stuck one.
+const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 fn backend(e: KafkaError) -> LogError {
     LogError::Backend(format!("kafka: {e}"))
@@ -181,15 +189,10 @@ impl DeliveryLog for KafkaLog {
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(backend)?;
+        let config = consumer_config(&self.config.brokers, group);
+        let consumer: StreamConsumer = config.create().map_err(backend)?;
         Ok(Box::new(KafkaConsumer {
+            config,
             consumer: Arc::new(consumer),
             topic: self.config.topic.clone(),
             shards: self.shards,
@@ -197,11 +200,26 @@ impl DeliveryLog for KafkaLog {
             committed: BTreeMap::new(),
             high: BTreeMap::new(),
             high_read: None,
+            stalled_since: None,
         }))
     }
 }
 
+/// A delivery consumer: offsets stored and committed only when the caller says so.
+fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    config
+}
+
 struct KafkaConsumer {
+    /// How `consumer` was made, to make another if it gets stuck.
+    config: ClientConfig,
     consumer: Arc<StreamConsumer>,
     topic: String,
     shards: u32,
@@ -212,6 +230,9 @@ struct KafkaConsumer {
     /// Assigned shard → its high watermark when last read, and when that was.
     high: BTreeMap<ShardId, u64>,
     high_read: Option<std::time::Instant>,
+    /// Since when every `poll` has come back empty-handed although records were waiting,
+    /// or with an error; `None` while the consumer makes progress or has nothing to do.
+    stalled_since: Option<std::time::Instant>,
 }
 
 impl KafkaConsumer {
@@ -227,20 +248,92 @@ impl KafkaConsumer {
         let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
         let shards: Vec<ShardId> = self.next.keys().copied().collect();
         let read = tokio::task::spawn_blocking(move || {
-            shards
-                .into_iter()
-                .filter_map(|s| {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, s as i32, Duration::from_secs(1))
-                        .ok()?;
-                    Some((s, high.max(0) as u64))
-                })
-                .collect::<BTreeMap<_, _>>()
+            let mut high = BTreeMap::new();
+            for s in shards {
+                // A broker that does not answer for one partition will not for the next:
+                // stop rather than wait out every timeout.
+                match consumer.fetch_watermarks(&topic, s as i32, Duration::from_secs(1)) {
+                    Ok((_, h)) => high.insert(s, h.max(0) as u64),
+                    Err(_) => break,
+                };
+            }
+            high
         })
         .await;
+        // Keep the last known marks of partitions that did not answer: a watermark only
+        // grows, so an old one understates what is waiting, never overstates it.
         if let Ok(high) = read {
-            self.high = high;
+            self.high.extend(high);
         }
+        self.high.retain(|s, _| self.next.contains_key(s));
+    }
+
+    /// Records waiting in the assigned partitions, by the last watermarks read.
+    fn waiting(&self) -> u64 {
+        self.next
+            .iter()
+            .map(|(s, n)| self.high.get(s).map_or(0, |h| h.saturating_sub(*n)))
+            .sum()
+    }
+
+    /// Points the consumer at `self.next`: every assigned shard resumes at the next record
+    /// not yet handed out.
+    fn assign_at_next(&self) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::new();
+        for (s, n) in &self.next {
+            tpl.add_partition_offset(&self.topic, *s as i32, Offset::Offset(*n as i64))
+                .map_err(backend)?;
+        }
+        self.consumer.assign(&tpl).map_err(backend)
+    }
+
+    /// Replaces a consumer that has made no progress for [`STALL_LIMIT`] although records
+    /// were waiting (see the module docs), resuming where it was.
+    async fn unstick(&mut self) -> Result<(), LogError> {
+        if self.stalled_since.is_none_or(|t| t.elapsed() < STALL_LIMIT) {
+            return Ok(());
+        }
+        tracing::warn!(
+            waiting = self.waiting(),
+            "kafka consumer made no progress for {STALL_LIMIT:?}; rebuilding it"
+        );
+        let fresh = Arc::new(self.config.create().map_err(backend)?);
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        // Closing a consumer may wait on a broker that is not answering.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
+        self.stalled_since = None;
+        self.high_read = None;
+        self.assign_at_next()
+    }
+
+    /// Takes up to `max` records, waiting at most `wait` for the first.
+    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
+        let mut out = Vec::new();
+        let mut budget = wait;
+        while out.len() < max {
+            let message = match tokio::time::timeout(budget, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) if out.is_empty() => return Err(backend(e)),
+                // Hand over what came; the error (if it persists) shows on the next poll.
+                Ok(Err(_)) => break,
+                Ok(Ok(m)) => m,
+            };
+            // After the first record, take only what has already arrived.
+            budget = Duration::ZERO;
+            let shard = message.partition() as ShardId;
+            let offset = message.offset() as u64;
+            // Past this record either way: a damaged one is reported once, not re-read.
+            self.next.insert(shard, offset + 1);
+            let Some(mailbox) = message.key().and_then(MailboxId::from_slice) else {
+                return Err(LogError::Corrupt { shard, offset });
+            };
+            out.push(LoggedRecord {
+                position: LogPosition { shard, offset },
+                mailbox,
+                payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            });
+        }
+        Ok(out)
     }
 
     /// The group's committed offsets for `shards` (0 where none).
@@ -314,46 +407,28 @@ impl LogConsumer for KafkaConsumer {
             next.insert(*s, n);
             committed.insert(*s, c);
         }
-        let mut tpl = TopicPartitionList::new();
-        for (s, n) in &next {
-            tpl.add_partition_offset(&self.topic, *s as i32, Offset::Offset(*n as i64))
-                .map_err(backend)?;
-        }
-        self.consumer.assign(&tpl).map_err(backend)?;
         self.next = next;
         self.committed = committed;
-        Ok(())
+        self.stalled_since = None;
+        self.assign_at_next()
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
-        let mut out = Vec::new();
         self.refresh_watermarks().await;
+        self.unstick().await?;
         if self.next.is_empty() {
             tokio::time::sleep(wait).await;
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        let mut budget = wait;
-        while out.len() < max {
-            let message = match tokio::time::timeout(budget, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => return Err(backend(e)),
-                Ok(Ok(m)) => m,
-            };
-            // After the first record, take only what has already arrived.
-            budget = Duration::ZERO;
-            let shard = message.partition() as ShardId;
-            let offset = message.offset() as u64;
-            let Some(mailbox) = message.key().and_then(MailboxId::from_slice) else {
-                return Err(LogError::Corrupt { shard, offset });
-            };
-            self.next.insert(shard, offset + 1);
-            out.push(LoggedRecord {
-                position: LogPosition { shard, offset },
-                mailbox,
-                payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-            });
+        let received = self.receive(max, wait).await;
+        match &received {
+            Ok(records) if !records.is_empty() || self.waiting() == 0 => self.stalled_since = None,
+            _ => {
+                self.stalled_since
+                    .get_or_insert_with(std::time::Instant::now);
+            }
         }
-        Ok(out)
+        received
     }
 
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {

@@ -101,3 +101,75 @@ async fn append_consume_commit_resume_and_reassign() {
     let first = other.poll(10, Duration::from_secs(10)).await.unwrap();
     assert_eq!(first[0].position, at(1, 0));
 }
+
+/// Runs `scripts/services.sh ARGS` (a fault on the broker the script started).
+fn services(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+    let status = std::process::Command::new(script)
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/services.sh {args:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: scripts/services.sh up; restarts the broker"]
+async fn consumption_resumes_after_a_broker_restart() {
+    const SHARDS: u32 = 16;
+    // The consumer says when it has to rebuild itself; show that if the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let topic = unique("levee-restart");
+    let log = KafkaLog::open(config(&topic), SHARDS).await.unwrap();
+    let mut consumer = log.consumer(&unique("group")).await.unwrap();
+    let all: Vec<u32> = (0..SHARDS).collect();
+    consumer.assign(&all).await.unwrap();
+    let before: Vec<LogRecord> = all.iter().map(|s| record(*s, 1)).collect();
+    log.append(before).await.unwrap();
+    let got = poll_until(consumer.as_mut(), SHARDS as usize).await;
+    consumer
+        .commit(&got.iter().map(|r| r.position).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    tokio::task::spawn_blocking(|| services(&["restart", "kafka"]))
+        .await
+        .unwrap();
+
+    // Appends may fail while the producer reconnects; the client would retry, so do we.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let after: Vec<LogRecord> = all.iter().map(|s| record(*s, 2)).collect();
+        match log.append(after).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "append after restart: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every shard delivers its second record, errors on the way notwithstanding.
+    let mut second = std::collections::BTreeSet::new();
+    while second.len() < SHARDS as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards still silent after the restart: {:?}",
+            all.iter()
+                .filter(|s| !second.contains(*s))
+                .collect::<Vec<_>>()
+        );
+        match consumer.poll(100, Duration::from_millis(500)).await {
+            Ok(batch) => second.extend(
+                batch
+                    .iter()
+                    .filter(|r| r.position.offset >= 1)
+                    .map(|r| r.position.shard),
+            ),
+            // Errors while the broker is away are expected; what matters is that they end.
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -37,7 +37,7 @@ fn unique(prefix: &str) -> String {
 
 /// Three node configurations of one fresh cluster (its own roster partition and Kafka
 /// topic, in a keyspace shared by test runs).
-fn write_configs(dir: &Path) -> Vec<PathBuf> {
+fn write_configs(dir: &Path, extra: &str) -> Vec<PathBuf> {
     let cql = std::env::var("LEVEE_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
     let kafka = std::env::var("LEVEE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let (cluster, topic) = (unique("dist"), unique("levee-dist"));
@@ -55,6 +55,7 @@ shards = {SHARDS}
 cluster_name = "{cluster}"
 heartbeat_ms = 250
 failure_timeout_ms = 2000
+{extra}
 
 [scylla]
 nodes = ["{cql}"]
@@ -86,8 +87,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Self {
-        let configs = write_configs(dir);
+    fn start(dir: &Path, extra: &str) -> Self {
+        let configs = write_configs(dir, extra);
         let nodes = configs
             .iter()
             .map(|c| Some(NodeProcess::start_distributed(c)))
@@ -197,13 +198,12 @@ async fn send_all(
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&n.to_be_bytes());
         id[8..].copy_from_slice(&identity.account().as_bytes()[..8]);
-        let mut tries = 0;
+        let give_up = Instant::now() + Duration::from_secs(60);
         loop {
             match client.send_with_id(&to, format!("m{n}"), id).await {
                 Ok(_) => break,
                 Err(e) => {
-                    tries += 1;
-                    assert!(tries < 20, "a send kept failing: {e}");
+                    assert!(Instant::now() < give_up, "a send kept failing: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     client = log_in(&current(), &identity, false).await;
                 }
@@ -243,29 +243,47 @@ async fn drain_all(
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
-async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path());
-    let first_epoch = cluster.settle().await;
+/// The services are shared: tests that restart or freeze them must not overlap with others.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    // Users register through different nodes; each ends on its mailbox's owner.
+/// Runs `scripts/services.sh ARGS` (faults on the services it started).
+async fn services(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(script).args(&args).status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "scripts/services.sh failed");
+}
+
+/// Registers `USERS` users through different nodes; returns them and the nodes they ended on.
+async fn register_users(cluster: &Cluster) -> (Vec<Identity>, BTreeSet<SocketAddr>) {
     let users: Vec<Identity> = (0..USERS).map(|_| Identity::generate().unwrap()).collect();
     let entries = cluster.entries();
     let mut servers = BTreeSet::new();
     for (i, user) in users.iter().enumerate() {
-        let c = log_in(&entries[i % 3..], user, true).await;
+        let c = log_in(&entries[i % entries.len()..], user, true).await;
         servers.insert(c.server());
         c.close().await;
     }
+    (users, servers)
+}
 
-    // Everyone sends to the next user; node-2 is killed while they do.
+/// Every user sends `MESSAGES_PER_USER` to the next one; `fault` runs once a third of the
+/// sends are acknowledged. Returns every acknowledged send.
+async fn send_through<F: std::future::Future<Output = ()>>(
+    cluster: &mut Cluster,
+    users: &[Identity],
+    fault: impl FnOnce(&mut Cluster) -> F,
+) -> BTreeMap<[u8; 16], AccountId> {
     let acked: Acked = Arc::default();
     let live_entries = Arc::new(Mutex::new(cluster.entries()));
     let mut senders = tokio::task::JoinSet::new();
     for (i, user) in users.iter().enumerate() {
-        let to = users[(i + 1) % USERS].account();
+        let to = users[(i + 1) % users.len()].account();
         senders.spawn(send_all(
             user.clone(),
             to,
@@ -274,27 +292,33 @@ async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream
             acked.clone(),
         ));
     }
+    let total = users.len() * MESSAGES_PER_USER as usize;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < USERS * MESSAGES_PER_USER as usize / 3 {
+    while acked.lock().unwrap().len() < total / 3 {
         assert!(Instant::now() < deadline, "sends did not get going");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let killed_at = acked.lock().unwrap().len();
-    let victim: SocketAddr = cluster.live()[1].addr;
-    cluster.sigkill(2);
+    let at_fault = acked.lock().unwrap().len();
+    fault(cluster).await;
     *live_entries.lock().unwrap() = cluster.entries();
     while let Some(done) = senders.join_next().await {
         done.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert_eq!(acked.len(), USERS * MESSAGES_PER_USER as usize);
-    assert!(killed_at < acked.len(), "the kill happened mid-stream");
+    assert_eq!(acked.len(), total);
+    assert!(at_fault < total, "the fault happened mid-stream");
+    acked
+}
 
-    // The survivors agree on a newer epoch without node-2, and deliver everything.
-    let epoch = cluster.settle().await;
-    assert!(epoch > first_epoch, "epoch {epoch} after {first_epoch}");
-    let got = drain_all(&cluster.entries(), &users, &acked).await;
-    for user in &users {
+/// Every acknowledged send arrives exactly once, and once acknowledged by its recipient
+/// nothing comes back, on a fresh session through another node.
+async fn assert_delivered_once(
+    cluster: &Cluster,
+    users: &[Identity],
+    acked: &BTreeMap<[u8; 16], AccountId>,
+) {
+    let got = drain_all(&cluster.entries(), users, acked).await;
+    for user in users {
         let want: BTreeSet<[u8; 16]> = acked
             .iter()
             .filter(|(_, to)| **to == user.account())
@@ -305,16 +329,41 @@ async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream
         assert_eq!(distinct, want, "every acknowledged send delivered");
         assert_eq!(received.len(), want.len(), "each exactly once");
     }
-
-    // Nothing acknowledged comes back, on a fresh session through another node.
     let entries = cluster.entries();
-    for user in &users {
-        let c = log_in(&entries[1..], user, false).await;
-        assert_ne!(c.server(), victim);
+    for user in users {
+        let c = log_in(&entries[entries.len() - 1..], user, false).await;
         let mut inbox = c.subscribe().await.unwrap();
         assert_nothing_arrives(&mut inbox).await;
         c.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), "");
+    let first_epoch = cluster.settle().await;
+    let (users, servers) = register_users(&cluster).await;
+    assert!(
+        servers.len() > 1,
+        "users were spread over several nodes: {servers:?}"
+    );
+
+    // node-2 is killed while everyone sends.
+    let victim: SocketAddr = cluster.live()[1].addr;
+    let acked = send_through(&mut cluster, &users, |c| {
+        c.sigkill(2);
+        std::future::ready(())
+    })
+    .await;
+
+    // The survivors agree on a newer epoch without node-2, and deliver everything.
+    let epoch = cluster.settle().await;
+    assert!(epoch > first_epoch, "epoch {epoch} after {first_epoch}");
+    assert!(cluster.live().iter().all(|n| n.addr != victim));
+    assert_delivered_once(&cluster, &users, &acked).await;
 
     // node-2 comes back with its certificate and rejoins; the cluster serves on.
     cluster.restart(2);
@@ -329,8 +378,104 @@ async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream
     let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].ciphertext[..], b"after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn a_kafka_broker_restart_mid_stream_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), "");
+    cluster.settle().await;
+    let (users, _) = register_users(&cluster).await;
+    let acked = send_through(&mut cluster, &users, |_| services(&["restart", "kafka"])).await;
+    cluster.settle().await;
+    assert_delivered_once(&cluster, &users, &acked).await;
+}
+
+/// A metric's value on a node's admin port (summed over matching series), if present.
+async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (_, page) = admin_request(admin, "GET", "/metrics").await;
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messaging() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), "");
+    cluster.settle().await;
+    let (users, _) = register_users(&cluster).await;
+    let entries = cluster.entries();
+    let mut clients = Vec::new();
+    for user in &users {
+        clients.push(log_in(&entries, user, false).await);
+    }
+    let next = |i: usize| users[(i + 1) % USERS].account();
+    let message_id = |i: usize, n: u8| {
+        let mut id = [n; 16];
+        id[15] = i as u8;
+        id
+    };
+    let mut acked = BTreeMap::new();
+    // One send each first: every node learns the recipients exist while the store answers.
+    for (i, c) in clients.iter().enumerate() {
+        let id = message_id(i, 0);
+        c.send_with_id(&next(i), "m0", id).await.unwrap();
+        acked.insert(id, next(i));
+    }
+
+    services(&["pause", "cassandra"]).await;
+    let frozen_at = Instant::now();
+    // While the store is frozen, established sessions keep sending and every send is
+    // acknowledged: the log buffers them.
+    for n in 1..=10u8 {
+        for (i, c) in clients.iter().enumerate() {
+            let id = message_id(i, n);
+            c.send_with_id(&next(i), format!("m{n}"), id)
+                .await
+                .unwrap_or_else(|e| panic!("a send during the stall failed: {e}"));
+            acked.insert(id, next(i));
+        }
+    }
+    let during = frozen_at.elapsed();
+    // Slow writes and a growing backlog lower the admission level: registrations first.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(during)).await;
+    let mut lowest = f64::MAX;
+    for node in cluster.live() {
+        let admin = node.admin.unwrap();
+        if let Some(level) = metric(admin, "levee_admission_level").await {
+            lowest = lowest.min(level);
+        }
+        let shed = metric(admin, "levee_admission_shed_total{class=\"messaging\"").await;
+        assert_eq!(
+            shed.unwrap_or(0.0),
+            0.0,
+            "messaging was shed on {}",
+            node.name
+        );
+    }
+    services(&["resume", "cassandra"]).await;
+    let stalled = frozen_at.elapsed();
     assert!(
-        servers.len() > 1,
-        "users were spread over several nodes: {servers:?}"
+        lowest < 1.0,
+        "no node lowered its admission level during a {stalled:?} stall"
     );
+    assert!(
+        lowest > 1.0 / 3.0,
+        "the level fell into messaging: {lowest}"
+    );
+    for c in clients {
+        c.close().await;
+    }
+
+    // Delivered after the stall, each once, nothing back after acknowledgement.
+    cluster.settle().await;
+    assert_delivered_once(&cluster, &users, &acked).await;
 }

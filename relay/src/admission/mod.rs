@@ -10,6 +10,8 @@
 //!   space is admitted, adapted once per window from the time admitted requests waited in
 //!   queue before a worker started them and from backend health — down fast under
 //!   overload, up slowly, holding steady in between.
+//! - [`BackendHealth`]: whether the storage behind the node is overloaded — slow writes, a
+//!   write stuck now, delivery lag — from evidence that expires.
 //! - [`WaitingLine`]: registrations that cannot be served now get positions in arrival
 //!   order; the head advances at the rate the node has shown it absorbs.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
@@ -19,12 +21,14 @@
 //!
 //! The node wires these to its clock, randomness and metrics in `crate::node::admission`.
 
+mod backend;
 mod cohort;
 mod controller;
 mod line;
 mod ticket;
 mod work;
 
+pub use backend::BackendHealth;
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
-    AdmissionController, AdmissionLevel, CohortSalt, ControllerConfig, RequestClass, Ticket,
-    TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
+    AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, RequestClass,
+    Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -41,17 +41,25 @@ pub(crate) enum RegistrationDecision {
     Rejected(TicketError),
 }
 
+/// Backend evidence older than this many windows no longer counts.
+const EVIDENCE_WINDOWS: u32 = 2;
+
 struct State {
     controller: AdmissionController,
     line: WaitingLine,
-    /// Smoothed latency of durable storage writes (delivery-log appends, mailbox inserts,
-    /// acknowledgements), in milliseconds.
-    backend_ms: f64,
-    /// Whether delivery is further behind the log than allowed.
-    lagging: bool,
+    /// Durable storage writes (delivery-log appends, mailbox inserts, acknowledgements)
+    /// and delivery lag.
+    backend: BackendHealth,
 }
 
 impl State {
+    /// Hands the controller the backend's health now; call before anything that may close
+    /// a window, so the window is judged on current evidence.
+    fn judge_backend(&mut self, now: Instant) {
+        let overloaded = self.backend.overloaded(now);
+        self.controller.set_backend_overloaded(overloaded);
+    }
+
     /// After a window: the line learns from it, and serves the share of its rate that the
     /// new level grants registrations.
     fn window_closed(&mut self, (verdict, window): (Verdict, Duration), now: Instant) {
@@ -65,8 +73,6 @@ impl State {
 /// Admission control of one node.
 pub(crate) struct Admission {
     enabled: bool,
-    lag_limit: u64,
-    backend_limit_ms: f64,
     work_max_bits: u32,
     window: Duration,
     state: Mutex<State>,
@@ -137,12 +143,13 @@ impl Admission {
             state: Mutex::new(State {
                 controller,
                 line: WaitingLine::new(config.registration_initial_rate, now),
-                backend_ms: 0.0,
-                lagging: false,
+                backend: BackendHealth::new(
+                    Duration::from_millis(config.admission_backend_latency_ms),
+                    config.admission_backend_lag,
+                    Duration::from_millis(config.admission_window_ms) * EVIDENCE_WINDOWS,
+                ),
             }),
-            lag_limit: config.admission_backend_lag,
             work_max_bits: config.registration_work_max_bits,
-            backend_limit_ms: config.admission_backend_latency_ms as f64,
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
             node_id,
@@ -179,30 +186,28 @@ impl Admission {
         Err((self.window.as_millis() as f64 * self.jitter()) as u64)
     }
 
-    /// Records how long a durable storage write took. When the smoothed latency passes
-    /// `admission_backend_latency_ms`, every window counts as overloaded: the storage
-    /// behind the node is the bottleneck even if its own queues are short.
-    pub(crate) fn record_backend_latency(&self, took: Duration) {
-        let mut state = self.lock();
-        state.backend_ms = 0.9 * state.backend_ms + 0.1 * took.as_secs_f64() * 1000.0;
-        self.judge_backend(&mut state);
-        self.metrics.backend_latency(state.backend_ms / 1000.0);
+    /// A durable storage write starts; it counts until the returned guard is dropped
+    /// (however the write ends, including cancellation). While the smoothed latency is over
+    /// `admission_backend_latency_ms`, or a write hangs for several times that, every
+    /// window counts as overloaded: the storage behind the node is the bottleneck even if
+    /// its own queues are short.
+    pub(crate) fn backend_write(&self) -> BackendWrite<'_> {
+        let ticket = self.lock().backend.started(Instant::now());
+        BackendWrite {
+            admission: self,
+            ticket,
+        }
     }
 
     /// Records how many log records delivery has yet to store. Past
     /// `admission_backend_lag`, every window counts as overloaded: accepting more sends
     /// would only lengthen the time to deliver them.
     pub(crate) fn record_lag(&self, records: u64) {
+        let now = Instant::now();
         let mut state = self.lock();
-        state.lagging = records > self.lag_limit;
-        self.judge_backend(&mut state);
+        state.backend.record_lag(records, now);
+        state.judge_backend(now);
         self.metrics.delivery_lag(records);
-    }
-
-    /// The backend is overloaded while writes are slow or delivery lags.
-    fn judge_backend(&self, state: &mut State) {
-        let overloaded = state.backend_ms > self.backend_limit_ms || state.lagging;
-        state.controller.set_backend_overloaded(overloaded);
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
@@ -245,6 +250,7 @@ impl Admission {
         }
         let mut state = self.lock();
         let now = Instant::now();
+        state.judge_backend(now);
         if let Some(closed) = state.controller.record_wait(wait, now) {
             state.window_closed(closed, now);
         }
@@ -266,6 +272,7 @@ impl Admission {
         }
         let mut state = self.lock();
         let now = Instant::now();
+        state.judge_backend(now);
         if let Some(closed) = state.controller.tick(now) {
             state.window_closed(closed, now);
         }
@@ -332,6 +339,24 @@ impl Admission {
     }
 }
 
+/// A durable write in progress; see [`Admission::backend_write`].
+pub(crate) struct BackendWrite<'a> {
+    admission: &'a Admission,
+    ticket: u64,
+}
+
+impl Drop for BackendWrite<'_> {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let mut state = self.admission.lock();
+        state.backend.finished(self.ticket, now);
+        state.judge_backend(now);
+        self.admission
+            .metrics
+            .backend_latency(state.backend.smoothed().as_secs_f64());
+    }
+}
+
 fn since_epoch() -> Duration {
     Duration::from_millis(now_ms())
 }
@@ -395,15 +420,14 @@ mod tests {
     #[test]
     fn slow_storage_makes_the_node_shed() {
         let a = admission(100.0);
-        for _ in 0..100 {
-            a.record_backend_latency(Duration::from_secs(1));
-        }
+        let slow = a.backend_write();
         std::thread::sleep(Duration::from_millis(1100));
         a.tick();
-        assert!(a.shedding(), "a 1 s storage latency is overload");
+        assert!(a.shedding(), "a write hanging for a second is overload");
+        drop(slow);
         let b = admission(100.0);
         for _ in 0..100 {
-            b.record_backend_latency(Duration::from_millis(2));
+            drop(b.backend_write());
         }
         std::thread::sleep(Duration::from_millis(1100));
         b.tick();

@@ -125,6 +125,8 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             },
         };
         if records.is_empty() {
+            // Nothing to store: say so, or the last backlog would stand as evidence.
+            shared.admission.record_lag(consumer.lag());
             continue;
         }
         let mut envelopes = Vec::with_capacity(records.len());
@@ -141,9 +143,9 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             }
         }
         let outcomes = loop {
-            let started = std::time::Instant::now();
+            let write = shared.admission.backend_write();
             let inserted = shared.store.insert(envelopes.clone()).await;
-            shared.admission.record_backend_latency(started.elapsed());
+            drop(write);
             match inserted {
                 Ok(outcomes) => break outcomes,
                 Err(e) => {

@@ -1,6 +1,7 @@
 //! The relay node runtime: the I/O shell around the session rules, the mailbox store and
 //! the delivery log.
 
+mod accounts;
 mod admin;
 mod admission;
 mod connection;
@@ -64,6 +65,7 @@ pub(crate) struct Shared {
     pub store: Arc<dyn MailboxStore>,
     pub log: Arc<dyn DeliveryLog>,
     pub presence: Presence,
+    pub known_accounts: accounts::KnownAccounts,
     pub rng: SystemRandom,
     pub connections: AtomicUsize,
     pub metrics: crate::telemetry::NodeMetrics,
@@ -224,6 +226,7 @@ impl Node {
                 store,
                 log,
                 presence: Presence::default(),
+                known_accounts: accounts::KnownAccounts::default(),
                 rng: SystemRandom::new(),
                 connections: AtomicUsize::new(0),
                 metrics,
