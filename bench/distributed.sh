@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Distributed-mode throughput and latency: three `levee node` processes on the real Kafka
+# and Cassandra from scripts/services.sh, and `levee-load` sending through node-1.
+#
+#   scripts/services.sh up
+#   bench/distributed.sh                      # default load: -c 8 -w 64 --duration 10
+#   bench/distributed.sh -c 32 -w 16 --json   # any levee-load flags
+#   scripts/services.sh down
+#
+# Each run uses a fresh keyspace-independent cluster name and Kafka topic, nodes listen on
+# 127.0.0.1:4533..4535 (admin 9200..9202), and everything it started is stopped when it
+# ends, however it ends. The per-account and per-prefix limits are lifted: the load
+# generator's few accounts send far faster than a person could.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CQL="${LEVEE_CQL:-127.0.0.1:19042}"
+KAFKA="${LEVEE_KAFKA:-127.0.0.1:19092}"
+NODES=3
+
+cd "$ROOT"
+"$ROOT/scripts/services.sh" status >/dev/null 2>&1 ||
+    { echo "distributed.sh: the services are not up; run scripts/services.sh up first" >&2; exit 1; }
+cargo build --release --locked -q -p levee-relay -p levee-bench
+
+RUN="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+STAMP="$(date +%s%N)"
+for k in $(seq "$NODES"); do
+    cat >"$RUN/node-$k.toml" <<EOF
+node_name = "node-$k"
+listen = "127.0.0.1:$((4532 + k))"
+admin_listen = "127.0.0.1:$((9199 + k))"
+data_dir = "$RUN/node-$k"
+cluster_key = "$(printf 'cd%.0s' $(seq 32))"
+cluster_name = "bench-$STAMP"
+account_requests_per_sec = 1000000
+connections_per_prefix_per_sec = 1000000
+
+[scylla]
+nodes = ["$CQL"]
+keyspace = "levee_bench"
+
+[scylla.replication]
+class = "simple"
+factor = 1
+
+[kafka]
+brokers = "$KAFKA"
+topic = "levee-bench-$STAMP"
+replication = 1
+EOF
+    RUST_LOG=warn target/release/levee node --config "$RUN/node-$k.toml" \
+        >"$RUN/node-$k.out" 2>"$RUN/node-$k.err" &
+    PIDS+=($!)
+done
+
+# Each node prints its block and then a `cluster:` line once it has joined.
+for k in $(seq "$NODES"); do
+    for _ in $(seq 120); do
+        grep -q '^ *cluster:' "$RUN/node-$k.out" 2>/dev/null && break
+        kill -0 "${PIDS[$((k - 1))]}" 2>/dev/null ||
+            { cat "$RUN/node-$k.err" >&2; echo "distributed.sh: node-$k exited" >&2; exit 1; }
+        sleep 0.5
+    done
+    grep -q '^ *cluster:' "$RUN/node-$k.out" || { cat "$RUN/node-$k.out" "$RUN/node-$k.err" >&2; echo "distributed.sh: node-$k did not start" >&2; exit 1; }
+done
+FP="$(awk '/fingerprint:/ {print $2; exit}' "$RUN/node-1.out")"
+# Let the roster settle on all three before measuring.
+sleep 3
+
+if [[ $# -eq 0 ]]; then set -- -c 8 -w 64 --duration 10; fi
+TIMEFORMAT="levee-load CPU seconds: %U user + %S system in %R s"
+time target/release/levee-load --server 127.0.0.1:4533 --fingerprint "$FP" "$@"
+echo "node CPU seconds (user+system) since each started:" >&2
+for k in $(seq "$NODES"); do
+    pid="${PIDS[$((k - 1))]}"
+    awk -v k="$k" '{printf "  node-%s: %.1f\n", k, ($14 + $15) / 100}' "/proc/$pid/stat" >&2
+done
