@@ -195,13 +195,17 @@ impl NodeMetrics {
         let by_class = |name: &'static str| {
             CLASSES.map(|c| counter!(name, "class" => class_label(c), "node" => node.to_owned()))
         };
+        let level = gauge!(LEVEL, &[n()]);
+        // A node admits everything until its first window says otherwise; a fresh node
+        // must not read as one shedding everything (0) on its metrics page.
+        level.set(1.0);
         Self {
             node: node.to_owned(),
             admitted: by_class(ADMITTED),
             shed: by_class(SHED),
             queue_wait: histogram!(QUEUE_WAIT, &[n()]),
             scheduling_lag: histogram!(SCHEDULING_LAG, &[n()]),
-            level: gauge!(LEVEL, &[n()]),
+            level,
             line_length: gauge!(LINE_LENGTH, &[n()]),
             line_rate: gauge!(LINE_RATE, &[n()]),
             line_wait: gauge!(LINE_WAIT, &[n()]),

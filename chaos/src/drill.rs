@@ -1,0 +1,1002 @@
+//! Playing a scenario against an embedded local cluster the drill starts itself.
+//!
+//! Everyone is a real QUIC client from the client library: established users (logged in,
+//! subscribed, messaging their contacts on a timer, acknowledging what arrives, logging in
+//! again when their node dies) and newcomers (arriving at the wave's rate, connecting
+//! patiently, waiting in line with their ticket as told, then messaging). Clients share a
+//! few UDP sockets — one `Connector` per node. What they are told goes into the
+//! [`Ledger`] and the [`Timeline`]; faults go through the cluster's own API.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use levee_relay::admission::TicketKey;
+use levee_relay::client::{ClientConfig, ClientError, Connector, Registration};
+use levee_relay::cluster::{LocalCluster, NodeSummary};
+use levee_relay::tls::Trust;
+use levee_relay::wire::pb::ErrorCode;
+use levee_relay::{AccountId, Identity, NodeConfig};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::ledger::{Ending, Ledger, MessageId, Newcomer};
+use crate::record::{Event, EventKind, RunRecord, Summary, Verdict};
+use crate::scenario::{FaultAction, Phase, Scenario};
+use crate::timeline::{Class, Timeline};
+
+/// Someone watching the drill (the progress bar); called once a second.
+pub trait Watcher: Send + Sync {
+    /// What the drill is doing now.
+    fn tick(&self, status: &Status);
+}
+
+/// The drill's state for [`Watcher::tick`].
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// Seconds into the run.
+    pub t: f64,
+    /// Seconds the run lasts at most (play + drain).
+    pub total: f64,
+    /// The phase.
+    pub phase: &'static str,
+    /// Established users' sends acknowledged so far.
+    pub sent: u64,
+    /// ... failed for good so far.
+    pub send_failures: u64,
+    /// Newcomers offered, admitted, holding a ticket.
+    pub offered: u64,
+    /// Admitted so far.
+    pub admitted: u64,
+    /// In line now.
+    pub waiting: u64,
+    /// Messaging p99 of the last second, ms.
+    pub p99_ms: Option<f64>,
+}
+
+/// The first byte of a payload: who sent it.
+const FROM_ESTABLISHED: u8 = 1;
+const FROM_NEWCOMER: u8 = 2;
+/// Payload size: a small message (the relay never looks inside).
+const PAYLOAD: usize = 64;
+/// How long one send may keep retrying (reconnects included) before it counts as failed.
+const SEND_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The live nodes and a connector (one UDP socket) for each.
+#[derive(Default)]
+struct Entries {
+    nodes: Vec<(NodeSummary, Connector)>,
+    next: usize,
+}
+
+/// What every client task shares.
+struct Shared {
+    scenario: Scenario,
+    timeline: Timeline,
+    ledger: Mutex<Ledger>,
+    entries: Mutex<Entries>,
+    ticket_key: TicketKey,
+    rng: SystemRandom,
+    /// Play is over: stop offering new work.
+    play_over: AtomicBool,
+    /// The run is over: every task ends.
+    stop: tokio_util_cancel::Stop,
+    sent: AtomicU64,
+    send_failures: AtomicU64,
+    newcomer_sends: AtomicU64,
+    offered: AtomicU64,
+    not_offered: AtomicU64,
+    in_progress: AtomicU64,
+    admitted: AtomicU64,
+    admitted_in_wave: AtomicU64,
+    waiting: AtomicU64,
+    requests: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Counters and lists only; a panicking task cannot leave them torn.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// A connector to a live node, in turn.
+    fn connector(&self) -> Option<Connector> {
+        let mut e = lock(&self.entries);
+        if e.nodes.is_empty() {
+            return None;
+        }
+        e.next = (e.next + 1) % e.nodes.len();
+        Some(e.nodes[e.next].1.clone())
+    }
+
+    fn random_u64(&self) -> u64 {
+        let mut b = [0u8; 8];
+        let _ = self.rng.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn message_id(&self) -> MessageId {
+        let mut id = [0u8; 16];
+        let _ = self.rng.fill(&mut id);
+        id
+    }
+
+    /// `d` stretched by up to 25% at random: clients coming back as told, not in lockstep.
+    fn jitter(&self, d: Duration) -> Duration {
+        d.mul_f64(1.0 + (self.random_u64() % 1000) as f64 / 4000.0)
+    }
+
+    fn payload(&self, from: u8) -> Vec<u8> {
+        let mut p = vec![0u8; PAYLOAD];
+        p[0] = from;
+        let sent = self.timeline.epoch().elapsed().as_nanos() as u64;
+        p[1..9].copy_from_slice(&sent.to_be_bytes());
+        p
+    }
+
+    fn over(&self) -> bool {
+        self.stop.is_stopped()
+    }
+}
+
+/// A tiny stop signal: a flag plus a notification, so sleeping tasks wake at once.
+mod tokio_util_cancel {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    #[derive(Default)]
+    pub struct Stop {
+        stopped: AtomicBool,
+        notify: Notify,
+    }
+
+    impl Stop {
+        pub fn stop(&self) {
+            self.stopped.store(true, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+
+        pub fn is_stopped(&self) -> bool {
+            self.stopped.load(Ordering::SeqCst)
+        }
+
+        /// Sleeps `d`; returns true if the stop came first.
+        pub async fn sleep(&self, d: std::time::Duration) -> bool {
+            let notified = self.notify.notified();
+            if self.is_stopped() {
+                return true;
+            }
+            tokio::select! {
+                () = notified => true,
+                () = tokio::time::sleep(d) => self.is_stopped(),
+            }
+        }
+
+        pub async fn stopped(&self) {
+            let notified = self.notify.notified();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One established user.
+struct User {
+    identity: Identity,
+    account: AccountId,
+    contacts: Vec<AccountId>,
+    /// The session sends go through, while there is one.
+    current: Mutex<Option<Arc<levee_relay::client::Client>>>,
+}
+
+/// Plays `scenario` once, with admission control on or off, and judges it.
+pub async fn run(
+    scenario: &Scenario,
+    admission: bool,
+    watcher: Option<Arc<dyn Watcher>>,
+) -> anyhow::Result<RunRecord> {
+    let dir = tempfile::tempdir().context("a temporary directory for the cluster")?;
+    let rng = SystemRandom::new();
+    let mut key = [0u8; 32];
+    rng.fill(&mut key)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let cluster = start_cluster(scenario, admission, dir.path(), &key).await?;
+    let shared = Arc::new(Shared {
+        scenario: scenario.clone(),
+        timeline: Timeline::start(),
+        ledger: Mutex::new(Ledger::default()),
+        entries: Mutex::new(Entries::default()),
+        ticket_key: TicketKey::new(&key),
+        rng,
+        play_over: AtomicBool::new(false),
+        stop: tokio_util_cancel::Stop::default(),
+        sent: AtomicU64::new(0),
+        send_failures: AtomicU64::new(0),
+        newcomer_sends: AtomicU64::new(0),
+        offered: AtomicU64::new(0),
+        not_offered: AtomicU64::new(0),
+        in_progress: AtomicU64::new(0),
+        admitted: AtomicU64::new(0),
+        admitted_in_wave: AtomicU64::new(0),
+        waiting: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+    });
+    for node in cluster.nodes() {
+        add_entry(&shared, node)?;
+    }
+    let users = establish(&shared).await?;
+    // The clock of the run starts now; setting up the population is not part of it.
+    let shared = Arc::new(Shared {
+        timeline: Timeline::start(),
+        ..Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("setup tasks still running"))?
+    });
+    let mut events = vec![Event {
+        at_s: 0.0,
+        kind: EventKind::Phase,
+        label: Phase::Baseline.name().into(),
+    }];
+    let mut tasks = tokio::task::JoinSet::new();
+    for user in &users {
+        tasks.spawn(session_loop(shared.clone(), user.clone()));
+        tasks.spawn(sender(shared.clone(), user.clone()));
+    }
+    if scenario.wave.is_some() {
+        tasks.spawn(arrivals(shared.clone(), users.clone()));
+    }
+
+    // The conductor: faults on time, a sample a second, phase changes, the end.
+    let mut faults = scenario.faults.clone();
+    faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let mut faults = faults.into_iter().peekable();
+    let total = scenario.duration_s + scenario.drain_s;
+    let mut phase = Phase::Baseline;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_sample = -1i64;
+    loop {
+        tick.tick().await;
+        let t = shared.timeline.now();
+        let now_phase = scenario.phase(t);
+        if now_phase != phase {
+            phase = now_phase;
+            events.push(Event {
+                at_s: t,
+                kind: EventKind::Phase,
+                label: phase.name().into(),
+            });
+            if phase == Phase::Drain {
+                shared.play_over.store(true, Ordering::SeqCst);
+            }
+        }
+        while let Some(f) = faults.next_if(|f| f.at_s <= t) {
+            inject(&shared, &cluster, &f.action, t, &mut events).await?;
+        }
+        if t as i64 > last_sample {
+            last_sample = t as i64;
+            sample(&shared, &cluster, phase, watcher.as_deref(), total).await;
+        }
+        let settled = shared.in_progress.load(Ordering::SeqCst) == 0
+            && lock(&shared.ledger).undelivered() == 0;
+        if t >= total || (phase == Phase::Drain && settled) {
+            break;
+        }
+    }
+    let ended_at = shared.timeline.now();
+    shared.stop.stop();
+    while tasks.join_next().await.is_some() {}
+    // Nothing acknowledged may come back: a fresh session for every user, through any
+    // node, must bring only what was never acknowledged.
+    final_sessions(&shared, &users).await;
+    events.push(Event {
+        at_s: ended_at,
+        kind: EventKind::Phase,
+        label: "end".into(),
+    });
+    cluster
+        .shutdown()
+        .await
+        .context("stopping the drill's cluster")?;
+    Ok(judge(&shared, admission, events))
+}
+
+async fn start_cluster(
+    scenario: &Scenario,
+    admission: bool,
+    dir: &std::path::Path,
+    key: &[u8; 32],
+) -> anyhow::Result<Arc<LocalCluster>> {
+    let base = NodeConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("a literal address"),
+        admin_listen: Some("127.0.0.1:0".parse().expect("a literal address")),
+        shards: scenario.cluster.shards,
+        admission,
+        cluster_key: Some(hex::encode(key)),
+        // Every client of the drill comes from 127.0.0.1; a real crowd comes from many
+        // networks, so the per-prefix connection limit would measure the wrong thing.
+        connections_per_prefix_per_sec: 1_000_000,
+        ..NodeConfig::default()
+    };
+    let cluster = LocalCluster::open(base).context("opening the drill's cluster")?;
+    for _ in 0..scenario.cluster.nodes {
+        cluster.add_node().await.context("starting a node")?;
+    }
+    Ok(cluster)
+}
+
+fn add_entry(shared: &Shared, node: NodeSummary) -> anyhow::Result<()> {
+    let config = ClientConfig::new(node.address, Trust::Fingerprint(node.fingerprint));
+    let connector = Connector::new(&config).context("a client socket")?;
+    lock(&shared.entries).nodes.push((node, connector));
+    Ok(())
+}
+
+/// Registers the established users (before the run's clock starts) and picks contacts.
+async fn establish(shared: &Arc<Shared>) -> anyhow::Result<Vec<Arc<User>>> {
+    let n = shared.scenario.population.established as usize;
+    let identities: Vec<Identity> = (0..n)
+        .map(|_| Identity::generate())
+        .collect::<Result<_, _>>()
+        .context("generating identities")?;
+    let accounts: Vec<AccountId> = identities.iter().map(Identity::account).collect();
+    let mut registering = tokio::task::JoinSet::new();
+    for id in &identities {
+        let (shared, id) = (shared.clone(), id.clone());
+        registering.spawn(async move {
+            let connector = shared.connector().context("no node is up")?;
+            let client = connector.connect(id).await?;
+            client.register().await?;
+            client.close().await;
+            anyhow::Ok(())
+        });
+        // A few dozen at a time: setting up is not the test.
+        while registering.len() >= 32 {
+            if let Some(done) = registering.join_next().await {
+                done??;
+            }
+        }
+    }
+    while let Some(done) = registering.join_next().await {
+        done??;
+    }
+    let contacts = shared.scenario.population.contacts as usize;
+    Ok(identities
+        .into_iter()
+        .enumerate()
+        .map(|(i, identity)| {
+            let mut mine = Vec::with_capacity(contacts);
+            while mine.len() < contacts {
+                let j = (shared.random_u64() % n as u64) as usize;
+                if j != i && !mine.contains(&accounts[j]) {
+                    mine.push(accounts[j]);
+                }
+            }
+            Arc::new(User {
+                account: accounts[i],
+                identity,
+                contacts: mine,
+                current: Mutex::new(None),
+            })
+        })
+        .collect())
+}
+
+/// Whether an error means "this connection is gone or the node is busy": try again,
+/// elsewhere if need be — as an app would.
+fn transient(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Unreachable { .. }
+            | ClientError::Closed(_)
+            | ClientError::Timeout(_)
+            | ClientError::Busy
+    ) || matches!(
+        e.code(),
+        Some(ErrorCode::RateLimited | ErrorCode::MailboxUnavailable)
+    )
+}
+
+/// An established user's sessions: log in, subscribe, take deliveries and acknowledge
+/// them; when the session ends (its node died), log in again through any node.
+async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
+    let mut session = 0u64;
+    while !shared.over() {
+        shared.timeline.offered(Class::Login);
+        let started = Instant::now();
+        let login = async {
+            let connector = shared
+                .connector()
+                .ok_or_else(|| ClientError::Closed("no node is up".into()))?;
+            let client = connector.connect(user.identity.clone()).await?;
+            client.authenticate().await?;
+            let inbox = client.subscribe().await?;
+            Ok::<_, ClientError>((Arc::new(client), inbox))
+        };
+        let (client, mut inbox) = match login.await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if e.code() == Some(ErrorCode::RateLimited) {
+                    shared.timeline.shed(Class::Login);
+                } else {
+                    shared.timeline.failed(Class::Login);
+                }
+                if shared
+                    .stop
+                    .sleep(shared.jitter(Duration::from_millis(500)))
+                    .await
+                {
+                    return;
+                }
+                continue;
+            }
+        };
+        shared.timeline.ok(Class::Login, Some(started.elapsed()));
+        session += 1;
+        *lock(&user.current) = Some(client.clone());
+        loop {
+            let first = tokio::select! {
+                () = shared.stop.stopped() => break,
+                d = inbox.next() => d,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while let Some(d) = inbox.try_next() {
+                batch.push(d);
+            }
+            take(&shared, &user, &batch, session);
+            let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
+            if client.ack(&ids).await.is_ok() {
+                let mut ledger = lock(&shared.ledger);
+                for d in &batch {
+                    ledger.recipient_acked(d.client_message_id, user.account, session);
+                }
+            }
+        }
+        *lock(&user.current) = None;
+        if let Ok(c) = Arc::try_unwrap(client) {
+            c.close().await;
+        }
+    }
+}
+
+/// Ledger and latency for deliveries that arrived on `session`.
+fn take(shared: &Shared, user: &User, batch: &[levee_relay::client::Delivery], session: u64) {
+    let now = shared.timeline.epoch().elapsed().as_nanos() as u64;
+    let mut ledger = lock(&shared.ledger);
+    for d in batch {
+        ledger.delivered(d.client_message_id, user.account, session);
+        if d.ciphertext.len() >= 9 && d.ciphertext[0] == FROM_ESTABLISHED {
+            let mut sent = [0u8; 8];
+            sent.copy_from_slice(&d.ciphertext[1..9]);
+            let took = Duration::from_nanos(now.saturating_sub(u64::from_be_bytes(sent)));
+            shared.timeline.latency(Class::Messaging, took);
+        }
+    }
+}
+
+/// An established user's messages: one to a random contact every `send_interval_s`, open
+/// loop, each retried (same message id, so never twice) until it is acknowledged or
+/// [`SEND_PATIENCE`] runs out.
+async fn sender(shared: Arc<Shared>, user: Arc<User>) {
+    let interval = Duration::from_secs_f64(shared.scenario.population.send_interval_s);
+    // Spread the users over the interval instead of all sending at once.
+    let offset = interval.mul_f64((shared.random_u64() % 1000) as f64 / 1000.0);
+    if shared.stop.sleep(offset).await {
+        return;
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sends = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shared.stop.stopped() => break,
+            _ = tick.tick() => {}
+        }
+        if shared.play_over.load(Ordering::SeqCst) {
+            break;
+        }
+        let to = user.contacts[(shared.random_u64() % user.contacts.len() as u64) as usize];
+        let (shared, user) = (shared.clone(), user.clone());
+        sends.spawn(async move {
+            shared.timeline.offered(Class::Messaging);
+            let (id, payload) = (shared.message_id(), shared.payload(FROM_ESTABLISHED));
+            let give_up = Instant::now() + SEND_PATIENCE;
+            loop {
+                let client = lock(&user.current).clone();
+                let outcome = match client {
+                    Some(c) => Some(c.send_with_id(&to, payload.clone(), id).await),
+                    None => None,
+                };
+                match outcome {
+                    Some(Ok(_)) => {
+                        lock(&shared.ledger).acked(id, to);
+                        shared.timeline.ok(Class::Messaging, None);
+                        shared.sent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Some(Err(e)) if !transient(&e) => break,
+                    _ if Instant::now() >= give_up || shared.over() => break,
+                    _ => {
+                        if shared.stop.sleep(Duration::from_millis(250)).await {
+                            break;
+                        }
+                    }
+                }
+            }
+            shared.timeline.failed(Class::Messaging);
+            shared.send_failures.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    while sends.join_next().await.is_some() {}
+}
+
+/// The wave: newcomers arriving at the scenario's rate until play ends.
+async fn arrivals(shared: Arc<Shared>, established: Vec<Arc<User>>) {
+    let Some(wave) = shared.scenario.wave.clone() else {
+        return;
+    };
+    let step = Duration::from_millis(50);
+    let mut owed = 0.0;
+    let mut newcomers = tokio::task::JoinSet::new();
+    let max = u64::from(wave.max_in_progress);
+    while !shared.play_over.load(Ordering::SeqCst) && !shared.over() {
+        owed += wave.rate_at(shared.timeline.now()) * step.as_secs_f64();
+        while owed >= 1.0 {
+            owed -= 1.0;
+            if shared.in_progress.load(Ordering::SeqCst) >= max {
+                shared.not_offered.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            shared.in_progress.fetch_add(1, Ordering::SeqCst);
+            newcomers.spawn(newcomer(shared.clone(), established.clone()));
+        }
+        // Reap finished ones so the set does not grow with the whole wave.
+        while newcomers.try_join_next().is_some() {}
+        if shared.stop.sleep(step).await {
+            break;
+        }
+    }
+    while newcomers.join_next().await.is_some() {}
+}
+
+/// One newcomer: connect patiently, register, wait in line as told (keeping the ticket
+/// across reconnects), and once admitted message a few established users.
+async fn newcomer(shared: Arc<Shared>, established: Vec<Arc<User>>) {
+    let ending = register(&shared).await;
+    shared.in_progress.fetch_sub(1, Ordering::SeqCst);
+    let Some(client) = ending else {
+        return;
+    };
+    let n = shared.scenario.population.newcomer_messages;
+    let interval = Duration::from_secs_f64(shared.scenario.population.send_interval_s);
+    for _ in 0..n {
+        if shared.play_over.load(Ordering::SeqCst) || shared.over() {
+            break;
+        }
+        let to = established[(shared.random_u64() % established.len() as u64) as usize].account;
+        let id = shared.message_id();
+        if client
+            .send_with_id(&to, shared.payload(FROM_NEWCOMER), id)
+            .await
+            .is_ok()
+        {
+            lock(&shared.ledger).acked(id, to);
+            shared.newcomer_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        if shared.stop.sleep(interval).await {
+            break;
+        }
+    }
+    client.close().await;
+}
+
+/// The registration part of [`newcomer`]; records the ending in the ledger and returns the
+/// client if admitted.
+async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
+    let identity = Identity::generate().ok()?;
+    let account = identity.account();
+    shared.timeline.offered(Class::Registration);
+    shared.offered.fetch_add(1, Ordering::Relaxed);
+    let arrived = Instant::now();
+    let mut ticket: Option<bytes::Bytes> = None;
+    let mut place: Option<(u32, u64)> = None;
+    let mut last_told_to_wait = None;
+    let mut client: Option<levee_relay::client::Client> = None;
+    let ending = loop {
+        if shared.over() {
+            break None;
+        }
+        let c = match client.take() {
+            Some(c) => c,
+            None => {
+                let Some(connector) = shared.connector() else {
+                    if shared.stop.sleep(Duration::from_millis(200)).await {
+                        break None;
+                    }
+                    continue;
+                };
+                // Patient until the run ends: a refusal costs the node one packet.
+                let give_up = shared.timeline.epoch()
+                    + Duration::from_secs_f64(shared.scenario.duration_s + shared.scenario.drain_s);
+                let connected = connector
+                    .connect_patiently(identity.clone(), give_up, || {
+                        shared.timeline.refused();
+                        shared.requests.fetch_add(1, Ordering::Relaxed);
+                    })
+                    .await;
+                match connected {
+                    Ok(c) => c,
+                    Err(e) if transient(&e) => {
+                        if shared
+                            .stop
+                            .sleep(shared.jitter(Duration::from_millis(500)))
+                            .await
+                        {
+                            break None;
+                        }
+                        continue;
+                    }
+                    Err(e) => break Some(Ending::HardError(e.to_string())),
+                }
+            }
+        };
+        let sent_at = shared.timeline.now();
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        let attempt = tokio::select! {
+            () = shared.stop.stopped() => break None,
+            a = c.register_once(ticket.clone()) => a,
+        };
+        match attempt {
+            Ok(Registration::Registered { .. }) => {
+                let t = shared.timeline.now();
+                shared
+                    .timeline
+                    .ok(Class::Registration, Some(arrived.elapsed()));
+                shared.admitted.fetch_add(1, Ordering::Relaxed);
+                if shared
+                    .scenario
+                    .wave
+                    .as_ref()
+                    .is_some_and(|w| t >= w.start_s && t < w.end_s())
+                {
+                    shared.admitted_in_wave.fetch_add(1, Ordering::Relaxed);
+                }
+                if place.is_some() {
+                    shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                lock(&shared.ledger).newcomer(Newcomer {
+                    place,
+                    last_told_to_wait,
+                    admitted_at: Some(t),
+                    ending: Ending::Admitted,
+                });
+                return Some(c);
+            }
+            Ok(Registration::Queued(p)) => {
+                shared.timeline.shed(Class::Registration);
+                shared.timeline.estimated_wait(p.estimated_wait);
+                last_told_to_wait = Some(sent_at);
+                if place.is_none() {
+                    shared.waiting.fetch_add(1, Ordering::SeqCst);
+                }
+                // The line is the ticket's node's; read it from the ticket itself.
+                if let Ok(t) = shared
+                    .ticket_key
+                    .open(&p.ticket, account.as_bytes(), now_ms())
+                {
+                    place = Some((t.node_id, t.position));
+                } else {
+                    place = place.or(Some((u32::MAX, p.position)));
+                }
+                ticket = Some(p.ticket.clone());
+                client = Some(c);
+                if shared.stop.sleep(shared.jitter(p.retry_after)).await {
+                    break None;
+                }
+            }
+            Err(e) if transient(&e) => {
+                if e.code() == Some(ErrorCode::RateLimited) {
+                    shared.timeline.shed(Class::Registration);
+                    client = Some(c);
+                }
+                if shared
+                    .stop
+                    .sleep(shared.jitter(Duration::from_millis(500)))
+                    .await
+                {
+                    break None;
+                }
+            }
+            Err(e) => break Some(Ending::HardError(e.to_string())),
+        }
+    };
+    // Not admitted: what does the newcomer hold at the end?
+    let ending = match ending {
+        Some(hard) => {
+            shared.timeline.failed(Class::Registration);
+            hard
+        }
+        None => match &ticket {
+            Some(t) => match shared.ticket_key.open(t, account.as_bytes(), now_ms()) {
+                Ok(_) => Ending::WaitingValid,
+                Err(e) => Ending::WaitingInvalid(format!("ticket does not verify: {}", e.reason())),
+            },
+            None => Ending::RefusedAtEnd,
+        },
+    };
+    if place.is_some() {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+    lock(&shared.ledger).newcomer(Newcomer {
+        place,
+        last_told_to_wait,
+        admitted_at: None,
+        ending,
+    });
+    None
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Applies a fault to the cluster and keeps the client entries in step.
+async fn inject(
+    shared: &Shared,
+    cluster: &LocalCluster,
+    action: &FaultAction,
+    t: f64,
+    events: &mut Vec<Event>,
+) -> anyhow::Result<()> {
+    match action {
+        FaultAction::KillNode { node } => {
+            let name = format!("node-{node}");
+            events.push(Event {
+                at_s: t,
+                kind: EventKind::Fault,
+                label: format!("kill {name}"),
+            });
+            lock(&shared.entries).nodes.retain(|(n, _)| n.name != name);
+            if cluster.kill(&name).is_ok() {
+                events.push(Event {
+                    at_s: t,
+                    kind: EventKind::NodeDown,
+                    label: format!("{name} down"),
+                });
+            }
+        }
+        FaultAction::StartNode => {
+            events.push(Event {
+                at_s: t,
+                kind: EventKind::Fault,
+                label: "start a node".into(),
+            });
+            let node = cluster.add_node().await.context("starting a node")?;
+            events.push(Event {
+                at_s: shared.timeline.now(),
+                kind: EventKind::NodeUp,
+                label: format!("{} up", node.name),
+            });
+            add_entry(shared, node)?;
+        }
+    }
+    Ok(())
+}
+
+/// Once a second: the state for the timeline and the watcher.
+async fn sample(
+    shared: &Shared,
+    cluster: &LocalCluster,
+    phase: Phase,
+    watcher: Option<&dyn Watcher>,
+    total: f64,
+) {
+    let nodes = cluster.nodes();
+    let mut level: Option<f64> = None;
+    for n in &nodes {
+        if let Some(admin) = n.admin
+            && let Some(v) = scrape(admin, "levee_admission_level").await
+        {
+            level = Some(level.map_or(v, |l: f64| l.min(v)));
+        }
+    }
+    let waiting = shared.waiting.load(Ordering::SeqCst);
+    shared
+        .timeline
+        .sample(phase.name(), waiting, nodes.len() as u32, level);
+    if let Some(w) = watcher {
+        w.tick(&Status {
+            t: shared.timeline.now(),
+            total,
+            phase: phase.name(),
+            sent: shared.sent.load(Ordering::Relaxed),
+            send_failures: shared.send_failures.load(Ordering::Relaxed),
+            offered: shared.offered.load(Ordering::Relaxed),
+            admitted: shared.admitted.load(Ordering::Relaxed),
+            waiting,
+            p99_ms: shared.timeline.last_messaging_p99(),
+        });
+    }
+}
+
+/// The lowest value of a metric on a node's admin page, if it answers within 200 ms.
+async fn scrape(admin: SocketAddr, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: levee\r\n\r\n")
+            .await
+            .ok()?;
+        let mut page = String::new();
+        s.read_to_string(&mut page).await.ok()?;
+        page.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(f64::min)
+    };
+    tokio::time::timeout(Duration::from_millis(200), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A fresh session per established user after the run: whatever arrives now is either
+/// never acknowledged (fine) or a repeat after acknowledgement (a failure).
+async fn final_sessions(shared: &Arc<Shared>, users: &[Arc<User>]) {
+    const FRESH_SESSION: u64 = u64::MAX;
+    let mut checks = tokio::task::JoinSet::new();
+    for user in users {
+        let (shared, user) = (shared.clone(), user.clone());
+        checks.spawn(async move {
+            let Some(connector) = shared.connector() else {
+                return;
+            };
+            let Ok(client) = connector.connect(user.identity.clone()).await else {
+                return;
+            };
+            if client.authenticate().await.is_err() {
+                return;
+            }
+            let Ok(mut inbox) = client.subscribe().await else {
+                return;
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+            while let Ok(Some(d)) = tokio::time::timeout_at(deadline, inbox.next()).await {
+                lock(&shared.ledger).delivered(d.client_message_id, user.account, FRESH_SESSION);
+            }
+            client.close().await;
+        });
+        while checks.len() >= 32 {
+            checks.join_next().await;
+        }
+    }
+    while checks.join_next().await.is_some() {}
+}
+
+fn quantiles(h: &Histogram<u64>) -> [f64; 3] {
+    if h.is_empty() {
+        return [0.0; 3];
+    }
+    [0.5, 0.99, 0.999].map(|q| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// The run's record: timeline, summary, invariants and thresholds.
+fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
+    let scenario = &shared.scenario;
+    let is_before = |p: &str| p == Phase::Baseline.name();
+    let is_during = |p: &str| {
+        [Phase::Ramp, Phase::Hold, Phase::Decay]
+            .iter()
+            .any(|x| x.name() == p)
+    };
+    let (seconds, before, during) = shared.timeline.finish(is_before, is_during);
+    let success = |pick: &dyn Fn(&str) -> bool| {
+        let (ok, failed) = seconds
+            .iter()
+            .filter(|s| pick(&s.phase))
+            .fold((0u64, 0u64), |(o, f), s| {
+                (o + s.messaging.ok, f + s.messaging.failed)
+            });
+        if ok + failed == 0 {
+            1.0
+        } else {
+            ok as f64 / (ok + failed) as f64
+        }
+    };
+    let ledger = lock(&shared.ledger);
+    let tally = ledger.tally();
+    let admitted = shared.admitted.load(Ordering::Relaxed);
+    let requests = shared.requests.load(Ordering::Relaxed);
+    let summary = Summary {
+        sends_acked: shared.sent.load(Ordering::Relaxed),
+        sends_failed: shared.send_failures.load(Ordering::Relaxed),
+        delivered: tally.delivered,
+        lost: tally.lost,
+        duplicates_after_ack: tally.after_ack,
+        send_success_before: success(&is_before),
+        send_success_during: success(&is_during),
+        latency_before_ms: quantiles(&before),
+        latency_during_ms: quantiles(&during),
+        registrations_offered: shared.offered.load(Ordering::Relaxed),
+        registrations_admitted: tally.admitted,
+        registrations_waiting: tally.waiting_valid + tally.waiting_invalid,
+        registrations_refused_at_end: tally.refused_at_end,
+        registrations_hard_errors: tally.hard_errors,
+        requests_per_admitted: if admitted == 0 {
+            0.0
+        } else {
+            requests as f64 / admitted as f64
+        },
+        overtakes: tally.overtakes,
+    };
+    let mut verdicts = ledger.invariants();
+    let t = &scenario.thresholds;
+    if let Some(min) = t.send_success_min {
+        verdicts.push(Verdict {
+            name: format!(
+                "existing users' send success during the wave ≥ {:.1}%",
+                min * 100.0
+            ),
+            pass: summary.send_success_during >= min,
+            detail: format!("{:.3}%", summary.send_success_during * 100.0),
+        });
+    }
+    if let Some(max) = t.p99_ratio_max {
+        let (b, d) = (summary.latency_before_ms[1], summary.latency_during_ms[1]);
+        let ratio = if b > 0.0 { d / b } else { f64::INFINITY };
+        verdicts.push(Verdict {
+            name: format!("message p99 during the wave ≤ {max}× before"),
+            pass: ratio <= max,
+            detail: format!("{d:.1} ms vs {b:.1} ms ({ratio:.2}×)"),
+        });
+    }
+    if let Some(max) = t.requests_per_admitted_max {
+        verdicts.push(Verdict {
+            name: format!("requests per admitted registration ≤ {max}"),
+            pass: admitted > 0 && summary.requests_per_admitted <= max,
+            detail: format!(
+                "{:.2} ({requests} for {admitted})",
+                summary.requests_per_admitted
+            ),
+        });
+    }
+    if let (Some(min), Some(w)) = (t.goodput_min, &scenario.wave) {
+        let in_wave = shared.admitted_in_wave.load(Ordering::Relaxed);
+        let rate = in_wave as f64 / (w.end_s() - w.start_s);
+        verdicts.push(Verdict {
+            name: format!(
+                "registration goodput during the wave ≥ {:.0}% of capacity",
+                min * 100.0
+            ),
+            pass: rate >= min * w.capacity_per_s,
+            detail: format!("{rate:.1}/s of {}/s", w.capacity_per_s),
+        });
+    }
+    let not_offered = shared.not_offered.load(Ordering::Relaxed);
+    if not_offered > 0 {
+        verdicts.push(Verdict {
+            name: "every arrival offered (the drill machine kept up)".into(),
+            pass: true,
+            detail: format!(
+                "{not_offered} arrivals past max_in_progress were not offered (reported, not judged)"
+            ),
+        });
+    }
+    RunRecord {
+        label: if admission {
+            "admission on".into()
+        } else {
+            "admission off".into()
+        },
+        admission,
+        seconds,
+        events,
+        summary,
+        verdicts,
+    }
+}

@@ -1,0 +1,332 @@
+//! The ledger: what the drill's clients were told, and what the invariants say about it.
+//!
+//! Pure bookkeeping, fed by the drill's clients as things happen; [`Ledger::check`] turns
+//! it into PASS/FAIL lines at the end. Kept apart from the networking so the judgement can
+//! be tested on its own.
+
+use std::collections::{BTreeMap, HashMap};
+
+use levee_relay::AccountId;
+
+use crate::record::Verdict;
+
+/// A message id as the sender chose it (the same for every copy of a re-sent message).
+pub type MessageId = [u8; 16];
+
+/// What became of one message.
+#[derive(Clone, Debug, Default)]
+struct Message {
+    /// Its recipient.
+    to: Option<AccountId>,
+    /// The sender was told it is durable.
+    acked: bool,
+    /// Copies delivered.
+    deliveries: u32,
+    /// The recipient's session (per-recipient counter) that acknowledged it, once it has.
+    acked_in_session: Option<u64>,
+    /// Copies delivered on a later session than the one that acknowledged it: the
+    /// acknowledged envelope came back.
+    after_ack: u32,
+}
+
+/// How a newcomer's registration ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The account exists.
+    Admitted,
+    /// Still in line at the end, holding a ticket the cluster key verifies.
+    WaitingValid,
+    /// Still in line at the end, but the ticket does not verify (a bug: reported as such).
+    WaitingInvalid(String),
+    /// Never got past the door (connection refused as busy until the end).
+    RefusedAtEnd,
+    /// An error a person would see.
+    HardError(String),
+}
+
+/// One newcomer's way through the line.
+#[derive(Clone, Debug)]
+pub struct Newcomer {
+    /// The line (node id from the ticket) and the place in it, if a ticket was handed out.
+    pub place: Option<(u32, u64)>,
+    /// When (s into the run) the newcomer last *sent* an attempt that was told to wait.
+    pub last_told_to_wait: Option<f64>,
+    /// When (s into the run) the newcomer learned it was admitted.
+    pub admitted_at: Option<f64>,
+    /// How it ended.
+    pub ending: Ending,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    messages: HashMap<MessageId, Message>,
+    newcomers: Vec<Newcomer>,
+}
+
+/// Counts the verdicts are made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages acknowledged to their senders.
+    pub acked: u64,
+    /// ... of which delivered at least once.
+    pub delivered: u64,
+    /// ... of which never delivered.
+    pub lost: u64,
+    /// Copies delivered after their acknowledgement, on a later session.
+    pub after_ack: u64,
+    /// Newcomers by ending.
+    pub admitted: u64,
+    /// Waiting with a valid ticket.
+    pub waiting_valid: u64,
+    /// Waiting with a ticket that does not verify.
+    pub waiting_invalid: u64,
+    /// Refused at the door until the end.
+    pub refused_at_end: u64,
+    /// Hard errors.
+    pub hard_errors: u64,
+    /// Admissions that overtook someone earlier in the same line.
+    pub overtakes: u64,
+}
+
+impl Ledger {
+    fn message(&mut self, id: MessageId, to: AccountId) -> &mut Message {
+        let m = self.messages.entry(id).or_default();
+        m.to = Some(to);
+        m
+    }
+
+    /// The sender of `id` (to `to`) was told it is durable.
+    pub fn acked(&mut self, id: MessageId, to: AccountId) {
+        self.message(id, to).acked = true;
+    }
+
+    /// `to` received a copy of `id` on its session number `session`.
+    pub fn delivered(&mut self, id: MessageId, to: AccountId, session: u64) {
+        let m = self.message(id, to);
+        m.deliveries += 1;
+        // On the session that acknowledged it, a copy may have been pushed before the
+        // acknowledgement was processed and arrive after its answer: not a repeat. On a
+        // later session it is one.
+        if m.acked_in_session.is_some_and(|s| session > s) {
+            m.after_ack += 1;
+        }
+    }
+
+    /// `to` acknowledged `id` on session `session` and the relay confirmed it.
+    pub fn recipient_acked(&mut self, id: MessageId, to: AccountId, session: u64) {
+        let m = self.message(id, to);
+        m.acked_in_session.get_or_insert(session);
+    }
+
+    /// Acknowledged messages not delivered yet (to wait for at the end).
+    pub fn undelivered(&self) -> u64 {
+        self.messages
+            .values()
+            .filter(|m| m.acked && m.deliveries == 0)
+            .count() as u64
+    }
+
+    /// Records how a newcomer's registration ended.
+    pub fn newcomer(&mut self, n: Newcomer) {
+        self.newcomers.push(n);
+    }
+
+    /// The counts behind the verdicts.
+    pub fn tally(&self) -> Tally {
+        let mut t = Tally::default();
+        for m in self.messages.values().filter(|m| m.acked) {
+            t.acked += 1;
+            if m.deliveries > 0 {
+                t.delivered += 1;
+            } else {
+                t.lost += 1;
+            }
+        }
+        t.after_ack = self.messages.values().map(|m| u64::from(m.after_ack)).sum();
+        for n in &self.newcomers {
+            match n.ending {
+                Ending::Admitted => t.admitted += 1,
+                Ending::WaitingValid => t.waiting_valid += 1,
+                Ending::WaitingInvalid(_) => t.waiting_invalid += 1,
+                Ending::RefusedAtEnd => t.refused_at_end += 1,
+                Ending::HardError(_) => t.hard_errors += 1,
+            }
+        }
+        t.overtakes = overtakes(&self.newcomers);
+        t
+    }
+
+    /// The invariants that every drill must keep, as PASS/FAIL lines.
+    pub fn invariants(&self) -> Vec<Verdict> {
+        let t = self.tally();
+        let first_error = self.newcomers.iter().find_map(|n| match &n.ending {
+            Ending::HardError(e) | Ending::WaitingInvalid(e) => Some(e.clone()),
+            _ => None,
+        });
+        let unresolved = t.hard_errors + t.waiting_invalid + t.refused_at_end;
+        vec![
+            Verdict {
+                name: "every acknowledged envelope delivered".into(),
+                pass: t.lost == 0,
+                detail: format!("{} of {} ({} lost)", t.delivered, t.acked, t.lost),
+            },
+            Verdict {
+                name: "nothing delivered again after its acknowledgement".into(),
+                pass: t.after_ack == 0,
+                detail: format!("{} repeated after ack", t.after_ack),
+            },
+            Verdict {
+                name: "every registration ends as an account or a valid ticket".into(),
+                pass: unresolved == 0,
+                detail: format!(
+                    "{} admitted, {} waiting with a valid ticket; {} hard errors, {} invalid tickets, {} still refused at the door{}",
+                    t.admitted,
+                    t.waiting_valid,
+                    t.hard_errors,
+                    t.waiting_invalid,
+                    t.refused_at_end,
+                    first_error
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
+                ),
+            },
+            Verdict {
+                name: "admissions follow ticket order".into(),
+                pass: t.overtakes == 0,
+                detail: format!("{} overtakes", t.overtakes),
+            },
+        ]
+    }
+}
+
+/// Newcomers admitted while someone earlier in the same line was still being told to wait:
+/// `j` overtook `i` if both held places in one line, `i`'s place is earlier, and `i` sent an
+/// attempt that was told to wait *after* `j` had learned it was admitted — so the node had
+/// admitted `j` before it turned `i` away. (Coming back later than one's turn is not being
+/// overtaken: the line lets in everyone whose turn has come, in whatever order they return.)
+fn overtakes(newcomers: &[Newcomer]) -> u64 {
+    let mut lines: BTreeMap<u32, Vec<&Newcomer>> = BTreeMap::new();
+    for n in newcomers {
+        if let Some((line, _)) = n.place {
+            lines.entry(line).or_default().push(n);
+        }
+    }
+    let mut count = 0;
+    for (_, mut line) in lines {
+        line.sort_by_key(|n| n.place.map(|(_, p)| p));
+        // Earliest admission among everyone later in line than i, scanning from the back.
+        let mut earliest_later = f64::INFINITY;
+        for n in line.iter().rev() {
+            if n.last_told_to_wait
+                .is_some_and(|waited| waited > earliest_later)
+            {
+                count += 1;
+            }
+            if let Some(a) = n.admitted_at {
+                earliest_later = earliest_later.min(a);
+            }
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn who(n: u8) -> AccountId {
+        AccountId([n; 32])
+    }
+
+    fn newcomer(place: u64, waited: Option<f64>, admitted: Option<f64>) -> Newcomer {
+        Newcomer {
+            place: Some((7, place)),
+            last_told_to_wait: waited,
+            admitted_at: admitted,
+            ending: if admitted.is_some() {
+                Ending::Admitted
+            } else {
+                Ending::WaitingValid
+            },
+        }
+    }
+
+    #[test]
+    fn a_lost_envelope_fails_and_a_delivered_one_passes() {
+        let mut l = Ledger::default();
+        l.acked([1; 16], who(1));
+        l.acked([2; 16], who(1));
+        l.delivered([1; 16], who(1), 0);
+        assert_eq!(l.undelivered(), 1);
+        let v = l.invariants();
+        assert!(!v[0].pass, "{v:?}");
+        assert!(v[0].detail.contains("1 of 2 (1 lost)"));
+        l.delivered([2; 16], who(1), 1);
+        assert!(l.invariants()[0].pass);
+        // Delivered but never acknowledged to its sender is not counted either way.
+        l.delivered([3; 16], who(1), 1);
+        assert_eq!(l.tally().acked, 2);
+    }
+
+    #[test]
+    fn a_copy_after_the_acknowledgement_fails_only_on_a_later_session() {
+        let mut l = Ledger::default();
+        l.acked([1; 16], who(1));
+        l.delivered([1; 16], who(1), 3);
+        l.recipient_acked([1; 16], who(1), 3);
+        // Redelivered before the ack: fine. Same session after the ack: ambiguous, fine.
+        l.delivered([1; 16], who(1), 3);
+        assert!(l.invariants()[1].pass);
+        l.delivered([1; 16], who(1), 4);
+        let v = l.invariants();
+        assert!(!v[1].pass && v[1].detail.starts_with("1 "), "{v:?}");
+    }
+
+    #[test]
+    fn registrations_must_end_as_accounts_or_valid_tickets() {
+        let mut l = Ledger::default();
+        l.newcomer(newcomer(1, None, Some(1.0)));
+        l.newcomer(newcomer(2, Some(1.0), None));
+        assert!(l.invariants()[2].pass);
+        for bad in [
+            Ending::RefusedAtEnd,
+            Ending::HardError("UNAUTHENTICATED".into()),
+            Ending::WaitingInvalid("bad signature".into()),
+        ] {
+            let mut l = Ledger::default();
+            l.newcomer(Newcomer {
+                place: None,
+                last_told_to_wait: None,
+                admitted_at: None,
+                ending: bad,
+            });
+            assert!(!l.invariants()[2].pass);
+        }
+    }
+
+    #[test]
+    fn overtaking_is_being_turned_away_after_someone_later_got_in() {
+        // 1 waits at t=5 although 2 (later in line) was admitted at t=4: overtaken.
+        let l = [
+            newcomer(1, Some(5.0), Some(6.0)),
+            newcomer(2, None, Some(4.0)),
+        ];
+        assert_eq!(overtakes(&l), 1);
+        // 1 was last told to wait before 2 got in, and came back later: not overtaken.
+        let l = [
+            newcomer(1, Some(3.0), Some(6.0)),
+            newcomer(2, None, Some(4.0)),
+        ];
+        assert_eq!(overtakes(&l), 0);
+        // Different lines are never compared.
+        let mut other = newcomer(2, None, Some(4.0));
+        other.place = Some((8, 2));
+        assert_eq!(overtakes(&[newcomer(1, Some(5.0), None), other]), 0);
+        // No ticket, no place: nothing to overtake.
+        let mut direct = newcomer(0, None, Some(0.5));
+        direct.place = None;
+        assert_eq!(overtakes(&[newcomer(1, Some(5.0), None), direct]), 0);
+    }
+}
