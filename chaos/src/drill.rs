@@ -603,6 +603,8 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
     let arrived = Instant::now();
     let mut ticket: Option<bytes::Bytes> = None;
     let mut place: Option<(u32, u64)> = None;
+    // The node whose line `place` is in (the one that answered, after any redirect).
+    let mut line_server: Option<SocketAddr> = None;
     let mut last_told_to_wait = None;
     let mut client: Option<levee_relay::client::Client> = None;
     let ending = loop {
@@ -671,6 +673,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
                     place,
                     last_told_to_wait,
                     admitted_at: Some(t),
+                    admitted_from_line: line_server == Some(c.server()),
                     ending: Ending::Admitted,
                 });
                 return Some(c);
@@ -692,6 +695,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
                     place = place.or(Some((u32::MAX, p.position)));
                 }
                 ticket = Some(p.ticket.clone());
+                line_server = Some(c.server());
                 client = Some(c);
                 if shared.stop.sleep(shared.jitter(p.retry_after)).await {
                     break None;
@@ -734,6 +738,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
         place,
         last_told_to_wait,
         admitted_at: None,
+        admitted_from_line: false,
         ending,
     });
     None

@@ -53,6 +53,10 @@ pub struct Newcomer {
     pub last_told_to_wait: Option<f64>,
     /// When (s into the run) the newcomer learned it was admitted.
     pub admitted_at: Option<f64>,
+    /// Whether the node that admitted it is the one whose line `place` is in. After a
+    /// node dies or shards move, a newcomer may be admitted by another node; that is no
+    /// admission *from this line*, and it overtakes nobody in it.
+    pub admitted_from_line: bool,
     /// How it ended.
     pub ending: Ending,
 }
@@ -223,7 +227,7 @@ fn overtakes(newcomers: &[Newcomer]) -> u64 {
             {
                 count += 1;
             }
-            if let Some(a) = n.admitted_at {
+            if let Some(a) = n.admitted_at.filter(|_| n.admitted_from_line) {
                 earliest_later = earliest_later.min(a);
             }
         }
@@ -245,6 +249,7 @@ mod tests {
             place: Some((7, place)),
             last_told_to_wait: waited,
             admitted_at: admitted,
+            admitted_from_line: true,
             ending: if admitted.is_some() {
                 Ending::Admitted
             } else {
@@ -300,6 +305,7 @@ mod tests {
                 place: None,
                 last_told_to_wait: None,
                 admitted_at: None,
+                admitted_from_line: false,
                 ending: bad,
             });
             assert!(!l.invariants()[2].pass);
@@ -324,6 +330,10 @@ mod tests {
         let mut other = newcomer(2, None, Some(4.0));
         other.place = Some((8, 2));
         assert_eq!(overtakes(&[newcomer(1, Some(5.0), None), other]), 0);
+        // Admitted by another node (its shard moved): no admission from this line.
+        let mut elsewhere = newcomer(2, None, Some(4.0));
+        elsewhere.admitted_from_line = false;
+        assert_eq!(overtakes(&[newcomer(1, Some(5.0), None), elsewhere]), 0);
         // No ticket, no place: nothing to overtake.
         let mut direct = newcomer(0, None, Some(0.5));
         direct.place = None;

@@ -479,3 +479,73 @@ async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messag
     cluster.settle().await;
     assert_delivered_once(&cluster, &users, &acked).await;
 }
+
+/// The core messaging contract through three processes: a message re-sent with the same
+/// id through another node is stored once; what the recipient acknowledged is never
+/// delivered again, what it did not is, on a fresh session through another node; a send
+/// to nobody is refused with its error code; a mailbox over its quota refuses clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn the_core_messaging_contract_holds_across_processes() {
+    use levee_relay::wire::pb::ErrorCode;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), "mailbox_max_envelopes = 4");
+    cluster.settle().await;
+    let entries = cluster.entries();
+    let (alice_id, bob_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let bob = bob_id.account();
+    // Each logs in first through a different node; the login is redirected to the owner.
+    let alice_1 = log_in(&entries[0..], &alice_id, true).await;
+    log_in(&entries[1..], &bob_id, true).await.close().await;
+    let alice_3 = log_in(&entries[2..], &alice_id, false).await;
+
+    // The same message id through two nodes: one copy.
+    let once = [7u8; 16];
+    alice_1.send_with_id(&bob, "once", once).await.unwrap();
+    alice_3.send_with_id(&bob, "once", once).await.unwrap();
+    alice_1.send_with_id(&bob, "two", [8; 16]).await.unwrap();
+    alice_3.send_with_id(&bob, "three", [9; 16]).await.unwrap();
+
+    let b = log_in(&entries[1..], &bob_id, false).await;
+    let mut inbox = b.subscribe().await.unwrap();
+    let got = common::receive(&mut inbox, 3, Duration::from_secs(15)).await;
+    let ids: BTreeSet<[u8; 16]> = got.iter().map(|d| d.client_message_id).collect();
+    assert_eq!(ids, BTreeSet::from([[7; 16], [8; 16], [9; 16]]));
+    assert_nothing_arrives(&mut inbox).await;
+    // Acknowledge only the first; the others must come back on the next session.
+    let first = got.iter().find(|d| d.client_message_id == once).unwrap();
+    b.ack(&[first.envelope_id]).await.unwrap();
+    b.close().await;
+
+    // A full mailbox (4 envelopes: two waiting + two more) refuses clearly.
+    alice_1.send(&bob, "four").await.unwrap();
+    alice_1.send(&bob, "five").await.unwrap();
+    let full = loop {
+        match alice_3.send(&bob, "six").await {
+            // The quota counts what the store holds; the last sends may still be in the log.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(full.code(), Some(ErrorCode::MailboxFull), "{full}");
+    // A send to nobody is refused with its code, and the node goes on serving.
+    let nobody = alice_1.send(&AccountId([3; 32]), "x").await.unwrap_err();
+    assert_eq!(nobody.code(), Some(ErrorCode::UnknownRecipient));
+
+    let b = log_in(&entries[2..], &bob_id, false).await;
+    let mut inbox = b.subscribe().await.unwrap();
+    let again = common::receive(&mut inbox, 64, Duration::from_secs(3)).await;
+    assert!(
+        again.iter().all(|d| d.client_message_id != once),
+        "an acknowledged envelope came back"
+    );
+    let again_ids: BTreeSet<[u8; 16]> = again.iter().map(|d| d.client_message_id).collect();
+    assert!(again_ids.contains(&[8; 16]) && again_ids.contains(&[9; 16]));
+    let all: Vec<u64> = again.iter().map(|d| d.envelope_id).collect();
+    b.ack(&all).await.unwrap();
+    b.close().await;
+    let b = log_in(&entries[0..], &bob_id, false).await;
+    let mut inbox = b.subscribe().await.unwrap();
+    assert_nothing_arrives(&mut inbox).await;
+}

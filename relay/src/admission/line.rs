@@ -50,7 +50,12 @@ impl WaitingLine {
             .saturating_duration_since(self.last_advance)
             .as_secs_f64();
         let rate = self.served_rate();
-        self.head = (self.head + rate * dt).min(self.next as f64 + rate * BURST_SECS);
+        // An idle line banks at most BURST_SECS of places for newcomers — but the cap never
+        // pulls the head back: when the rate falls, places already reached stay reached, or
+        // someone told "come in" a moment ago would be told to wait behind a later arrival
+        // (the drills' ledger caught this as overtaking).
+        let cap = (self.next as f64 + rate * BURST_SECS).max(self.head);
+        self.head = (self.head + rate * dt).min(cap);
         self.last_advance = now;
     }
 
@@ -133,6 +138,21 @@ impl WaitingLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_never_moves_back_when_the_rate_falls() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(100.0, t0);
+        // An idle line has banked 100 places; one arrival takes position 0.
+        let first = line.join();
+        assert!(line.may_enter(first) && line.may_enter(99));
+        let head = line.head();
+        // Admission control now grants registrations a tenth of the rate.
+        line.set_share(0.1);
+        line.advance(t0 + Duration::from_millis(100));
+        assert!(line.head() >= head, "{} < {head}", line.head());
+        assert!(line.may_enter(99), "a place already reached stays reached");
+    }
 
     #[test]
     fn positions_enter_in_order_at_the_rate() {
