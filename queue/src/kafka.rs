@@ -34,6 +34,9 @@ use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRe
 
 /// Longest a broker request made while opening or assigning may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times opening reads a topic's metadata before trusting "no partitions" (every
+/// 250 ms: 10 s).
+const METADATA_ATTEMPTS: u32 = 40;
 /// How often a consumer re-reads the partitions' high watermarks for its lag estimate.
 const WATERMARK_REFRESH: Duration = Duration::from_secs(2);
 /// How long a consumer may see records waiting (by the watermarks) without receiving one
@@ -120,10 +123,13 @@ impl KafkaLog {
             .set("message.timeout.ms", "30000")
             .create()
             .map_err(backend)?;
-        let partitions = {
+        // A topic just created (or a broker just restarted) may show no partitions in the
+        // metadata for a moment; ask again for a while before calling it a mismatch.
+        let mut attempts = 0;
+        let partitions = loop {
             let producer = producer.clone();
             let topic = config.topic.clone();
-            tokio::task::spawn_blocking(move || {
+            let partitions = tokio::task::spawn_blocking(move || {
                 producer
                     .client()
                     .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
@@ -131,7 +137,12 @@ impl KafkaLog {
             })
             .await
             .map_err(|e| LogError::Backend(format!("metadata task: {e}")))?
-            .map_err(backend)?
+            .map_err(backend)?;
+            attempts += 1;
+            if partitions > 0 || attempts >= METADATA_ATTEMPTS {
+                break partitions;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         };
         if partitions != shards as usize {
             return Err(LogError::Backend(format!(

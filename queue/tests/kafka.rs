@@ -12,6 +12,9 @@ use levee_queue::{
 };
 use levee_sharding::MailboxId;
 
+/// One test at a time: one of them restarts the broker, which the others must not see.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn config(topic: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: std::env::var("LEVEE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into()),
@@ -55,6 +58,7 @@ async fn poll_until(c: &mut dyn LogConsumer, n: usize) -> Vec<LoggedRecord> {
 #[tokio::test]
 #[ignore = "needs Kafka: scripts/services.sh up"]
 async fn append_consume_commit_resume_and_reassign() {
+    let _serial = SERIAL.lock().await;
     let topic = unique("levee-test");
     let log = KafkaLog::open(config(&topic), 4).await.unwrap();
     // Opening again finds the topic and agrees with it; another shard count is refused.
@@ -115,6 +119,7 @@ fn services(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: scripts/services.sh up; restarts the broker"]
 async fn consumption_resumes_after_a_broker_restart() {
+    let _serial = SERIAL.lock().await;
     const SHARDS: u32 = 16;
     // The consumer says when it has to rebuild itself; show that if the test fails.
     let _ = tracing_subscriber::fmt()
