@@ -82,7 +82,7 @@ struct Shared {
     /// Play is over: stop offering new work.
     play_over: AtomicBool,
     /// The run is over: every task ends.
-    stop: tokio_util_cancel::Stop,
+    stop: stop_signal::Stop,
     sent: AtomicU64,
     send_failures: AtomicU64,
     newcomer_sends: AtomicU64,
@@ -142,7 +142,7 @@ impl Shared {
 }
 
 /// A tiny stop signal: a flag plus a notification, so sleeping tasks wake at once.
-mod tokio_util_cancel {
+mod stop_signal {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::sync::Notify;
 
@@ -213,7 +213,7 @@ pub async fn run(
         ticket_key: TicketKey::new(&key),
         rng,
         play_over: AtomicBool::new(false),
-        stop: tokio_util_cancel::Stop::default(),
+        stop: stop_signal::Stop::default(),
         sent: AtomicU64::new(0),
         send_failures: AtomicU64::new(0),
         newcomer_sends: AtomicU64::new(0),
@@ -893,11 +893,19 @@ fn quantiles(h: &Histogram<u64>) -> [f64; 3] {
 /// The run's record: timeline, summary, invariants and thresholds.
 fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
     let scenario = &shared.scenario;
-    let is_before = |p: &str| p == Phase::Baseline.name();
+    // With a wave, "during" is the wave and "before" the baseline ahead of it; without
+    // one (a fault drill), "during" is all of play and there is no "before".
+    let has_wave = scenario.wave.is_some();
+    let during_what = if has_wave { "the wave" } else { "play" };
+    let is_before = |p: &str| has_wave && p == Phase::Baseline.name();
     let is_during = |p: &str| {
-        [Phase::Ramp, Phase::Hold, Phase::Decay]
-            .iter()
-            .any(|x| x.name() == p)
+        if has_wave {
+            [Phase::Ramp, Phase::Hold, Phase::Decay]
+                .iter()
+                .any(|x| x.name() == p)
+        } else {
+            p == Phase::Baseline.name()
+        }
     };
     let (seconds, before, during) = shared.timeline.finish(is_before, is_during);
     let success = |pick: &dyn Fn(&str) -> bool| {
@@ -944,7 +952,7 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
     if let Some(min) = t.send_success_min {
         verdicts.push(Verdict {
             name: format!(
-                "existing users' send success during the wave ≥ {:.1}%",
+                "existing users' send success during {during_what} ≥ {:.1}%",
                 min * 100.0
             ),
             pass: summary.send_success_during >= min,
@@ -955,7 +963,7 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         let (b, d) = (summary.latency_before_ms[1], summary.latency_during_ms[1]);
         let ratio = if b > 0.0 { d / b } else { f64::INFINITY };
         verdicts.push(Verdict {
-            name: format!("message p99 during the wave ≤ {max}× before"),
+            name: format!("message p99 during {during_what} ≤ {max}× before"),
             pass: ratio <= max,
             detail: format!("{d:.1} ms vs {b:.1} ms ({ratio:.2}×)"),
         });

@@ -498,7 +498,10 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 2, "mass-migration and its short form ship");
+        assert!(
+            seen >= 3,
+            "mass-migration, its short form and node-loss ship"
+        );
     }
 
     #[test]
