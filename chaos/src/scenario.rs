@@ -109,6 +109,18 @@ pub struct Wave {
     /// "not offered" rather than swamping the machine that runs the drill.
     #[serde(default = "default_in_progress")]
     pub max_in_progress: u32,
+    /// Share of newcomers (0..=1) whose app ignores `retry_after` and asks again every
+    /// `storm_retry_ms` while in line — a retry storm; the rest use the reference client's
+    /// behaviour (come back when told, with jitter).
+    #[serde(default)]
+    pub ignore_retry_after: f64,
+    /// How soon a client that ignores `retry_after` asks again, ms.
+    #[serde(default = "default_storm_retry_ms")]
+    pub storm_retry_ms: u64,
+}
+
+fn default_storm_retry_ms() -> u64 {
+    100
 }
 
 fn default_in_progress() -> u32 {
@@ -391,6 +403,12 @@ impl Scenario {
                     self.duration_s
                 ));
             }
+            if !(0.0..=1.0).contains(&w.ignore_retry_after) {
+                return Err(format!(
+                    "wave.ignore_retry_after is a share between 0 and 1, not {}",
+                    w.ignore_retry_after
+                ));
+            }
             if w.max_in_progress == 0 {
                 return Err("wave.max_in_progress must be at least 1".into());
             }
@@ -443,6 +461,8 @@ mod tests {
             capacity_per_s: 10.0,
             peak_multiplier: 50.0,
             max_in_progress: 100,
+            ignore_retry_after: 0.0,
+            storm_retry_ms: 100,
         }
     }
 
