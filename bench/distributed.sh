@@ -23,6 +23,15 @@ cd "$ROOT"
     { echo "distributed.sh: the services are not up; run scripts/services.sh up first" >&2; exit 1; }
 cargo build --release --locked -q -p levee-relay -p levee-bench
 
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+SERVICES="${LEVEE_SERVICES_DIR:-$ROOT/target/services}"
+declare -A SERVICE_CPU0
+for s in kafka cassandra; do
+    pid="$(cat "$SERVICES/$s.pid" 2>/dev/null || true)"
+    [[ -n "$pid" ]] && SERVICE_CPU0[$s]="$(cpu "$pid")"
+done
+
 RUN="$(mktemp -d)"
 PIDS=()
 cleanup() {
@@ -81,6 +90,10 @@ TIMEFORMAT="levee-load CPU seconds: %U user + %S system in %R s"
 time target/release/levee-load --server 127.0.0.1:4533 --fingerprint "$FP" "$@"
 echo "node CPU seconds (user+system) since each started:" >&2
 for k in $(seq "$NODES"); do
-    pid="${PIDS[$((k - 1))]}"
-    awk -v k="$k" '{printf "  node-%s: %.1f\n", k, ($14 + $15) / 100}' "/proc/$pid/stat" >&2
+    echo "  node-$k: $(cpu "${PIDS[$((k - 1))]}")" >&2
+done
+echo "service CPU seconds since this script started:" >&2
+for s in "${!SERVICE_CPU0[@]}"; do
+    pid="$(cat "$SERVICES/$s.pid")"
+    awk -v s="$s" -v a="$(cpu "$pid")" -v b="${SERVICE_CPU0[$s]}" 'BEGIN {printf "  %s: %.1f\n", s, a - b}' >&2
 done

@@ -514,6 +514,8 @@ async fn sender(shared: Arc<Shared>, user: Arc<User>) {
         if shared.play_over.load(Ordering::SeqCst) {
             break;
         }
+        // Finished sends are forgotten as they go, so a long drill holds only those in flight.
+        while sends.try_join_next().is_some() {}
         let to = user.contacts[(shared.random_u64() % user.contacts.len() as u64) as usize];
         let (shared, user) = (shared.clone(), user.clone());
         sends.spawn(async move {

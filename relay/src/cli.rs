@@ -390,14 +390,7 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
         Arc::new(roster),
     )
     .context("starting the node")?;
-    print_node(&NodeSummary {
-        name: node.name(),
-        address: node.local_addr(),
-        fingerprint: node.fingerprint(),
-        admin: node.admin_addr(),
-        region: config.region.clone(),
-        generated_certificate: node.generated_certificate(),
-    });
+    print_node(&NodeSummary::of(&node, &config.region));
     println!(
         "  cluster:     {} (keyspace {}, topic {})",
         config.cluster_name, scylla.keyspace, kafka.topic

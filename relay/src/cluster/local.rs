@@ -34,6 +34,20 @@ pub struct NodeSummary {
     pub generated_certificate: bool,
 }
 
+impl NodeSummary {
+    /// What to tell people about `node`, which runs in `region`.
+    pub fn of(node: &Node, region: &str) -> Self {
+        Self {
+            name: node.name(),
+            address: node.local_addr(),
+            fingerprint: node.fingerprint(),
+            admin: node.admin_addr(),
+            region: region.to_owned(),
+            generated_certificate: node.generated_certificate(),
+        }
+    }
+}
+
 /// Why a cluster operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -140,14 +154,7 @@ impl LocalCluster {
         )?;
         let cluster: Weak<dyn ClusterAdmin> = self.me.clone();
         node.set_cluster_admin(cluster);
-        let summary = NodeSummary {
-            name: node.name(),
-            address: node.local_addr(),
-            fingerprint: node.fingerprint(),
-            admin: node.admin_addr(),
-            region: config.region.clone(),
-            generated_certificate: node.generated_certificate(),
-        };
+        let summary = NodeSummary::of(&node, &config.region);
         let drain = node.drain_handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let (joined_tx, joined) = oneshot::channel();
