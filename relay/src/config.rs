@@ -106,6 +106,10 @@ pub struct NodeConfig {
     /// Bearer token the admin port requires for changes (`POST /admin/...`). When unset,
     /// changes are accepted only on a loopback admin address.
     pub admin_token: Option<String>,
+    /// Let chaos drills inject faults through the admin port (`POST /admin/faults/crash`,
+    /// `POST /admin/faults/stall?secs=N`; same token rule as the other changes). For drill
+    /// and staging clusters only: off by default, and the endpoints answer 403 while off.
+    pub fault_injection: bool,
     /// Distributed deployment (`levee node`): the name of this cluster in the shared
     /// database. Nodes with the same `cluster_name` and `[scylla]` keyspace form one
     /// cluster.
@@ -166,6 +170,7 @@ impl Default for NodeConfig {
             placement_epsilon: 0.25,
             region_pins: Vec::new(),
             admin_token: None,
+            fault_injection: false,
             cluster_name: "levee".into(),
             scylla: None,
             kafka: None,

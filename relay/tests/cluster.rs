@@ -550,3 +550,77 @@ async fn pinned_mailboxes_are_unavailable_without_their_region_and_never_placed_
     assert_eq!(got[0].ciphertext, "kept for you".as_bytes());
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_node_losing_nothing()
+{
+    // Off: the endpoints refuse, and nothing happens to the node.
+    let dir = tempfile::tempdir().unwrap();
+    let off = start(cluster_config(dir.path()), &["local"]).await;
+    let admin = off.nodes()[0].admin.unwrap();
+    for path in ["/admin/faults/crash", "/admin/faults/stall?secs=5"] {
+        let (status, body) = admin_request(admin, "POST", path).await;
+        assert!(status.contains("403"), "{path}: {status} {body}");
+        assert!(body.contains("fault_injection"), "{body}");
+    }
+    assert_eq!(off.nodes().len(), 1, "still running");
+    off.shutdown().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        fault_injection: true,
+        ..cluster_config(dir.path())
+    };
+    let cluster = start(config, &["local", "local"]).await;
+    let nodes = cluster.nodes();
+    let admin = nodes[0].admin.unwrap();
+    let (status, body) = admin_request(admin, "POST", "/admin/faults/stall").await;
+    assert!(status.contains("400"), "a stall needs its length: {status} {body}");
+
+    // Both users live on node-1 (one node of two owns their shards) so the stall holds them.
+    let placement = settled_as(&cluster, &cluster_config(dir.path()), &["node-1", "node-2"]).await;
+    let alice_id = identity_where(|a| owner_of(&placement, a) == "node-1");
+    let bob_id = identity_where(|a| owner_of(&placement, a) == "node-1");
+    let alice = user_via(&nodes[0], &alice_id).await;
+    let bob = user_via(&nodes[0], &bob_id).await;
+    let mut inbox = bob.subscribe().await.unwrap();
+
+    let (status, body) = admin_request(admin, "POST", "/admin/faults/stall?secs=3").await;
+    assert!(status.contains("202"), "{status} {body}");
+    // While node-1's backends stall, a send is not acknowledged (the append waits)...
+    let held = tokio::time::timeout(
+        Duration::from_millis(1000),
+        alice.send_with_id(&bob_id.account(), "during the stall", [1; 16]),
+    )
+    .await;
+    assert!(held.is_err(), "a send went through a stalled backend: {held:?}");
+    // ...and once it ends, the same message (same id) is acknowledged and delivered once.
+    alice
+        .send_with_id(&bob_id.account(), "during the stall", [1; 16])
+        .await
+        .unwrap();
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].client_message_id, [1; 16]);
+    bob.ack(&[got[0].envelope_id]).await.unwrap();
+
+    // A crash takes node-1 out abruptly; an unacknowledged send is delivered by node-2.
+    alice
+        .send_with_id(&bob_id.account(), "before the crash", [2; 16])
+        .await
+        .unwrap();
+    let (status, body) = admin_request(admin, "POST", "/admin/faults/crash").await;
+    assert!(status.contains("202"), "{status} {body}");
+    assert!(body.contains("node-1"), "{body}");
+    assert_eq!(
+        cluster.nodes().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["node-2"]
+    );
+    let bob = log_in_eventually(&nodes[1], &bob_id).await;
+    let mut inbox = bob.subscribe().await.unwrap();
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
+    let ids: Vec<[u8; 16]> = got.iter().map(|d| d.client_message_id).collect();
+    assert_eq!(ids, [[2; 16]], "the unacknowledged envelope, once; not the acked one");
+    common::assert_nothing_arrives(&mut inbox).await;
+    cluster.shutdown().await.unwrap();
+}

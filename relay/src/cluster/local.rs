@@ -280,6 +280,10 @@ impl ClusterAdmin for LocalCluster {
             "region": node.region,
         }))
     }
+
+    fn kill(&self, name: &str) -> Result<(), String> {
+        LocalCluster::kill(self, name).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The admin port: `GET /metrics` in Prometheus text format, `GET /admin/cluster` (this
 //! node's view of the cluster, JSON), `POST /admin/drain` (hand this node's shards over and
-//! leave) and `POST /admin/nodes` (start one more node of an embedded cluster).
+//! leave) and `POST /admin/nodes` (start one more node of an embedded cluster). With
+//! `fault_injection` configured, chaos drills may also `POST /admin/faults/crash` (stop
+//! abruptly) and `POST /admin/faults/stall?secs=N` (backend calls wait N s); see
+//! [`super::fault`].
 //!
 //! Changes need `authorization: Bearer <admin_token>` when a token is configured; without
 //! one they are accepted only on a loopback admin address.
@@ -26,6 +29,9 @@ use crate::telemetry;
 pub(crate) trait ClusterAdmin: Send + Sync {
     /// Starts one more node; returns what to print about it.
     async fn add_node(&self) -> Result<serde_json::Value, String>;
+
+    /// Stops the node `name` abruptly, as a crash would.
+    fn kill(&self, name: &str) -> Result<(), String>;
 }
 
 /// Largest request head read; anything longer is answered 431 and dropped.
@@ -54,6 +60,9 @@ enum Request {
     Cluster,
     Drain,
     AddNode,
+    Crash,
+    /// Stall backend calls for this many seconds (`None`: missing or not a number).
+    Stall(Option<u64>),
     /// Known path, wrong method.
     WrongMethod(&'static str),
     NotFound,
@@ -67,11 +76,33 @@ fn parse(head: &str) -> Request {
         (Some("GET"), Some("/admin/cluster")) => Request::Cluster,
         (Some("POST"), Some("/admin/drain")) => Request::Drain,
         (Some("POST"), Some("/admin/nodes")) => Request::AddNode,
+        (Some("POST"), Some("/admin/faults/crash")) => Request::Crash,
+        (Some("POST"), Some(path)) if path.starts_with("/admin/faults/stall") => {
+            Request::Stall(stall_secs(path))
+        }
         (Some(_), Some("/metrics" | "/admin/cluster")) => Request::WrongMethod("GET"),
-        (Some(_), Some("/admin/drain" | "/admin/nodes")) => Request::WrongMethod("POST"),
+        (Some(_), Some(path))
+            if matches!(path, "/admin/drain" | "/admin/nodes" | "/admin/faults/crash")
+                || path.starts_with("/admin/faults/stall") =>
+        {
+            Request::WrongMethod("POST")
+        }
         (Some(_), Some(_)) => Request::NotFound,
         _ => Request::Malformed,
     }
+}
+
+/// `N` from `/admin/faults/stall?secs=N`.
+fn stall_secs(path: &str) -> Option<u64> {
+    let (route, query) = path.split_once('?')?;
+    if route != "/admin/faults/stall" {
+        return None;
+    }
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("secs="))?
+        .parse()
+        .ok()
 }
 
 /// Whether a change may go ahead: the configured token, or loopback when there is none.
@@ -99,13 +130,22 @@ async fn route(
     const TEXT: &str = "text/plain; version=0.0.4";
     const JSON: &str = "application/json";
     let request = parse(head);
-    if matches!(request, Request::Drain | Request::AddNode)
-        && !authorised(head, shared.config.admin_token.as_deref(), loopback)
-    {
+    let change = matches!(
+        request,
+        Request::Drain | Request::AddNode | Request::Crash | Request::Stall(_)
+    );
+    if change && !authorised(head, shared.config.admin_token.as_deref(), loopback) {
         return (
             "403 Forbidden",
             TEXT,
             "changes need the admin token (or a loopback admin address)\n".into(),
+        );
+    }
+    if matches!(request, Request::Crash | Request::Stall(_)) && !shared.config.fault_injection {
+        return (
+            "403 Forbidden",
+            TEXT,
+            "fault injection is off on this node (fault_injection = true turns it on)\n".into(),
         );
     }
     match request {
@@ -134,14 +174,54 @@ async fn route(
                 "this node does not run in an embedded cluster (levee up)\n".into(),
             ),
         },
+        Request::Crash => {
+            let name = shared.membership.name();
+            crash(shared, &name);
+            ("202 Accepted", JSON, json!({ "crashed": name }).to_string())
+        }
+        Request::Stall(Some(secs)) if secs >= 1 => match &shared.stall {
+            Some(stall) => {
+                stall.begin(Duration::from_secs(secs));
+                let body = json!({
+                    "node": shared.membership.name(),
+                    "stalled_for_s": stall.remaining().as_secs_f64(),
+                });
+                ("202 Accepted", JSON, body.to_string())
+            }
+            // fault_injection is on, so the node was built with a stall switch.
+            None => ("500 Internal Server Error", TEXT, "no stall switch\n".into()),
+        },
+        Request::Stall(_) => (
+            "400 Bad Request",
+            TEXT,
+            format!(
+                "say how long: /admin/faults/stall?secs=N, 1 to {}\n",
+                super::fault::MAX_STALL.as_secs()
+            ),
+        ),
         Request::WrongMethod(m) => ("405 Method Not Allowed", TEXT, format!("{m} only\n")),
         Request::NotFound => (
             "404 Not Found",
             TEXT,
-            "try /metrics, /admin/cluster, /admin/drain, /admin/nodes\n".into(),
+            "try /metrics, /admin/cluster, /admin/drain, /admin/nodes, /admin/faults/{crash,stall}\n".into(),
         ),
         Request::Malformed => ("400 Bad Request", TEXT, "not an HTTP request\n".into()),
     }
+}
+
+/// Stops this node abruptly: its task in an embedded cluster, or the whole process
+/// (`levee node`) once the answer has had a moment to leave. No handover, no goodbye.
+fn crash(shared: &Shared, name: &str) {
+    if let Some(cluster) = shared.cluster_admin.get().and_then(|w| w.upgrade()) {
+        if cluster.kill(name).is_ok() {
+            return;
+        }
+    }
+    tracing::warn!(node = name, "crashing on request (fault injection)");
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::process::abort();
+    });
 }
 
 /// This node's view: epoch, itself, and every node with its state and shard count.
@@ -233,6 +313,25 @@ mod tests {
             Request::WrongMethod("POST")
         );
         assert_eq!(parse("\u{0}\u{1}garbage"), Request::Malformed);
+        assert_eq!(
+            parse("POST /admin/faults/crash HTTP/1.1\r\n\r\n"),
+            Request::Crash
+        );
+        assert_eq!(
+            parse("POST /admin/faults/stall?secs=12 HTTP/1.1\r\n\r\n"),
+            Request::Stall(Some(12))
+        );
+        for bad in ["", "?secs=", "?secs=x", "?for=3", "x?secs=3"] {
+            assert_eq!(
+                parse(&format!("POST /admin/faults/stall{bad} HTTP/1.1\r\n\r\n")),
+                Request::Stall(None),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("GET /admin/faults/stall?secs=3 HTTP/1.1\r\n\r\n"),
+            Request::WrongMethod("POST")
+        );
     }
 
     #[test]

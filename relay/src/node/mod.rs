@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod fault;
 mod admission;
 mod connection;
 mod delivery;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// The embedded cluster this node runs in, for `POST /admin/nodes`.
     pub cluster_admin: std::sync::OnceLock<std::sync::Weak<dyn ClusterAdmin>>,
+    /// The backend stall a drill may ask for; `None` unless `fault_injection` is on.
+    pub stall: Option<Arc<fault::Stall>>,
 }
 
 /// Asks a running node to drain: hand its shards over, move its clients, leave.
@@ -167,6 +170,23 @@ impl Node {
             .max_concurrent_uni_streams(0u32.into());
         server_config.transport_config(Arc::new(transport));
         let secret = admission::cluster_key(&config).map_err(NodeError::Config)?;
+        // With fault injection on, the backends are reached through a stall switch.
+        let stall = config
+            .fault_injection
+            .then(|| Arc::new(fault::Stall::default()));
+        let (store, log): (Arc<dyn MailboxStore>, Arc<dyn DeliveryLog>) = match &stall {
+            Some(stall) => (
+                Arc::new(fault::StallingStore {
+                    inner: store,
+                    stall: stall.clone(),
+                }),
+                Arc::new(fault::StallingLog {
+                    inner: log,
+                    stall: stall.clone(),
+                }),
+            ),
+            None => (store, log),
+        };
         let endpoint =
             crate::udp::endpoint(config.listen, Some(server_config)).map_err(|source| {
                 NodeError::Bind {
@@ -233,6 +253,7 @@ impl Node {
                 membership,
                 drain: tokio::sync::watch::Sender::new(false),
                 cluster_admin: std::sync::OnceLock::new(),
+                stall,
             }),
         })
     }
