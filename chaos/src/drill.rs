@@ -1,11 +1,13 @@
-//! Playing a scenario against an embedded local cluster the drill starts itself.
+//! Playing a scenario against a [`Target`]: by default an embedded local cluster the drill
+//! starts itself.
 //!
 //! Everyone is a real QUIC client from the client library: established users (logged in,
 //! subscribed, messaging their contacts on a timer, acknowledging what arrives, logging in
 //! again when their node dies) and newcomers (arriving at the wave's rate, connecting
 //! patiently, waiting in line with their ticket as told, then messaging). Clients share a
 //! few UDP sockets — one `Connector` per node. What they are told goes into the
-//! [`Ledger`] and the [`Timeline`]; faults go through the cluster's own API.
+//! [`Ledger`] and the [`Timeline`]; faults go through the target (the cluster's own API,
+//! the nodes' admin ports, or the drill's proxies).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,15 +18,16 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use levee_relay::admission::TicketKey;
 use levee_relay::client::{ClientConfig, ClientError, Connector, Registration};
-use levee_relay::cluster::{LocalCluster, NodeSummary};
+use levee_relay::cluster::NodeSummary;
 use levee_relay::tls::Trust;
 use levee_relay::wire::pb::ErrorCode;
-use levee_relay::{AccountId, Identity, NodeConfig};
+use levee_relay::{AccountId, Identity};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::ledger::{Ending, Ledger, MessageId, Newcomer};
 use crate::record::{Event, EventKind, RunRecord, Summary, Verdict};
 use crate::scenario::{FaultAction, Phase, Scenario};
+use crate::target::{Target, TargetSpec};
 use crate::timeline::{Class, Timeline};
 
 /// Someone watching the drill (the progress bar); called once a second.
@@ -208,24 +211,40 @@ struct User {
     current: Mutex<Option<Arc<levee_relay::client::Client>>>,
 }
 
-/// Plays `scenario` once, with admission control on or off, and judges it.
+/// Plays `scenario` once against `target`, with admission control on or off (embedded
+/// targets; a running cluster has its own setting), and judges it.
 pub async fn run(
     scenario: &Scenario,
+    target: &TargetSpec,
     admission: bool,
     watcher: Option<Arc<dyn Watcher>>,
 ) -> anyhow::Result<RunRecord> {
-    let dir = tempfile::tempdir().context("a temporary directory for the cluster")?;
+    let cluster = target.open(scenario, admission).await?;
+    let mut played = play(scenario, cluster.as_ref(), admission, watcher).await;
+    if let (Ok(record), TargetSpec::Remote { .. }) = (&mut played, target) {
+        // Its admission setting is its own, not the drill's.
+        record.label = "running cluster, as configured".into();
+    }
+    // Stopped whether play went well or not, so no node outlives the drill.
+    let stopped = cluster.shutdown().await;
+    let record = played?;
+    stopped?;
+    Ok(record)
+}
+
+async fn play(
+    scenario: &Scenario,
+    cluster: &dyn Target,
+    admission: bool,
+    watcher: Option<Arc<dyn Watcher>>,
+) -> anyhow::Result<RunRecord> {
     let rng = SystemRandom::new();
-    let mut key = [0u8; 32];
-    rng.fill(&mut key)
-        .map_err(|_| anyhow::anyhow!("no randomness"))?;
-    let cluster = start_cluster(scenario, admission, dir.path(), &key).await?;
     let shared = Arc::new(Shared {
         scenario: scenario.clone(),
         timeline: Timeline::start(),
         ledger: Mutex::new(Ledger::default()),
         entries: Mutex::new(Entries::default()),
-        ticket_key: TicketKey::new(&key),
+        ticket_key: cluster.ticket_key().clone(),
         rng,
         play_over: AtomicBool::new(false),
         stop: stop_signal::Stop::default(),
@@ -272,6 +291,7 @@ pub async fn run(
     let mut phase = Phase::Baseline;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut last_sample = -1i64;
+    let mut not_applied = Vec::new();
     loop {
         tick.tick().await;
         let t = shared.timeline.now();
@@ -288,11 +308,13 @@ pub async fn run(
             }
         }
         while let Some(f) = faults.next_if(|f| f.at_s <= t) {
-            inject(&shared, &cluster, &f.action, t, &mut events).await?;
+            if let Err(e) = inject(&shared, cluster, &f.action, t, &mut events).await {
+                not_applied.push(format!("{} at {:.0} s: {e:#}", f.action.label(), f.at_s));
+            }
         }
         if t as i64 > last_sample {
             last_sample = t as i64;
-            sample(&shared, &cluster, phase, watcher.as_deref(), total).await;
+            sample(&shared, cluster, phase, watcher.as_deref(), total).await;
         }
         let settled = shared.in_progress.load(Ordering::SeqCst) == 0
             && lock(&shared.ledger).undelivered() == 0;
@@ -311,36 +333,23 @@ pub async fn run(
         kind: EventKind::Phase,
         label: "end".into(),
     });
-    cluster
-        .shutdown()
-        .await
-        .context("stopping the drill's cluster")?;
-    Ok(judge(&shared, admission, events))
-}
-
-async fn start_cluster(
-    scenario: &Scenario,
-    admission: bool,
-    dir: &std::path::Path,
-    key: &[u8; 32],
-) -> anyhow::Result<Arc<LocalCluster>> {
-    let base = NodeConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("a literal address"),
-        admin_listen: Some("127.0.0.1:0".parse().expect("a literal address")),
-        shards: scenario.cluster.shards,
-        admission,
-        cluster_key: Some(hex::encode(key)),
-        // Every client of the drill comes from 127.0.0.1; a real crowd comes from many
-        // networks, so the per-prefix connection limit would measure the wrong thing.
-        connections_per_prefix_per_sec: 1_000_000,
-        ..NodeConfig::default()
-    };
-    let cluster = LocalCluster::open(base).context("opening the drill's cluster")?;
-    for _ in 0..scenario.cluster.nodes {
-        cluster.add_node().await.context("starting a node")?;
+    let mut record = judge(&shared, admission, events);
+    if !scenario.faults.is_empty() {
+        // A fault that did not happen makes the rest of the verdicts meaningless.
+        record.verdicts.insert(
+            0,
+            Verdict {
+                name: "every fault of the scenario was applied".into(),
+                pass: not_applied.is_empty(),
+                detail: if not_applied.is_empty() {
+                    format!("{} applied", scenario.faults.len())
+                } else {
+                    not_applied.join("; ")
+                },
+            },
+        );
     }
-    Ok(cluster)
+    Ok(record)
 }
 
 fn add_entry(shared: &Shared, node: NodeSummary) -> anyhow::Result<()> {
@@ -792,41 +801,59 @@ fn now_ms() -> u64 {
 /// Applies a fault to the cluster and keeps the client entries in step.
 async fn inject(
     shared: &Shared,
-    cluster: &LocalCluster,
+    cluster: &dyn Target,
     action: &FaultAction,
     t: f64,
     events: &mut Vec<Event>,
 ) -> anyhow::Result<()> {
+    events.push(Event {
+        at_s: t,
+        kind: EventKind::Fault,
+        label: action.label(),
+    });
+    let now = || shared.timeline.now();
     match action {
         FaultAction::KillNode { node } => {
-            let name = format!("node-{node}");
-            events.push(Event {
-                at_s: t,
-                kind: EventKind::Fault,
-                label: format!("kill {name}"),
-            });
+            let name = cluster.kill(*node).await?;
+            // New clients stop choosing it; those connected find out the hard way.
             lock(&shared.entries).nodes.retain(|(n, _)| n.name != name);
-            if cluster.kill(&name).is_ok() {
-                events.push(Event {
-                    at_s: t,
-                    kind: EventKind::NodeDown,
-                    label: format!("{name} down"),
-                });
-            }
+            events.push(Event {
+                at_s: now(),
+                kind: EventKind::NodeDown,
+                label: format!("{name} down"),
+            });
         }
         FaultAction::StartNode => {
+            let node = cluster.start().await?;
             events.push(Event {
-                at_s: t,
-                kind: EventKind::Fault,
-                label: "start a node".into(),
-            });
-            let node = cluster.add_node().await.context("starting a node")?;
-            events.push(Event {
-                at_s: shared.timeline.now(),
+                at_s: now(),
                 kind: EventKind::NodeUp,
                 label: format!("{} up", node.name),
             });
             add_entry(shared, node)?;
+        }
+        FaultAction::StallBackend {
+            node,
+            backend,
+            for_s,
+        } => {
+            let d = Duration::from_secs_f64(*for_s);
+            let stalled = cluster.stall(*node, backend, d).await?;
+            events.push(Event {
+                at_s: now() + for_s,
+                kind: EventKind::Fault,
+                label: format!("{backend} back on {}", stalled.join(", ")),
+            });
+        }
+        FaultAction::Partition { node, for_s } => {
+            let name = cluster
+                .partition(*node, Duration::from_secs_f64(*for_s))
+                .await?;
+            events.push(Event {
+                at_s: now() + for_s,
+                kind: EventKind::Fault,
+                label: format!("{name} reachable again"),
+            });
         }
     }
     Ok(())
@@ -835,7 +862,7 @@ async fn inject(
 /// Once a second: the state for the timeline and the watcher.
 async fn sample(
     shared: &Shared,
-    cluster: &LocalCluster,
+    cluster: &dyn Target,
     phase: Phase,
     watcher: Option<&dyn Watcher>,
     total: f64,
@@ -870,23 +897,16 @@ async fn sample(
 
 /// The lowest value of a metric on a node's admin page, if it answers within 200 ms.
 async fn scrape(admin: SocketAddr, series: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: levee\r\n\r\n")
+    let timeout = Duration::from_millis(200);
+    let (status, page) =
+        levee_relay::admin_client::request(admin, None, "GET", "/metrics", timeout)
             .await
             .ok()?;
-        let mut page = String::new();
-        s.read_to_string(&mut page).await.ok()?;
-        page.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .reduce(f64::min)
-    };
-    tokio::time::timeout(Duration::from_millis(200), fetch)
-        .await
-        .ok()
-        .flatten()
+    (status == 200).then_some(())?;
+    page.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(f64::min)
 }
 
 /// A fresh session per established user after the run: whatever arrives now is either

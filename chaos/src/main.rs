@@ -1,5 +1,6 @@
 //! `levee-chaos`: rehearse the day millions arrive at once.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use levee_chaos::drill::{self, Status, Watcher};
 use levee_chaos::record::DrillRecord;
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
+use levee_chaos::target::TargetSpec;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Plays a scenario against an embedded local cluster the drill starts itself.
+    /// Plays a scenario against an embedded local cluster the drill starts itself, or
+    /// against a running cluster (--admin).
     Run {
         /// A scenario name from chaos/scenarios/ (`mass-migration`) or a path to a file.
         scenario: String,
@@ -43,6 +46,33 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Play against a running cluster instead: its nodes' admin addresses, node 1
+        /// first (comma-separated). Faults go through their admin API, which the nodes
+        /// refuse unless configured with `fault_injection = true`.
+        #[arg(
+            long,
+            value_name = "ADDR,...",
+            value_delimiter = ',',
+            conflicts_with_all = ["compare", "no_admission"]
+        )]
+        admin: Vec<SocketAddr>,
+        /// The running cluster's admin token (when its nodes have one).
+        #[arg(
+            long,
+            env = "LEVEE_ADMIN_TOKEN",
+            value_name = "TOKEN",
+            requires = "admin"
+        )]
+        token: Option<String>,
+        /// The running cluster's key (64 hex digits, its nodes' `cluster_key`), to verify
+        /// the tickets newcomers are handed. Required with --admin.
+        #[arg(
+            long,
+            env = "LEVEE_CLUSTER_KEY",
+            value_name = "HEX",
+            requires = "admin"
+        )]
+        cluster_key: Option<String>,
     },
     /// Lists the scenarios that ship with Levee.
     List,
@@ -109,6 +139,9 @@ fn main() -> ExitCode {
             no_admission,
             out,
             quiet,
+            admin,
+            token,
+            cluster_key,
         } => {
             let scenario = match Scenario::load(&find(&scenario)) {
                 Ok(s) => s,
@@ -117,12 +150,28 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let target = if admin.is_empty() {
+                TargetSpec::Embedded
+            } else {
+                let Some(cluster_key) = cluster_key else {
+                    eprintln!(
+                        "levee-chaos: --admin needs --cluster-key (or LEVEE_CLUSTER_KEY): \
+                         tickets are checked with it"
+                    );
+                    return ExitCode::from(2);
+                };
+                TargetSpec::Remote {
+                    admins: admin,
+                    token,
+                    cluster_key,
+                }
+            };
             let modes = if compare {
                 vec![true, false]
             } else {
                 vec![!no_admission]
             };
-            match play(&scenario, &modes, out, quiet) {
+            match play(&scenario, &target, &modes, out, quiet) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -162,6 +211,7 @@ fn list() -> anyhow::Result<()> {
 /// Runs the drill once per mode, writes the report, prints the verdicts; whether all passed.
 fn play(
     scenario: &Scenario,
+    target: &TargetSpec,
     modes: &[bool],
     out: Option<PathBuf>,
     quiet: bool,
@@ -174,10 +224,7 @@ fn play(
     let mut record = DrillRecord {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
-        target: format!(
-            "embedded local cluster, {} nodes, {} shards",
-            scenario.cluster.nodes, scenario.cluster.shards
-        ),
+        target: target.describe(scenario),
         started_at: started_at.clone(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         runs: Vec::new(),
@@ -198,7 +245,7 @@ fn play(
             Arc::new(Bar(bar))
         });
         let watcher = bar.clone().map(|b| b as Arc<dyn Watcher>);
-        let run = runtime.block_on(drill::run(scenario, admission, watcher))?;
+        let run = runtime.block_on(drill::run(scenario, target, admission, watcher))?;
         if let Some(b) = bar {
             b.0.finish_and_clear();
         }

@@ -216,7 +216,7 @@ pub struct Fault {
 }
 
 /// What a [`Fault`] does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum FaultAction {
     /// `kind = "kill_node"`, `node = N`: kill the N-th node started (1-based) abruptly, as
     /// a crash would: no handover, no goodbye; the others time it out.
@@ -227,6 +227,48 @@ pub enum FaultAction {
     /// `kind = "start_node"`: start a node (a restart after a kill: a fresh node joins;
     /// names are not reused).
     StartNode,
+    /// `kind = "stall_backend"`, `for_s = D`, optional `node = N` (all nodes when left out)
+    /// and `backend = "store" | "log" | "all"` (default all): for D seconds, the node's
+    /// calls to its mailbox store and/or delivery log wait, as when the database or the
+    /// log stops answering. Through the nodes' fault-injection admin endpoint.
+    StallBackend {
+        /// Which node (1-based, start order), or all.
+        node: Option<u32>,
+        /// `store`, `log` or `all`.
+        backend: String,
+        /// For how long, s.
+        for_s: f64,
+    },
+    /// `kind = "partition"`, `node = N`, `for_s = D`: cut node N off from its clients for
+    /// D seconds (every datagram dropped both ways by the drill's proxy); the node stays
+    /// in touch with the rest of the cluster.
+    Partition {
+        /// Which node (1-based, start order).
+        node: u32,
+        /// For how long, s.
+        for_s: f64,
+    },
+}
+
+impl FaultAction {
+    /// Short label for the report's time axis.
+    pub fn label(&self) -> String {
+        match self {
+            FaultAction::KillNode { node } => format!("kill node-{node}"),
+            FaultAction::StartNode => "start a node".into(),
+            FaultAction::StallBackend {
+                node,
+                backend,
+                for_s,
+            } => {
+                let on = node.map_or_else(|| "every node".to_owned(), |n| format!("node-{n}"));
+                format!("stall {backend} on {on} for {for_s} s")
+            }
+            FaultAction::Partition { node, for_s } => {
+                format!("cut node-{node} off from clients for {for_s} s")
+            }
+        }
+    }
 }
 
 /// A fault as written in the file. Flat, so that unknown fields are refused (serde cannot
@@ -237,20 +279,50 @@ struct RawFault {
     at_s: f64,
     kind: String,
     node: Option<u32>,
+    for_s: Option<f64>,
+    backend: Option<String>,
 }
 
 impl TryFrom<RawFault> for Fault {
     type Error = String;
 
     fn try_from(raw: RawFault) -> Result<Self, String> {
-        let action = match (raw.kind.as_str(), raw.node) {
+        let kind = raw.kind.as_str();
+        let lasting = matches!(kind, "stall_backend" | "partition");
+        if lasting != raw.for_s.is_some() {
+            return Err(if lasting {
+                format!("{kind} needs `for_s` (how long, s)")
+            } else {
+                format!("{kind} takes no `for_s`")
+            });
+        }
+        if raw.backend.is_some() && kind != "stall_backend" {
+            return Err(format!("{kind} takes no `backend`"));
+        }
+        let for_s = raw.for_s.unwrap_or_default();
+        if lasting && !(for_s > 0.0 && for_s <= 300.0) {
+            return Err(format!("{kind}: for_s must be more than 0 and at most 300"));
+        }
+        let action = match (kind, raw.node) {
             ("kill_node", Some(node)) => FaultAction::KillNode { node },
-            ("kill_node", None) => return Err("kill_node needs `node`".into()),
+            ("kill_node" | "partition", None) => return Err(format!("{kind} needs `node`")),
             ("start_node", None) => FaultAction::StartNode,
             ("start_node", Some(_)) => return Err("start_node takes no `node`".into()),
+            ("partition", Some(node)) => FaultAction::Partition { node, for_s },
+            ("stall_backend", node) => {
+                let backend = raw.backend.unwrap_or_else(|| "all".into());
+                if !matches!(backend.as_str(), "store" | "log" | "all") {
+                    return Err(format!("unknown backend {backend:?}: store, log or all"));
+                }
+                FaultAction::StallBackend {
+                    node,
+                    backend,
+                    for_s,
+                }
+            }
             (other, _) => {
                 return Err(format!(
-                    "unknown fault kind {other:?}: kill_node or start_node"
+                    "unknown fault kind {other:?}: kill_node, start_node, stall_backend or partition"
                 ));
             }
         };
@@ -423,15 +495,22 @@ impl Scenario {
                     f.at_s, self.duration_s
                 ));
             }
-            match f.action {
-                FaultAction::KillNode { node } if node == 0 || node > started => {
-                    return Err(format!(
-                        "kill_node {node} at {} s: only nodes 1..{started} have been started by then",
-                        f.at_s
-                    ));
+            let node = match &f.action {
+                FaultAction::KillNode { node } | FaultAction::Partition { node, .. } => Some(*node),
+                FaultAction::StallBackend { node, .. } => *node,
+                FaultAction::StartNode => {
+                    started += 1;
+                    None
                 }
-                FaultAction::KillNode { .. } => {}
-                FaultAction::StartNode => started += 1,
+            };
+            if let Some(node) = node
+                && (node == 0 || node > started)
+            {
+                return Err(format!(
+                    "{} at {} s: only nodes 1..{started} have been started by then",
+                    f.action.label(),
+                    f.at_s
+                ));
             }
         }
         Ok(())
@@ -562,7 +641,31 @@ mod tests {
             ),
             ("[[faults]]\nat_s = 5\nkind = \"kill_node\"", "needs `node`"),
             (
-                "[[faults]]\nat_s = 5\nkind = \"partition\"",
+                "[[faults]]\nat_s = 5\nkind = \"partition\"\nfor_s = 3",
+                "needs `node`",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"partition\"\nnode = 1",
+                "needs `for_s`",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"kill_node\"\nnode = 1\nfor_s = 3",
+                "takes no `for_s`",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"stall_backend\"\nfor_s = 3\nbackend = \"disk\"",
+                "unknown backend",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"stall_backend\"\nfor_s = 0",
+                "more than 0",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"partition\"\nnode = 7\nfor_s = 3",
+                "only nodes 1..3",
+            ),
+            (
+                "[[faults]]\nat_s = 5\nkind = \"reboot\"",
                 "unknown fault kind",
             ),
         ];
@@ -576,5 +679,21 @@ mod tests {
             "{MINIMAL}\n[[faults]]\nat_s = 1\nkind = \"start_node\"\n[[faults]]\nat_s = 2\nkind = \"kill_node\"\nnode = 4"
         );
         assert!(Scenario::parse(&text).is_ok());
+        let text = format!(
+            "{MINIMAL}\n[[faults]]\nat_s = 1\nkind = \"stall_backend\"\nfor_s = 5\n[[faults]]\nat_s = 2\nkind = \"stall_backend\"\nnode = 2\nbackend = \"store\"\nfor_s = 5"
+        );
+        let s = Scenario::parse(&text).unwrap();
+        assert_eq!(
+            s.faults[1].action,
+            FaultAction::StallBackend {
+                node: Some(2),
+                backend: "store".into(),
+                for_s: 5.0
+            }
+        );
+        assert_eq!(
+            s.faults[0].action.label(),
+            "stall all on every node for 5 s"
+        );
     }
 }

@@ -1,25 +1,53 @@
-//! The short mass migration against the embedded local cluster, as CI plays it on every
-//! run: real QUIC clients, a real signup wave, a node killed and a fresh one started, and
-//! every invariant checked from the ledger. The full drill is a documented command:
-//! `cargo run --release -p levee-chaos -- run mass-migration`.
+//! Drills as CI plays them on every run, with real QUIC clients and every invariant
+//! checked from the ledger:
+//! - the short mass migration against the embedded local cluster (a signup wave, a node
+//!   killed and a fresh one started);
+//! - backend stalls and a partition, shortened, against the embedded cluster;
+//! - faults through the admin API against a cluster the drill did not start (the
+//!   "running cluster" target), and refused when the nodes do not allow fault injection.
+//!
+//! The full drills are documented commands (`cargo run --release -p levee-chaos -- run
+//! mass-migration`, `... run backend-stall`, `... run partition`). Drills run one at a
+//! time: two at once on a small CI machine would measure each other.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 use levee_chaos::drill;
-use levee_chaos::record::{DrillRecord, EventKind};
+use levee_chaos::record::{DrillRecord, EventKind, RunRecord};
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
+use levee_chaos::target::TargetSpec;
+use levee_relay::NodeConfig;
+use levee_relay::cluster::LocalCluster;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_short_mass_migration_keeps_every_invariant() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/mass-migration-short.toml");
-    let scenario = Scenario::load(&path).unwrap();
-    let run = drill::run(&scenario, true, None).await.unwrap();
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+fn assert_all_pass(run: &RunRecord) {
     for v in &run.verdicts {
         assert!(v.pass, "{}: {}", v.name, v.detail);
     }
+}
+
+/// The seconds of `run` from `from` to `to` (s into the run).
+fn window(
+    run: &RunRecord,
+    from: u32,
+    to: u32,
+) -> impl Iterator<Item = &levee_chaos::record::Second> {
+    run.seconds.iter().filter(move |s| s.t >= from && s.t < to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_short_mass_migration_keeps_every_invariant() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/mass-migration-short.toml");
+    let scenario = Scenario::load(&path).unwrap();
+    let run = drill::run(&scenario, &TargetSpec::Embedded, true, None)
+        .await
+        .unwrap();
+
+    assert_all_pass(&run);
     // The invariants were about something: people messaged, a wave came, the fault hit.
     let s = &run.summary;
     assert!(s.sends_acked > 0 && s.delivered >= s.sends_acked, "{s:?}");
@@ -50,4 +78,187 @@ async fn the_short_mass_migration_keeps_every_invariant() {
     assert!(back.passed());
     let html = report::html(&back);
     assert!(html.contains("mass-migration-short") && html.contains("<svg"));
+}
+
+/// A store stall, a log stall and a partition, short: what `backend-stall` and
+/// `partition` do, in one run.
+const FAULTS: &str = r#"
+name = "faults-short"
+description = "Store stall, log stall, partition."
+duration_s = 30
+drain_s = 20
+
+[cluster]
+nodes = 3
+shards = 32
+
+[population]
+established = 30
+contacts = 3
+send_interval_s = 0.5
+
+[[faults]]
+at_s = 4
+kind = "stall_backend"
+backend = "store"
+for_s = 4
+
+[[faults]]
+at_s = 11
+kind = "stall_backend"
+backend = "log"
+for_s = 4
+
+[[faults]]
+at_s = 18
+kind = "partition"
+node = 2
+for_s = 6
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_backends_and_a_partition_lose_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let scenario = Scenario::parse(FAULTS).unwrap();
+    let run = drill::run(&scenario, &TargetSpec::Embedded, true, None)
+        .await
+        .unwrap();
+    assert_all_pass(&run);
+    let s = &run.summary;
+    assert!(s.sends_acked > 0 && s.delivered >= s.sends_acked, "{s:?}");
+    assert_eq!(
+        s.sends_failed, 0,
+        "every stall and cut is shorter than a send's patience"
+    );
+    // The faults hit. While the log is stalled no send can be acknowledged, so whole
+    // seconds inside that stall acknowledge nothing.
+    assert!(
+        window(&run, 12, 15).any(|s| s.messaging.ok == 0 && s.messaging.offered > 0),
+        "no second of the log stall went without acknowledgements"
+    );
+    // While node-2 is cut off, its users' sends hang: some seconds acknowledge less than
+    // was offered.
+    assert!(
+        window(&run, 19, 24).any(|s| s.messaging.ok < s.messaging.offered),
+        "the partition held nobody up"
+    );
+    let labels: Vec<&str> = run.events.iter().map(|e| e.label.as_str()).collect();
+    for expected in [
+        "stall store on every node for 4 s",
+        "log back on node-1, node-2, node-3",
+        "cut node-2 off from clients for 6 s",
+        "node-2 reachable again",
+    ] {
+        assert!(
+            labels.contains(&expected),
+            "{expected} missing from {labels:?}"
+        );
+    }
+}
+
+/// Kill, start and stall through the admin API of a cluster the drill did not start.
+const REMOTE: &str = r#"
+name = "remote-short"
+description = "Faults through the admin API."
+duration_s = 22
+drain_s = 15
+
+[population]
+established = 20
+contacts = 3
+send_interval_s = 0.5
+
+[[faults]]
+at_s = 5
+kind = "kill_node"
+node = 2
+
+[[faults]]
+at_s = 10
+kind = "start_node"
+
+[[faults]]
+at_s = 14
+kind = "stall_backend"
+node = 1
+for_s = 3
+"#;
+
+async fn running_cluster(
+    dir: &Path,
+    fault_injection: bool,
+) -> (std::sync::Arc<LocalCluster>, TargetSpec) {
+    let key = "cd".repeat(32);
+    let cluster = LocalCluster::open(NodeConfig {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: 32,
+        cluster_key: Some(key.clone()),
+        admin_token: Some("drill-token".into()),
+        fault_injection,
+        connections_per_prefix_per_sec: 1_000_000,
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    for _ in 0..3 {
+        cluster.add_node().await.unwrap();
+    }
+    let spec = TargetSpec::Remote {
+        admins: cluster.nodes().iter().map(|n| n.admin.unwrap()).collect(),
+        token: Some("drill-token".into()),
+        cluster_key: key,
+    };
+    (cluster, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_reach_a_running_cluster_through_its_admin_api_only_when_it_allows_them() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let scenario = Scenario::parse(REMOTE).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, spec) = running_cluster(dir.path(), true).await;
+    let run = drill::run(&scenario, &spec, true, None).await.unwrap();
+    assert_all_pass(&run);
+    assert_eq!(run.label, "running cluster, as configured");
+    let kinds: Vec<EventKind> = run.events.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::NodeDown) && kinds.contains(&EventKind::NodeUp));
+    // The crash and the start happened in the cluster itself, through its admin port.
+    let names: Vec<String> = cluster.nodes().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["node-1", "node-3", "node-4"]);
+    cluster.shutdown().await.unwrap();
+
+    // Without fault_injection the nodes refuse, the drill says so, and nobody is harmed.
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, spec) = running_cluster(dir.path(), false).await;
+    let quick = r#"
+        name = "refused"
+        description = "Faults a cluster does not allow."
+        duration_s = 4
+        drain_s = 5
+        [population]
+        established = 4
+        contacts = 1
+        send_interval_s = 1
+        [[faults]]
+        at_s = 1
+        kind = "kill_node"
+        node = 2
+        [[faults]]
+        at_s = 2
+        kind = "stall_backend"
+        for_s = 3
+    "#;
+    let quick = Scenario::parse(quick).unwrap();
+    let run = drill::run(&quick, &spec, true, None).await.unwrap();
+    let faults = &run.verdicts[0];
+    assert!(!faults.pass, "{faults:?}");
+    assert!(
+        faults.detail.contains("fault injection is off"),
+        "{}",
+        faults.detail
+    );
+    assert_eq!(cluster.nodes().len(), 3, "no node was harmed");
+    cluster.shutdown().await.unwrap();
 }

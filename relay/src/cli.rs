@@ -441,7 +441,14 @@ async fn node_command(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Drain(a) => (a, "POST", "/admin/drain"),
         NodeCommand::List(a) => (a, "GET", "/admin/cluster"),
     };
-    let (status, body) = admin_request(args, method, path).await?;
+    let (status, body) = levee_relay::admin_client::request(
+        args.admin,
+        args.token.as_deref(),
+        method,
+        path,
+        Duration::from_secs(30),
+    )
+    .await?;
     if !(200..300).contains(&status) {
         return Err(anyhow!("the admin port answered {status}: {}", body.trim()));
     }
@@ -485,45 +492,6 @@ async fn node_command(command: NodeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// One HTTP/1.1 request to an admin port; the status code and body.
-async fn admin_request(
-    args: &AdminArgs,
-    method: &str,
-    path: &str,
-) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let admin = args.admin;
-    let io = async {
-        let mut stream = tokio::net::TcpStream::connect(admin).await?;
-        let auth = args
-            .token
-            .as_ref()
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {admin}\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(30), io)
-        .await
-        .map_err(|_| anyhow!("the admin port at {admin} did not answer within 30 s"))?
-        .with_context(|| format!("cannot reach the admin port at {admin}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("the admin port at {admin} sent no HTTP answer"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("the admin port at {admin} sent no HTTP status"))?;
-    Ok((status, body.to_owned()))
 }
 
 fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 //! - [`NodeConfig`]: every setting with its default.
 #![warn(missing_docs)]
 
+pub mod admin_client;
 pub mod admission;
 pub mod client;
 mod clock;

@@ -552,8 +552,7 @@ async fn pinned_mailboxes_are_unavailable_without_their_region_and_never_placed_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_node_losing_nothing()
-{
+async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_node_losing_nothing() {
     // Off: the endpoints refuse, and nothing happens to the node.
     let dir = tempfile::tempdir().unwrap();
     let off = start(cluster_config(dir.path()), &["local"]).await;
@@ -575,7 +574,10 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
     let nodes = cluster.nodes();
     let admin = nodes[0].admin.unwrap();
     let (status, body) = admin_request(admin, "POST", "/admin/faults/stall").await;
-    assert!(status.contains("400"), "a stall needs its length: {status} {body}");
+    assert!(
+        status.contains("400"),
+        "a stall needs its length: {status} {body}"
+    );
 
     // Both users live on node-1 (one node of two owns their shards) so the stall holds them.
     let placement = settled_as(&cluster, &cluster_config(dir.path()), &["node-1", "node-2"]).await;
@@ -593,7 +595,10 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
         alice.send_with_id(&bob_id.account(), "during the stall", [1; 16]),
     )
     .await;
-    assert!(held.is_err(), "a send went through a stalled backend: {held:?}");
+    assert!(
+        held.is_err(),
+        "a send went through a stalled backend: {held:?}"
+    );
     // ...and once it ends, the same message (same id) is acknowledged and delivered once.
     alice
         .send_with_id(&bob_id.account(), "during the stall", [1; 16])
@@ -613,14 +618,22 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
     assert!(status.contains("202"), "{status} {body}");
     assert!(body.contains("node-1"), "{body}");
     assert_eq!(
-        cluster.nodes().iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
         ["node-2"]
     );
     let bob = log_in_eventually(&nodes[1], &bob_id).await;
     let mut inbox = bob.subscribe().await.unwrap();
     let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
     let ids: Vec<[u8; 16]> = got.iter().map(|d| d.client_message_id).collect();
-    assert_eq!(ids, [[2; 16]], "the unacknowledged envelope, once; not the acked one");
+    assert_eq!(
+        ids,
+        [[2; 16]],
+        "the unacknowledged envelope, once; not the acked one"
+    );
     common::assert_nothing_arrives(&mut inbox).await;
     cluster.shutdown().await.unwrap();
 }

@@ -63,6 +63,7 @@ pub fn key_hash(key: &[u8]) -> [u8; 16] {
 }
 
 /// Signs and checks tickets with the cluster key (HMAC-SHA256).
+#[derive(Clone)]
 pub struct TicketKey {
     key: hmac::Key,
 }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Shared;
+use super::fault::Backend;
 use super::tokio_util_shim::CancelToken;
 use crate::telemetry;
 
@@ -61,8 +62,9 @@ enum Request {
     Drain,
     AddNode,
     Crash,
-    /// Stall backend calls for this many seconds (`None`: missing or not a number).
-    Stall(Option<u64>),
+    /// Stall calls to these backends for this many seconds (`None`: a parameter missing
+    /// or wrong).
+    Stall(Option<(Backend, u64)>),
     /// Known path, wrong method.
     WrongMethod(&'static str),
     NotFound,
@@ -82,8 +84,10 @@ fn parse(head: &str) -> Request {
         }
         (Some(_), Some("/metrics" | "/admin/cluster")) => Request::WrongMethod("GET"),
         (Some(_), Some(path))
-            if matches!(path, "/admin/drain" | "/admin/nodes" | "/admin/faults/crash")
-                || path.starts_with("/admin/faults/stall") =>
+            if matches!(
+                path,
+                "/admin/drain" | "/admin/nodes" | "/admin/faults/crash"
+            ) || path.starts_with("/admin/faults/stall") =>
         {
             Request::WrongMethod("POST")
         }
@@ -92,17 +96,23 @@ fn parse(head: &str) -> Request {
     }
 }
 
-/// `N` from `/admin/faults/stall?secs=N`.
-fn stall_secs(path: &str) -> Option<u64> {
+/// What `/admin/faults/stall?secs=N[&backend=store|log|all]` asks for (all by default).
+fn stall_secs(path: &str) -> Option<(Backend, u64)> {
     let (route, query) = path.split_once('?')?;
     if route != "/admin/faults/stall" {
         return None;
     }
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("secs="))?
-        .parse()
-        .ok()
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let backend = match param("backend") {
+        Some(b) => Backend::parse(b)?,
+        None => Backend::All,
+    };
+    let secs = param("secs")?.parse().ok()?;
+    Some((backend, secs))
 }
 
 /// Whether a change may go ahead: the configured token, or loopback when there is none.
@@ -179,12 +189,13 @@ async fn route(
             crash(shared, &name);
             ("202 Accepted", JSON, json!({ "crashed": name }).to_string())
         }
-        Request::Stall(Some(secs)) if secs >= 1 => match &shared.stall {
-            Some(stall) => {
-                stall.begin(Duration::from_secs(secs));
+        Request::Stall(Some((backend, secs))) if secs >= 1 => match &shared.stalls {
+            Some(stalls) => {
+                let (store, log) = stalls.begin(backend, Duration::from_secs(secs));
                 let body = json!({
                     "node": shared.membership.name(),
-                    "stalled_for_s": stall.remaining().as_secs_f64(),
+                    "store_stalled_for_s": store.as_secs_f64(),
+                    "log_stalled_for_s": log.as_secs_f64(),
                 });
                 ("202 Accepted", JSON, body.to_string())
             }
@@ -195,7 +206,8 @@ async fn route(
             "400 Bad Request",
             TEXT,
             format!(
-                "say how long: /admin/faults/stall?secs=N, 1 to {}\n",
+                "say how long and, if not both, which backend: \
+                 /admin/faults/stall?secs=N[&backend=store|log|all], N from 1 to {}\n",
                 super::fault::MAX_STALL.as_secs()
             ),
         ),
@@ -212,10 +224,10 @@ async fn route(
 /// Stops this node abruptly: its task in an embedded cluster, or the whole process
 /// (`levee node`) once the answer has had a moment to leave. No handover, no goodbye.
 fn crash(shared: &Shared, name: &str) {
-    if let Some(cluster) = shared.cluster_admin.get().and_then(|w| w.upgrade()) {
-        if cluster.kill(name).is_ok() {
-            return;
-        }
+    if let Some(cluster) = shared.cluster_admin.get().and_then(|w| w.upgrade())
+        && cluster.kill(name).is_ok()
+    {
+        return;
     }
     tracing::warn!(node = name, "crashing on request (fault injection)");
     std::thread::spawn(|| {
@@ -319,9 +331,25 @@ mod tests {
         );
         assert_eq!(
             parse("POST /admin/faults/stall?secs=12 HTTP/1.1\r\n\r\n"),
-            Request::Stall(Some(12))
+            Request::Stall(Some((Backend::All, 12)))
         );
-        for bad in ["", "?secs=", "?secs=x", "?for=3", "x?secs=3"] {
+        assert_eq!(
+            parse("POST /admin/faults/stall?backend=store&secs=4 HTTP/1.1\r\n\r\n"),
+            Request::Stall(Some((Backend::Store, 4)))
+        );
+        assert_eq!(
+            parse("POST /admin/faults/stall?secs=4&backend=log HTTP/1.1\r\n\r\n"),
+            Request::Stall(Some((Backend::Log, 4)))
+        );
+        for bad in [
+            "",
+            "?secs=",
+            "?secs=x",
+            "?for=3",
+            "x?secs=3",
+            "?secs=3&backend=disk",
+            "?xsecs=3",
+        ] {
             assert_eq!(
                 parse(&format!("POST /admin/faults/stall{bad} HTTP/1.1\r\n\r\n")),
                 Request::Stall(None),

@@ -27,6 +27,49 @@ use tokio::time::Instant;
 /// Longest stall one request may ask for: a drill rehearses an outage, not a dead node.
 pub(crate) const MAX_STALL: Duration = Duration::from_secs(300);
 
+/// Which backends a stall holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The mailbox store (ScyllaDB, or the embedded store).
+    Store,
+    /// The delivery log (Kafka, or the embedded log).
+    Log,
+    /// Both.
+    All,
+}
+
+impl Backend {
+    /// `store`, `log` or `all`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "store" => Some(Self::Store),
+            "log" => Some(Self::Log),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+}
+
+/// A node's stall switches, one per backend.
+#[derive(Debug, Default)]
+pub(crate) struct Stalls {
+    pub store: Arc<Stall>,
+    pub log: Arc<Stall>,
+}
+
+impl Stalls {
+    /// Stalls `backend` for `d` from now; how long each of store and log is now stalled.
+    pub(crate) fn begin(&self, backend: Backend, d: Duration) -> (Duration, Duration) {
+        if matches!(backend, Backend::Store | Backend::All) {
+            self.store.begin(d);
+        }
+        if matches!(backend, Backend::Log | Backend::All) {
+            self.log.begin(d);
+        }
+        (self.store.remaining(), self.log.remaining())
+    }
+}
+
 /// When the current stall ends, if there is one.
 #[derive(Debug, Default)]
 pub(crate) struct Stall {
@@ -47,7 +90,9 @@ impl Stall {
     /// Seconds left of the current stall (0 when there is none).
     pub(crate) fn remaining(&self) -> Duration {
         let until = *self.until.lock().unwrap_or_else(|p| p.into_inner());
-        until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now()))
+        until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        })
     }
 
     /// Returns once no stall is in force.

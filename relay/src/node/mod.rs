@@ -3,10 +3,10 @@
 
 mod accounts;
 mod admin;
-mod fault;
 mod admission;
 mod connection;
 mod delivery;
+mod fault;
 mod guard;
 mod membership;
 
@@ -76,7 +76,7 @@ pub(crate) struct Shared {
     /// The embedded cluster this node runs in, for `POST /admin/nodes`.
     pub cluster_admin: std::sync::OnceLock<std::sync::Weak<dyn ClusterAdmin>>,
     /// The backend stall a drill may ask for; `None` unless `fault_injection` is on.
-    pub stall: Option<Arc<fault::Stall>>,
+    pub stalls: Option<fault::Stalls>,
 }
 
 /// Asks a running node to drain: hand its shards over, move its clients, leave.
@@ -171,18 +171,16 @@ impl Node {
         server_config.transport_config(Arc::new(transport));
         let secret = admission::cluster_key(&config).map_err(NodeError::Config)?;
         // With fault injection on, the backends are reached through a stall switch.
-        let stall = config
-            .fault_injection
-            .then(|| Arc::new(fault::Stall::default()));
-        let (store, log): (Arc<dyn MailboxStore>, Arc<dyn DeliveryLog>) = match &stall {
-            Some(stall) => (
+        let stalls = config.fault_injection.then(fault::Stalls::default);
+        let (store, log): (Arc<dyn MailboxStore>, Arc<dyn DeliveryLog>) = match &stalls {
+            Some(stalls) => (
                 Arc::new(fault::StallingStore {
                     inner: store,
-                    stall: stall.clone(),
+                    stall: stalls.store.clone(),
                 }),
                 Arc::new(fault::StallingLog {
                     inner: log,
-                    stall: stall.clone(),
+                    stall: stalls.log.clone(),
                 }),
             ),
             None => (store, log),
@@ -253,7 +251,7 @@ impl Node {
                 membership,
                 drain: tokio::sync::watch::Sender::new(false),
                 cluster_admin: std::sync::OnceLock::new(),
-                stall,
+                stalls,
             }),
         })
     }

@@ -1,0 +1,176 @@
+//! A cluster that is already running, reached through its nodes' admin ports.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use async_trait::async_trait;
+use levee_relay::admission::TicketKey;
+use levee_relay::cluster::NodeSummary;
+use serde_json::Value;
+
+use super::{ADMIN_TIMEOUT, Target, admin_post, numbered, stall_through_admin};
+
+/// See the [module docs](super).
+pub struct Remote {
+    token: Option<String>,
+    key: TicketKey,
+    /// Every node known, in scenario numbering (the given ones, then those started).
+    known: Mutex<Vec<NodeSummary>>,
+    /// Names of the nodes the drill crashed.
+    down: Mutex<BTreeSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Lists only; a panic elsewhere cannot leave them torn.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Remote {
+    /// Asks each admin port who it is (`GET /admin/cluster`); `cluster_key` is the hex key
+    /// in the nodes' configuration.
+    pub async fn connect(
+        admins: &[SocketAddr],
+        token: Option<String>,
+        cluster_key: &str,
+    ) -> anyhow::Result<Self> {
+        if admins.is_empty() {
+            bail!("a running cluster needs at least one node's admin address");
+        }
+        let key = hex::decode(cluster_key.trim())
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| anyhow!("the cluster key must be 64 hex digits (32 bytes)"))?;
+        let mut known = Vec::new();
+        for &admin in admins {
+            known.push(whoami(admin, token.as_deref()).await?);
+        }
+        Ok(Self {
+            token,
+            key: TicketKey::new(&key),
+            known: Mutex::new(known),
+            down: Mutex::default(),
+        })
+    }
+
+    fn live(&self, node: u32, what: &str) -> anyhow::Result<NodeSummary> {
+        let n = numbered(&lock(&self.known), node, what)?.clone();
+        if lock(&self.down).contains(&n.name) {
+            bail!("{what}: {} is down", n.name);
+        }
+        Ok(n)
+    }
+}
+
+/// The node behind `admin`, from its own view of the cluster.
+async fn whoami(admin: SocketAddr, token: Option<&str>) -> anyhow::Result<NodeSummary> {
+    let (status, body) =
+        levee_relay::admin_client::request(admin, token, "GET", "/admin/cluster", ADMIN_TIMEOUT)
+            .await?;
+    if status != 200 {
+        bail!(
+            "{admin} answered {status} to GET /admin/cluster: {}",
+            body.trim()
+        );
+    }
+    let view: Value =
+        serde_json::from_str(&body).with_context(|| format!("{admin}: /admin/cluster"))?;
+    let me = view["node"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{admin}: /admin/cluster names no node"))?;
+    let row = view["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["name"] == me))
+        .ok_or_else(|| anyhow!("{admin}: {me} is not in its own view of the cluster"))?;
+    summary(row, Some(admin)).with_context(|| format!("{admin}: {me}"))
+}
+
+/// A node row of `/admin/cluster` or the answer of `POST /admin/nodes`.
+fn summary(row: &Value, admin: Option<SocketAddr>) -> anyhow::Result<NodeSummary> {
+    let text = |field: &str| {
+        row[field]
+            .as_str()
+            .ok_or_else(|| anyhow!("no {field} in {row}"))
+    };
+    Ok(NodeSummary {
+        name: text("name")?.to_owned(),
+        address: text("address")?.parse().context("its address")?,
+        fingerprint: text("fingerprint")?
+            .parse()
+            .map_err(|e: String| anyhow!("its fingerprint: {e}"))?,
+        admin: match admin {
+            Some(a) => Some(a),
+            None => row["admin"].as_str().and_then(|a| a.parse().ok()),
+        },
+        region: text("region").unwrap_or("local").to_owned(),
+        generated_certificate: false,
+    })
+}
+
+#[async_trait]
+impl Target for Remote {
+    fn nodes(&self) -> Vec<NodeSummary> {
+        let down = lock(&self.down);
+        lock(&self.known)
+            .iter()
+            .filter(|n| !down.contains(&n.name))
+            .cloned()
+            .collect()
+    }
+
+    fn ticket_key(&self) -> &TicketKey {
+        &self.key
+    }
+
+    async fn kill(&self, node: u32) -> anyhow::Result<String> {
+        let n = self.live(node, "kill_node")?;
+        let admin = n
+            .admin
+            .ok_or_else(|| anyhow!("{} has no admin port", n.name))?;
+        admin_post(admin, self.token.as_deref(), "/admin/faults/crash").await?;
+        lock(&self.down).insert(n.name.clone());
+        Ok(n.name)
+    }
+
+    async fn start(&self) -> anyhow::Result<NodeSummary> {
+        // Any live node of a `levee up` cluster can start one more; `levee node`
+        // processes answer 501, and starting processes elsewhere is the operator's tooling.
+        let entry = self
+            .nodes()
+            .into_iter()
+            .find_map(|n| n.admin)
+            .ok_or_else(|| anyhow!("start_node: no live node to ask"))?;
+        let body = admin_post(entry, self.token.as_deref(), "/admin/nodes").await?;
+        let row: Value = serde_json::from_str(&body).context("the new node")?;
+        let node = summary(&row, None)?;
+        lock(&self.known).push(node.clone());
+        Ok(node)
+    }
+
+    async fn stall(
+        &self,
+        node: Option<u32>,
+        backend: &str,
+        d: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let nodes = match node {
+            Some(n) => vec![self.live(n, "stall_backend")?],
+            None => self.nodes(),
+        };
+        stall_through_admin(&nodes, self.token.as_deref(), backend, d).await
+    }
+
+    async fn partition(&self, _node: u32, _d: Duration) -> anyhow::Result<String> {
+        bail!(
+            "partition needs the drill's proxy in front of the node, which only the embedded \
+             target has (a running cluster advertises its own addresses)"
+        )
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        // Not ours to stop.
+        Ok(())
+    }
+}
