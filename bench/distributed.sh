@@ -14,8 +14,6 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CQL="${LEVEE_CQL:-127.0.0.1:19042}"
-KAFKA="${LEVEE_KAFKA:-127.0.0.1:19092}"
 NODES=3
 
 cd "$ROOT"
@@ -41,45 +39,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-STAMP="$(date +%s%N)"
+STAMP="bench-$(date +%s%N)"
+NODE_EXTRA=$'account_requests_per_sec = 1000000\nconnections_per_prefix_per_sec = 1000000'
+# shellcheck source=../scripts/lib/nodes.sh
+source "$ROOT/scripts/lib/nodes.sh"
 for k in $(seq "$NODES"); do
-    cat >"$RUN/node-$k.toml" <<EOF
-node_name = "node-$k"
-listen = "127.0.0.1:$((4532 + k))"
-admin_listen = "127.0.0.1:$((9199 + k))"
-data_dir = "$RUN/node-$k"
-cluster_key = "$(printf 'cd%.0s' $(seq 32))"
-cluster_name = "bench-$STAMP"
-account_requests_per_sec = 1000000
-connections_per_prefix_per_sec = 1000000
-
-[scylla]
-nodes = ["$CQL"]
-keyspace = "levee_bench"
-
-[scylla.replication]
-class = "simple"
-factor = 1
-
-[kafka]
-brokers = "$KAFKA"
-topic = "levee-bench-$STAMP"
-replication = 1
-EOF
-    RUST_LOG=warn target/release/levee node --config "$RUN/node-$k.toml" \
-        >"$RUN/node-$k.out" 2>"$RUN/node-$k.err" &
-    PIDS+=($!)
+    node_start "$k"
+    PIDS+=("$NODE_PID")
 done
-
 # Each node prints its block and then a `cluster:` line once it has joined.
 for k in $(seq "$NODES"); do
-    for _ in $(seq 120); do
-        grep -q '^ *cluster:' "$RUN/node-$k.out" 2>/dev/null && break
-        kill -0 "${PIDS[$((k - 1))]}" 2>/dev/null ||
-            { cat "$RUN/node-$k.err" >&2; echo "distributed.sh: node-$k exited" >&2; exit 1; }
-        sleep 0.5
-    done
-    grep -q '^ *cluster:' "$RUN/node-$k.out" || { cat "$RUN/node-$k.out" "$RUN/node-$k.err" >&2; echo "distributed.sh: node-$k did not start" >&2; exit 1; }
+    node_wait "$k" "${PIDS[$((k - 1))]}" || { echo "distributed.sh: node-$k did not start" >&2; exit 1; }
 done
 FP="$(awk '/fingerprint:/ {print $2; exit}' "$RUN/node-1.out")"
 # Let the roster settle on all three before measuring.

@@ -539,7 +539,7 @@ async fn sender(shared: Arc<Shared>, user: Arc<User>) {
                 };
                 match outcome {
                     Some(Ok(_)) => {
-                        lock(&shared.ledger).acked(id, to);
+                        lock(&shared.ledger).acked(id, to, shared.timeline.now());
                         shared.timeline.ok(Class::Messaging, None);
                         shared.sent.fetch_add(1, Ordering::Relaxed);
                         return;
@@ -610,7 +610,7 @@ async fn newcomer(shared: Arc<Shared>, established: Vec<Arc<User>>) {
             .await
             .is_ok()
         {
-            lock(&shared.ledger).acked(id, to);
+            lock(&shared.ledger).acked(id, to, shared.timeline.now());
             shared.newcomer_sends.fetch_add(1, Ordering::Relaxed);
         }
         if shared.stop.sleep(interval).await {

@@ -18,8 +18,8 @@ pub type MessageId = [u8; 16];
 struct Message {
     /// Its recipient.
     to: Option<AccountId>,
-    /// The sender was told it is durable.
-    acked: bool,
+    /// The sender was told it is durable, at this many seconds into the run.
+    acked_at: Option<f64>,
     /// Copies delivered.
     deliveries: u32,
     /// The recipient's session (per-recipient counter) that acknowledged it, once it has.
@@ -100,9 +100,9 @@ impl Ledger {
         m
     }
 
-    /// The sender of `id` (to `to`) was told it is durable.
-    pub fn acked(&mut self, id: MessageId, to: AccountId) {
-        self.message(id, to).acked = true;
+    /// The sender of `id` (to `to`) was told it is durable, `at` seconds into the run.
+    pub fn acked(&mut self, id: MessageId, to: AccountId, at: f64) {
+        self.message(id, to).acked_at = Some(at);
     }
 
     /// `to` received a copy of `id` on its session number `session`.
@@ -127,8 +127,29 @@ impl Ledger {
     pub fn undelivered(&self) -> u64 {
         self.messages
             .values()
-            .filter(|m| m.acked && m.deliveries == 0)
+            .filter(|m| m.acked_at.is_some() && m.deliveries == 0)
             .count() as u64
+    }
+
+    /// Where to look when something was lost: when the lost ones were acknowledged, and
+    /// to how many recipients they were addressed.
+    fn lost_detail(&self) -> String {
+        let lost: Vec<&Message> = self
+            .messages
+            .values()
+            .filter(|m| m.acked_at.is_some() && m.deliveries == 0)
+            .collect();
+        let times = lost.iter().filter_map(|m| m.acked_at);
+        let (first, last) = times.fold((f64::INFINITY, 0f64), |(a, b), t| (a.min(t), b.max(t)));
+        let recipients: std::collections::HashSet<_> = lost.iter().filter_map(|m| m.to).collect();
+        if lost.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; acknowledged between {first:.1} s and {last:.1} s, to {} recipients",
+                recipients.len()
+            )
+        }
     }
 
     /// Records how a newcomer's registration ended.
@@ -139,7 +160,7 @@ impl Ledger {
     /// The counts behind the verdicts.
     pub fn tally(&self) -> Tally {
         let mut t = Tally::default();
-        for m in self.messages.values().filter(|m| m.acked) {
+        for m in self.messages.values().filter(|m| m.acked_at.is_some()) {
             t.acked += 1;
             if m.deliveries > 0 {
                 t.delivered += 1;
@@ -173,7 +194,13 @@ impl Ledger {
             Verdict {
                 name: "every acknowledged envelope delivered".into(),
                 pass: t.lost == 0,
-                detail: format!("{} of {} ({} lost)", t.delivered, t.acked, t.lost),
+                detail: format!(
+                    "{} of {} ({} lost){}",
+                    t.delivered,
+                    t.acked,
+                    t.lost,
+                    self.lost_detail()
+                ),
             },
             Verdict {
                 name: "nothing delivered again after its acknowledgement".into(),
@@ -261,8 +288,8 @@ mod tests {
     #[test]
     fn a_lost_envelope_fails_and_a_delivered_one_passes() {
         let mut l = Ledger::default();
-        l.acked([1; 16], who(1));
-        l.acked([2; 16], who(1));
+        l.acked([1; 16], who(1), 1.0);
+        l.acked([2; 16], who(1), 2.0);
         l.delivered([1; 16], who(1), 0);
         assert_eq!(l.undelivered(), 1);
         let v = l.invariants();
@@ -278,7 +305,7 @@ mod tests {
     #[test]
     fn a_copy_after_the_acknowledgement_fails_only_on_a_later_session() {
         let mut l = Ledger::default();
-        l.acked([1; 16], who(1));
+        l.acked([1; 16], who(1), 1.0);
         l.delivered([1; 16], who(1), 3);
         l.recipient_acked([1; 16], who(1), 3);
         // Redelivered before the ack: fine. Same session after the ack: ambiguous, fine.

@@ -73,6 +73,12 @@ enum Command {
             requires = "admin"
         )]
         cluster_key: Option<String>,
+        /// With --admin: a shell command that starts one more node process when the
+        /// scenario says start_node (`{n}` is replaced by its number); it must print the
+        /// node as `levee node` does. Without it, start_node asks a node's admin port,
+        /// which only a `levee up` cluster can do.
+        #[arg(long, value_name = "CMD", requires = "admin")]
+        start_command: Option<String>,
     },
     /// Lists the scenarios that ship with Levee.
     List,
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
             admin,
             token,
             cluster_key,
+            start_command,
         } => {
             let scenario = match Scenario::load(&find(&scenario)) {
                 Ok(s) => s,
@@ -164,6 +171,7 @@ fn main() -> ExitCode {
                     admins: admin,
                     token,
                     cluster_key,
+                    start_command,
                 }
             };
             let modes = if compare {

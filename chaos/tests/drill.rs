@@ -208,6 +208,7 @@ async fn running_cluster(
         admins: cluster.nodes().iter().map(|n| n.admin.unwrap()).collect(),
         token: Some("drill-token".into()),
         cluster_key: key,
+        start_command: None,
     };
     (cluster, spec)
 }

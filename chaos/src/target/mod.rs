@@ -38,6 +38,9 @@ pub enum TargetSpec {
         token: Option<String>,
         /// The cluster key (hex), to verify the tickets newcomers are handed.
         cluster_key: String,
+        /// Shell command starting one more node process (`{n}`: its number), for
+        /// `start_node` on clusters of `levee node` processes.
+        start_command: Option<String>,
     },
 }
 
@@ -78,7 +81,10 @@ impl TargetSpec {
                 admins,
                 token,
                 cluster_key,
-            } => Box::new(Remote::connect(admins, token.clone(), cluster_key).await?),
+                start_command,
+            } => Box::new(
+                Remote::connect(admins, token.clone(), cluster_key, start_command.clone()).await?,
+            ),
         })
     }
 }

@@ -16,6 +16,10 @@ use super::{ADMIN_TIMEOUT, Target, admin_post, numbered, stall_through_admin};
 /// See the [module docs](super).
 pub struct Remote {
     token: Option<String>,
+    /// Shell command that starts one more node process (`{n}`: its number), if given.
+    start_command: Option<String>,
+    /// The node processes started through it; killed when the drill ends.
+    started: Mutex<Vec<std::process::Child>>,
     key: TicketKey,
     /// Every node known, in scenario numbering (the given ones, then those started).
     known: Mutex<Vec<NodeSummary>>,
@@ -31,10 +35,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Remote {
     /// Asks each admin port who it is (`GET /admin/cluster`); `cluster_key` is the hex key
     /// in the nodes' configuration.
+    /// With `start_command`, `start_node` runs it (through `sh -c`, `{n}` replaced by the
+    /// new node's number) and reads the node's block from its output, as `levee node`
+    /// prints it; otherwise it asks a node's admin port, which only `levee up` can do.
     pub async fn connect(
         admins: &[SocketAddr],
         token: Option<String>,
         cluster_key: &str,
+        start_command: Option<String>,
     ) -> anyhow::Result<Self> {
         if admins.is_empty() {
             bail!("a running cluster needs at least one node's admin address");
@@ -49,6 +57,8 @@ impl Remote {
         }
         Ok(Self {
             token,
+            start_command,
+            started: Mutex::default(),
             key: TicketKey::new(&key),
             known: Mutex::new(known),
             down: Mutex::default(),
@@ -135,6 +145,16 @@ impl Target for Remote {
     }
 
     async fn start(&self) -> anyhow::Result<NodeSummary> {
+        if let Some(command) = &self.start_command {
+            let n = lock(&self.known).len() + 1;
+            let command = command.replace("{n}", &n.to_string());
+            let (child, node) = tokio::task::spawn_blocking(move || spawn_node(&command))
+                .await
+                .context("starting a node process")??;
+            lock(&self.started).push(child);
+            lock(&self.known).push(node.clone());
+            return Ok(node);
+        }
         // Any live node of a `levee up` cluster can start one more; `levee node`
         // processes answer 501, and starting processes elsewhere is the operator's tooling.
         let entry = self
@@ -170,7 +190,47 @@ impl Target for Remote {
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        // Not ours to stop.
+        // The cluster is not ours to stop; node processes the drill started are.
+        for mut child in std::mem::take(&mut *lock(&self.started)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         Ok(())
     }
+}
+
+/// Runs `command` and reads the node block it prints (`levee node ready: NAME`, then
+/// `address:`, `fingerprint:`, `admin:` lines, up to `cluster:`); its output goes on being
+/// read (and dropped) so the process never blocks on a full pipe.
+fn spawn_node(command: &str) -> anyhow::Result<(std::process::Child, NodeSummary)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new("sh")
+        // `exec`, so the child is the node itself and killing it stops the node.
+        .args(["-c", &format!("exec {command}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    let stdout = child.stdout.take().context("its output")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut row = serde_json::Map::new();
+    let mut admin = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("levee node ready:") {
+            row.insert("name".into(), name.trim().into());
+        } else if let Some((field, value)) = line.split_once(':')
+            && matches!(field, "address" | "fingerprint")
+        {
+            row.insert(field.into(), value.trim().into());
+        } else if let Some(a) = line.strip_prefix("admin:") {
+            admin = a.trim().parse().ok();
+        } else if line.starts_with("cluster:") {
+            std::thread::spawn(move || lines.for_each(drop));
+            let node = summary(&Value::Object(row), admin)?;
+            return Ok((child, node));
+        }
+    }
+    let status = child.wait()?;
+    bail!("{command:?} ended ({status}) without printing a node that joined")
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A chaos drill against a local distributed cluster: three `levee node` processes on the
+# real Kafka and Cassandra of scripts/services.sh, with fault injection on, played by
+# `levee-chaos run --admin ...` (every fault through the nodes' admin API; start_node
+# starts one more `levee node` process).
+#
+#   chaos/distributed.sh node-loss                 # any scenario without a partition
+#   chaos/distributed.sh backend-stall --out DIR   # more levee-chaos run flags after it
+#
+# Brings the services up if they are not (and down again at the end if it did), and stops
+# every node process it started, however it ends. Nodes listen on 127.0.0.1:4533.. (admin
+# 9200..). `partition` needs the embedded target (the drill's proxy in front of each node).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NODES=3
+if [[ $# -lt 1 || "$1" == -* ]]; then
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+fi
+SCENARIO="$1"
+shift
+
+cd "$ROOT"
+cargo build --release --locked -q -p levee-relay -p levee-chaos
+
+STARTED_SERVICES=0
+if ! scripts/services.sh status >/dev/null 2>&1; then
+    scripts/services.sh up
+    STARTED_SERVICES=1
+fi
+
+RUN="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$RUN"
+    if [[ "$STARTED_SERVICES" == 1 ]]; then scripts/services.sh down || true; fi
+}
+trap cleanup EXIT
+
+STAMP="chaos-$(date +%s%N)"
+TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# The waves come from one address; the per-prefix limit would measure the wrong thing.
+NODE_EXTRA="fault_injection = true
+admin_token = \"$TOKEN\"
+connections_per_prefix_per_sec = 1000000"
+# shellcheck source=../scripts/lib/nodes.sh
+source "$ROOT/scripts/lib/nodes.sh"
+
+# What start_node runs: node N's configuration, then `levee node` in its place (so the
+# drill owns the process and its output is the node's block).
+cat >"$RUN/start-node" <<SH
+#!/usr/bin/env bash
+set -euo pipefail
+ROOT="$ROOT" RUN="$RUN" STAMP="$STAMP" LEVEE_NODE_KEY="$LEVEE_NODE_KEY"
+NODE_EXTRA='$NODE_EXTRA'
+source "$ROOT/scripts/lib/nodes.sh"
+node_config "\$1"
+RUST_LOG=warn exec "$ROOT/target/release/levee" node --config "$RUN/node-\$1.toml" 2>"$RUN/node-\$1.err"
+SH
+chmod +x "$RUN/start-node"
+
+ADMINS=()
+for k in $(seq "$NODES"); do
+    node_start "$k"
+    PIDS+=("$NODE_PID")
+    ADMINS+=("127.0.0.1:$((9199 + k))")
+done
+for k in $(seq "$NODES"); do
+    node_wait "$k" "${PIDS[$((k - 1))]}"
+done
+
+set +e
+target/release/levee-chaos run "$SCENARIO" \
+    --admin "$(IFS=,; echo "${ADMINS[*]}")" --token "$TOKEN" --cluster-key "$LEVEE_NODE_KEY" \
+    --start-command "$RUN/start-node {n}" "$@"
+status=$?
+set -e
+exit "$status"
