@@ -75,7 +75,7 @@ done
 set +e
 target/release/levee-chaos run "$SCENARIO" \
     --admin "$(IFS=,; echo "${ADMINS[*]}")" --token "$TOKEN" --cluster-key "$LEVEE_NODE_KEY" \
-    --start-command "$RUN/start-node {n}" "$@"
+    --start-command "$RUN/start-node {node}" "$@"
 status=$?
 set -e
 exit "$status"

@@ -74,7 +74,7 @@ enum Command {
         )]
         cluster_key: Option<String>,
         /// With --admin: a shell command that starts one more node process when the
-        /// scenario says start_node (`{n}` is replaced by its number); it must print the
+        /// scenario says start_node (`{node}` is replaced by its number); it must print the
         /// node as `levee node` does. Without it, start_node asks a node's admin port,
         /// which only a `levee up` cluster can do.
         #[arg(long, value_name = "CMD", requires = "admin")]

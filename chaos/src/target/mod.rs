@@ -38,7 +38,7 @@ pub enum TargetSpec {
         token: Option<String>,
         /// The cluster key (hex), to verify the tickets newcomers are handed.
         cluster_key: String,
-        /// Shell command starting one more node process (`{n}`: its number), for
+        /// Shell command starting one more node process (`{node}`: its number), for
         /// `start_node` on clusters of `levee node` processes.
         start_command: Option<String>,
     },

@@ -16,7 +16,7 @@ use super::{ADMIN_TIMEOUT, Target, admin_post, numbered, stall_through_admin};
 /// See the [module docs](super).
 pub struct Remote {
     token: Option<String>,
-    /// Shell command that starts one more node process (`{n}`: its number), if given.
+    /// Shell command that starts one more node process (`{node}`: its number), if given.
     start_command: Option<String>,
     /// The node processes started through it; killed when the drill ends.
     started: Mutex<Vec<std::process::Child>>,
@@ -35,7 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Remote {
     /// Asks each admin port who it is (`GET /admin/cluster`); `cluster_key` is the hex key
     /// in the nodes' configuration.
-    /// With `start_command`, `start_node` runs it (through `sh -c`, `{n}` replaced by the
+    /// With `start_command`, `start_node` runs it (through `sh -c`, `{node}` replaced by the
     /// new node's number) and reads the node's block from its output, as `levee node`
     /// prints it; otherwise it asks a node's admin port, which only `levee up` can do.
     pub async fn connect(
@@ -147,7 +147,7 @@ impl Target for Remote {
     async fn start(&self) -> anyhow::Result<NodeSummary> {
         if let Some(command) = &self.start_command {
             let n = lock(&self.known).len() + 1;
-            let command = command.replace("{n}", &n.to_string());
+            let command = command.replace("{node}", &n.to_string());
             let (child, node) = tokio::task::spawn_blocking(move || spawn_node(&command))
                 .await
                 .context("starting a node process")??;
