@@ -96,6 +96,9 @@ struct Shared {
     admitted_in_wave: AtomicU64,
     waiting: AtomicU64,
     requests: AtomicU64,
+    /// Every established user's send that has ended: when it was offered (s into the run)
+    /// and whether it was acknowledged.
+    send_outcomes: Mutex<Vec<(f64, bool)>>,
     /// Per kind of client (reference, ignoring `retry_after`): requests the cluster saw,
     /// admissions, and seconds from arrival to admission summed over those admitted.
     by_kind: [KindCounts; 2],
@@ -258,6 +261,7 @@ async fn play(
         admitted_in_wave: AtomicU64::new(0),
         waiting: AtomicU64::new(0),
         requests: AtomicU64::new(0),
+        send_outcomes: Mutex::default(),
         by_kind: Default::default(),
     });
     for node in cluster.nodes() {
@@ -529,12 +533,18 @@ async fn sender(shared: Arc<Shared>, user: Arc<User>) {
         let (shared, user) = (shared.clone(), user.clone());
         sends.spawn(async move {
             shared.timeline.offered(Class::Messaging);
+            let offered_at = shared.timeline.now();
             let (id, payload) = (shared.message_id(), shared.payload(FROM_ESTABLISHED));
             let give_up = Instant::now() + SEND_PATIENCE;
             loop {
                 let client = lock(&user.current).clone();
+                // An attempt, too, ends with the patience: on a connection to a node that
+                // died without a word, an answer could otherwise be 30 s away.
+                let left = give_up.saturating_duration_since(Instant::now());
                 let outcome = match client {
-                    Some(c) => Some(c.send_with_id(&to, payload.clone(), id).await),
+                    Some(c) => tokio::time::timeout(left, c.send_with_id(&to, payload.clone(), id))
+                        .await
+                        .ok(),
                     None => None,
                 };
                 match outcome {
@@ -542,6 +552,7 @@ async fn sender(shared: Arc<Shared>, user: Arc<User>) {
                         lock(&shared.ledger).acked(id, to, shared.timeline.now());
                         shared.timeline.ok(Class::Messaging, None);
                         shared.sent.fetch_add(1, Ordering::Relaxed);
+                        lock(&shared.send_outcomes).push((offered_at, true));
                         return;
                     }
                     Some(Err(e)) if !transient(&e) => break,
@@ -555,6 +566,7 @@ async fn sender(shared: Arc<Shared>, user: Arc<User>) {
             }
             shared.timeline.failed(Class::Messaging);
             shared.send_failures.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.send_outcomes).push((offered_at, false));
         });
     }
     while sends.join_next().await.is_some() {}
@@ -967,13 +979,19 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         }
     };
     let (seconds, before, during) = shared.timeline.finish(is_before, is_during);
+    // By when each send was offered, not when it ended: a send offered during the wave
+    // that fails after it is the wave's failure.
+    let outcomes = lock(&shared.send_outcomes);
     let success = |pick: &dyn Fn(&str) -> bool| {
-        let (ok, failed) = seconds
+        let (ok, failed) = outcomes
             .iter()
-            .filter(|s| pick(&s.phase))
-            .fold((0u64, 0u64), |(o, f), s| {
-                (o + s.messaging.ok, f + s.messaging.failed)
-            });
+            .filter(|(t, _)| pick(scenario.phase(*t).name()))
+            .fold(
+                (0u64, 0u64),
+                |(o, f), (_, good)| {
+                    if *good { (o + 1, f) } else { (o, f + 1) }
+                },
+            );
         if ok + failed == 0 {
             1.0
         } else {

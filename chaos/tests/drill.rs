@@ -113,7 +113,7 @@ for_s = 4
 at_s = 18
 kind = "partition"
 node = 2
-for_s = 6
+for_s = 4
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,14 +139,14 @@ async fn stalled_backends_and_a_partition_lose_nothing() {
     // While node-2 is cut off, its users' sends hang: some seconds acknowledge less than
     // was offered.
     assert!(
-        window(&run, 19, 24).any(|s| s.messaging.ok < s.messaging.offered),
+        window(&run, 18, 22).any(|s| s.messaging.ok < s.messaging.offered),
         "the partition held nobody up"
     );
     let labels: Vec<&str> = run.events.iter().map(|e| e.label.as_str()).collect();
     for expected in [
         "stall store on every node for 4 s",
         "log back on node-1, node-2, node-3",
-        "cut node-2 off from clients for 6 s",
+        "cut node-2 off from clients for 4 s",
         "node-2 reachable again",
     ] {
         assert!(

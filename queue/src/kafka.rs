@@ -205,6 +205,7 @@ impl DeliveryLog for KafkaLog {
         Ok(Box::new(KafkaConsumer {
             config,
             consumer: Arc::new(consumer),
+            watermarks: self.producer.clone(),
             topic: self.config.topic.clone(),
             shards: self.shards,
             next: BTreeMap::new(),
@@ -232,6 +233,11 @@ struct KafkaConsumer {
     /// How `consumer` was made, to make another if it gets stuck.
     config: ClientConfig,
     consumer: Arc<StreamConsumer>,
+    /// Reads the high watermarks. Not `consumer`: its broker connection carries long-poll
+    /// fetches, and the broker answers one request per connection at a time, so every
+    /// ListOffsets would wait out a fetch (`fetch.wait.max.ms`, 500 ms on quiet partitions)
+    /// — one per assigned shard, tens of seconds per refresh, all inside `poll`.
+    watermarks: FutureProducer,
     topic: String,
     shards: u32,
     /// Assigned shard → next offset to hand out.
@@ -256,14 +262,17 @@ impl KafkaConsumer {
             return;
         }
         self.high_read = Some(std::time::Instant::now());
-        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        let (client, topic) = (self.watermarks.clone(), self.topic.clone());
         let shards: Vec<ShardId> = self.next.keys().copied().collect();
         let read = tokio::task::spawn_blocking(move || {
             let mut high = BTreeMap::new();
             for s in shards {
                 // A broker that does not answer for one partition will not for the next:
                 // stop rather than wait out every timeout.
-                match consumer.fetch_watermarks(&topic, s as i32, Duration::from_secs(1)) {
+                match client
+                    .client()
+                    .fetch_watermarks(&topic, s as i32, Duration::from_secs(1))
+                {
                     Ok((_, h)) => high.insert(s, h.max(0) as u64),
                     Err(_) => break,
                 };
@@ -318,19 +327,32 @@ impl KafkaConsumer {
     }
 
     /// Takes up to `max` records, waiting at most `wait` for the first.
+    ///
+    /// Cancel-safe: it awaits only while it holds no record. After the first, it takes only
+    /// what has already arrived, without suspending, so a caller that drops `poll` (the
+    /// delivery worker does on a placement change) never drops records whose offsets
+    /// `next` has already moved past.
     async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
         let mut out = Vec::new();
-        let mut budget = wait;
         while out.len() < max {
-            let message = match tokio::time::timeout(budget, self.consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) if out.is_empty() => return Err(backend(e)),
-                // Hand over what came; the error (if it persists) shows on the next poll.
-                Ok(Err(_)) => break,
-                Ok(Ok(m)) => m,
+            let received = if out.is_empty() {
+                match tokio::time::timeout(wait, self.consumer.recv()).await {
+                    Err(_) => break,
+                    Ok(r) => r,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = self.consumer.recv() => r,
+                    () = std::future::ready(()) => break,
+                }
             };
-            // After the first record, take only what has already arrived.
-            budget = Duration::ZERO;
+            let message = match received {
+                Err(e) if out.is_empty() => return Err(backend(e)),
+                // Hand over what came; the error (if it persists) shows on the next poll.
+                Err(_) => break,
+                Ok(m) => m,
+            };
             let shard = message.partition() as ShardId;
             let offset = message.offset() as u64;
             // Past this record either way: a damaged one is reported once, not re-read.

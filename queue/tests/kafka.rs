@@ -106,6 +106,32 @@ async fn append_consume_commit_resume_and_reassign() {
     assert_eq!(first[0].position, at(1, 0));
 }
 
+/// A chaos drill found this: with the watermark refresh on the consumer's own connection,
+/// each of its per-shard requests waited behind a long-poll fetch (500 ms when the shards
+/// are quiet), so once traffic stopped one `poll` took tens of seconds and the last
+/// envelopes sat undelivered. Liveness, not speed: the bound is far above a working poll
+/// and far below a stuck one (128 × 0.5 s).
+#[tokio::test]
+#[ignore = "needs Kafka: scripts/services.sh up"]
+async fn a_poll_on_many_quiet_shards_is_not_held_up_by_the_watermark_refresh() {
+    let _serial = SERIAL.lock().await;
+    let topic = unique("levee-test");
+    let shards = 128;
+    let log = KafkaLog::open(config(&topic), shards).await.unwrap();
+    let mut c = log.consumer("delivery").await.unwrap();
+    c.assign(&(0..shards).collect::<Vec<_>>()).await.unwrap();
+    // Quiet: every fetch is a long poll that waits out `fetch.wait.max.ms`.
+    assert!(c.poll(10, Duration::from_secs(1)).await.unwrap().is_empty());
+    // A watermark refresh is due at the next poll; a record arrives meanwhile.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    log.append(vec![record(shards - 1, 7)]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), c.poll(10, Duration::from_secs(10)))
+        .await
+        .expect("the poll is not stuck behind the watermark refresh")
+        .unwrap();
+    assert_eq!(got.len(), 1);
+}
+
 /// Runs `scripts/services.sh ARGS` (a fault on the broker the script started).
 fn services(args: &[&str]) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
