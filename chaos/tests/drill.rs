@@ -12,14 +12,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use levee_chaos::drill;
+use levee_chaos::proxy::Proxy;
 use levee_chaos::record::{DrillRecord, EventKind, RunRecord};
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
 use levee_chaos::target::TargetSpec;
-use levee_relay::NodeConfig;
+use levee_relay::client::{Client, ClientConfig, ClientError};
 use levee_relay::cluster::LocalCluster;
+use levee_relay::tls::Trust;
+use levee_relay::{Identity, NodeConfig};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -261,5 +265,46 @@ async fn faults_reach_a_running_cluster_through_its_admin_api_only_when_it_allow
         faults.detail
     );
     assert_eq!(cluster.nodes().len(), 3, "no node was harmed");
+    cluster.shutdown().await.unwrap();
+}
+
+/// A node that goes silent (crashed, or cut off) is taken for dead by a waiting client
+/// long before QUIC's 30 s idle timeout: the client probes, and nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_takes_a_silent_node_for_dead_instead_of_waiting_out_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::open(NodeConfig {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 32,
+        ..NodeConfig::default()
+    })
+    .unwrap();
+    let proxy = Proxy::bind().unwrap();
+    let node = cluster
+        .add_node_with(|c| c.advertise_address = Some(proxy.addr()))
+        .await
+        .unwrap();
+    proxy.forward_to(node.address);
+    let config = ClientConfig::new(proxy.addr(), Trust::Fingerprint(node.fingerprint));
+    let alice = Client::connect(&config, Identity::generate().unwrap())
+        .await
+        .unwrap();
+    alice.register().await.unwrap();
+    let bob = Client::connect(&config, Identity::generate().unwrap())
+        .await
+        .unwrap();
+    bob.register().await.unwrap();
+    alice.send(&bob.account(), "before").await.unwrap();
+
+    proxy.cut(Duration::from_secs(120));
+    let err = alice
+        .send(&bob.account(), "into the silence")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Closed(why) if why.contains("sent nothing")),
+        "{err}"
+    );
     cluster.shutdown().await.unwrap();
 }

@@ -50,10 +50,17 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Give up on one request after this long.
     pub request_timeout: Duration,
+    /// While a request waits: after this long without a single datagram from the node, the
+    /// client sends a probe (a `Ping`), and when the node does not even acknowledge that —
+    /// at the QUIC level, which a live node does within milliseconds however busy its
+    /// backends are — within as long again, the connection is taken for dead. A node that
+    /// crashed says nothing, and QUIC alone would notice only at its idle timeout (30 s).
+    pub silence_timeout: Duration,
 }
 
 impl ClientConfig {
-    /// Defaults: server name `localhost`, 5 s to connect, 30 s per request.
+    /// Defaults: server name `localhost`, 5 s to connect, 30 s per request, a silent node
+    /// taken for dead after 2 × 2.5 s while a request waits.
     pub fn new(server: SocketAddr, trust: Trust) -> Self {
         Self {
             server,
@@ -61,6 +68,7 @@ impl ClientConfig {
             trust,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            silence_timeout: Duration::from_millis(2500),
         }
     }
 }
@@ -770,15 +778,13 @@ impl Inner {
             }
             return Err(link.closed());
         }
-        let timeout = self.config.request_timeout;
-        let response = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => return Err(link.closed()),
-            Err(_) => {
+        let response = match self.answer(link, rx).await {
+            Ok(response) => response,
+            Err(e) => {
                 if let Some(p) = locked(&link.shared.pending).as_mut() {
                     p.remove(&request_id);
                 }
-                return Err(ClientError::Timeout(timeout));
+                return Err(e);
             }
         };
         match response.result {
@@ -790,6 +796,54 @@ impl Inner {
             }),
             Some(result) => Ok(result),
             None => Err(ClientError::Protocol("empty response".into())),
+        }
+    }
+
+    /// Waits for a request's answer on `link`: until the request timeout, unless the node
+    /// goes silent first (see [`ClientConfig::silence_timeout`]), in which case the
+    /// connection is closed (its subscribers see it end, and log in again elsewhere).
+    async fn answer(
+        &self,
+        link: &Link,
+        mut rx: oneshot::Receiver<pb::Response>,
+    ) -> Result<pb::Response, ClientError> {
+        let (timeout, silence) = (self.config.request_timeout, self.config.silence_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut heard = link.conn.stats().udp_rx.datagrams;
+        let mut heard_at = tokio::time::Instant::now();
+        let mut probed = false;
+        loop {
+            match tokio::time::timeout_at((heard_at + silence).min(deadline), &mut rx).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(_)) => return Err(link.closed()),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ClientError::Timeout(timeout));
+                }
+                Err(_) => {
+                    let now_heard = link.conn.stats().udp_rx.datagrams;
+                    if now_heard != heard || !probed {
+                        if now_heard == heard {
+                            // Something a live node acknowledges at once; its answer, under
+                            // an id nobody waits for, is dropped by the reader.
+                            let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                            let _ = link.outbox.send(encode_frame(&pb::ClientFrame {
+                                request_id,
+                                body: Some(Body::Ping(pb::Ping {})),
+                            }));
+                        }
+                        probed = now_heard == heard;
+                        (heard, heard_at) = (now_heard, tokio::time::Instant::now());
+                        continue;
+                    }
+                    let why = format!(
+                        "the node sent nothing for {:?} while a request waited, not even an \
+                         acknowledgement of a probe",
+                        silence * 2
+                    );
+                    link.conn.close(0u32.into(), why.as_bytes());
+                    return Err(ClientError::Closed(why));
+                }
+            }
         }
     }
 

@@ -587,7 +587,9 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
     let bob = user_via(&nodes[0], &bob_id).await;
     let mut inbox = bob.subscribe().await.unwrap();
 
-    let (status, body) = admin_request(admin, "POST", "/admin/faults/stall?secs=3").await;
+    // Longer than a client's silence check (2 × 2.5 s): a node whose backends stall still
+    // acknowledges probes, so the waiting client must not take it for dead.
+    let (status, body) = admin_request(admin, "POST", "/admin/faults/stall?secs=8").await;
     assert!(status.contains("202"), "{status} {body}");
     // While node-1's backends stall, a send is not acknowledged (the append waits)...
     let held = tokio::time::timeout(
@@ -599,11 +601,14 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
         held.is_err(),
         "a send went through a stalled backend: {held:?}"
     );
-    // ...and once it ends, the same message (same id) is acknowledged and delivered once.
+    // ...and once it ends, the same message (same id) is acknowledged, on the same
+    // connection, and delivered once.
+    let server = alice.server();
     alice
         .send_with_id(&bob_id.account(), "during the stall", [1; 16])
         .await
         .unwrap();
+    assert_eq!(alice.server(), server);
     let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].client_message_id, [1; 16]);
