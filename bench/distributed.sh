@@ -31,25 +31,17 @@ for s in kafka cassandra; do
 done
 
 RUN="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$RUN"
-}
-trap cleanup EXIT
-
 STAMP="bench-$(date +%s%N)"
 NODE_EXTRA=$'account_requests_per_sec = 1000000\nconnections_per_prefix_per_sec = 1000000'
 # shellcheck source=../scripts/lib/nodes.sh
 source "$ROOT/scripts/lib/nodes.sh"
+trap nodes_stop EXIT
 for k in $(seq "$NODES"); do
     node_start "$k"
-    PIDS+=("$NODE_PID")
 done
 # Each node prints its block and then a `cluster:` line once it has joined.
 for k in $(seq "$NODES"); do
-    node_wait "$k" "${PIDS[$((k - 1))]}" || { echo "distributed.sh: node-$k did not start" >&2; exit 1; }
+    node_wait "$k" "${NODE_PIDS[$((k - 1))]}" || { echo "distributed.sh: node-$k did not start" >&2; exit 1; }
 done
 FP="$(awk '/fingerprint:/ {print $2; exit}' "$RUN/node-1.out")"
 # Let the roster settle on all three before measuring.
@@ -60,7 +52,7 @@ TIMEFORMAT="levee-load CPU seconds: %U user + %S system in %R s"
 time target/release/levee-load --server 127.0.0.1:4533 --fingerprint "$FP" "$@"
 echo "node CPU seconds (user+system) since each started:" >&2
 for k in $(seq "$NODES"); do
-    echo "  node-$k: $(cpu "${PIDS[$((k - 1))]}")" >&2
+    echo "  node-$k: $(cpu "${NODE_PIDS[$((k - 1))]}")" >&2
 done
 echo "service CPU seconds since this script started:" >&2
 for s in "${!SERVICE_CPU0[@]}"; do

@@ -31,14 +31,6 @@ if ! scripts/services.sh status >/dev/null 2>&1; then
 fi
 
 RUN="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$RUN"
-    if [[ "$STARTED_SERVICES" == 1 ]]; then scripts/services.sh down || true; fi
-}
-trap cleanup EXIT
 
 STAMP="chaos-$(date +%s%N)"
 TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -48,6 +40,11 @@ admin_token = \"$TOKEN\"
 connections_per_prefix_per_sec = 1000000"
 # shellcheck source=../scripts/lib/nodes.sh
 source "$ROOT/scripts/lib/nodes.sh"
+cleanup() {
+    nodes_stop
+    if [[ "$STARTED_SERVICES" == 1 ]]; then scripts/services.sh down || true; fi
+}
+trap cleanup EXIT
 
 # What start_node runs: node N's configuration, then `levee node` in its place (so the
 # drill owns the process and its output is the node's block).
@@ -65,11 +62,10 @@ chmod +x "$RUN/start-node"
 ADMINS=()
 for k in $(seq "$NODES"); do
     node_start "$k"
-    PIDS+=("$NODE_PID")
     ADMINS+=("127.0.0.1:$((9199 + k))")
 done
 for k in $(seq "$NODES"); do
-    node_wait "$k" "${PIDS[$((k - 1))]}"
+    node_wait "$k" "${NODE_PIDS[$((k - 1))]}"
 done
 
 set +e

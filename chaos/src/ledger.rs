@@ -61,6 +61,9 @@ pub struct Newcomer {
     pub ending: Ending,
 }
 
+/// The name of the check that every acknowledged envelope was delivered.
+pub const DELIVERED: &str = "every acknowledged envelope delivered";
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -192,7 +195,7 @@ impl Ledger {
         let unresolved = t.hard_errors + t.waiting_invalid + t.refused_at_end;
         vec![
             Verdict {
-                name: "every acknowledged envelope delivered".into(),
+                name: DELIVERED.into(),
                 pass: t.lost == 0,
                 detail: format!(
                     "{} of {} ({} lost){}",

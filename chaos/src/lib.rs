@@ -2,20 +2,20 @@
 //! invariants from a ledger, and write a report a person can read at a glance.
 //!
 //! - [`scenario`]: what a drill plays (TOML files in `chaos/scenarios/`), pure.
-//! - [`drill`]: plays it against a [`target`] with real QUIC clients.
-//! - [`target`]: the cluster a drill plays against (embedded, or running elsewhere) and
+//! - [`drill`]: plays it against a target cluster with real QUIC clients.
+//! - [`cluster`]: the cluster a drill plays against (embedded, or running elsewhere) and
 //!   how faults reach it; [`proxy`]: the UDP proxy that cuts a node off from its clients.
 //! - [`ledger`]: what clients were told, and the invariants over it, pure.
 //! - [`timeline`]: per-second counts and latencies.
 //! - [`record`]: the result as data (JSON); [`report`]: the same as one HTML page.
 
+pub mod cluster;
 pub mod drill;
 pub mod ledger;
 pub mod proxy;
 pub mod record;
 pub mod report;
 pub mod scenario;
-pub mod target;
 pub mod timeline;
 
 /// Now as RFC 3339 in UTC (`2026-11-24T21:30:00Z`), without a date-time dependency.

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use levee_chaos::cluster::TargetSpec;
 use levee_chaos::drill::{self, Status, Watcher};
 use levee_chaos::record::DrillRecord;
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
-use levee_chaos::target::TargetSpec;
 
 #[derive(Parser, Debug)]
 #[command(

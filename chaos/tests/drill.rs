@@ -14,12 +14,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use levee_chaos::cluster::TargetSpec;
 use levee_chaos::drill;
 use levee_chaos::proxy::Proxy;
 use levee_chaos::record::{DrillRecord, EventKind, RunRecord};
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
-use levee_chaos::target::TargetSpec;
 use levee_relay::client::{Client, ClientConfig, ClientError};
 use levee_relay::cluster::LocalCluster;
 use levee_relay::tls::Trust;
@@ -31,6 +31,16 @@ fn assert_all_pass(run: &RunRecord) {
     for v in &run.verdicts {
         assert!(v.pass, "{}: {}", v.name, v.detail);
     }
+    // The checks were about something: people messaged, and what was acknowledged arrived.
+    let s = &run.summary;
+    assert!(s.sends_acked > 0 && s.delivered >= s.sends_acked, "{s:?}");
+}
+
+/// Plays `scenario` on the embedded cluster, admission on.
+async fn play_embedded(scenario: &Scenario) -> RunRecord {
+    drill::run(scenario, &TargetSpec::Embedded, true, None)
+        .await
+        .unwrap()
 }
 
 /// The seconds of `run` from `from` to `to` (s into the run).
@@ -47,14 +57,11 @@ async fn the_short_mass_migration_keeps_every_invariant() {
     let _one_at_a_time = SERIAL.lock().await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/mass-migration-short.toml");
     let scenario = Scenario::load(&path).unwrap();
-    let run = drill::run(&scenario, &TargetSpec::Embedded, true, None)
-        .await
-        .unwrap();
+    let run = play_embedded(&scenario).await;
 
     assert_all_pass(&run);
-    // The invariants were about something: people messaged, a wave came, the fault hit.
+    // A wave came and the fault hit.
     let s = &run.summary;
-    assert!(s.sends_acked > 0 && s.delivered >= s.sends_acked, "{s:?}");
     assert!(s.registrations_offered > 100, "{s:?}");
     assert!(s.registrations_admitted > 0, "{s:?}");
     let kinds: Vec<EventKind> = run.events.iter().map(|e| e.kind).collect();
@@ -124,12 +131,9 @@ for_s = 4
 async fn stalled_backends_and_a_partition_lose_nothing() {
     let _one_at_a_time = SERIAL.lock().await;
     let scenario = Scenario::parse(FAULTS).unwrap();
-    let run = drill::run(&scenario, &TargetSpec::Embedded, true, None)
-        .await
-        .unwrap();
+    let run = play_embedded(&scenario).await;
     assert_all_pass(&run);
     let s = &run.summary;
-    assert!(s.sends_acked > 0 && s.delivered >= s.sends_acked, "{s:?}");
     assert_eq!(
         s.sends_failed, 0,
         "every stall and cut is shorter than a send's patience"

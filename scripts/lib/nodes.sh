@@ -11,6 +11,16 @@ LEVEE_KAFKA="${LEVEE_KAFKA:-127.0.0.1:19092}"
 # Every node of one cluster shares it (ticket signatures).
 LEVEE_NODE_KEY="${LEVEE_NODE_KEY:-$(printf 'cd%.0s' $(seq 32))}"
 
+# Node processes started so far (node_start appends), for nodes_stop.
+NODE_PIDS=()
+
+# Stops every node started by node_start (SIGTERM, then waits) and deletes RUN.
+nodes_stop() {
+    for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$RUN"
+}
+
 # Writes RUN/node-K.toml.
 node_config() {
     local k="$1"
@@ -38,13 +48,15 @@ replication = 1
 TOML
 }
 
-# Starts node K in the background (output in RUN/node-K.out and .err); its pid in NODE_PID.
+# Starts node K in the background (output in RUN/node-K.out and .err); its pid in NODE_PID
+# and appended to NODE_PIDS.
 node_start() {
     local k="$1"
     node_config "$k"
     RUST_LOG=warn "$ROOT/target/release/levee" node --config "$RUN/node-$k.toml" \
         >"$RUN/node-$k.out" 2>"$RUN/node-$k.err" &
     NODE_PID=$!
+    NODE_PIDS+=("$NODE_PID")
 }
 
 # Waits until node K (pid PID) has printed its `cluster:` line, i.e. joined; fails loudly
