@@ -1,5 +1,8 @@
 //! Shared pieces of Levee's load tools (`levee-load`, `levee-surge`).
 
+pub mod child_node;
+pub mod cpu_budget;
+
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -12,6 +15,8 @@ use levee_relay::{Node, NodeConfig};
 pub struct LocalNode {
     /// How clients reach it.
     pub client: ClientConfig,
+    /// Where it serves `/metrics`, if it was asked to (`admin_listen`).
+    pub admin: Option<std::net::SocketAddr>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), levee_relay::NodeError>>,
     _data: tempfile::TempDir,
@@ -34,12 +39,14 @@ impl LocalNode {
         tune(&mut config);
         let node = Node::open(config)?;
         let client = ClientConfig::new(node.local_addr(), Trust::Fingerprint(node.fingerprint()));
+        let admin = node.admin_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async {
             let _ = stopped.await;
         }));
         Ok(Self {
             client,
+            admin,
             stop,
             task,
             _data: data,

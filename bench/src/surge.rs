@@ -1,12 +1,14 @@
 //! `levee-surge`: a signup wave against one node, with admission control on and off, side
 //! by side in one run.
 //!
-//! The node and its established users run in this process; the newcomers run in a child
-//! process (this same binary, `levee-surge wave`) at a lower CPU priority (`nice`). On a
-//! real deployment the people signing up bring their own CPUs; on one shared machine their
-//! handshakes would otherwise compete with the node on equal terms, and the benchmark would
-//! measure the machine rather than the node's behaviour. The lower priority lets the wave use
-//! whatever CPU the node and its users leave idle.
+//! Three processes, all this same binary: the node (`levee-surge node`), held to a CPU
+//! budget of `--node-cpus` cores by a control group; the established users, in the parent;
+//! the newcomers (`levee-surge wave`), at a lower CPU priority (`nice`). On a real deployment
+//! the people signing up bring their own CPUs, and a wave is many times larger than one
+//! node. On one shared machine a new connection costs the load side about what it costs the
+//! node, so a node given the whole machine could never be offered ten times what it absorbs;
+//! a node given a fraction of a core can. The lower priority of the newcomers keeps them from
+//! slowing the established users' own clients.
 //!
 //! First it measures, on a node with admission off, the node's messaging capacity (sends/s
 //! acknowledged, closed loop) and then its registration capacity *beside the baseline*: new
@@ -24,8 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
-use levee_relay::client::{Client, ClientConfig, Connector};
+use levee_bench::child_node::{self, ChildNode};
+use levee_bench::cpu_budget::{self, CpuBudget};
+use levee_bench::{latency_histogram, quantile_ms, record};
+use levee_relay::client::{Client, ClientConfig, ClientError, Connector};
 use levee_relay::tls::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity};
 use tokio::sync::Mutex;
@@ -45,18 +49,28 @@ struct Args {
     /// Wave sizes, as multiples of the measured registration capacity.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
     multipliers: Vec<f64>,
+    /// Admission settings to compare, in order (`on`, `off`).
+    #[arg(long, value_delimiter = ',', default_value = "on,off", value_parser = parse_mode)]
+    modes: Vec<bool>,
     /// Established users.
     #[arg(long, default_value_t = 8)]
     established: usize,
     /// Most newcomers in progress at once on the load side (this machine's own limit).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 50_000)]
     max_in_flight: u64,
+    /// CPU the node may use, in cores, enforced by a cgroup (needs root or a delegated
+    /// cgroup); 0 gives it the whole machine, shared with the load.
+    #[arg(long, default_value_t = 0.25)]
+    node_cpus: f64,
     /// CPU niceness of the newcomers' process (0 = same priority as the node).
     #[arg(long, default_value_t = 10)]
     wave_nice: i32,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the node's admission metrics every second during each wave (to stderr).
+    #[arg(long)]
+    trace: bool,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -67,6 +81,20 @@ enum Role {
     /// as one JSON object.
     #[command(hide = true)]
     Wave(WaveSpec),
+    /// Internal: the node under test, run as a child process; prints where it listens and
+    /// runs until its standard input closes.
+    #[command(hide = true)]
+    Node {
+        /// Admission control on.
+        #[arg(long)]
+        admission: bool,
+        /// Control group to join before starting (the node's CPU budget).
+        #[arg(long)]
+        cgroup: Option<std::path::PathBuf>,
+        /// Serve `/metrics` on a loopback port.
+        #[arg(long)]
+        metrics: bool,
+    },
 }
 
 /// One wave, as the parent asks the child to play it.
@@ -86,14 +114,32 @@ struct WaveSpec {
     duration: f64,
     #[arg(long, default_value_t = 0.0)]
     drain: f64,
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 50_000)]
     max_in_flight: u64,
+}
+
+fn parse_mode(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Role::Node {
+        cgroup: Some(dir), ..
+    }) = &args.role
+    {
+        // Before the runtime starts its threads, so that all of them are inside the budget.
+        cpu_budget::join(dir)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
+        Some(Role::Node {
+            admission, metrics, ..
+        }) => runtime.block_on(child_node::serve(admission, metrics)),
         Some(Role::Wave(spec)) => {
             let counts = runtime.block_on(play_wave(spec))?;
             println!("{}", serde_json::to_string(&counts)?);
@@ -104,20 +150,33 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let msg_capacity = messaging_capacity(args.established).await?;
-    let reg_capacity = registration_capacity(&args, msg_capacity).await?;
+    let budget = if args.node_cpus > 0.0 {
+        Some(CpuBudget::create(args.node_cpus)?)
+    } else {
+        None
+    };
+    let nodes = Nodes {
+        budget: budget.as_ref(),
+        metrics: args.trace,
+    };
+    let msg_capacity = messaging_capacity(&nodes, args.established).await?;
+    let reg_capacity = registration_capacity(&args, &nodes, msg_capacity).await?;
     eprintln!(
-        "capacity: {msg_capacity:.0} envelopes/s end to end; beside half of that, \
-         {reg_capacity:.0} registrations/s"
+        "capacity of a node with {}: {msg_capacity:.0} envelopes/s end to end; beside half \
+         of that, {reg_capacity:.0} registrations/s",
+        match &budget {
+            Some(b) => format!("{} cores", b.cores()),
+            None => "the whole machine".into(),
+        }
     );
     let mut rows = Vec::new();
     for &m in &args.multipliers {
-        for admission in [true, false] {
+        for &admission in &args.modes {
             eprintln!(
                 "wave {m}x, admission {}",
                 if admission { "on" } else { "off" }
             );
-            rows.push(scenario(&args, admission, m, msg_capacity, reg_capacity).await?);
+            rows.push(scenario(&args, &nodes, admission, m, msg_capacity, reg_capacity).await?);
         }
     }
     if args.json {
@@ -128,6 +187,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print_table(&rows);
     }
     Ok(())
+}
+
+/// Starts nodes under test, each in its own process within the CPU budget.
+struct Nodes<'a> {
+    budget: Option<&'a CpuBudget>,
+    /// Serve `/metrics` (for `--trace`).
+    metrics: bool,
+}
+
+impl Nodes<'_> {
+    async fn start(&self, admission: bool) -> anyhow::Result<ChildNode> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.arg("node");
+        if admission {
+            command.arg("--admission");
+        }
+        if let Some(budget) = self.budget {
+            command.arg("--cgroup").arg(budget.path());
+        }
+        if self.metrics {
+            command.arg("--metrics");
+        }
+        ChildNode::start(command).await
+    }
 }
 
 /// Registered, subscribed users of a node, all on one socket.
@@ -143,8 +226,8 @@ async fn users(connector: &Connector, n: usize) -> anyhow::Result<Vec<Arc<Client
 
 /// Envelopes per second end to end (sent, delivered, acknowledged by the recipient), closed
 /// loop, 3 s: the same measure as `levee-load`.
-async fn messaging_capacity(n: usize) -> anyhow::Result<f64> {
-    let node = LocalNode::start(|c| c.admission = false)?;
+async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> {
+    let node = nodes.start(false).await?;
     let connector = Connector::new(&node.client)?;
     let clients = users(&connector, n.max(2)).await?;
     let done = Arc::new(AtomicU64::new(0));
@@ -185,8 +268,12 @@ async fn messaging_capacity(n: usize) -> anyhow::Result<f64> {
 
 /// New connection + registration per second, 64 at a time for 4 s, from the wave process,
 /// against a node with admission off carrying the messaging baseline.
-async fn registration_capacity(args: &Args, msg_cap: f64) -> anyhow::Result<f64> {
-    let baseline = Baseline::start(false, args.established, msg_cap * 0.5).await?;
+async fn registration_capacity(
+    args: &Args,
+    nodes: &Nodes<'_>,
+    msg_cap: f64,
+) -> anyhow::Result<f64> {
+    let baseline = Baseline::start(nodes, false, args.established, msg_cap * 0.5).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = spawn_wave(
         args,
@@ -211,15 +298,20 @@ struct Messaging {
 /// A node with established users sending to each other at a steady rate (open loop: a slow
 /// answer does not slow the offered rate), recording send → push latency.
 struct Baseline {
-    node: LocalNode,
+    node: ChildNode,
     messaging: Arc<Messaging>,
     sending: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl Baseline {
-    async fn start(admission: bool, established: usize, rate: f64) -> anyhow::Result<Self> {
-        let node = LocalNode::start(|c| c.admission = admission)?;
+    async fn start(
+        nodes: &Nodes<'_>,
+        admission: bool,
+        established: usize,
+        rate: f64,
+    ) -> anyhow::Result<Self> {
+        let node = nodes.start(admission).await?;
         let connector = Connector::new(&node.client)?;
         let established = users(&connector, established.max(2))
             .await
@@ -358,6 +450,7 @@ struct Counts {
     refused_at_end: u64,
     hard_failures: u64,
     requests: u64,
+    admitted_requests: u64,
 }
 
 /// The same, counted concurrently.
@@ -371,6 +464,8 @@ struct Wave {
     refused_at_end: AtomicU64,
     hard_failures: AtomicU64,
     requests: AtomicU64,
+    /// Requests of the newcomers who were admitted, counted once they were.
+    admitted_requests: AtomicU64,
 }
 
 impl Wave {
@@ -385,6 +480,7 @@ impl Wave {
             refused_at_end: get(&self.refused_at_end),
             hard_failures: get(&self.hard_failures),
             requests: get(&self.requests),
+            admitted_requests: get(&self.admitted_requests),
         }
     }
 }
@@ -455,6 +551,7 @@ struct Row {
     hard_failures: u64,
     not_offered: u64,
     requests_per_admitted: f64,
+    requests_per_admitted_newcomer: f64,
     send_success: f64,
     unloaded_p99_ms: f64,
     p50_ms: f64,
@@ -464,17 +561,22 @@ struct Row {
 
 async fn scenario(
     args: &Args,
+    nodes: &Nodes<'_>,
     admission: bool,
     multiplier: f64,
     msg_cap: f64,
     reg_cap: f64,
 ) -> anyhow::Result<Row> {
-    let baseline = Baseline::start(admission, args.established, msg_cap * 0.5).await?;
+    let baseline = Baseline::start(nodes, admission, args.established, msg_cap * 0.5).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     baseline.next_period().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let unloaded = baseline.next_period().await;
 
+    let trace = baseline
+        .node
+        .admin
+        .map(|admin| tokio::spawn(trace_metrics(admin)));
     let counts = spawn_wave(
         args,
         &baseline.node.client,
@@ -482,7 +584,11 @@ async fn scenario(
         args.duration,
         args.drain,
     )
-    .await?;
+    .await;
+    if let Some(trace) = trace {
+        trace.abort();
+    }
+    let counts = counts?;
     // The baseline kept sending through the drain period too: latency and success cover
     // the whole time newcomers were arriving or waiting.
     let (ok, failed) = (
@@ -508,12 +614,70 @@ async fn scenario(
         hard_failures: counts.hard_failures,
         not_offered: counts.not_offered,
         requests_per_admitted: counts.requests as f64 / admitted.max(1) as f64,
+        requests_per_admitted_newcomer: counts.admitted_requests as f64 / admitted.max(1) as f64,
         send_success: ok as f64 / (ok + failed).max(1) as f64,
         unloaded_p99_ms: unloaded_p99,
         p50_ms: quantile_ms(&surge, 0.5),
         p99_ms: quantile_ms(&surge, 0.99),
         p99_vs_unloaded: quantile_ms(&surge, 0.99) / unloaded_p99.max(1e-3),
     })
+}
+
+/// The node's admission metrics, once a second, on stderr (`--trace`): enough to see
+/// what the controller saw and did during a wave.
+async fn trace_metrics(admin: SocketAddr) {
+    const SHOWN: &[&str] = &[
+        "levee_admission_level",
+        "levee_waiting_room_length",
+        "levee_waiting_room_admission_rate",
+        "levee_connections",
+        "levee_backend_write_latency_seconds",
+        "levee_delivery_lag_records",
+        "levee_admission_shed_total",
+        "levee_admission_admitted_total",
+    ];
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok((200, text)) = levee_relay::admin_client::request(
+            admin,
+            None,
+            "GET",
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .await
+        else {
+            continue;
+        };
+        let values: Vec<String> = text
+            .lines()
+            .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
+            .map(|l| {
+                let l = l.trim_start_matches("levee_");
+                // Drop the node label: there is one node.
+                match (l.find("{node="), l.rfind(' ')) {
+                    (Some(a), Some(b)) => {
+                        let labels = &l[a..b];
+                        let rest = labels.find(',').map_or("", |i| &labels[i + 1..]);
+                        format!(
+                            "{}{{{}={}",
+                            &l[..a],
+                            rest.trim_end_matches('}'),
+                            &l[b + 1..]
+                        )
+                    }
+                    _ => l.to_string(),
+                }
+            })
+            .collect();
+        eprintln!(
+            "t={:>3.0}s {}",
+            start.elapsed().as_secs_f64(),
+            values.join(" ")
+        );
+    }
 }
 
 /// One newcomer: connect (patiently: a refusal is a delay, not the end), register, wait in
@@ -524,15 +688,20 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     let Ok(identity) = Identity::generate() else {
         return;
     };
+    // What the node saw of this newcomer, added to the wave's total at the end.
+    let mut requests = 0u64;
     let connected = connector
-        .connect_patiently(identity, give_up, || {
-            wave.requests.fetch_add(1, Ordering::Relaxed);
-        })
+        .connect_patiently(identity, give_up, || requests += 1)
         .await;
     let Ok(client) = connected else {
-        // Still being turned away at the end: not an error the person saw, but not a place
-        // in line either; counted on its own.
-        if matches!(connected, Err(levee_relay::client::ClientError::Busy)) {
+        // Still being turned away (refused, or dropped at the node's door unanswered) at
+        // the end: not an error the person saw, but not a place in line either; counted on
+        // its own.
+        wave.requests.fetch_add(requests, Ordering::Relaxed);
+        if matches!(
+            connected,
+            Err(ClientError::Busy | ClientError::Unreachable { .. })
+        ) {
             wave.refused_at_end.fetch_add(1, Ordering::Relaxed);
         } else {
             wave.hard_failures.fetch_add(1, Ordering::Relaxed);
@@ -544,11 +713,16 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
         give_up.into(),
         client.register_waiting(|_| {
             held_ticket = true;
-            wave.requests.fetch_add(1, Ordering::Relaxed);
+            requests += 1;
         }),
     )
     .await;
-    wave.requests.fetch_add(1, Ordering::Relaxed); // the attempt that ended it
+    requests += 1; // the attempt that ended it
+    wave.requests.fetch_add(requests, Ordering::Relaxed);
+    if matches!(outcome, Ok(Ok(_))) {
+        wave.admitted_requests
+            .fetch_add(requests, Ordering::Relaxed);
+    }
     match outcome {
         Ok(Ok(_)) if Instant::now() <= wave_end => {
             wave.admitted_in_wave.fetch_add(1, Ordering::Relaxed);
@@ -568,12 +742,12 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still refused | hard failures | requests per admitted | send success | msg p50 | msg p99 (× unloaded) |"
+        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still at the door | hard failures | requests per admitted: all (their own) | send success | msg p50 | msg p99 (× unloaded) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
@@ -585,6 +759,7 @@ fn print_table(rows: &[Row]) {
             r.still_refused,
             r.hard_failures,
             r.requests_per_admitted,
+            r.requests_per_admitted_newcomer,
             100.0 * r.send_success,
             r.p50_ms,
             r.p99_ms,

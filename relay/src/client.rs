@@ -94,7 +94,7 @@ impl Connector {
         .parse()
         .expect("a literal socket address");
         let mut endpoint =
-            crate::udp::endpoint(bind, None).map_err(|e| ClientError::Unreachable {
+            crate::udp::endpoint(bind, None, None).map_err(|e| ClientError::Unreachable {
                 server: config.server,
                 reason: format!("cannot open a UDP socket: {e}"),
             })?;
@@ -114,10 +114,12 @@ impl Connector {
     }
 
     /// Like [`connect`](Self::connect), for someone who would rather wait than fail — a
-    /// newcomer during a signup wave: a refusal is answered by backing off (0.5 s doubling
-    /// to at most 8 s, plus up to 100% jitter) and trying again, until `give_up`. A refused
-    /// attempt costs the node one packet, and the growing back-off keeps a crowd of patient
-    /// clients from becoming a retry storm. `on_refused` is called for each refusal.
+    /// newcomer during a signup wave: an attempt the node refused, or did not answer within
+    /// `connect_timeout` (a node under a wave drops new connections beyond what it can take
+    /// without a word, see the node's door), is followed by a back-off (0.5 s doubling to at
+    /// most 8 s, plus up to 100% jitter) and another attempt, until `give_up`. The growing
+    /// back-off keeps a crowd of patient clients from becoming a retry storm. `on_refused`
+    /// is called for each attempt turned away either way.
     pub async fn connect_patiently(
         &self,
         identity: Identity,
@@ -144,9 +146,15 @@ impl Connector {
                 identity.clone(),
             )
             .await;
-            let Err(ClientError::Busy) = attempt else {
-                return attempt;
+            let turned_away = match &attempt {
+                Err(ClientError::Busy) => true,
+                // Patience has a deadline, so a node that is really gone costs only time.
+                Err(ClientError::Unreachable { .. }) => give_up.is_some(),
+                _ => false,
             };
+            if !turned_away {
+                return attempt;
+            }
             on_refused();
             refusals += 1;
             let mut b = [0u8; 1];

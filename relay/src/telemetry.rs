@@ -25,6 +25,7 @@ const LINE_WAIT: &str = "levee_waiting_room_estimated_wait_seconds";
 const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
+const DROPPED_AT_DOOR: &str = "levee_connections_dropped_at_door_total";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
@@ -123,6 +124,11 @@ fn describe() {
         "Waiting-room tickets refused, by reason"
     );
     describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections");
+    describe_counter!(
+        DROPPED_AT_DOOR,
+        Unit::Count,
+        "New connection attempts dropped before QUIC, over the node-wide handshake rate"
+    );
     describe_gauge!(
         DELIVERY_LAG,
         Unit::Count,
@@ -179,6 +185,7 @@ pub(crate) struct NodeMetrics {
     delivery_lag: Gauge,
     backend_latency: Gauge,
     connections: Gauge,
+    dropped_at_door: Counter,
     envelopes_accepted: Counter,
     envelopes_stored: Counter,
     shards_owned: Gauge,
@@ -213,6 +220,7 @@ impl NodeMetrics {
             delivery_lag: gauge!(DELIVERY_LAG, &[n()]),
             backend_latency: gauge!(BACKEND_LATENCY, &[n()]),
             connections: gauge!(CONNECTIONS, &[n()]),
+            dropped_at_door: counter!(DROPPED_AT_DOOR, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
             envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
             shards_owned: gauge!(SHARDS_OWNED, &[n()]),
@@ -268,6 +276,11 @@ impl NodeMetrics {
 
     pub(crate) fn connections(&self, open: usize) {
         self.connections.set(open as f64);
+    }
+
+    /// The door's running total of dropped connection attempts.
+    pub(crate) fn dropped_at_door(&self, total: u64) {
+        self.dropped_at_door.absolute(total);
     }
 
     pub(crate) fn envelope_accepted(&self) {

@@ -10,8 +10,11 @@
 //! those on a production host (the README's operating notes say how).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::node::door::{Door, DoorSocket};
 
 /// Kernel buffer size asked for, each way.
 const BUFFER_BYTES: usize = 8 << 20;
@@ -26,19 +29,29 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// A QUIC endpoint on a socket from [`bind`].
+/// A QUIC endpoint on a socket from [`bind`], with `door` in front of it when given (a
+/// node's; see `node::door`). The door recognises the connection ids the endpoint issues.
 pub(crate) fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
+    door: Option<Arc<Door>>,
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        bind(addr)?,
-        runtime,
-    )
+    let socket = runtime.wrap_udp_socket(bind(addr)?)?;
+    let mut config = quinn::EndpointConfig::default();
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = match door {
+        Some(door) => {
+            let ids = door.issued_ids();
+            config.cid_generator(move || Box::new(ids.clone()));
+            Arc::new(DoorSocket {
+                inner: socket,
+                door,
+            })
+        }
+        None => socket,
+    };
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
 }
 
 #[cfg(test)]

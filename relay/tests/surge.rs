@@ -171,19 +171,24 @@ async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluste
     };
     // Three others take places first, so that this one waits seconds, not a fraction of
     // one (the line banks a second's worth while idle, and a slow machine can be idle).
+    // Everyone connects before anyone registers: once people wait, the node's door lets
+    // new connections in at a limited rate, and a connection that takes a second would let
+    // the line (1/s) move on meanwhile.
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        others.push(node_a.connect(&Identity::generate().unwrap()).await);
+    }
+    let c = node_a.connect(&me).await;
     let mut queued = 0;
-    for _ in 0..20 {
-        let other = node_a.connect(&Identity::generate().unwrap()).await;
+    for other in &others {
         if let Registration::Queued(_) = other.register_once(None).await.unwrap() {
             queued += 1;
         }
-        other.close().await;
         if queued == 3 {
             break;
         }
     }
     assert_eq!(queued, 3, "a line at 1/s makes newcomers wait");
-    let c = node_a.connect(&me).await;
     let first = place(c.register_once(None).await.unwrap());
     c.close().await;
     // A new connection presenting the ticket keeps the place.

@@ -117,12 +117,16 @@ impl WaitingLine {
     }
 
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
-    /// 10% slower; calm → 25% faster, but not beyond twice what actually entered in that
-    /// window (the measured absorption), so the rate follows capacity instead of a guess.
+    /// down to what actually entered in that window (what the node absorbed while it was
+    /// overloaded, so more was too much), by at least 10% and at most half; calm → 25%
+    /// faster, but not beyond twice what entered (the measured absorption), so the rate
+    /// follows capacity instead of a guess. Falling to the measurement matters when the
+    /// starting rate is far above capacity: at 10% a window, a line starting at 500/s takes
+    /// 15 s to reach a node that absorbs 100/s, while every second of it overloads the node.
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let measured = self.entered_this_window as f64 / window.as_secs_f64().max(1e-3);
         self.rate = match verdict {
-            Verdict::Overloaded => self.rate * 0.9,
+            Verdict::Overloaded => measured.clamp(self.rate * 0.5, self.rate * 0.9),
             Verdict::Hold => self.rate,
             // Raise at most to twice what measurably entered; never lower here: few entering can
             // mean the holders of due places have not come back yet, not that the node is full.
@@ -220,14 +224,22 @@ mod tests {
             "capped by measurement: {}",
             line.rate()
         );
-        line.end_window(Verdict::Overloaded, w);
-        assert!(
-            (line.rate() - 180.0).abs() < 1.0,
-            "falls 10%: {}",
+        let overloaded_with = |line: &mut WaitingLine, entered: usize| {
+            for _ in 0..entered {
+                line.entered();
+            }
+            line.end_window(Verdict::Overloaded, w);
             line.rate()
-        );
+        };
+        // Overloaded windows: down to what entered, by at least 10% and at most half.
+        let r = overloaded_with(&mut line, 190);
+        assert!((r - 180.0).abs() < 1.0, "at least 10% (200 → 180): {r}");
+        let r = overloaded_with(&mut line, 150);
+        assert!((r - 150.0).abs() < 1.0, "to what entered (180 → 150): {r}");
+        let r = overloaded_with(&mut line, 10);
+        assert!((r - 75.0).abs() < 1.0, "at most half (150 → 75): {r}");
         line.end_window(Verdict::Hold, w);
-        assert!((line.rate() - 180.0).abs() < 1.0, "holds");
+        assert!((line.rate() - r).abs() < 1e-9, "holds");
         for _ in 0..100 {
             line.end_window(Verdict::Overloaded, w);
         }

@@ -6,8 +6,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -28,17 +28,16 @@ pub(crate) enum Gate {
 }
 
 /// The decision, from the numbers alone. Past half the handshake budget, unvalidated
-/// addresses are asked to retry; at the budget, over a prefix's rate, or over the node-wide
-/// handshake rate (see [`HandshakeRate`]), refused. Refusing costs one packet, and the
-/// client library backs off.
+/// addresses are asked to retry; at the budget or over a prefix's rate, refused. Refusing
+/// costs one packet, and the client library backs off. (The node-wide handshake rate is
+/// kept before this, by the door: see `node::door`.)
 pub(crate) fn decide(
     handshaking: usize,
     max_handshakes: usize,
     validated: bool,
     prefix_within_rate: bool,
-    node_within_rate: bool,
 ) -> Gate {
-    if !prefix_within_rate || !node_within_rate || handshaking >= max_handshakes {
+    if !prefix_within_rate || handshaking >= max_handshakes {
         Gate::Refuse
     } else if !validated && handshaking >= max_handshakes / 2 {
         Gate::Retry
@@ -47,8 +46,8 @@ pub(crate) fn decide(
     }
 }
 
-/// A token bucket for new handshakes across the node, whose rate admission control sets
-/// while it is shedding or people are waiting in line. A handshake costs more CPU than
+/// A token bucket for new handshakes across the node (kept by the door), whose rate
+/// admission control sets while it is shedding or people are waiting in line. A handshake costs more CPU than
 /// anything a connected client asks for, and it comes before any admission decision: if
 /// the node kept taking handshakes as fast as they arrive, shedding requests would free
 /// nothing and the overload would spread to the users already connected. With the rate
@@ -111,7 +110,6 @@ pub(crate) struct Guard {
     handshaking: Arc<AtomicUsize>,
     per_prefix: DefaultKeyedRateLimiter<[u8; 6]>,
     per_account: DefaultKeyedRateLimiter<MailboxId>,
-    handshake_rate: Mutex<HandshakeRate>,
 }
 
 /// Counts a handshake in progress until dropped.
@@ -130,27 +128,14 @@ impl Guard {
             handshaking: Arc::default(),
             per_prefix: RateLimiter::keyed(quota(config.connections_per_prefix_per_sec)),
             per_account: RateLimiter::keyed(quota(config.account_requests_per_sec)),
-            handshake_rate: Mutex::new(HandshakeRate::new(Instant::now())),
         }
     }
 
-    /// Decides a new connection attempt from `addr`, with the node-wide handshake rate
-    /// admission control asks for (`None`: no limit).
-    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool, rate: Option<f64>) -> Gate {
+    /// Decides a new connection attempt from `addr`.
+    pub(crate) fn gate(&self, addr: SocketAddr, validated: bool) -> Gate {
         let within = self.per_prefix.check_key(&prefix(addr.ip())).is_ok();
         let handshaking = self.handshaking.load(Ordering::Relaxed);
-        let node_within = self
-            .handshake_rate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(rate, Instant::now());
-        decide(
-            handshaking,
-            self.max_handshakes,
-            validated,
-            within,
-            node_within,
-        )
+        decide(handshaking, self.max_handshakes, validated, within)
     }
 
     /// Marks a handshake as in progress for as long as the returned value lives. Taken at
@@ -177,15 +162,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_past_half_the_budget_refuse_at_it_or_over_a_rate() {
-        assert_eq!(decide(0, 100, false, true, true), Gate::Accept);
-        assert_eq!(decide(49, 100, false, true, true), Gate::Accept);
-        assert_eq!(decide(50, 100, false, true, true), Gate::Retry);
+    fn retry_past_half_the_budget_refuse_at_it_or_over_a_prefix_rate() {
+        assert_eq!(decide(0, 100, false, true), Gate::Accept);
+        assert_eq!(decide(49, 100, false, true), Gate::Accept);
+        assert_eq!(decide(50, 100, false, true), Gate::Retry);
         // A validated address is not asked again.
-        assert_eq!(decide(50, 100, true, true, true), Gate::Accept);
-        assert_eq!(decide(100, 100, true, true, true), Gate::Refuse);
-        assert_eq!(decide(0, 100, true, false, true), Gate::Refuse);
-        assert_eq!(decide(0, 100, true, true, false), Gate::Refuse);
+        assert_eq!(decide(50, 100, true, true), Gate::Accept);
+        assert_eq!(decide(100, 100, true, true), Gate::Refuse);
+        assert_eq!(decide(0, 100, true, false), Gate::Refuse);
     }
 
     #[test]

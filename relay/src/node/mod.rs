@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod connection;
 mod delivery;
+pub(crate) mod door;
 mod fault;
 mod guard;
 mod membership;
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub config: NodeConfig,
     pub admission: admission::Admission,
     pub guard: guard::Guard,
+    /// Drops new connections beyond the handshake rate before QUIC sees them.
+    pub door: Arc<door::Door>,
     pub store: Arc<dyn MailboxStore>,
     pub log: Arc<dyn DeliveryLog>,
     pub presence: Presence,
@@ -185,12 +188,11 @@ impl Node {
             ),
             None => (store, log),
         };
-        let endpoint =
-            crate::udp::endpoint(config.listen, Some(server_config)).map_err(|source| {
-                NodeError::Bind {
-                    addr: config.listen,
-                    source,
-                }
+        let door = Arc::new(door::Door::new());
+        let endpoint = crate::udp::endpoint(config.listen, Some(server_config), Some(door.clone()))
+            .map_err(|source| NodeError::Bind {
+                addr: config.listen,
+                source,
             })?;
         let address = match config.advertise_address {
             Some(a) => a,
@@ -240,6 +242,7 @@ impl Node {
             shared: Arc::new(Shared {
                 admission,
                 guard: guard::Guard::new(&config),
+                door,
                 config,
                 store,
                 log,
@@ -365,7 +368,6 @@ impl Node {
                         self.shared.guard.gate(
                             incoming.remote_address(),
                             incoming.remote_address_validated(),
-                            self.shared.admission.handshake_rate(),
                         )
                     };
                     match gate {
@@ -418,7 +420,9 @@ async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
             .elapsed()
             .saturating_sub(PROBE + Duration::from_millis(1));
         shared.admission.record_scheduling_lag(lag);
+        shared.door.set_rate(shared.admission.handshake_rate());
         if n % 10 == 0 {
+            shared.metrics.dropped_at_door(shared.door.dropped());
             shared.admission.tick();
         }
         if n % 1000 == 0 {

@@ -1,0 +1,121 @@
+//! A [`LocalNode`] in a child process of the load tool, so that the node can be given a CPU
+//! budget of its own ([`crate::cpu_budget`]) while the load runs beside it unconstrained.
+//!
+//! The load tool re-runs its own executable with a hidden subcommand that calls
+//! [`serve`]; the child prints one line saying where the node listens, then runs until its
+//! standard input closes (so a parent that dies takes its node with it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use anyhow::{Context, bail};
+use levee_relay::client::ClientConfig;
+use levee_relay::tls::{Fingerprint, Trust};
+
+use crate::LocalNode;
+
+/// What the child tells its parent once the node is up.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Ready {
+    server: SocketAddr,
+    fingerprint: String,
+    admin: Option<SocketAddr>,
+}
+
+/// The child's side: starts a node with admission control on or off (and `/metrics` on a
+/// loopback port when `metrics`), announces it on standard output and stops it when
+/// standard input reaches its end.
+pub async fn serve(admission: bool, metrics: bool) -> anyhow::Result<()> {
+    let node = LocalNode::start(|c| {
+        c.admission = admission;
+        if metrics {
+            c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+    })?;
+    let Trust::Fingerprint(fingerprint) = &node.client.trust else {
+        bail!("the local node is pinned by fingerprint");
+    };
+    let ready = Ready {
+        server: node.client.server,
+        fingerprint: fingerprint.to_string(),
+        admin: node.admin,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&ready)?)?;
+    out.flush()?;
+    drop(out);
+    tokio::task::spawn_blocking(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    })
+    .await?;
+    node.stop().await
+}
+
+/// The parent's handle on a node running in a child process.
+pub struct ChildNode {
+    /// How clients reach it.
+    pub client: ClientConfig,
+    /// Where it serves `/metrics`, if asked to.
+    pub admin: Option<SocketAddr>,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl ChildNode {
+    /// Runs `command` (this executable with the subcommand that calls [`serve`]) and waits
+    /// until the node in it is ready.
+    pub async fn start(mut command: Command) -> anyhow::Result<Self> {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().context("cannot start the node process")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("the node's standard output")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let ready: Ready = match serde_json::from_str(&line) {
+            Ok(ready) => ready,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("the node process did not start ({status}): {e}");
+            }
+        };
+        let fingerprint: Fingerprint = ready.fingerprint.parse().map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            client: ClientConfig::new(ready.server, Trust::Fingerprint(fingerprint)),
+            admin: ready.admin,
+            child: Some(child),
+            stdin,
+        })
+    }
+
+    /// Stops the node (closing its standard input) and waits for the process to end.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        if !status.success() {
+            bail!("the node process ended with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        // Stopped already, or the parent is unwinding: make sure no node outlives it.
+        drop(self.stdin.take());
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

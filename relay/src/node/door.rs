@@ -1,0 +1,291 @@
+//! The door: new connections beyond the node-wide handshake rate are dropped as datagrams,
+//! before QUIC spends anything on them.
+//!
+//! Why not refuse them: a refusal is cheap next to a handshake, but not free. QUIC must
+//! decrypt the Initial packet, set up an `Incoming`, then build, encrypt and send a
+//! CONNECTION_CLOSE; measured on this machine, about 50 µs of the node's CPU per refused
+//! attempt (docs/PERFORMANCE.md, "Signup wave"), against about 740 µs for a whole
+//! registration. A signup wave at ten times what the node absorbs, with every refused
+//! newcomer trying again, costs more in refusals than the node has. Worse, every datagram
+//! goes through the one socket and the one endpoint task: while that task works through a
+//! flood of Initials, the established users' packets wait behind them in the kernel's
+//! receive buffer, and their messages take seconds.
+//!
+//! So the socket under the endpoint ([`DoorSocket`]) looks at the first byte and the
+//! destination connection id of each datagram as it is read. A QUIC Initial whose
+//! destination id is not one this node issued opens a new connection; those pass at the
+//! rate admission control sets ([`Door::set_rate`]) and the rest are dropped, at a cost of
+//! a few hundred nanoseconds each. Everything else passes untouched: packets of
+//! established connections, and handshakes already under way (after the node's first
+//! answer, the client addresses it by an id the node issued, which [`IssuedIds`]
+//! recognises without keeping any state). The client's QUIC stack sends a dropped Initial
+//! again after its retransmission timeout (1 s, then 2 s, 4 s, ...), which spaces out a
+//! crowd's attempts without any cost to the node.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::io::{self, IoSliceMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::guard::HandshakeRate;
+
+/// Random part of an issued connection id: enough entropy that ids of concurrent
+/// connections do not collide.
+const NONCE_LEN: usize = 8;
+/// Keyed-hash part, by which the door recognises ids it issued.
+const MARK_LEN: usize = 4;
+
+/// Connection ids that carry a keyed hash of their random part, so the node can tell "an
+/// id I issued" from "an id a client made up" statelessly. The key is random per process
+/// (`RandomState`): ids only need to be recognised by the endpoint that issued them.
+#[derive(Clone)]
+pub(crate) struct IssuedIds {
+    key: std::hash::RandomState,
+}
+
+impl IssuedIds {
+    pub(crate) fn new() -> Self {
+        Self {
+            key: std::hash::RandomState::new(),
+        }
+    }
+
+    fn mark(&self, nonce: &[u8]) -> [u8; MARK_LEN] {
+        let h = self.key.hash_one(nonce).to_le_bytes();
+        [h[0], h[1], h[2], h[3]]
+    }
+
+    /// Whether `cid` is one this node issued (false positives: 1 in 2³²).
+    pub(crate) fn recognises(&self, cid: &[u8]) -> bool {
+        cid.len() == NONCE_LEN + MARK_LEN && cid[NONCE_LEN..] == self.mark(&cid[..NONCE_LEN])
+    }
+}
+
+impl ConnectionIdGenerator for IssuedIds {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut cid = [0u8; NONCE_LEN + MARK_LEN];
+        // SystemRandom fails only if the OS has no randomness at all; the hash of the time
+        // then still gives distinct ids.
+        if SystemRandom::new().fill(&mut cid[..NONCE_LEN]).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            cid[..NONCE_LEN].copy_from_slice(&self.key.hash_one(now).to_le_bytes());
+        }
+        let mark = self.mark(&cid[..NONCE_LEN]);
+        cid[NONCE_LEN..].copy_from_slice(&mark);
+        ConnectionId::new(&cid)
+    }
+
+    fn cid_len(&self) -> usize {
+        NONCE_LEN + MARK_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Whether `datagram` opens a new connection: its first packet is a QUIC v1 Initial whose
+/// destination connection id was not issued by this node. Short-header packets (every
+/// packet of an established connection), other long-header types and other versions are
+/// not (QUIC itself answers those as it should).
+pub(crate) fn opens_connection(datagram: &[u8], issued: &IssuedIds) -> bool {
+    let [first, v0, v1, v2, v3, dcid_len, rest @ ..] = datagram else {
+        return false;
+    };
+    let long_header = first & 0x80 != 0;
+    let initial = (first >> 4) & 0x03 == 0;
+    if !long_header || !initial || [*v0, *v1, *v2, *v3] != [0, 0, 0, 1] {
+        return false;
+    }
+    match rest.get(..usize::from(*dcid_len)) {
+        Some(dcid) => !issued.recognises(dcid),
+        None => false,
+    }
+}
+
+/// How many new connections the door lets through: the node-wide handshake rate admission
+/// control asks for (`None`: no limit), as a token bucket.
+pub(crate) struct Door {
+    issued: IssuedIds,
+    /// f64 bits of the rate; `NO_LIMIT` when unlimited.
+    rate: AtomicU64,
+    bucket: Mutex<HandshakeRate>,
+    dropped: AtomicU64,
+}
+
+const NO_LIMIT: u64 = u64::MAX;
+
+impl Door {
+    pub(crate) fn new() -> Self {
+        Self {
+            issued: IssuedIds::new(),
+            rate: AtomicU64::new(NO_LIMIT),
+            bucket: Mutex::new(HandshakeRate::new(Instant::now())),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The connection ids this door recognises, for the endpoint to issue.
+    pub(crate) fn issued_ids(&self) -> IssuedIds {
+        self.issued.clone()
+    }
+
+    /// Sets how many new connections per second may pass (`None`: all).
+    pub(crate) fn set_rate(&self, rate: Option<f64>) {
+        let bits = rate.map_or(NO_LIMIT, f64::to_bits);
+        self.rate.store(bits, Ordering::Relaxed);
+    }
+
+    /// New connections dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether `datagram` may go on to QUIC.
+    fn admits(&self, datagram: &[u8], now: Instant) -> bool {
+        if !opens_connection(datagram, &self.issued) {
+            return true;
+        }
+        let bits = self.rate.load(Ordering::Relaxed);
+        let rate = (bits != NO_LIMIT).then(|| f64::from_bits(bits));
+        let passes = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(rate, now);
+        if !passes {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        passes
+    }
+}
+
+/// The node's UDP socket with the [`Door`] in front of QUIC.
+pub(crate) struct DoorSocket {
+    pub(crate) inner: Arc<dyn AsyncUdpSocket>,
+    pub(crate) door: Arc<Door>,
+}
+
+impl fmt::Debug for DoorSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoorSocket")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for DoorSocket {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let received = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(n)) = received {
+            let now = Instant::now();
+            for (m, buf) in meta.iter_mut().zip(bufs.iter()).take(n) {
+                // A datagram batch (GRO) comes from one sender and one connection: its first
+                // packet speaks for it. Length 0 makes QUIC skip the entry.
+                if !self.door.admits(&buf[..m.len.min(buf.len())], now) {
+                    m.len = 0;
+                }
+            }
+        }
+        received
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A QUIC v1 long-header packet of `kind` (0 = Initial) to `dcid`, padded as clients pad.
+    fn long_packet(kind: u8, version: u32, dcid: &[u8]) -> Vec<u8> {
+        let mut p = vec![0xC0 | (kind << 4)];
+        p.extend_from_slice(&version.to_be_bytes());
+        p.push(dcid.len() as u8);
+        p.extend_from_slice(dcid);
+        p.push(8);
+        p.extend_from_slice(&[7; 8]);
+        p.resize(1200, 0);
+        p
+    }
+
+    #[test]
+    fn only_initials_to_ids_the_node_did_not_issue_open_connections() {
+        let mut issued = IssuedIds::new();
+        let ours = issued.generate_cid();
+        assert_eq!(ours.len(), issued.cid_len());
+        assert!(issued.recognises(&ours));
+        let theirs = [0x5a; 16];
+        assert!(opens_connection(&long_packet(0, 1, &theirs), &issued));
+        // The client's later Initials carry the id the node gave it.
+        assert!(!opens_connection(&long_packet(0, 1, &ours), &issued));
+        // Handshake packets, other versions, short headers, runts.
+        assert!(!opens_connection(&long_packet(2, 1, &theirs), &issued));
+        assert!(!opens_connection(&long_packet(0, 2, &theirs), &issued));
+        assert!(!opens_connection(&[0x40, 1, 2, 3, 4, 5, 6, 7, 8], &issued));
+        assert!(!opens_connection(&[0xC0, 0, 0, 0, 1, 20, 1, 2], &issued));
+        assert!(!opens_connection(&[], &issued));
+        // Ids of another node (another key) are not ours.
+        let mut other = IssuedIds::new();
+        assert!(!issued.recognises(&other.generate_cid()));
+        let forged = [0x5a; NONCE_LEN + MARK_LEN];
+        assert!(!issued.recognises(&forged));
+    }
+
+    #[test]
+    fn the_door_passes_everything_until_a_rate_is_set_then_only_new_connections_wait() {
+        let door = Door::new();
+        let t0 = Instant::now();
+        let new = long_packet(0, 1, &[0x11; 8]);
+        assert!((0..1000).all(|_| door.admits(&new, t0)), "no limit");
+        door.set_rate(Some(40.0));
+        let passed = (1..=1000)
+            .filter(|&ms| door.admits(&new, t0 + Duration::from_millis(ms)))
+            .count();
+        assert_eq!(passed, 40, "40 per second");
+        assert_eq!(door.dropped(), 960);
+        // Established traffic is never held at the door.
+        let mut ids = door.issued_ids();
+        let established = long_packet(0, 1, &ids.generate_cid());
+        let short = [0x41u8; 64];
+        assert!((0..1000).all(|_| door.admits(&short, t0) && door.admits(&established, t0)));
+        door.set_rate(None);
+        assert!(door.admits(&new, t0 + Duration::from_secs(2)));
+    }
+}
