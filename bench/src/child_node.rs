@@ -23,16 +23,10 @@ struct Ready {
     admin: Option<SocketAddr>,
 }
 
-/// The child's side: starts a node with admission control on or off (and `/metrics` on a
-/// loopback port when `metrics`), announces it on standard output and stops it when
-/// standard input reaches its end.
-pub async fn serve(admission: bool, metrics: bool) -> anyhow::Result<()> {
-    let node = LocalNode::start(|c| {
-        c.admission = admission;
-        if metrics {
-            c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        }
-    })?;
+/// The child's side: starts a node with the configuration changed by `tune`, announces it
+/// on standard output and stops it when standard input reaches its end.
+pub async fn serve(tune: impl FnOnce(&mut levee_relay::NodeConfig)) -> anyhow::Result<()> {
+    let node = LocalNode::start(tune)?;
     let Trust::Fingerprint(fingerprint) = &node.client.trust else {
         bail!("the local node is pinned by fingerprint");
     };

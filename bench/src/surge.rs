@@ -68,6 +68,11 @@ struct Args {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// The node's `admission_backend_latency_ms` (default: the node's own default). A node
+    /// held to a fraction of a core writes more slowly when idle than a whole machine does,
+    /// and a limit within its idle latency reads as overload.
+    #[arg(long)]
+    node_backend_latency_ms: Option<u64>,
     /// Print the node's admission metrics every second during each wave (to stderr).
     #[arg(long)]
     trace: bool,
@@ -94,6 +99,9 @@ enum Role {
         /// Serve `/metrics` on a loopback port.
         #[arg(long)]
         metrics: bool,
+        /// The node's `admission_backend_latency_ms`.
+        #[arg(long)]
+        backend_latency_ms: Option<u64>,
     },
 }
 
@@ -138,8 +146,19 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
         Some(Role::Node {
-            admission, metrics, ..
-        }) => runtime.block_on(child_node::serve(admission, metrics)),
+            admission,
+            metrics,
+            backend_latency_ms,
+            ..
+        }) => runtime.block_on(child_node::serve(|c| {
+            c.admission = admission;
+            if metrics {
+                c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+            if let Some(ms) = backend_latency_ms {
+                c.admission_backend_latency_ms = ms;
+            }
+        })),
         Some(Role::Wave(spec)) => {
             let counts = runtime.block_on(play_wave(spec))?;
             println!("{}", serde_json::to_string(&counts)?);
@@ -158,6 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let nodes = Nodes {
         budget: budget.as_ref(),
         metrics: args.trace,
+        backend_latency_ms: args.node_backend_latency_ms,
     };
     let msg_capacity = messaging_capacity(&nodes, args.established).await?;
     let reg_capacity = registration_capacity(&args, &nodes, msg_capacity).await?;
@@ -194,6 +214,7 @@ struct Nodes<'a> {
     budget: Option<&'a CpuBudget>,
     /// Serve `/metrics` (for `--trace`).
     metrics: bool,
+    backend_latency_ms: Option<u64>,
 }
 
 impl Nodes<'_> {
@@ -208,6 +229,9 @@ impl Nodes<'_> {
         }
         if self.metrics {
             command.arg("--metrics");
+        }
+        if let Some(ms) = self.backend_latency_ms {
+            command.arg(format!("--backend-latency-ms={ms}"));
         }
         ChildNode::start(command).await
     }
