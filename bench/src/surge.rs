@@ -678,23 +678,7 @@ async fn trace_metrics(admin: SocketAddr) {
         let values: Vec<String> = text
             .lines()
             .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
-            .map(|l| {
-                let l = l.trim_start_matches("levee_");
-                // Drop the node label: there is one node.
-                match (l.find("{node="), l.rfind(' ')) {
-                    (Some(a), Some(b)) => {
-                        let labels = &l[a..b];
-                        let rest = labels.find(',').map_or("", |i| &labels[i + 1..]);
-                        format!(
-                            "{}{{{}={}",
-                            &l[..a],
-                            rest.trim_end_matches('}'),
-                            &l[b + 1..]
-                        )
-                    }
-                    _ => l.to_string(),
-                }
-            })
+            .map(|l| without_node_label(l.trim_start_matches("levee_")))
             .collect();
         eprintln!(
             "t={:>3.0}s {}",
@@ -702,6 +686,18 @@ async fn trace_metrics(admin: SocketAddr) {
             values.join(" ")
         );
     }
+}
+
+/// A metric line without its `node="..."` label: there is one node.
+fn without_node_label(line: &str) -> String {
+    let Some(start) = line.find("node=\"") else {
+        return line.to_string();
+    };
+    let end = line[start + 6..]
+        .find('"')
+        .map_or(line.len(), |i| start + 6 + i + 1);
+    let out = format!("{}{}", &line[..start], &line[end..]);
+    out.replace("{,", "{").replace(",}", "}").replace("{}", "")
 }
 
 /// One newcomer: connect (patiently: a refusal is a delay, not the end), register, wait in
@@ -789,5 +785,24 @@ fn print_table(rows: &[Row]) {
             r.p99_ms,
             r.p99_vs_unloaded,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_node_label;
+
+    #[test]
+    fn the_trace_drops_only_the_node_label() {
+        assert_eq!(without_node_label(r#"level{node="node-1"} 1"#), "level 1");
+        assert_eq!(
+            without_node_label(r#"shed_total{class="login",node="node-1"} 3"#),
+            r#"shed_total{class="login"} 3"#
+        );
+        assert_eq!(
+            without_node_label(r#"shed_total{node="n",class="login"} 3"#),
+            r#"shed_total{class="login"} 3"#
+        );
+        assert_eq!(without_node_label("plain 2"), "plain 2");
     }
 }
