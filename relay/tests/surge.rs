@@ -255,6 +255,9 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
     let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
         c.registration_initial_rate = 1.0;
         c.registration_work_max_bits = 12;
+        // The line may speed up only at a window's end: with a minute-long window it stays at
+        // 1/s for this whole test, however slowly the machine runs it.
+        c.admission_window_ms = 60_000;
     })
     .await;
     let me = Identity::generate().unwrap();
@@ -268,31 +271,41 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
         })
     };
 
-    // Others queue up; the client library solves whatever work is asked by itself.
-    let mut queued = 0;
-    for _ in 0..20 {
-        let other = node.connect(&Identity::generate().unwrap()).await;
-        if let levee_relay::client::Registration::Queued(_) =
-            other.register_once(None).await.unwrap()
-        {
-            queued += 1;
-        }
-        other.close().await;
-        if queued == 8 {
-            break;
-        }
+    // Others queue up, all at once (a line at 1/s lets one in at a time); the client library
+    // solves whatever work is asked by itself.
+    const OTHERS: usize = 12;
+    let mut others = Vec::new();
+    for _ in 0..OTHERS {
+        others.push(node.connect(&Identity::generate().unwrap()).await);
     }
-    // Eight seconds of line at 1/s: it is still there when this test looks, however slow
-    // the machine.
-    assert_eq!(queued, 8, "a line at 1/s makes newcomers wait");
+    let mut registering = tokio::task::JoinSet::new();
+    for other in others {
+        registering.spawn(async move {
+            let outcome = other.register_once(None).await;
+            other.close().await;
+            matches!(outcome, Ok(levee_relay::client::Registration::Queued(_)))
+        });
+    }
+    let queued = registering
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|q| *q)
+        .count();
+    // At 1/s, at most the banked place and a few more enter while twelve register at once;
+    // the line is still there when this test looks, however slow the machine.
+    assert!(
+        (8..=OTHERS).contains(&queued),
+        "a line at 1/s makes newcomers wait: {queued} of {OTHERS} queued"
+    );
 
     // Now a challenge asks for work, and a registration without it is refused.
     let mut raw = RawConnection::open(&node).await;
     let challenge = raw.challenge().await;
     let bits = challenge.registration_work_bits;
     assert!(
-        (8..=12).contains(&bits),
-        "a line of 1 to 8 asks 8..=12 bits, got {bits}"
+        (8..=11).contains(&bits),
+        "a line of 1 to 12 asks 8..=11 bits, got {bits}"
     );
     let nonce: [u8; 32] = challenge.nonce.as_ref().try_into().unwrap();
     let lazy = (0..)
