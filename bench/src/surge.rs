@@ -102,6 +102,9 @@ enum Role {
         /// The node's `admission_backend_latency_ms`.
         #[arg(long)]
         backend_latency_ms: Option<u64>,
+        /// Runtime worker threads (default: one per CPU of the machine).
+        #[arg(long)]
+        workers: Option<usize>,
     },
 }
 
@@ -143,7 +146,15 @@ fn main() -> anyhow::Result<()> {
         // Before the runtime starts its threads, so that all of them are inside the budget.
         cpu_budget::join(dir)?;
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(Role::Node {
+        workers: Some(n), ..
+    }) = &args.role
+    {
+        builder.worker_threads(*n);
+    }
+    let runtime = builder.build()?;
     match args.role {
         Some(Role::Node {
             admission,
@@ -226,6 +237,12 @@ impl Nodes<'_> {
         }
         if let Some(budget) = self.budget {
             command.arg("--cgroup").arg(budget.path());
+            // As many worker threads as whole cores in the budget, like a node on a machine
+            // that size: with more workers than CPU, one worker stays free to run the
+            // node's scheduling-lag probe on time while the others are saturated, and
+            // admission control never sees the node congested.
+            let workers = budget.cores().ceil().max(1.0) as usize;
+            command.arg(format!("--workers={workers}"));
         }
         if self.metrics {
             command.arg("--metrics");
@@ -317,6 +334,10 @@ struct Messaging {
     ok: AtomicU64,
     failed: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
+    /// Latency since `--trace` last looked (recorded only while tracing).
+    recent: Mutex<Option<Histogram<u64>>>,
+    /// Failed sends since `--trace` last looked.
+    recent_failed: AtomicU64,
 }
 
 /// A node with established users sending to each other at a steady rate (open loop: a slow
@@ -353,12 +374,14 @@ impl Baseline {
                         batch.push(d);
                     }
                     let now = epoch.elapsed().as_nanos() as u64;
-                    if let Some(h) = m.latency.lock().await.as_mut() {
-                        for d in &batch {
-                            let sent = u64::from_be_bytes(
-                                d.ciphertext[..8].try_into().unwrap_or_default(),
-                            );
-                            record(h, Duration::from_nanos(now.saturating_sub(sent)));
+                    let took = |d: &levee_relay::client::Delivery| {
+                        let sent =
+                            u64::from_be_bytes(d.ciphertext[..8].try_into().unwrap_or_default());
+                        Duration::from_nanos(now.saturating_sub(sent))
+                    };
+                    for histogram in [&m.latency, &m.recent] {
+                        if let Some(h) = histogram.lock().await.as_mut() {
+                            batch.iter().for_each(|d| record(h, took(d)));
                         }
                     }
                     let _ = c
@@ -382,12 +405,12 @@ impl Baseline {
                         let mut payload = vec![0u8; 256];
                         payload[..8]
                             .copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
-                        let counter = if c.send(&to, payload).await.is_ok() {
-                            &m.ok
+                        if c.send(&to, payload).await.is_ok() {
+                            m.ok.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            &m.failed
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
+                            m.failed.fetch_add(1, Ordering::Relaxed);
+                            m.recent_failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     });
                 }
             });
@@ -473,6 +496,8 @@ struct Counts {
     waiting_at_end: u64,
     refused_at_end: u64,
     hard_failures: u64,
+    /// The hard failures by what ended them (`stage: error kind`).
+    failures: std::collections::BTreeMap<String, u64>,
     requests: u64,
     admitted_requests: u64,
 }
@@ -487,12 +512,29 @@ struct Wave {
     waiting_at_end: AtomicU64,
     refused_at_end: AtomicU64,
     hard_failures: AtomicU64,
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     requests: AtomicU64,
     /// Requests of the newcomers who were admitted, counted once they were.
     admitted_requests: AtomicU64,
 }
 
 impl Wave {
+    /// A newcomer ended in an error the person would see: counted, by kind.
+    fn hard_failure(&self, stage: &str, error: Option<&ClientError>) {
+        self.hard_failures.fetch_add(1, Ordering::Relaxed);
+        let kind = match error {
+            Some(ClientError::Refused { code, .. }) => format!("{stage}: {}", code.as_str_name()),
+            Some(e) => format!("{stage}: {}", error_kind(e)),
+            None => format!("{stage}: still unanswered at the end"),
+        };
+        *self
+            .failures
+            .lock()
+            .expect("not poisoned")
+            .entry(kind)
+            .or_default() += 1;
+    }
+
     fn counts(&self) -> Counts {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
@@ -503,6 +545,7 @@ impl Wave {
             waiting_at_end: get(&self.waiting_at_end),
             refused_at_end: get(&self.refused_at_end),
             hard_failures: get(&self.hard_failures),
+            failures: self.failures.lock().expect("not poisoned").clone(),
             requests: get(&self.requests),
             admitted_requests: get(&self.admitted_requests),
         }
@@ -573,6 +616,7 @@ struct Row {
     still_waiting_with_ticket: u64,
     still_refused: u64,
     hard_failures: u64,
+    hard_failures_by_kind: std::collections::BTreeMap<String, u64>,
     not_offered: u64,
     requests_per_admitted: f64,
     requests_per_admitted_newcomer: f64,
@@ -600,7 +644,7 @@ async fn scenario(
     let trace = baseline
         .node
         .admin
-        .map(|admin| tokio::spawn(trace_metrics(admin)));
+        .map(|admin| tokio::spawn(trace_metrics(admin, baseline.messaging.clone())));
     let counts = spawn_wave(
         args,
         &baseline.node.client,
@@ -636,6 +680,7 @@ async fn scenario(
         still_waiting_with_ticket: counts.waiting_at_end,
         still_refused: counts.refused_at_end,
         hard_failures: counts.hard_failures,
+        hard_failures_by_kind: counts.failures.clone(),
         not_offered: counts.not_offered,
         requests_per_admitted: counts.requests as f64 / admitted.max(1) as f64,
         requests_per_admitted_newcomer: counts.admitted_requests as f64 / admitted.max(1) as f64,
@@ -647,9 +692,10 @@ async fn scenario(
     })
 }
 
-/// The node's admission metrics, once a second, on stderr (`--trace`): enough to see
-/// what the controller saw and did during a wave.
-async fn trace_metrics(admin: SocketAddr) {
+/// The node's admission metrics and the established users' last second of messaging, once
+/// a second, on stderr (`--trace`): enough to see what the controller saw and did during a
+/// wave, and when messages were slow.
+async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>) {
     const SHOWN: &[&str] = &[
         "levee_admission_level",
         "levee_waiting_room_length",
@@ -659,6 +705,7 @@ async fn trace_metrics(admin: SocketAddr) {
         "levee_delivery_lag_records",
         "levee_admission_shed_total",
         "levee_admission_admitted_total",
+        "levee_connections_dropped_at_door_total",
     ];
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -680,9 +727,19 @@ async fn trace_metrics(admin: SocketAddr) {
             .filter(|l| SHOWN.iter().any(|m| l.starts_with(m)))
             .map(|l| without_node_label(l.trim_start_matches("levee_")))
             .collect();
+        let recent = messaging
+            .recent
+            .lock()
+            .await
+            .replace(latency_histogram())
+            .unwrap_or_else(latency_histogram);
         eprintln!(
-            "t={:>3.0}s {}",
+            "t={:>3.0}s msgs={} p50={:.0}ms p99={:.0}ms failed={} | {}",
             start.elapsed().as_secs_f64(),
+            recent.len(),
+            quantile_ms(&recent, 0.5),
+            quantile_ms(&recent, 0.99),
+            messaging.recent_failed.swap(0, Ordering::Relaxed),
             values.join(" ")
         );
     }
@@ -713,20 +770,20 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     let connected = connector
         .connect_patiently(identity, give_up, || requests += 1)
         .await;
-    let Ok(client) = connected else {
-        // Still being turned away (refused, or dropped at the node's door unanswered) at
-        // the end: not an error the person saw, but not a place in line either; counted on
-        // its own.
-        wave.requests.fetch_add(requests, Ordering::Relaxed);
-        if matches!(
-            connected,
-            Err(ClientError::Busy | ClientError::Unreachable { .. })
-        ) {
-            wave.refused_at_end.fetch_add(1, Ordering::Relaxed);
-        } else {
-            wave.hard_failures.fetch_add(1, Ordering::Relaxed);
+    let client = match connected {
+        Ok(client) => client,
+        Err(e) => {
+            wave.requests.fetch_add(requests, Ordering::Relaxed);
+            if matches!(e, ClientError::Busy | ClientError::Unreachable { .. }) {
+                // Still being turned away (refused, or dropped at the node's door unanswered)
+                // at the end: not an error the person saw, but not a place in line either;
+                // counted on its own.
+                wave.refused_at_end.fetch_add(1, Ordering::Relaxed);
+            } else {
+                wave.hard_failure("connect", Some(&e));
+            }
+            return;
         }
-        return;
     };
     let mut held_ticket = false;
     let outcome = tokio::time::timeout_at(
@@ -753,11 +810,25 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
         Err(_) if held_ticket => {
             wave.waiting_at_end.fetch_add(1, Ordering::Relaxed);
         }
-        _ => {
-            wave.hard_failures.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(Err(e)) => wave.hard_failure("register", Some(&e)),
+        Err(_) => wave.hard_failure("register", None),
     }
     client.close().await;
+}
+
+/// The name of an error's kind, without the details that differ between occurrences.
+fn error_kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Unreachable { .. } => "unreachable",
+        ClientError::CertificateMismatch => "certificate mismatch",
+        ClientError::Tls(_) => "TLS/QUIC",
+        ClientError::Busy => "busy",
+        ClientError::Closed(_) => "connection closed",
+        ClientError::Refused { .. } => "refused",
+        ClientError::Protocol(_) => "protocol error",
+        ClientError::Timeout(_) => "request timeout",
+        ClientError::Invalid(_) => "invalid",
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -784,6 +855,19 @@ fn print_table(rows: &[Row]) {
             r.p50_ms,
             r.p99_ms,
             r.p99_vs_unloaded,
+        );
+    }
+    for r in rows.iter().filter(|r| r.hard_failures > 0) {
+        let kinds: Vec<String> = r
+            .hard_failures_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        println!(
+            "\nhard failures, {}× admission {}: {}",
+            r.multiplier,
+            r.admission,
+            kinds.join("; ")
         );
     }
 }

@@ -27,6 +27,7 @@ const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
 const DROPPED_AT_DOOR: &str = "levee_connections_dropped_at_door_total";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
+const BACKEND_LATENCY_LIMIT: &str = "levee_backend_write_latency_limit_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
@@ -139,6 +140,11 @@ fn describe() {
         Unit::Seconds,
         "Smoothed latency of durable storage writes, as admission control sees it"
     );
+    describe_gauge!(
+        BACKEND_LATENCY_LIMIT,
+        Unit::Seconds,
+        "Write latency above which admission control counts the backend as overloaded"
+    );
     describe_counter!(
         ENVELOPES_ACCEPTED,
         Unit::Count,
@@ -184,6 +190,7 @@ pub(crate) struct NodeMetrics {
     queued: Counter,
     delivery_lag: Gauge,
     backend_latency: Gauge,
+    backend_latency_limit: Gauge,
     connections: Gauge,
     dropped_at_door: Counter,
     envelopes_accepted: Counter,
@@ -219,6 +226,7 @@ impl NodeMetrics {
             queued: counter!(QUEUED, &[n()]),
             delivery_lag: gauge!(DELIVERY_LAG, &[n()]),
             backend_latency: gauge!(BACKEND_LATENCY, &[n()]),
+            backend_latency_limit: gauge!(BACKEND_LATENCY_LIMIT, &[n()]),
             connections: gauge!(CONNECTIONS, &[n()]),
             dropped_at_door: counter!(DROPPED_AT_DOOR, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
@@ -270,8 +278,10 @@ impl NodeMetrics {
         self.delivery_lag.set(records as f64);
     }
 
-    pub(crate) fn backend_latency(&self, seconds: f64) {
-        self.backend_latency.set(seconds);
+    /// The smoothed durable-write latency and the limit it is judged against.
+    pub(crate) fn backend_latency(&self, smoothed: Duration, limit: Duration) {
+        self.backend_latency.set(smoothed.as_secs_f64());
+        self.backend_latency_limit.set(limit.as_secs_f64());
     }
 
     pub(crate) fn connections(&self, open: usize) {

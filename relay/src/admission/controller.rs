@@ -118,6 +118,8 @@ pub struct AdmissionController {
     /// Scheduling lag reported in this window, and how many reports.
     lag_total: Duration,
     lag_samples: u32,
+    /// The last scheduling lag reports, smoothed over about the last two.
+    recent_lag: Duration,
     backend_overloaded: bool,
 }
 
@@ -132,6 +134,7 @@ impl AdmissionController {
             samples: 0,
             lag_total: Duration::ZERO,
             lag_samples: 0,
+            recent_lag: Duration::ZERO,
             backend_overloaded: false,
         }
     }
@@ -170,6 +173,15 @@ impl AdmissionController {
     pub fn record_lag(&mut self, lag: Duration) {
         self.lag_total += lag;
         self.lag_samples += 1;
+        self.recent_lag = (self.recent_lag + lag) / 2;
+    }
+
+    /// Whether the node is congested right now: the last scheduling lag reports (smoothed
+    /// over about two) are over the overload limit. Windows judge the level over a second;
+    /// this answers within a few probes, for decisions that must not wait a window (see
+    /// [`WaitingLine::pause`](super::WaitingLine::pause)).
+    pub fn congested(&self) -> bool {
+        self.recent_lag > self.config.overload_wait
     }
 
     /// Closes the window if it is over (call also when idle, so an idle node recovers) and

@@ -20,12 +20,18 @@ pub struct WaitingLine {
     head: f64,
     /// How fast the head moves, positions per second.
     rate: f64,
-    /// Share of `rate` actually served: the admission level's share of the registration
-    /// class (see [`set_share`](Self::set_share)).
-    share: f64,
+    /// Held back to the minimum rate while more important classes are shed (see
+    /// [`hold_back`](Self::hold_back)).
+    held_back: bool,
+    /// Paused while the node is congested right now (see [`pause`](Self::pause)).
+    paused: bool,
     last_advance: Instant,
     /// Registrations that entered (from the line or directly) in the current window.
     entered_this_window: u64,
+    /// Seconds of the current window the line was neither held back nor paused.
+    open_this_window: f64,
+    /// The share of recent windows the line was open (smoothed over about two).
+    open_share: f64,
 }
 
 impl WaitingLine {
@@ -37,9 +43,12 @@ impl WaitingLine {
             next: 0,
             head: rate * BURST_SECS,
             rate,
-            share: 1.0,
+            held_back: false,
+            paused: false,
             last_advance: now,
             entered_this_window: 0,
+            open_this_window: 0.0,
+            open_share: 1.0,
         }
     }
 
@@ -56,6 +65,9 @@ impl WaitingLine {
         // (the drills' ledger caught this as overtaking).
         let cap = (self.next as f64 + rate * BURST_SECS).max(self.head);
         self.head = (self.head + rate * dt).min(cap);
+        if !self.held_back && !self.paused {
+            self.open_this_window += dt;
+        }
         self.last_advance = now;
     }
 
@@ -79,18 +91,41 @@ impl WaitingLine {
         self.rate
     }
 
-    /// How fast the head actually moves: the learnt rate times the share admission
-    /// control grants registrations, never below the minimum.
+    /// How fast the head actually moves: the learnt rate, or the minimum while held back or
+    /// paused.
     pub fn served_rate(&self) -> f64 {
-        (self.rate * self.share).max(MIN_RATE)
+        if self.held_back || self.paused {
+            MIN_RATE
+        } else {
+            self.rate.max(MIN_RATE)
+        }
     }
 
-    /// Sets the share (0.0..=1.0) of the learnt rate to serve. Admission control sheds the
-    /// lowest class first: as the level falls through the registration cohorts, the line
-    /// slows with it, down to its minimum, before any login or message is refused. Call
-    /// [`advance`](Self::advance) first, so time already passed counts at the old share.
-    pub fn set_share(&mut self, share: f64) {
-        self.share = share.clamp(0.0, 1.0);
+    /// Holds the line to its minimum rate (`true`) or lets it run at its learnt rate again.
+    /// Admission control holds it back while it sheds logins or messages: registrations give
+    /// way first. Short of that the learnt rate alone sheds registrations — it falls with
+    /// every overloaded window. (Scaling it by the level's share of registration cohorts as
+    /// well shed them twice over, and since the level climbs back 1% a window, it kept the
+    /// line at a crawl for half a minute after each overload; `levee-surge --trace` showed
+    /// it.) Call [`advance`](Self::advance) first, so time already passed counts at the old
+    /// rate.
+    pub fn hold_back(&mut self, held_back: bool) {
+        self.held_back = held_back;
+    }
+
+    /// Pauses the line (`true`: the head moves at the minimum rate only, and places an idle
+    /// line banked are given up) or lets it go on. For while the node is congested right
+    /// now: the learnt rate adapts only once a window, and a line running at a rate the
+    /// node cannot absorb — the 500/s it starts at, on a node that absorbs 85 — let hundreds
+    /// in during the wave's first second; their work queued in front of established users'
+    /// messages for seconds. Giving up the bank never moves the head behind a position
+    /// already handed out. A pause does not change the estimates given to those waiting:
+    /// it lasts milliseconds. Call [`advance`](Self::advance) first.
+    pub fn pause(&mut self, paused: bool) {
+        if paused && !self.paused {
+            self.head = self.head.min(self.next as f64);
+        }
+        self.paused = paused;
     }
 
     /// Hands out the next position.
@@ -110,32 +145,53 @@ impl WaitingLine {
         self.entered_this_window += 1;
     }
 
-    /// Expected time until `position` may enter at the current rate.
+    /// Expected time until `position` may enter: at the minimum rate while held back,
+    /// otherwise at the learnt rate for the share of recent windows the line was open.
+    /// Each pause is short, but a congested node pauses often; estimating at the learnt rate
+    /// alone sent hundreds of waiting newcomers back many times too early, each return a
+    /// signature check and a new ticket on a node that was already congested.
     pub fn wait_for(&self, position: u64) -> Duration {
         let ahead = (position as f64 + 1.0 - self.head).max(0.0);
-        Duration::from_secs_f64(ahead / self.served_rate())
+        let rate = if self.held_back {
+            MIN_RATE
+        } else {
+            (self.rate * self.open_share).max(MIN_RATE)
+        };
+        Duration::from_secs_f64(ahead / rate)
     }
 
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
-    /// down to what actually entered in that window (what the node absorbed while it was
-    /// overloaded, so more was too much), by at least 10% and at most half; calm → 25%
-    /// faster, but not beyond twice what entered (the measured absorption), so the rate
+    /// down to what actually entered while the line was open (what the node absorbed while
+    /// it was overloaded, so more was too much), by at least 10% and at most half; calm →
+    /// 25% faster, but not beyond twice what entered (the measured absorption), so the rate
     /// follows capacity instead of a guess. Falling to the measurement matters when the
     /// starting rate is far above capacity: at 10% a window, a line starting at 500/s takes
     /// 15 s to reach a node that absorbs 100/s, while every second of it overloads the node.
+    ///
+    /// Only the time the line was open counts: while paused or held back few enter because
+    /// the line was shut, not because the node absorbs few, and measuring over the whole
+    /// window spiralled the rate down to a few per second within one wave. A window open
+    /// for less than a tenth of its length measures nothing: overloaded, the rate falls
+    /// 10%; otherwise it stays.
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
-        let measured = self.entered_this_window as f64 / window.as_secs_f64().max(1e-3);
-        self.rate = match verdict {
-            Verdict::Overloaded => measured.clamp(self.rate * 0.5, self.rate * 0.9),
-            Verdict::Hold => self.rate,
+        let open = self.open_this_window;
+        let measured = (open >= 0.1 * window.as_secs_f64())
+            .then(|| self.entered_this_window as f64 / open.max(1e-3));
+        self.rate = match (verdict, measured) {
+            (Verdict::Overloaded, Some(m)) => m.clamp(self.rate * 0.5, self.rate * 0.9),
+            (Verdict::Overloaded, None) => self.rate * 0.9,
+            (Verdict::Hold, _) | (Verdict::Calm, None) => self.rate,
             // Raise at most to twice what measurably entered; never lower here: few entering can
             // mean the holders of due places have not come back yet, not that the node is full.
-            Verdict::Calm => (self.rate * 1.25 + 1.0)
-                .min(2.0 * measured + MIN_RATE)
+            (Verdict::Calm, Some(m)) => (self.rate * 1.25 + 1.0)
+                .min(2.0 * m + MIN_RATE)
                 .max(self.rate),
         }
         .max(MIN_RATE);
+        let open_share = (open / window.as_secs_f64().max(1e-3)).min(1.0);
+        self.open_share = 0.5 * self.open_share + 0.5 * open_share;
         self.entered_this_window = 0;
+        self.open_this_window = 0.0;
     }
 }
 
@@ -151,8 +207,8 @@ mod tests {
         let first = line.join();
         assert!(line.may_enter(first) && line.may_enter(99));
         let head = line.head();
-        // Admission control now grants registrations a tenth of the rate.
-        line.set_share(0.1);
+        // Admission control now holds the line back to its minimum.
+        line.hold_back(true);
         line.advance(t0 + Duration::from_millis(100));
         assert!(line.head() >= head, "{} < {head}", line.head());
         assert!(line.may_enter(99), "a place already reached stays reached");
@@ -188,23 +244,52 @@ mod tests {
     }
 
     #[test]
-    fn the_share_slows_the_head_and_the_estimate() {
+    fn holding_back_slows_the_head_and_the_estimate_to_the_minimum() {
         let t0 = Instant::now();
         let mut line = WaitingLine::new(100.0, t0);
         let positions: Vec<u64> = (0..1000).map(|_| line.join()).collect();
-        line.set_share(0.25);
-        assert_eq!(line.served_rate(), 25.0);
-        assert_eq!(line.wait_for(positions[124]), Duration::from_secs(1));
-        line.advance(t0 + Duration::from_secs(2));
-        // 100 banked at the start, then 2 s at 25/s.
-        assert!(line.may_enter(149) && !line.may_enter(150));
-        line.set_share(0.0);
-        line.advance(t0 + Duration::from_secs(4));
+        line.advance(t0 + Duration::from_secs(1));
+        // 100 banked at the start, then 1 s at 100/s.
+        assert!(line.may_enter(199) && !line.may_enter(200));
+        line.hold_back(true);
+        assert_eq!(line.served_rate(), MIN_RATE);
+        assert_eq!(line.wait_for(positions[201]), Duration::from_secs(2));
+        line.advance(t0 + Duration::from_secs(3));
         assert!(
-            line.may_enter(151) && !line.may_enter(152),
+            line.may_enter(201) && !line.may_enter(202),
             "the minimum only"
         );
         assert_eq!(line.rate(), 100.0, "the learnt rate is kept");
+        line.hold_back(false);
+        line.advance(t0 + Duration::from_secs(4));
+        assert!(
+            line.may_enter(301) && !line.may_enter(302),
+            "and served again"
+        );
+    }
+
+    #[test]
+    fn a_pause_gives_up_the_bank_and_slows_the_head_but_not_the_estimate() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(100.0, t0);
+        let first = line.join();
+        assert!(line.may_enter(first));
+        line.pause(true);
+        // The 99 banked places are gone; the one handed out stays reached.
+        assert!(line.may_enter(first));
+        let second = line.join();
+        assert!(!line.may_enter(second), "the bank was given up");
+        assert_eq!(line.wait_for(second), Duration::from_millis(10), "at 100/s");
+        line.advance(t0 + Duration::from_secs(1));
+        assert!(
+            line.may_enter(second),
+            "the minimum rate: one place a second"
+        );
+        let third = line.join();
+        assert!(!line.may_enter(third));
+        line.pause(false);
+        line.advance(t0 + Duration::from_millis(1_010));
+        assert!(line.may_enter(third), "at the learnt rate again");
     }
 
     #[test]
@@ -212,37 +297,75 @@ mod tests {
         let t0 = Instant::now();
         let mut line = WaitingLine::new(10.0, t0);
         let w = Duration::from_secs(1);
-        // Calm windows in which 100 registrations entered: the rate climbs, capped by 2×100.
-        for _ in 0..100 {
-            for _ in 0..100 {
+        let mut now = t0;
+        let mut window = |line: &mut WaitingLine, verdict: Verdict, entered: usize| {
+            now += w;
+            line.advance(now);
+            for _ in 0..entered {
                 line.entered();
             }
-            line.end_window(Verdict::Calm, w);
+            line.end_window(verdict, w);
+            line.rate()
+        };
+        // Calm windows in which 100 registrations entered: the rate climbs, capped by 2×100.
+        for _ in 0..100 {
+            window(&mut line, Verdict::Calm, 100);
         }
         assert!(
             (200.0..=201.0).contains(&line.rate()),
             "capped by measurement: {}",
             line.rate()
         );
-        let overloaded_with = |line: &mut WaitingLine, entered: usize| {
-            for _ in 0..entered {
-                line.entered();
-            }
-            line.end_window(Verdict::Overloaded, w);
-            line.rate()
-        };
         // Overloaded windows: down to what entered, by at least 10% and at most half.
-        let r = overloaded_with(&mut line, 190);
+        let r = window(&mut line, Verdict::Overloaded, 190);
         assert!((r - 180.0).abs() < 1.0, "at least 10% (200 → 180): {r}");
-        let r = overloaded_with(&mut line, 150);
+        let r = window(&mut line, Verdict::Overloaded, 150);
         assert!((r - 150.0).abs() < 1.0, "to what entered (180 → 150): {r}");
-        let r = overloaded_with(&mut line, 10);
+        let r = window(&mut line, Verdict::Overloaded, 10);
         assert!((r - 75.0).abs() < 1.0, "at most half (150 → 75): {r}");
-        line.end_window(Verdict::Hold, w);
-        assert!((line.rate() - r).abs() < 1e-9, "holds");
+        let held = window(&mut line, Verdict::Hold, 0);
+        assert!((held - r).abs() < 1e-9, "holds");
         for _ in 0..100 {
-            line.end_window(Verdict::Overloaded, w);
+            window(&mut line, Verdict::Overloaded, 0);
         }
         assert_eq!(line.rate(), MIN_RATE, "never stalls");
+    }
+
+    #[test]
+    fn only_the_time_the_line_was_open_measures_the_node() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(1);
+        let mut line = WaitingLine::new(100.0, t0);
+        // Open for the first 200 ms, in which 20 entered (100/s), then paused.
+        line.advance(t0 + Duration::from_millis(200));
+        (0..20).for_each(|_| line.entered());
+        line.pause(true);
+        line.advance(t0 + w);
+        line.end_window(Verdict::Calm, w);
+        assert!(
+            (line.rate() - 126.0).abs() < 1e-9,
+            "100/s while open: the calm rise is not capped at 2 × 20/s: {}",
+            line.rate()
+        );
+        // Paused the whole window: nothing measured, an overloaded window costs 10%.
+        line.advance(t0 + 2 * w);
+        line.end_window(Verdict::Overloaded, w);
+        assert!((line.rate() - 113.4).abs() < 1e-9, "{}", line.rate());
+        line.advance(t0 + 3 * w);
+        line.end_window(Verdict::Calm, w);
+        assert!(
+            (line.rate() - 113.4).abs() < 1e-9,
+            "a calm shut window says nothing"
+        );
+        // Open a fifth, then not at all, then not at all: the estimate counts that.
+        let p = line.join();
+        let at_learnt_rate = (p as f64 + 1.0 - line.head()) / 113.4;
+        let estimate = line.wait_for(p).as_secs_f64();
+        let open_share = 0.5 * (0.5 * (0.5 * 1.0 + 0.5 * 0.2));
+        assert!(
+            (estimate - at_learnt_rate / open_share).abs() < 1e-6,
+            "{estimate} vs {}",
+            at_learnt_rate / open_share
+        );
     }
 }

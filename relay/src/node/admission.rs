@@ -60,13 +60,22 @@ impl State {
         self.controller.set_backend_overloaded(overloaded);
     }
 
-    /// After a window: the line learns from it, and serves the share of its rate that the
-    /// new level grants registrations.
+    /// Whether the node is congested right now: its scheduler runs late, or its durable
+    /// writes are slow, stuck or behind. `levee-surge --trace` showed the second without
+    /// the first: in a wave's first seconds a quarter-core node's writes queued for seconds
+    /// while its scheduler kept time.
+    fn congested(&self, now: Instant) -> bool {
+        self.controller.congested() || self.backend.overloaded(now)
+    }
+
+    /// After a window: the line learns from it, and is held back while the new level sheds
+    /// anything more important than registrations.
     fn window_closed(&mut self, (verdict, window): (Verdict, Duration), now: Instant) {
         self.line.advance(now);
         self.line.end_window(verdict, window);
+        let level = self.controller.level();
         self.line
-            .set_share(self.controller.level().share(RequestClass::Registration));
+            .hold_back(level.share(RequestClass::Registration) == 0.0);
     }
 }
 
@@ -217,17 +226,19 @@ impl Admission {
     }
 
     /// How many new connections per second to take, or `None` for no limit. While the
-    /// node sheds or people wait in line: twice the rate the line advances (newcomers to
-    /// seat, plus existing users reconnecting), at least [`MIN_HANDSHAKE_RATE`]. More
-    /// would only hand out more tickets at a handshake each, with CPU the users already
-    /// connected need.
+    /// node sheds, is congested, or people wait in line: twice the rate the line advances
+    /// (newcomers to seat, plus existing users reconnecting), at least
+    /// [`MIN_HANDSHAKE_RATE`]. More would only hand out more tickets at a handshake each,
+    /// with CPU the users already connected need.
     pub(crate) fn handshake_rate(&self) -> Option<f64> {
         if !self.enabled {
             return None;
         }
         let mut state = self.lock();
         state.line.advance(Instant::now());
-        let pressed = state.controller.level() < AdmissionLevel::ALL || !state.line.is_empty();
+        let pressed = state.controller.level() < AdmissionLevel::ALL
+            || state.congested(Instant::now())
+            || !state.line.is_empty();
         pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
     }
 
@@ -258,10 +269,16 @@ impl Admission {
 
     /// Records how late the scheduler ran the lag probe (see
     /// [`AdmissionController::record_lag`]).
+    /// The line pauses while the node is congested right now.
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
         self.metrics.scheduling_lag(lag);
         if self.enabled {
-            self.lock().controller.record_lag(lag);
+            let mut state = self.lock();
+            state.controller.record_lag(lag);
+            let now = Instant::now();
+            state.line.advance(now);
+            let congested = state.congested(now);
+            state.line.pause(congested);
         }
     }
 
@@ -353,7 +370,7 @@ impl Drop for BackendWrite<'_> {
         state.judge_backend(now);
         self.admission
             .metrics
-            .backend_latency(state.backend.smoothed().as_secs_f64());
+            .backend_latency(state.backend.smoothed(), state.backend.latency_limit());
     }
 }
 
