@@ -15,14 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-/// The smallest quota the kernel takes per period (1 ms). The period is the shortest that
-/// allows it: the kernel's default of 100 ms lets a node with a quarter of a core run flat
-/// out for 25 ms and then stand still for 75, and every message caught in the pause waits
-/// for it; so does the node's scheduling-lag probe, which then reads a small node as
-/// always congested. At 0.25 cores the period is 4 ms and a pause at most 3 ms. (It was
-/// 10 ms; the 7.5 ms pauses kept the probe's average over admission control's 5 ms "calm"
-/// threshold whenever the node used its quota, and the level never climbed back.)
-const MIN_QUOTA_US: f64 = 1_000.0;
+/// Scheduling period of the quota. The kernel's default is 100 ms, which lets a node with a
+/// fifth of a core run flat out for 20 ms and then stand still for 80: every message caught
+/// in the pause would wait for it. A 10 ms period bounds such a pause to 8 ms.
+const PERIOD_US: u64 = 10_000;
 
 /// A control group whose processes together get at most `cores` CPUs' worth of time.
 /// Removed when dropped (its processes must have exited by then).
@@ -39,14 +35,13 @@ impl CpuBudget {
             bail!("a CPU budget must be a positive number of cores, not {cores}");
         }
         let name = format!("levee-bench-{}", std::process::id());
-        let period_us = (MIN_QUOTA_US / cores).max(MIN_QUOTA_US).round() as u64;
-        let quota_us = (cores * period_us as f64).round() as u64;
+        let quota_us = ((cores * PERIOD_US as f64).round() as u64).max(1_000);
         let v1 = Path::new("/sys/fs/cgroup/cpu");
         let v2 = Path::new("/sys/fs/cgroup");
         let (dir, files) = if v1.join("cpu.cfs_quota_us").exists() {
             let dir = v1.join(name);
             let files = vec![
-                ("cpu.cfs_period_us", period_us.to_string()),
+                ("cpu.cfs_period_us", PERIOD_US.to_string()),
                 ("cpu.cfs_quota_us", quota_us.to_string()),
             ];
             (dir, files)
@@ -54,7 +49,7 @@ impl CpuBudget {
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
         {
             let dir = v2.join(name);
-            (dir, vec![("cpu.max", format!("{quota_us} {period_us}"))])
+            (dir, vec![("cpu.max", format!("{quota_us} {PERIOD_US}"))])
         } else {
             bail!(
                 "no cgroup CPU controller at /sys/fs/cgroup/cpu (v1) or in \
