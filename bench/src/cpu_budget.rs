@@ -20,6 +20,15 @@ use anyhow::{Context, bail};
 /// in the pause would wait for it. A 10 ms period bounds such a pause to 8 ms.
 const PERIOD_US: u64 = 10_000;
 
+/// The quota's period and the time allowed in each, in µs, for `cores`. The kernel takes no
+/// quota under 1 ms, so a budget under 0.1 core lengthens the period instead of (as it
+/// once did) silently granting 0.1 core.
+fn period_and_quota(cores: f64) -> (u64, u64) {
+    let period_us = PERIOD_US.max((1_000.0 / cores).ceil() as u64);
+    let quota_us = ((cores * period_us as f64).round() as u64).max(1_000);
+    (period_us, quota_us)
+}
+
 /// A control group whose processes together get at most `cores` CPUs' worth of time.
 /// Removed when dropped (its processes must have exited by then).
 #[derive(Debug)]
@@ -35,13 +44,13 @@ impl CpuBudget {
             bail!("a CPU budget must be a positive number of cores, not {cores}");
         }
         let name = format!("levee-bench-{}", std::process::id());
-        let quota_us = ((cores * PERIOD_US as f64).round() as u64).max(1_000);
+        let (period_us, quota_us) = period_and_quota(cores);
         let v1 = Path::new("/sys/fs/cgroup/cpu");
         let v2 = Path::new("/sys/fs/cgroup");
         let (dir, files) = if v1.join("cpu.cfs_quota_us").exists() {
             let dir = v1.join(name);
             let files = vec![
-                ("cpu.cfs_period_us", PERIOD_US.to_string()),
+                ("cpu.cfs_period_us", period_us.to_string()),
                 ("cpu.cfs_quota_us", quota_us.to_string()),
             ];
             (dir, files)
@@ -49,7 +58,7 @@ impl CpuBudget {
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
         {
             let dir = v2.join(name);
-            (dir, vec![("cpu.max", format!("{quota_us} {PERIOD_US}"))])
+            (dir, vec![("cpu.max", format!("{quota_us} {period_us}"))])
         } else {
             bail!(
                 "no cgroup CPU controller at /sys/fs/cgroup/cpu (v1) or in \
@@ -94,5 +103,21 @@ impl Drop for CpuBudget {
     fn drop(&mut self) {
         // rmdir on a cgroup with no processes left removes it (its files are virtual).
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::period_and_quota;
+
+    #[test]
+    fn the_quota_is_the_budget_and_never_under_a_millisecond() {
+        assert_eq!(period_and_quota(0.25), (10_000, 2_500));
+        assert_eq!(period_and_quota(2.0), (10_000, 20_000));
+        assert_eq!(
+            period_and_quota(0.05),
+            (20_000, 1_000),
+            "a twentieth of a core"
+        );
     }
 }
