@@ -155,7 +155,7 @@ impl Default for NodeConfig {
             cluster_key: None,
             admission_window_ms: 1000,
             admission_overload_wait_ms: 20,
-            admission_recover_wait_ms: 5,
+            admission_recover_wait_ms: 10,
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,

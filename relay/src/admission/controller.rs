@@ -85,7 +85,11 @@ pub struct ControllerConfig {
     /// Average queueing delay above which the window counts as overloaded.
     pub overload_wait: Duration,
     /// Average queueing delay below which the level may climb. Between the two, it holds:
-    /// a node running at capacity keeps its level instead of oscillating around it.
+    /// a node running at capacity keeps its level instead of oscillating around it. 10 ms,
+    /// not CoDel's 5: a node under a CPU quota (a container's limit, or `levee-surge`'s
+    /// quarter core, 10 ms period) is paused up to 7.5 ms whenever it uses its quota, which
+    /// its lag probe reads as waiting; at 5 ms its windows were never calm after a wave, the
+    /// level never climbed back, and the line stayed held back (`levee-surge --trace`).
     pub recover_wait: Duration,
     /// Fraction of the admitted slots shed per overloaded window.
     pub fall: f64,
@@ -99,7 +103,7 @@ impl Default for ControllerConfig {
             window: Duration::from_secs(1),
             window_samples: 20_000,
             overload_wait: Duration::from_millis(20),
-            recover_wait: Duration::from_millis(5),
+            recover_wait: Duration::from_millis(10),
             fall: 0.05,
             climb: 0.01,
         }
