@@ -235,9 +235,10 @@ impl Admission {
             return None;
         }
         let mut state = self.lock();
-        state.line.advance(Instant::now());
+        let now = Instant::now();
+        state.line.advance(now);
         let pressed = state.controller.level() < AdmissionLevel::ALL
-            || state.congested(Instant::now())
+            || state.congested(now)
             || !state.line.is_empty();
         pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
     }
@@ -268,8 +269,8 @@ impl Admission {
     }
 
     /// Records how late the scheduler ran the lag probe (see
-    /// [`AdmissionController::record_lag`]).
-    /// The line pauses while the node is congested right now.
+    /// [`AdmissionController::record_lag`]), and pauses the line while the node is
+    /// congested right now.
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
         self.metrics.scheduling_lag(lag);
         if self.enabled {
