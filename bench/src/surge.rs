@@ -704,6 +704,7 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>) {
         "levee_waiting_room_admission_rate",
         "levee_connections",
         "levee_backend_write_latency_seconds",
+        "levee_backend_write_latency_limit_seconds",
         "levee_delivery_lag_records",
         "levee_admission_shed_total",
         "levee_admission_admitted_total",

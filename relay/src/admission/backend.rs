@@ -31,12 +31,12 @@ const USUAL_HORIZON: Duration = Duration::from_secs(600);
 /// The write latency this node usually sees: the median one-second average latency over
 /// the last ten minutes.
 ///
-/// A fixed limit cannot fit every node. Durable writes take 1–2 ms on an idle whole machine
-/// but 3–60 ms, second by second, on a node held to a quarter of a core (fsync plus waiting
-/// out its CPU quota); there a 25 ms limit read most windows as overloaded, and admission
-/// control shed logins from a node that was merely small (`levee-surge --trace`). A median,
-/// so a surge shorter than five minutes does not become usual (the fastest second, tried
-/// first, was too low: a quarter-core node's best second is 3–6 ms and its usual 20 ms).
+/// A fixed limit cannot fit every node. Durable writes take 1–2 ms on an idle whole machine;
+/// on a node held to a quarter of a core (fsync plus waiting out its CPU quota) the smoothed
+/// latency `levee-surge --trace` samples read 3–60 ms, and a 25 ms limit read most windows
+/// as overloaded, so admission control shed logins from a node that was merely small. A
+/// median, so a surge shorter than five minutes does not become usual (a minimum, tried
+/// first, follows the node's best moments: 3 ms in those samples, against a typical 10–50).
 /// Only a backend slow for most of ten minutes moves it, and even then the limit rises at
 /// most [`MAX_RAISE`] times; delivery lag and stuck writes are judged on their own.
 #[derive(Debug)]

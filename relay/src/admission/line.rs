@@ -128,6 +128,11 @@ impl WaitingLine {
         self.paused = paused;
     }
 
+    /// Whether the line is paused (see [`pause`](Self::pause)).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Hands out the next position.
     pub fn join(&mut self) -> u64 {
         let p = self.next;

@@ -235,10 +235,11 @@ impl Admission {
             return None;
         }
         let mut state = self.lock();
-        let now = Instant::now();
-        state.line.advance(now);
+        state.line.advance(Instant::now());
+        // Congested as the last lag probe judged it (the line is paused exactly then): the
+        // door's rate is set right after each probe, so judging again would repeat the work.
         let pressed = state.controller.level() < AdmissionLevel::ALL
-            || state.congested(now)
+            || state.line.is_paused()
             || !state.line.is_empty();
         pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
     }
