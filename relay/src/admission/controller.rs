@@ -37,24 +37,45 @@ impl AdmissionLevel {
 
     /// The share of `class`'s cohorts served at this level, 0.0..=1.0.
     pub fn share(self, class: RequestClass) -> f64 {
-        let start = match class {
-            RequestClass::Control => return 1.0,
-            RequestClass::Messaging => 0,
-            RequestClass::Login => 1,
-            RequestClass::Registration => 2,
-        } * u32::from(COHORTS);
+        let Some(start) = first_slot(class) else {
+            return 1.0;
+        };
         f64::from(self.0.saturating_sub(start).min(u32::from(COHORTS))) / f64::from(COHORTS)
     }
 
     /// Whether a request of `class` from `cohort` is served at this level.
     pub fn admits(self, class: RequestClass, cohort: Cohort) -> bool {
-        let rank = match class {
-            RequestClass::Control => return true,
-            RequestClass::Messaging => 0,
-            RequestClass::Login => 1,
-            RequestClass::Registration => 2,
-        };
-        rank * u32::from(COHORTS) + u32::from(cohort.index()) < self.0
+        slot(class, cohort).is_none_or(|s| s < self.0)
+    }
+}
+
+/// The first priority slot of a sheddable class; `None` for control, which has none.
+fn first_slot(class: RequestClass) -> Option<u32> {
+    let rank = match class {
+        RequestClass::Control => return None,
+        RequestClass::Messaging => 0,
+        RequestClass::Login => 1,
+        RequestClass::Registration => 2,
+    };
+    Some(rank * u32::from(COHORTS))
+}
+
+/// The priority slot of `class` and `cohort`; `None` for control.
+fn slot(class: RequestClass, cohort: Cohort) -> Option<u32> {
+    first_slot(class).map(|start| start + u32::from(cohort.index()))
+}
+
+/// The slots that saw a request in a window, one bit each.
+#[derive(Clone, Debug, Default)]
+struct Offered([u64; SLOTS.div_ceil(64) as usize]);
+
+impl Offered {
+    fn insert(&mut self, slot: u32) {
+        self.0[(slot / 64) as usize] |= 1 << (slot % 64);
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        self.0[(slot / 64) as usize] & (1 << (slot % 64)) != 0
     }
 }
 
@@ -93,7 +114,9 @@ pub struct ControllerConfig {
     pub recover_wait: Duration,
     /// Fraction of the admitted slots shed per overloaded window.
     pub fall: f64,
-    /// Fraction of all slots restored per calm window.
+    /// Fraction of all slots restored per calm window, counting only slots that saw a
+    /// request in it: restoring a slot nobody asked for adds no load, so the level steps
+    /// over those at once.
     pub climb: f64,
 }
 
@@ -125,6 +148,8 @@ pub struct AdmissionController {
     /// The last scheduling lag reports, smoothed over about the last two.
     recent_lag: Duration,
     backend_overloaded: bool,
+    /// Slots requests were offered for in this window, admitted or not.
+    offered: Offered,
 }
 
 impl AdmissionController {
@@ -140,6 +165,7 @@ impl AdmissionController {
             lag_samples: 0,
             recent_lag: Duration::ZERO,
             backend_overloaded: false,
+            offered: Offered::default(),
         }
     }
 
@@ -151,6 +177,17 @@ impl AdmissionController {
     /// Whether to serve a request now.
     pub fn admits(&self, class: RequestClass, cohort: Cohort) -> bool {
         self.level.admits(class, cohort)
+    }
+
+    /// Notes that a request of `class` from `cohort` was offered in this window, whether or
+    /// not it is served. A calm window restores slots by the ones that saw requests: the
+    /// others carry no load, and climbing through them one percent a window kept a node
+    /// that had fallen below registrations (into logins nobody was attempting) holding its
+    /// waiting line for half a minute after the overload was over (`levee-surge --trace`).
+    pub fn record_offered(&mut self, class: RequestClass, cohort: Cohort) {
+        if let Some(slot) = slot(class, cohort) {
+            self.offered.insert(slot);
+        }
     }
 
     /// Backend health (delivery-log append latency, store latency, log lag) as judged by
@@ -215,8 +252,19 @@ impl AdmissionController {
                 level.saturating_sub(shed)
             }
             Verdict::Calm => {
-                let restore = ((f64::from(SLOTS) * self.config.climb).ceil() as u32).max(1);
-                (level + restore).min(SLOTS)
+                let mut restore = ((f64::from(SLOTS) * self.config.climb).ceil() as u32).max(1);
+                let mut level = level;
+                // Up past every slot nobody asked for, and `restore` that somebody did.
+                while level < SLOTS {
+                    if self.offered.contains(level) {
+                        if restore == 0 {
+                            break;
+                        }
+                        restore -= 1;
+                    }
+                    level += 1;
+                }
+                level
             }
             Verdict::Hold => level,
         };
@@ -225,6 +273,7 @@ impl AdmissionController {
         self.samples = 0;
         self.lag_total = Duration::ZERO;
         self.lag_samples = 0;
+        self.offered = Offered::default();
         Some((verdict, elapsed))
     }
 }
@@ -261,15 +310,42 @@ mod tests {
         assert_eq!(none.share(RequestClass::Control), 1.0);
     }
 
+    /// Every cohort, in index order.
+    fn all_cohorts() -> Vec<Cohort> {
+        let salt = CohortSalt::new(b"t", Duration::from_secs(3600));
+        let mut found = vec![None; usize::from(COHORTS)];
+        for k in 0u32.. {
+            let c = salt.cohort(&k.to_be_bytes(), Duration::ZERO);
+            found[usize::from(c.index())].get_or_insert(c);
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        found.into_iter().map(|c| c.expect("found")).collect()
+    }
+
+    /// Requests offered in every sheddable (class, cohort) slot of this window.
+    fn offer_everywhere(c: &mut AdmissionController, cohorts: &[Cohort]) {
+        for class in [
+            RequestClass::Messaging,
+            RequestClass::Login,
+            RequestClass::Registration,
+        ] {
+            cohorts.iter().for_each(|&k| c.record_offered(class, k));
+        }
+    }
+
     /// One simulated second of a node that serves `capacity` requests/s, offered `offered`
     /// requests/s spread over all sheddable slots. Waiting is an M/M/1 queue's:
     /// 1 ms × ρ/(1−ρ), and grows without bound past capacity.
     fn simulate_window(
         c: &mut AdmissionController,
+        cohorts: &[Cohort],
         now: Instant,
         offered: f64,
         capacity: f64,
     ) -> f64 {
+        offer_everywhere(c, cohorts);
         let admitted = offered * c.level().fraction();
         let rho = admitted / capacity;
         let wait = if rho >= 0.999 {
@@ -304,10 +380,13 @@ mod tests {
             after_overload.fraction() > 0.55,
             "by about 5% per window: {after_overload:?}"
         );
-        // Calm again: climbs 1% of all slots per window, back to everything.
+        // Calm again, with requests in every slot: climbs 1% of all slots per window, back
+        // to everything.
+        let cohorts = all_cohorts();
         let mut s = 10;
         while c.level() < AdmissionLevel::ALL {
             let now = t0 + Duration::from_secs(s);
+            offer_everywhere(&mut c, &cohorts);
             c.record_wait(Duration::from_millis(1), now);
             c.tick(now + Duration::from_secs(1));
             s += 1;
@@ -334,6 +413,56 @@ mod tests {
     }
 
     #[test]
+    fn a_calm_window_climbs_at_once_over_slots_nobody_asked_for() {
+        let t0 = Instant::now();
+        let mut c = AdmissionController::new(ControllerConfig::default(), t0);
+        // Overloaded down into the login range.
+        for s in 0..10 {
+            c.record_lag(Duration::from_millis(100));
+            c.tick(t0 + Duration::from_secs(s + 1));
+        }
+        assert!(
+            c.level().share(RequestClass::Login) < 1.0,
+            "{:?}",
+            c.level()
+        );
+        assert_eq!(c.level().share(RequestClass::Registration), 0.0);
+        // Calm, with messaging and registrations offered but no login attempts: the login
+        // slots add no load, so one window takes the level past them into registrations,
+        // and then 1% of all slots (4) further.
+        let cohorts = all_cohorts();
+        for &k in &cohorts {
+            c.record_offered(RequestClass::Messaging, k);
+            c.record_offered(RequestClass::Registration, k);
+        }
+        c.tick(t0 + Duration::from_secs(12));
+        assert_eq!(c.level().share(RequestClass::Login), 1.0);
+        assert_eq!(c.level().share(RequestClass::Registration), 4.0 / 128.0);
+        // A login arriving in a shed cohort is a slot somebody asked for again: with one
+        // login cohort offered, the next calm window from below it stops after it.
+        let mut c = AdmissionController::new(ControllerConfig::default(), t0);
+        for s in 0..10 {
+            c.record_lag(Duration::from_millis(100));
+            c.tick(t0 + Duration::from_secs(s + 1));
+        }
+        let below = c.level();
+        let shed_login = cohorts
+            .iter()
+            .copied()
+            .find(|&k| !below.admits(RequestClass::Login, k))
+            .expect("some login cohort is shed");
+        for _ in 0..5 {
+            c.record_offered(RequestClass::Login, shed_login);
+        }
+        for &k in &cohorts {
+            c.record_offered(RequestClass::Registration, k);
+        }
+        c.tick(t0 + Duration::from_secs(12));
+        assert!(c.level().admits(RequestClass::Login, shed_login));
+        assert_eq!(c.level().share(RequestClass::Registration), 3.0 / 128.0);
+    }
+
+    #[test]
     fn backend_overload_sheds_even_without_queueing_delay() {
         let t0 = Instant::now();
         let mut c = AdmissionController::new(ControllerConfig::default(), t0);
@@ -349,11 +478,13 @@ mod tests {
         let mut c = AdmissionController::new(ControllerConfig::default(), t0);
         // Offered twice what the node can serve.
         let (offered, capacity) = (20_000.0, 10_000.0);
+        let cohorts = all_cohorts();
         let mut levels = Vec::new();
         let mut admitted = Vec::new();
         for s in 0..300 {
             admitted.push(simulate_window(
                 &mut c,
+                &cohorts,
                 t0 + Duration::from_secs(s * 2),
                 offered,
                 capacity,

@@ -185,7 +185,8 @@ impl Admission {
             return Ok(());
         }
         let cohort = self.salt.cohort(key, since_epoch());
-        let state = self.lock();
+        let mut state = self.lock();
+        state.controller.record_offered(class, cohort);
         if state.controller.admits(class, cohort) {
             self.metrics.admitted(class);
             return Ok(());
@@ -319,7 +320,11 @@ impl Admission {
             },
             None => None,
         };
+        let cohort = self.salt.cohort(key, since_epoch());
         let mut state = self.lock();
+        state
+            .controller
+            .record_offered(RequestClass::Registration, cohort);
         state.line.advance(Instant::now());
         // A ticket from another node holds a place in that node's line, which this node
         // cannot see; it joins this line as a newcomer would.
