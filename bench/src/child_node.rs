@@ -89,6 +89,22 @@ impl ChildNode {
         })
     }
 
+    /// CPU time the node's process has used so far, all its threads together (Linux:
+    /// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
+    pub fn cpu_time(&self) -> anyhow::Result<std::time::Duration> {
+        let pid = self.child.as_ref().context("the node has stopped")?.id();
+        let mut total = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            // A thread that ended between listing and reading is simply not counted.
+            let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+                continue;
+            };
+            let on_cpu = stat.split_whitespace().next().unwrap_or("0");
+            total += on_cpu.parse::<u64>().context("schedstat")?;
+        }
+        Ok(std::time::Duration::from_nanos(total))
+    }
+
     /// Stops the node (closing its standard input) and waits for the process to end.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         drop(self.stdin.take());

@@ -11,10 +11,11 @@
 //! slowing the established users' own clients.
 //!
 //! First it measures, on a node with admission off, the node's messaging capacity (sends/s
-//! acknowledged, closed loop) and then its registration capacity *beside the baseline*: new
-//! connection + registration per second, 64 at a time, while the established users send at
-//! half the messaging capacity — what the node can absorb on top of the users it already
-//! has. Then, for each multiplier and each mode, on a fresh node: the same baseline, 3 s
+//! acknowledged, closed loop); then the baseline: the established users' open-loop send
+//! rate that keeps the node half busy (its CPU time, measured), at most half the messaging
+//! capacity; then its registration capacity *beside the baseline*: new connection +
+//! registration per second, 64 at a time — what the node can absorb on top of the users it
+//! already has. Then, for each multiplier and each mode, on a fresh node: the same baseline, 3 s
 //! unloaded, then a wave of new registrations offered at multiplier × registration capacity
 //! for `--duration` seconds, then a drain period in which newcomers still in line may finish.
 
@@ -190,15 +191,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics: args.trace,
         backend_latency_ms: args.node_backend_latency_ms,
     };
+    let cores = match &budget {
+        Some(b) => b.cores(),
+        None => std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+    };
     let msg_capacity = messaging_capacity(&nodes, args.established).await?;
-    let reg_capacity = registration_capacity(&args, &nodes, msg_capacity).await?;
+    let (baseline_rate, busy) =
+        baseline_rate(&nodes, args.established, msg_capacity, cores).await?;
+    let reg_capacity = registration_capacity(&args, &nodes, baseline_rate).await?;
     eprintln!(
-        "capacity of a node with {}: {msg_capacity:.0} envelopes/s end to end; beside half \
-         of that, {reg_capacity:.0} registrations/s",
+        "capacity of a node with {}: {msg_capacity:.0} envelopes/s end to end (closed loop); \
+         baseline {baseline_rate:.0} envelopes/s (open loop, node {:.0}% busy); beside it, \
+         {reg_capacity:.0} registrations/s",
         match &budget {
             Some(b) => format!("{} cores", b.cores()),
             None => "the whole machine".into(),
-        }
+        },
+        100.0 * busy
     );
     let mut rows = Vec::new();
     for &m in &args.multipliers {
@@ -207,7 +216,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "wave {m}x, admission {}",
                 if admission { "on" } else { "off" }
             );
-            rows.push(scenario(&args, &nodes, admission, m, msg_capacity, reg_capacity).await?);
+            rows.push(
+                scenario(
+                    &args,
+                    &nodes,
+                    admission,
+                    m,
+                    baseline_rate,
+                    reg_capacity,
+                    cores,
+                )
+                .await?,
+            );
         }
     }
     if args.json {
@@ -307,14 +327,44 @@ async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> 
     Ok(rate)
 }
 
+/// The established users' send rate for the baseline: half the closed-loop capacity, or
+/// less if that keeps the node more than half busy, and returns it with how busy the node
+/// was at it (of `cores`). Closed loop, with hundreds of sends in flight, the node batches
+/// packets, acknowledgements and writes; at an even open-loop rate it does not, and
+/// half the closed-loop rate kept a quarter-core node 100% busy before any newcomer came
+/// (`levee-surge`'s CPU reading). A baseline that leaves no room measures queueing, not
+/// admission control. Found by measuring the node's CPU at a rate and scaling, three times.
+async fn baseline_rate(
+    nodes: &Nodes<'_>,
+    established: usize,
+    closed_loop: f64,
+    cores: f64,
+) -> anyhow::Result<(f64, f64)> {
+    const TARGET: f64 = 0.5;
+    let most = closed_loop * 0.5;
+    let mut rate = most;
+    let mut busy = 0.0;
+    for _ in 0..3 {
+        let baseline = Baseline::start(nodes, false, established, rate).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        busy = baseline.node_busy(Duration::from_secs(3), cores).await?;
+        baseline.stop().await?;
+        if (busy - TARGET).abs() < 0.05 || (rate >= most && busy <= TARGET) {
+            break;
+        }
+        rate = (rate * TARGET / busy.max(0.05)).min(most);
+    }
+    Ok((rate, busy))
+}
+
 /// New connection + registration per second, 64 at a time for 4 s, from the wave process,
 /// against a node with admission off carrying the messaging baseline.
 async fn registration_capacity(
     args: &Args,
     nodes: &Nodes<'_>,
-    msg_cap: f64,
+    baseline_rate: f64,
 ) -> anyhow::Result<f64> {
-    let baseline = Baseline::start(nodes, false, args.established, msg_cap * 0.5).await?;
+    let baseline = Baseline::start(nodes, false, args.established, baseline_rate).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = spawn_wave(
         args,
@@ -421,6 +471,14 @@ impl Baseline {
             sending,
             tasks,
         })
+    }
+
+    /// How busy the node is over the next `period`: its CPU time over what `cores` give.
+    async fn node_busy(&self, period: Duration, cores: f64) -> anyhow::Result<f64> {
+        let before = self.node.cpu_time()?;
+        tokio::time::sleep(period).await;
+        let used = self.node.cpu_time()? - before;
+        Ok(used.as_secs_f64() / (period.as_secs_f64() * cores))
     }
 
     /// Starts a fresh latency histogram and success count, returning the previous histogram.
@@ -624,6 +682,8 @@ struct Row {
     requests_per_admitted_newcomer: f64,
     send_success: f64,
     unloaded_p99_ms: f64,
+    /// How busy the node was (of its CPU budget) with the baseline alone, before the wave.
+    unloaded_node_busy: f64,
     p50_ms: f64,
     p99_ms: f64,
     p99_vs_unloaded: f64,
@@ -634,13 +694,14 @@ async fn scenario(
     nodes: &Nodes<'_>,
     admission: bool,
     multiplier: f64,
-    msg_cap: f64,
+    baseline_rate: f64,
     reg_cap: f64,
+    cores: f64,
 ) -> anyhow::Result<Row> {
-    let baseline = Baseline::start(nodes, admission, args.established, msg_cap * 0.5).await?;
+    let baseline = Baseline::start(nodes, admission, args.established, baseline_rate).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     baseline.next_period().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unloaded_busy = baseline.node_busy(Duration::from_secs(3), cores).await?;
     let unloaded = baseline.next_period().await;
 
     let trace = baseline
@@ -688,6 +749,7 @@ async fn scenario(
         requests_per_admitted_newcomer: counts.admitted_requests as f64 / admitted.max(1) as f64,
         send_success: ok as f64 / (ok + failed).max(1) as f64,
         unloaded_p99_ms: unloaded_p99,
+        unloaded_node_busy: unloaded_busy,
         p50_ms: quantile_ms(&surge, 0.5),
         p99_ms: quantile_ms(&surge, 0.99),
         p99_vs_unloaded: quantile_ms(&surge, 0.99) / unloaded_p99.max(1e-3),
@@ -843,12 +905,12 @@ fn error_kind(e: &ClientError) -> &'static str {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still at the door | hard failures | requests per admitted: all (their own) | send success | msg p50 | msg p99 (× unloaded) |"
+        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still at the door | hard failures | requests per admitted: all (their own) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
@@ -865,6 +927,7 @@ fn print_table(rows: &[Row]) {
             r.p50_ms,
             r.p99_ms,
             r.p99_vs_unloaded,
+            100.0 * r.unloaded_node_busy,
         );
     }
     for r in rows.iter().filter(|r| r.hard_failures > 0) {
