@@ -70,16 +70,7 @@ impl Session {
         signature: &[u8],
         work: Option<u64>,
     ) -> Result<AccountId, Refusal> {
-        if self.account.is_some() {
-            return Err(refuse(
-                ErrorCode::ProtocolViolation,
-                "session already authenticated",
-            ));
-        }
-        let nonce = self.nonce.take().ok_or(refuse(
-            ErrorCode::ProtocolViolation,
-            "send Hello first to get a challenge",
-        ))?;
+        let nonce = self.take_challenge()?;
         let account = AccountId::from_slice(public_key)
             .ok_or(refuse(ErrorCode::Malformed, "public_key must be 32 bytes"))?;
         if let Some(solution) = work
@@ -102,6 +93,26 @@ impl Session {
                 "signature does not verify for this key and session",
             ))
         }
+    }
+
+    /// Uses up the challenge without checking a proof: for a registration answered from its
+    /// ticket alone (still waiting, or the ticket refused), so that this challenge cannot be
+    /// signed later, exactly as if its proof had been checked.
+    pub fn spend_challenge(&mut self) -> Result<(), Refusal> {
+        self.take_challenge().map(|_| ())
+    }
+
+    fn take_challenge(&mut self) -> Result<[u8; 32], Refusal> {
+        if self.account.is_some() {
+            return Err(refuse(
+                ErrorCode::ProtocolViolation,
+                "session already authenticated",
+            ));
+        }
+        self.nonce.take().ok_or(refuse(
+            ErrorCode::ProtocolViolation,
+            "send Hello first to get a challenge",
+        ))
     }
 
     /// Binds the session to `account` after its proof verified and the account exists.
@@ -182,6 +193,26 @@ mod tests {
         );
         assert_eq!(
             s.hello([2; 32], 0).map_err(|r| r.code),
+            Err(ErrorCode::ProtocolViolation)
+        );
+    }
+
+    #[test]
+    fn a_spent_challenge_cannot_be_signed_afterwards() {
+        let me = Identity::generate().expect("rng");
+        let key = me.account().0;
+        let mut s = Session::new([7; 32]);
+        assert_eq!(
+            s.spend_challenge().map_err(|r| r.code),
+            Err(ErrorCode::ProtocolViolation),
+            "no challenge yet"
+        );
+        s.hello([3; 32], 0).expect("hello");
+        s.spend_challenge().expect("a challenge to spend");
+        let sig = me.sign(&transcript(Purpose::Register, &[7; 32], &[3; 32]));
+        assert_eq!(
+            s.verify_proof(Purpose::Register, &key, &sig, None)
+                .map_err(|r| r.code),
             Err(ErrorCode::ProtocolViolation)
         );
     }

@@ -337,3 +337,74 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_alone_answers_a_return_while_waiting_but_entering_needs_the_proof() {
+    use common::{RawConnection, bytes, error_code};
+    use levee_relay::identity::{Purpose, transcript};
+    use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
+        c.registration_initial_rate = 1.0;
+        // The line keeps its 1/s for the whole test (it may change only at a window's end).
+        c.admission_window_ms = 60_000;
+    })
+    .await;
+    // Three others take the banked place and the next two: ours is a few seconds off.
+    for _ in 0..3 {
+        let other = node.connect(&Identity::generate().unwrap()).await;
+        other.register_once(None).await.unwrap();
+        other.close().await;
+    }
+    let me = Identity::generate().unwrap();
+    let register = |raw: &RawConnection, nonce: &[u8; 32], ticket: &[u8], honest: bool| {
+        // A dishonest proof signs another session's transcript: it never verifies here.
+        let exporter = if honest { raw.exporter } else { [0; 32] };
+        Body::Register(pb::Register {
+            public_key: bytes(&me.account().0),
+            signature: bytes(&me.sign(&transcript(Purpose::Register, &exporter, nonce))),
+            ticket: bytes(ticket),
+            work: 0,
+        })
+    };
+    let mut raw = RawConnection::open(&node).await;
+    let nonce = raw.hello().await;
+    raw.request(1, register(&raw, &nonce, &[], true)).await;
+    let place = match raw.response().await.unwrap().result {
+        Some(R::Queued(q)) => q,
+        other => panic!("expected a place in line, got {other:?}"),
+    };
+
+    // Back at once, with the ticket and a proof that does not verify: still waiting, the
+    // answer comes from the ticket alone (the same place), and the challenge is used up.
+    let nonce = raw.hello().await;
+    raw.request(2, register(&raw, &nonce, &place.ticket, false))
+        .await;
+    match raw.response().await.unwrap().result {
+        Some(R::Queued(q)) => assert_eq!(q.position, place.position),
+        other => panic!("expected the same place, got {other:?}"),
+    }
+    raw.request(3, register(&raw, &nonce, &place.ticket, true))
+        .await;
+    let reused = raw.response().await.unwrap();
+    assert_eq!(error_code(&reused), Some(ErrorCode::ProtocolViolation));
+
+    // Once the place is due, entering needs the proof: a bad one is refused, and the place
+    // stays for the good one.
+    tokio::time::sleep(Duration::from_millis(place.estimated_wait_ms) + Duration::from_secs(2))
+        .await;
+    let nonce = raw.hello().await;
+    raw.request(4, register(&raw, &nonce, &place.ticket, false))
+        .await;
+    let refused = raw.response().await.unwrap();
+    assert_eq!(error_code(&refused), Some(ErrorCode::BadSignature));
+    let nonce = raw.hello().await;
+    raw.request(5, register(&raw, &nonce, &place.ticket, true))
+        .await;
+    match raw.response().await.unwrap().result {
+        Some(R::Authenticated(a)) => assert!(a.created),
+        other => panic!("expected to enter, got {other:?}"),
+    }
+    node.stop().await;
+}

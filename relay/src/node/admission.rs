@@ -172,11 +172,13 @@ impl Admission {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A uniform factor in [0.8, 1.2): spreads the returns of clients told the same thing.
+    /// A uniform factor in [1.0, 1.2): spreads the returns of clients told the same thing,
+    /// never earlier than the estimate. A return before one's place is due is answered with
+    /// another ticket and comes back again; with [0.8, 1.2) a fifth of the waiting crowd did.
     fn jitter(&self) -> f64 {
         let mut b = [0u8; 2];
         let _ = self.rng.fill(&mut b);
-        0.8 + 0.4 * f64::from(u16::from_be_bytes(b)) / 65536.0
+        1.0 + 0.2 * f64::from(u16::from_be_bytes(b)) / 65536.0
     }
 
     /// Whether to serve a request of `class` for `key` now; `Err(retry_after_ms)` if not.
@@ -227,10 +229,11 @@ impl Admission {
     }
 
     /// How many new connections per second to take, or `None` for no limit. While the
-    /// node sheds, is congested, or people wait in line: twice the rate the line advances
-    /// (newcomers to seat, plus existing users reconnecting), at least
-    /// [`MIN_HANDSHAKE_RATE`]. More would only hand out more tickets at a handshake each,
-    /// with CPU the users already connected need.
+    /// node sheds, is congested, or people wait in line: what the line lets through
+    /// ([`WaitingLine::door_rate`]: the newcomers it seats, and a few seconds' worth more
+    /// while it is short), at least [`MIN_HANDSHAKE_RATE`] for existing users reconnecting.
+    /// More would only hand out more tickets at a handshake each, with CPU the users
+    /// already connected need.
     pub(crate) fn handshake_rate(&self) -> Option<f64> {
         if !self.enabled {
             return None;
@@ -242,7 +245,7 @@ impl Admission {
         let pressed = state.controller.level() < AdmissionLevel::ALL
             || state.line.is_paused()
             || !state.line.is_empty();
-        pressed.then(|| (2.0 * state.line.served_rate()).max(MIN_HANDSHAKE_RATE))
+        pressed.then(|| state.line.door_rate().max(MIN_HANDSHAKE_RATE))
     }
 
     /// The proof of work (leading zero bits) a registration without a ticket must carry
