@@ -89,20 +89,14 @@ impl ChildNode {
         })
     }
 
-    /// CPU time the node's process has used so far, all its threads together (Linux:
-    /// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
+    /// CPU time the node's process has used so far (see [`process_cpu_time`]).
     pub fn cpu_time(&self) -> anyhow::Result<std::time::Duration> {
-        let pid = self.child.as_ref().context("the node has stopped")?.id();
-        let mut total = 0u64;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            // A thread that ended between listing and reading is simply not counted.
-            let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
-                continue;
-            };
-            let on_cpu = stat.split_whitespace().next().unwrap_or("0");
-            total += on_cpu.parse::<u64>().context("schedstat")?;
-        }
-        Ok(std::time::Duration::from_nanos(total))
+        process_cpu_time(self.pid()?)
+    }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        Ok(self.child.as_ref().context("the node has stopped")?.id())
     }
 
     /// Stops the node (closing its standard input) and waits for the process to end.
@@ -128,4 +122,19 @@ impl Drop for ChildNode {
             let _ = child.wait();
         }
     }
+}
+
+/// CPU time process `pid` has used so far, all its threads together (Linux:
+/// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
+pub fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread that ended between listing and reading is simply not counted.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        let on_cpu = stat.split_whitespace().next().unwrap_or("0");
+        total += on_cpu.parse::<u64>().context("schedstat")?;
+    }
+    Ok(std::time::Duration::from_nanos(total))
 }

@@ -15,8 +15,8 @@
 //! rate that keeps the node half busy (its CPU time, measured), at most half the messaging
 //! capacity; then its registration capacity *beside the baseline*: new connection +
 //! registration per second, 64 at a time — what the node can absorb on top of the users it
-//! already has. Then, for each multiplier and each mode, on a fresh node: the same baseline, 3 s
-//! unloaded, then a wave of new registrations offered at multiplier × registration capacity
+//! already has. Then, for each multiplier and each mode, on a fresh node: the same baseline,
+//! `--warmup` seconds for the node to learn its usual write latency, 3 s unloaded, then a wave of new registrations offered at multiplier × registration capacity
 //! for `--duration` seconds, then a drain period in which newcomers still in line may finish.
 
 use std::net::SocketAddr;
@@ -47,6 +47,13 @@ struct Args {
     /// Seconds after the wave in which newcomers still in line may finish.
     #[arg(long, default_value_t = 20.0)]
     drain: f64,
+    /// Seconds each fresh node carries the baseline alone before the wave (then 3 s more,
+    /// measured as "unloaded"). A node judges its durable writes slow against the latency
+    /// it usually sees, learnt over minutes; a node only seconds old has learnt that from
+    /// the wave itself. Longer than the wave and drain together, so that most of what the
+    /// node has seen is usual traffic, as on a node that has been running.
+    #[arg(long, default_value_t = 40.0)]
+    warmup: f64,
     /// Wave sizes, as multiples of the measured registration capacity.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
     multipliers: Vec<f64>,
@@ -560,6 +567,8 @@ struct Counts {
     failures: std::collections::BTreeMap<String, u64>,
     requests: u64,
     admitted_requests: u64,
+    /// Of those, connection attempts turned away at the door.
+    admitted_door_attempts: u64,
 }
 
 /// The same, counted concurrently.
@@ -576,6 +585,8 @@ struct Wave {
     requests: AtomicU64,
     /// Requests of the newcomers who were admitted, counted once they were.
     admitted_requests: AtomicU64,
+    /// Of those, connection attempts turned away at the door.
+    admitted_door_attempts: AtomicU64,
 }
 
 impl Wave {
@@ -608,6 +619,7 @@ impl Wave {
             failures: self.failures.lock().expect("not poisoned").clone(),
             requests: get(&self.requests),
             admitted_requests: get(&self.admitted_requests),
+            admitted_door_attempts: get(&self.admitted_door_attempts),
         }
     }
 }
@@ -680,6 +692,8 @@ struct Row {
     not_offered: u64,
     requests_per_admitted: f64,
     requests_per_admitted_newcomer: f64,
+    /// Of those, connection attempts turned away at the door.
+    door_attempts_per_admitted_newcomer: f64,
     send_success: f64,
     unloaded_p99_ms: f64,
     /// How busy the node was (of its CPU budget) with the baseline alone, before the wave.
@@ -699,15 +713,16 @@ async fn scenario(
     cores: f64,
 ) -> anyhow::Result<Row> {
     let baseline = Baseline::start(nodes, admission, args.established, baseline_rate).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup.max(1.0))).await;
     baseline.next_period().await;
     let unloaded_busy = baseline.node_busy(Duration::from_secs(3), cores).await?;
     let unloaded = baseline.next_period().await;
 
+    let pid = baseline.node.pid()?;
     let trace = baseline
         .node
         .admin
-        .map(|admin| tokio::spawn(trace_metrics(admin, baseline.messaging.clone())));
+        .map(|admin| tokio::spawn(trace_metrics(admin, baseline.messaging.clone(), pid, cores)));
     let counts = spawn_wave(
         args,
         &baseline.node.client,
@@ -747,6 +762,8 @@ async fn scenario(
         not_offered: counts.not_offered,
         requests_per_admitted: counts.requests as f64 / admitted.max(1) as f64,
         requests_per_admitted_newcomer: counts.admitted_requests as f64 / admitted.max(1) as f64,
+        door_attempts_per_admitted_newcomer: counts.admitted_door_attempts as f64
+            / admitted.max(1) as f64,
         send_success: ok as f64 / (ok + failed).max(1) as f64,
         unloaded_p99_ms: unloaded_p99,
         unloaded_node_busy: unloaded_busy,
@@ -758,8 +775,9 @@ async fn scenario(
 
 /// The node's admission metrics and the established users' last second of messaging, once
 /// a second, on stderr (`--trace`): enough to see what the controller saw and did during a
-/// wave, and when messages were slow.
-async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>) {
+/// wave, and when messages were slow — and how busy the node was that second (of `cores`),
+/// which tells a node short of CPU from one whose line is shut while it has CPU to spare.
+async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>, pid: u32, cores: f64) {
     const SHOWN: &[&str] = &[
         "levee_admission_level",
         "levee_waiting_room_length",
@@ -771,11 +789,21 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>) {
         "levee_admission_shed_total",
         "levee_admission_admitted_total",
         "levee_connections_dropped_at_door_total",
+        "levee_door_kernel_share",
     ];
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_cpu = (Instant::now(), child_node::process_cpu_time(pid).ok());
     loop {
         tick.tick().await;
+        let cpu = (Instant::now(), child_node::process_cpu_time(pid).ok());
+        let busy = match (last_cpu.1, cpu.1) {
+            (Some(before), Some(now)) => {
+                (now - before).as_secs_f64() / ((cpu.0 - last_cpu.0).as_secs_f64() * cores)
+            }
+            _ => f64::NAN,
+        };
+        last_cpu = cpu;
         let Ok((200, text)) = levee_relay::admin_client::request(
             admin,
             None,
@@ -799,8 +827,9 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>) {
             .replace(latency_histogram())
             .unwrap_or_else(latency_histogram);
         eprintln!(
-            "t={:>3.0}s msgs={} p50={:.0}ms p99={:.0}ms failed={} | {}",
+            "t={:>3.0}s busy={:.0}% msgs={} p50={:.0}ms p99={:.0}ms failed={} | {}",
             start.elapsed().as_secs_f64(),
+            100.0 * busy,
             recent.len(),
             quantile_ms(&recent, 0.5),
             quantile_ms(&recent, 0.99),
@@ -831,10 +860,11 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
         return;
     };
     // What the node saw of this newcomer, added to the wave's total at the end.
-    let mut requests = 0u64;
+    let mut door_attempts = 0u64;
     let connected = connector
-        .connect_patiently(identity, give_up, || requests += 1)
+        .connect_patiently(identity, give_up, || door_attempts += 1)
         .await;
+    let mut requests = door_attempts;
     let client = match connected {
         Ok(client) => client,
         Err(e) => {
@@ -865,6 +895,8 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     if matches!(outcome, Ok(Ok(_))) {
         wave.admitted_requests
             .fetch_add(requests, Ordering::Relaxed);
+        wave.admitted_door_attempts
+            .fetch_add(door_attempts, Ordering::Relaxed);
     }
     match outcome {
         Ok(Ok(_)) if Instant::now() <= wave_end => {
@@ -905,12 +937,12 @@ fn error_kind(e: &ClientError) -> &'static str {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still at the door | hard failures | requests per admitted: all (their own) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
+        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting with ticket | still at the door | hard failures | requests per admitted: all (their own: at the door + registering) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} ({:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} | {} | {} | {:.2} ({:.2}: {:.2} + {:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
@@ -923,6 +955,8 @@ fn print_table(rows: &[Row]) {
             r.hard_failures,
             r.requests_per_admitted,
             r.requests_per_admitted_newcomer,
+            r.door_attempts_per_admitted_newcomer,
+            r.requests_per_admitted_newcomer - r.door_attempts_per_admitted_newcomer,
             100.0 * r.send_success,
             r.p50_ms,
             r.p99_ms,

@@ -26,6 +26,7 @@ const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
 const DROPPED_AT_DOOR: &str = "levee_connections_dropped_at_door_total";
+const DOOR_KERNEL_SHARE: &str = "levee_door_kernel_share";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const BACKEND_LATENCY_LIMIT: &str = "levee_backend_write_latency_limit_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
@@ -131,6 +132,12 @@ fn describe() {
         "New connection attempts dropped before QUIC, over the node-wide handshake rate"
     );
     describe_gauge!(
+        DOOR_KERNEL_SHARE,
+        Unit::Count,
+        "Share (0-1) of new connection attempts the kernel passes to the door; the rest it \
+         drops before the node receives them"
+    );
+    describe_gauge!(
         DELIVERY_LAG,
         Unit::Count,
         "Delivery-log records not yet stored in mailboxes"
@@ -193,6 +200,7 @@ pub(crate) struct NodeMetrics {
     backend_latency_limit: Gauge,
     connections: Gauge,
     dropped_at_door: Counter,
+    door_kernel_share: Gauge,
     envelopes_accepted: Counter,
     envelopes_stored: Counter,
     shards_owned: Gauge,
@@ -229,6 +237,7 @@ impl NodeMetrics {
             backend_latency_limit: gauge!(BACKEND_LATENCY_LIMIT, &[n()]),
             connections: gauge!(CONNECTIONS, &[n()]),
             dropped_at_door: counter!(DROPPED_AT_DOOR, &[n()]),
+            door_kernel_share: gauge!(DOOR_KERNEL_SHARE, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
             envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
             shards_owned: gauge!(SHARDS_OWNED, &[n()]),
@@ -289,8 +298,10 @@ impl NodeMetrics {
     }
 
     /// The door's running total of dropped connection attempts.
-    pub(crate) fn dropped_at_door(&self, total: u64) {
-        self.dropped_at_door.absolute(total);
+    /// The door's drops so far, and the share of attempts the kernel passes to it.
+    pub(crate) fn door(&self, dropped: u64, kernel_share: f64) {
+        self.dropped_at_door.absolute(dropped);
+        self.door_kernel_share.set(kernel_share);
     }
 
     pub(crate) fn envelope_accepted(&self) {

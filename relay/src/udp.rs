@@ -38,7 +38,13 @@ pub(crate) fn endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    let socket = runtime.wrap_udp_socket(bind(addr)?)?;
+    let bound = bind(addr)?;
+    if let Some(door) = &door {
+        // A duplicate descriptor of the same socket: a filter set through it applies to
+        // what the endpoint receives.
+        door.sieve(bound.try_clone()?);
+    }
+    let socket = runtime.wrap_udp_socket(bound)?;
     let mut config = quinn::EndpointConfig::default();
     let socket: Arc<dyn quinn::AsyncUdpSocket> = match door {
         Some(door) => {

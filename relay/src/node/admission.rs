@@ -23,6 +23,12 @@ const MIN_TICKET_LIFE: Duration = Duration::from_secs(600);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// New connections per second a pressed node still takes, whatever its line does.
 const MIN_HANDSHAKE_RATE: f64 = 20.0;
+/// How long the door stays limited after the node was last pressed. The crowd it turned
+/// away is still outside, trying again (QUIC resends a dropped Initial after 1, 2, 4 s; a
+/// patient client tries a new connection within 8 s): opening the door the moment the line
+/// ran empty let thousands of handshakes in at once, and in a 50x wave the node stalled for
+/// two seconds and lost 163 newcomers' connections (`levee-surge --trace`).
+const DOOR_RELEASE: Duration = Duration::from_secs(10);
 
 /// What to do with a registration.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +56,8 @@ struct State {
     /// Durable storage writes (delivery-log appends, mailbox inserts, acknowledgements)
     /// and delivery lag.
     backend: BackendHealth,
+    /// When the node was last pressed (shedding, congested, or people in line).
+    pressed_at: Option<Instant>,
 }
 
 impl State {
@@ -157,6 +165,7 @@ impl Admission {
                     config.admission_backend_lag,
                     Duration::from_millis(config.admission_window_ms) * EVIDENCE_WINDOWS,
                 ),
+                pressed_at: None,
             }),
             work_max_bits: config.registration_work_max_bits,
             salt: CohortSalt::new(secret, COHORT_ROTATION),
@@ -229,7 +238,8 @@ impl Admission {
     }
 
     /// How many new connections per second to take, or `None` for no limit. While the
-    /// node sheds, is congested, or people wait in line: what the line lets through
+    /// node sheds, is congested, or people wait in line, and for [`DOOR_RELEASE`] after:
+    /// what the line lets through
     /// ([`WaitingLine::door_rate`]: the newcomers it seats, and a few seconds' worth more
     /// while it is short), at least [`MIN_HANDSHAKE_RATE`] for existing users reconnecting.
     /// More would only hand out more tickets at a handshake each, with CPU the users
@@ -239,13 +249,20 @@ impl Admission {
             return None;
         }
         let mut state = self.lock();
-        state.line.advance(Instant::now());
+        let now = Instant::now();
+        state.line.advance(now);
         // Congested as the last lag probe judged it (the line is paused exactly then): the
         // door's rate is set right after each probe, so judging again would repeat the work.
-        let pressed = state.controller.level() < AdmissionLevel::ALL
+        if state.controller.level() < AdmissionLevel::ALL
             || state.line.is_paused()
-            || !state.line.is_empty();
-        pressed.then(|| state.line.door_rate().max(MIN_HANDSHAKE_RATE))
+            || !state.line.is_empty()
+        {
+            state.pressed_at = Some(now);
+        }
+        let limited = state
+            .pressed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DOOR_RELEASE);
+        limited.then(|| state.line.door_rate().max(MIN_HANDSHAKE_RATE))
     }
 
     /// The proof of work (leading zero bits) a registration without a ticket must carry
@@ -496,6 +513,27 @@ mod tests {
             off.register(&i.to_be_bytes(), None);
         }
         assert_eq!(off.work_bits(), 0);
+    }
+
+    #[test]
+    fn the_door_stays_limited_for_a_while_after_the_line_runs_empty() {
+        let a = admission(1000.0);
+        assert_eq!(
+            a.handshake_rate(),
+            None,
+            "an idle node takes every connection"
+        );
+        // 1,000 banked places, 1,500 newcomers: 500 wait.
+        for i in 0..1500u32 {
+            a.register(&i.to_be_bytes(), None);
+        }
+        let waiting = a.handshake_rate().expect("limited while people wait");
+        assert!(waiting < 2000.0, "{waiting}");
+        // Half a second at 1,000/s and the line is empty; the crowd outside is not gone.
+        std::thread::sleep(Duration::from_millis(700));
+        let after = a.handshake_rate().expect("still limited just after");
+        assert!(a.lock().line.is_empty());
+        assert!(after <= 2000.0, "{after}");
     }
 
     #[test]

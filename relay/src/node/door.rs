@@ -35,11 +35,15 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::sieve::{ISSUED_ID_LEN, Sieve};
+
 /// Random part of an issued connection id: enough entropy that ids of concurrent
 /// connections do not collide.
 const NONCE_LEN: usize = 8;
 /// Keyed-hash part, by which the door recognises ids it issued.
 const MARK_LEN: usize = 4;
+// The kernel's sieve tells ids this node issued by their length alone.
+const _: () = assert!(NONCE_LEN + MARK_LEN == ISSUED_ID_LEN as usize);
 
 /// Connection ids that carry a keyed hash of their random part, so the node can tell "an
 /// id I issued" from "an id a client made up" statelessly. The key is random per process
@@ -159,7 +163,11 @@ pub(crate) struct Door {
     /// f64 bits of the rate; `NO_LIMIT` when unlimited.
     rate: AtomicU64,
     bucket: Mutex<HandshakeRate>,
+    /// New-connection Initials judged so far (passed or dropped).
+    judged: AtomicU64,
     dropped: AtomicU64,
+    /// The kernel's share of the work, once the endpoint's socket is known.
+    sieve: Mutex<Option<Sieve>>,
 }
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -170,8 +178,26 @@ impl Door {
             issued: IssuedIds::new(),
             rate: AtomicU64::new(NO_LIMIT),
             bucket: Mutex::new(HandshakeRate::new(Instant::now())),
+            judged: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            sieve: Mutex::new(None),
         }
+    }
+
+    /// Lets the kernel drop a share of new connections on `socket` (the endpoint's, or a
+    /// duplicate of it) while the door is limited; see `node::sieve`.
+    pub(crate) fn sieve(&self, socket: std::net::UdpSocket) {
+        *self.sieve.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Sieve::new(socket, Instant::now()));
+    }
+
+    /// The share of new connections the kernel passes to the door (1.0 without a sieve).
+    pub(crate) fn kernel_share(&self) -> f64 {
+        self.sieve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(1.0, Sieve::share)
     }
 
     /// The connection ids this door recognises, for the endpoint to issue.
@@ -179,10 +205,19 @@ impl Door {
         self.issued.clone()
     }
 
-    /// Sets how many new connections per second may pass (`None`: all).
+    /// Sets how many new connections per second may pass (`None`: all), and adjusts the
+    /// kernel's share of the work to it.
     pub(crate) fn set_rate(&self, rate: Option<f64>) {
         let bits = rate.map_or(NO_LIMIT, f64::to_bits);
         self.rate.store(bits, Ordering::Relaxed);
+        if let Some(sieve) = self
+            .sieve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            sieve.update(self.judged.load(Ordering::Relaxed), rate, Instant::now());
+        }
     }
 
     /// New connections dropped so far.
@@ -195,6 +230,7 @@ impl Door {
         if !opens_connection(datagram, &self.issued) {
             return true;
         }
+        self.judged.fetch_add(1, Ordering::Relaxed);
         let bits = self.rate.load(Ordering::Relaxed);
         let rate = (bits != NO_LIMIT).then(|| f64::from_bits(bits));
         let passes = self

@@ -10,6 +10,7 @@ pub(crate) mod door;
 mod fault;
 mod guard;
 mod membership;
+mod sieve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -422,7 +423,9 @@ async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
         shared.admission.record_scheduling_lag(lag);
         shared.door.set_rate(shared.admission.handshake_rate());
         if n % 10 == 0 {
-            shared.metrics.dropped_at_door(shared.door.dropped());
+            shared
+                .metrics
+                .door(shared.door.dropped(), shared.door.kernel_share());
             shared.admission.tick();
         }
         if n % 1000 == 0 {
