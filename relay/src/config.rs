@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::MAX_WORK_BITS;
 
+/// Most `registration_hold_ms` may be: well within the 30 s a client waits for an answer.
+const MAX_REGISTRATION_HOLD_MS: u64 = 10_000;
+
 /// Configuration of one relay node (embedded deployment).
 ///
 /// Read by the `levee` binary from a TOML file (`--config`), then `LEVEE_*` environment
@@ -78,6 +81,11 @@ pub struct NodeConfig {
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
+    /// Longest the node holds a registration's answer while its place comes due, instead
+    /// of answering `Queued` at once (0: never holds). A held registration costs the node a
+    /// timer; a return costs a challenge, a request and a ticket, and the client one more
+    /// round trip.
+    pub registration_hold_ms: u64,
     /// Proof of work for registrations while a waiting line forms: the most leading zero
     /// bits asked (difficulty rises one bit per doubling of the line from 8 bits, up to
     /// this). 0, the default, turns it off; at most 28.
@@ -159,6 +167,7 @@ impl Default for NodeConfig {
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,
+            registration_hold_ms: 5_000,
             registration_work_max_bits: 0,
             node_name: "node-1".into(),
             region: "local".into(),
@@ -214,6 +223,12 @@ impl NodeConfig {
         }
         if !(self.registration_initial_rate.is_finite() && self.registration_initial_rate >= 1.0) {
             return Err("registration_initial_rate must be at least 1".into());
+        }
+        if self.registration_hold_ms > MAX_REGISTRATION_HOLD_MS {
+            return Err(format!(
+                "registration_hold_ms may be at most {MAX_REGISTRATION_HOLD_MS} (clients give \
+                 up on an answer after 30 s)"
+            ));
         }
         if self.registration_work_max_bits > MAX_WORK_BITS {
             return Err(format!(

@@ -95,6 +95,12 @@ impl Session {
         }
     }
 
+    /// Whether a proof would be looked at now: a challenge was issued and the session is
+    /// not authenticated yet.
+    pub fn awaits_proof(&self) -> bool {
+        self.nonce.is_some() && self.account.is_none()
+    }
+
     /// Uses up the challenge without checking a proof: for a registration answered from its
     /// ticket alone (still waiting, or the ticket refused), so that this challenge cannot be
     /// signed later, exactly as if its proof had been checked.
