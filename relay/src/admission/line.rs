@@ -110,9 +110,9 @@ impl WaitingLine {
     /// has already cost a handshake; one let in beyond what the line seats soon waits
     /// connected, comes back with its ticket again and again, and at a wave's end gives up
     /// with that work wasted. Letting in twice the head's rate regardless built a line of
-    /// 1,000–1,800 connected newcomers in a 10x wave, 1,600 of whom were still waiting when
-    /// they gave up (`levee-surge --trace`). Outside the door, a crowd costs the node only
-    /// dropped datagrams.
+    /// 1,000–1,800 connected newcomers in a 10x wave, and 1,600–1,900 were still waiting
+    /// when they gave up (`levee-surge --trace`). Outside the door, a crowd costs the node
+    /// only dropped datagrams, most of them dropped by the kernel (`node::sieve`).
     pub fn door_rate(&self) -> f64 {
         let served = self.served_rate();
         let room = 1.0 - self.len() as f64 / (self.rate * CONNECTED_LINE_SECS).max(1.0);

@@ -5,9 +5,10 @@
 //! Why: the door (`node::door`) drops a new connection's Initial cheaply next to a
 //! handshake, but each one is still a datagram received, copied and looked at in the node's
 //! process. A signup wave's crowd resends its Initials on QUIC's timers, and a quarter-core
-//! node in a 10x wave received 20,000–30,000 of them a second; with no newcomer connected
-//! any more, those drops alone kept the node 20–40% busier than its established users did
-//! (`levee-surge --trace`, "busy", in the seconds after a wave). The sieve passes to the
+//! node in a 10x wave received 20,000–30,000 of them a second. After a wave, with no
+//! newcomer connected any more, 15,000–20,000 drops a second cost about a tenth of the
+//! node's CPU budget: it was 98–100% busy while they came and 86–89% once they stopped
+//! (`levee-surge --trace`, "busy"). The sieve passes to the
 //! door only a few times what the door will let through, chosen at random; the rest never
 //! leave the kernel.
 //!
