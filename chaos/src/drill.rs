@@ -66,6 +66,8 @@ const FROM_NEWCOMER: u8 = 2;
 const PAYLOAD: usize = 64;
 /// How long one send may keep retrying (reconnects included) before it counts as failed.
 const SEND_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a newcomer keeps trying to connect to one node before it tries the next.
+const PATIENCE_PER_NODE: Duration = Duration::from_secs(30);
 
 /// The live nodes and a connector (one UDP socket) for each.
 #[derive(Default)]
@@ -683,9 +685,17 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
                     }
                     continue;
                 };
-                // Patient until the run ends: a refusal costs the node one packet.
-                let give_up = shared.timeline.epoch()
-                    + Duration::from_secs_f64(shared.scenario.duration_s + shared.scenario.drain_s);
+                // Patient until the run ends — a refusal costs the node one packet — but at
+                // one node for at most PATIENCE_PER_NODE, then at the next live one, as an
+                // app that knows several addresses would: a node killed mid-wave answers
+                // nothing, and newcomers knocking at it until the end were counted as still
+                // refused at the door (206 in a run where every live node had let its crowd
+                // in).
+                let give_up = (shared.timeline.epoch()
+                    + Duration::from_secs_f64(
+                        shared.scenario.duration_s + shared.scenario.drain_s,
+                    ))
+                .min(Instant::now() + PATIENCE_PER_NODE);
                 let connected = connector
                     .connect_patiently(identity.clone(), give_up, || {
                         shared.timeline.refused();
