@@ -8,13 +8,13 @@
 //! node in a 10x wave received 20,000–30,000 of them a second. After a wave, with no
 //! newcomer connected any more, 15,000–20,000 drops a second cost about a tenth of the
 //! node's CPU budget: it was 98–100% busy while they came and 86–89% once they stopped
-//! (`levee-surge --trace`, "busy"). The sieve passes to the
-//! door only a few times what the door will let through, chosen at random; the rest never
-//! leave the kernel.
+//! (`levee-surge --trace`, "busy"). The sieve passes to the door only a few times what the
+//! door will let through, chosen at random; the rest never leave the kernel.
 //!
 //! What the filter matches is what the door would drop, without the door's keyed hash
-//! (classic BPF cannot compute one): a QUIC v1 Initial whose destination connection id is
-//! not [`ISSUED_ID_LEN`] bytes long. Every id this node issues has that length, so a
+//! (classic BPF cannot compute one): a long-header packet of type 0 — a QUIC v1 Initial;
+//! the version is not checked, since clients only send that type in v1 — whose
+//! destination connection id is not [`ISSUED_ID_LEN`] bytes long. Every id this node issues has that length, so a
 //! handshake under way and an established connection always pass; a client that happens to
 //! pick an id of that length for its first Initial passes to the door, which judges it
 //! exactly. Clients pick their own first ids at random and resend dropped Initials, so
