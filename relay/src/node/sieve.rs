@@ -25,6 +25,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
 use socket2::{SockFilter, SockRef};
 
 /// Length of the connection ids this node issues (see `door::IssuedIds`).
@@ -102,6 +103,7 @@ impl SieveShare {
 
 /// The filter program passing `share` of new-connection Initials (see the module docs).
 /// Offsets count from the UDP header, which socket filters of UDP sockets see first.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn program(share: f64) -> Vec<SockFilter> {
     // Classic BPF opcodes (linux/filter.h).
     const LD_B_ABS: u16 = 0x30;
@@ -133,10 +135,29 @@ pub(crate) fn program(share: f64) -> Vec<SockFilter> {
     ]
 }
 
+/// Puts a filter passing `share` of new connections on `socket`, or takes it off at 1.0.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn apply(socket: &UdpSocket, share: f64) -> std::io::Result<()> {
+    let socket = SockRef::from(socket);
+    if share >= 1.0 {
+        socket.detach_filter()
+    } else {
+        socket.attach_filter(&program(share))
+    }
+}
+
+/// Socket filters are Linux's; elsewhere the door does all the work.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn apply(_: &UdpSocket, _: f64) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 /// A [`SieveShare`] on a socket (a duplicate of the endpoint's, so the same socket).
 pub(crate) struct Sieve {
     socket: UdpSocket,
     share: SieveShare,
+    /// The socket refused a filter: the door does all the work from then on.
+    refused: bool,
 }
 
 impl Sieve {
@@ -144,6 +165,7 @@ impl Sieve {
         Self {
             socket,
             share: SieveShare::new(now),
+            refused: false,
         }
     }
 
@@ -153,22 +175,24 @@ impl Sieve {
     }
 
     /// Reconsiders the share (see [`SieveShare::update`]) and puts a change on the socket.
-    /// A socket that refuses the filter keeps what it had: the door behind it still judges
-    /// every datagram, only at its own cost.
+    /// A socket that refuses the filter (no socket filters on this system) is left alone
+    /// from then on, its share back at 1.0: the door behind it still judges every
+    /// datagram, only at its own cost.
     pub(crate) fn update(&mut self, seen: u64, rate: Option<f64>, now: Instant) {
+        if self.refused {
+            return;
+        }
         let Some(share) = self.share.update(seen, rate, now) else {
             return;
         };
-        let socket = SockRef::from(&self.socket);
-        let result = if share >= 1.0 {
-            socket.detach_filter()
-        } else {
-            socket.attach_filter(&program(share))
-        };
-        if let Err(e) = result {
-            // Detaching a socket that has no filter fails harmlessly (ENOENT).
-            if share < 1.0 {
+        match apply(&self.socket, share) {
+            Ok(()) => {}
+            // Taking off a filter that is not there fails harmlessly (ENOENT).
+            Err(_) if share >= 1.0 => {}
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot filter new connections in the kernel");
+                self.refused = true;
+                self.share = SieveShare::new(now);
             }
         }
     }
@@ -214,6 +238,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn the_filter_drops_new_connections_in_the_kernel_and_passes_everything_else() {
         use std::net::UdpSocket;
         let node = UdpSocket::bind("127.0.0.1:0").expect("bind");
