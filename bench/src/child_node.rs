@@ -89,11 +89,6 @@ impl ChildNode {
         })
     }
 
-    /// CPU time the node's process has used so far (see [`process_cpu_time`]).
-    pub fn cpu_time(&self) -> anyhow::Result<std::time::Duration> {
-        process_cpu_time(self.pid()?)
-    }
-
     /// The node's process id, while it runs.
     pub fn pid(&self) -> anyhow::Result<u32> {
         Ok(self.child.as_ref().context("the node has stopped")?.id())
@@ -124,9 +119,40 @@ impl Drop for ChildNode {
     }
 }
 
+/// How busy a process is: its CPU time between two readings over what `cores` give in
+/// that time.
+pub struct CpuMeter {
+    pid: u32,
+    cores: f64,
+    last: Option<(std::time::Instant, std::time::Duration)>,
+}
+
+impl CpuMeter {
+    /// Takes the first reading.
+    pub fn new(pid: u32, cores: f64) -> Self {
+        let last = process_cpu_time(pid)
+            .ok()
+            .map(|t| (std::time::Instant::now(), t));
+        Self { pid, cores, last }
+    }
+
+    /// The share of `cores` the process used since the last reading (1.0: all of them), and
+    /// takes a new reading; `None` if either reading failed or no time has passed.
+    pub fn busy(&mut self) -> Option<f64> {
+        let now = process_cpu_time(self.pid)
+            .ok()
+            .map(|t| (std::time::Instant::now(), t));
+        let (before, after) = (self.last, now);
+        self.last = now;
+        let ((t0, cpu0), (t1, cpu1)) = (before?, after?);
+        let wall = (t1 - t0).as_secs_f64();
+        (wall > 1e-3).then(|| (cpu1.saturating_sub(cpu0)).as_secs_f64() / (wall * self.cores))
+    }
+}
+
 /// CPU time process `pid` has used so far, all its threads together (Linux:
 /// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
-pub fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         // A thread that ended between listing and reading is simply not counted.

@@ -16,8 +16,9 @@
 //! capacity; then its registration capacity *beside the baseline*: new connection +
 //! registration per second, 64 at a time — what the node can absorb on top of the users it
 //! already has. Then, for each multiplier and each mode, on a fresh node: the same baseline,
-//! `--warmup` seconds for the node to learn its usual write latency, 3 s unloaded, then a wave of new registrations offered at multiplier × registration capacity
-//! for `--duration` seconds, then a drain period in which newcomers still in line may finish.
+//! `--warmup` seconds for the node to learn its usual write latency, 3 s unloaded, then a
+//! wave of new registrations offered at multiplier × registration capacity for `--duration`
+//! seconds, then a drain period in which newcomers still in line may finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use levee_bench::child_node::{self, ChildNode};
+use levee_bench::child_node::{self, ChildNode, CpuMeter};
 use levee_bench::cpu_budget::{self, CpuBudget};
 use levee_bench::{latency_histogram, quantile_ms, record};
 use levee_relay::client::{Client, ClientConfig, ClientError, Connector};
@@ -337,10 +338,11 @@ async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> 
 /// The established users' send rate for the baseline: half the closed-loop capacity, or
 /// less if that keeps the node more than half busy, and returns it with how busy the node
 /// was at it (of `cores`). Closed loop, with hundreds of sends in flight, the node batches
-/// packets, acknowledgements and writes; at an even open-loop rate it does not, and
-/// half the closed-loop rate kept a quarter-core node 100% busy before any newcomer came
-/// (`levee-surge`'s CPU reading). A baseline that leaves no room measures queueing, not
-/// admission control. Found by measuring the node's CPU at a rate and scaling, three times.
+/// packets, acknowledgements and writes; at an even open-loop rate it does not, and half
+/// the closed-loop rate came to three to five times what keeps a quarter-core node half
+/// busy (docs/PERFORMANCE.md, "Fourth pass"). A baseline that leaves no room measures
+/// queueing, not admission control. Found by measuring the node's CPU at a rate and
+/// scaling, at most three times.
 async fn baseline_rate(
     nodes: &Nodes<'_>,
     established: usize,
@@ -480,12 +482,11 @@ impl Baseline {
         })
     }
 
-    /// How busy the node is over the next `period`: its CPU time over what `cores` give.
+    /// How busy the node is over the next `period` (see [`CpuMeter`]).
     async fn node_busy(&self, period: Duration, cores: f64) -> anyhow::Result<f64> {
-        let before = self.node.cpu_time()?;
+        let mut meter = CpuMeter::new(self.node.pid()?, cores);
         tokio::time::sleep(period).await;
-        let used = self.node.cpu_time()? - before;
-        Ok(used.as_secs_f64() / (period.as_secs_f64() * cores))
+        meter.busy().context("the node's CPU time")
     }
 
     /// Starts a fresh latency histogram and success count, returning the previous histogram.
@@ -793,17 +794,10 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>, pid: u32, c
     ];
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_cpu = (Instant::now(), child_node::process_cpu_time(pid).ok());
+    let mut cpu = CpuMeter::new(pid, cores);
     loop {
         tick.tick().await;
-        let cpu = (Instant::now(), child_node::process_cpu_time(pid).ok());
-        let busy = match (last_cpu.1, cpu.1) {
-            (Some(before), Some(now)) => {
-                (now - before).as_secs_f64() / ((cpu.0 - last_cpu.0).as_secs_f64() * cores)
-            }
-            _ => f64::NAN,
-        };
-        last_cpu = cpu;
+        let busy = cpu.busy().unwrap_or(f64::NAN);
         let Ok((200, text)) = levee_relay::admin_client::request(
             admin,
             None,
