@@ -26,6 +26,29 @@ struct Newcomer {
     places: Vec<u64>,
 }
 
+/// `n` newcomers connect one after another, then all send one registration at once (no
+/// ticket); their answers. Connecting first matters: once people wait, the node's door lets
+/// new connections in at a limited rate, and a line moving meanwhile would change what they
+/// are told.
+async fn register_at_once(
+    node: &TestNode,
+    n: usize,
+) -> Vec<Result<levee_relay::client::Registration, levee_relay::client::ClientError>> {
+    let mut newcomers = Vec::new();
+    for _ in 0..n {
+        newcomers.push(node.connect(&Identity::generate().unwrap()).await);
+    }
+    let mut registering = tokio::task::JoinSet::new();
+    for c in newcomers {
+        registering.spawn(async move {
+            let outcome = c.register_once(None).await;
+            c.close().await;
+            outcome
+        });
+    }
+    registering.join_all().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,23 +302,10 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
     // Others queue up, all at once (a line at 1/s lets one in at a time); the client library
     // solves whatever work is asked by itself.
     const OTHERS: usize = 12;
-    let mut others = Vec::new();
-    for _ in 0..OTHERS {
-        others.push(node.connect(&Identity::generate().unwrap()).await);
-    }
-    let mut registering = tokio::task::JoinSet::new();
-    for other in others {
-        registering.spawn(async move {
-            let outcome = other.register_once(None).await;
-            other.close().await;
-            matches!(outcome, Ok(levee_relay::client::Registration::Queued(_)))
-        });
-    }
-    let queued = registering
-        .join_all()
+    let queued = register_at_once(&node, OTHERS)
         .await
         .into_iter()
-        .filter(|q| *q)
+        .filter(|o| matches!(o, Ok(levee_relay::client::Registration::Queued(_))))
         .count();
     // At 1/s, at most the banked place and a few more enter while twelve register at once;
     // the line is still there when this test looks, however slow the machine.
@@ -426,22 +436,13 @@ async fn a_place_due_within_the_hold_is_waited_for_and_admitted_in_one_request()
         c.admission_window_ms = 60_000;
     })
     .await;
-    // Everyone connects first (the door limits new connections once people wait), then all
-    // register at once, with one request each.
+    // All register at once, with one request each.
     const NEWCOMERS: usize = 24;
-    let mut newcomers = Vec::new();
-    for _ in 0..NEWCOMERS {
-        newcomers.push(node.connect(&Identity::generate().unwrap()).await);
-    }
-    let mut registering = tokio::task::JoinSet::new();
-    for n in newcomers {
-        registering.spawn(async move {
-            let outcome = n.register_once(None).await.unwrap();
-            n.close().await;
-            outcome
-        });
-    }
-    let outcomes = registering.join_all().await;
+    let outcomes: Vec<Registration> = register_at_once(&node, NEWCOMERS)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let entered = outcomes
         .iter()
         .filter(|o| matches!(o, Registration::Registered { created: true }))

@@ -239,11 +239,10 @@ impl Admission {
 
     /// How many new connections per second to take, or `None` for no limit. While the
     /// node sheds, is congested, or people wait in line, and for [`DOOR_RELEASE`] after:
-    /// what the line lets through
-    /// ([`WaitingLine::door_rate`]: the newcomers it seats, and a few seconds' worth more
-    /// while it is short), at least [`MIN_HANDSHAKE_RATE`] for existing users reconnecting.
-    /// More would only hand out more tickets at a handshake each, with CPU the users
-    /// already connected need.
+    /// what the line lets through ([`WaitingLine::door_rate`]: the newcomers it seats, and
+    /// a few seconds' worth more while it is short), at least [`MIN_HANDSHAKE_RATE`] for
+    /// existing users reconnecting. More would only hand out more tickets at a handshake
+    /// each, with CPU the users already connected need.
     pub(crate) fn handshake_rate(&self) -> Option<f64> {
         if !self.enabled {
             return None;

@@ -81,15 +81,12 @@ impl SieveShare {
         self.arrivals = arriving.max(0.5 * self.arrivals + 0.5 * arriving);
         self.last = now;
         self.seen_at_last = seen;
-        let wanted = match rate {
+        let next = match rate {
             None => 1.0,
-            Some(_) if self.arrivals <= 0.0 => 1.0,
-            Some(r) => (HEADROOM * r / self.arrivals).clamp(MIN_SHARE, 1.0),
-        };
-        let next = if rate.is_none() {
-            1.0
-        } else {
-            wanted.min(2.0 * self.share)
+            Some(_) if self.arrivals <= 0.0 => (2.0 * self.share).min(1.0),
+            Some(r) => (HEADROOM * r / self.arrivals)
+                .clamp(MIN_SHARE, 1.0)
+                .min(2.0 * self.share),
         };
         // Small changes are not worth a system call.
         let changed =
