@@ -689,8 +689,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
                 // one node for at most PATIENCE_PER_NODE, then at the next live one, as an
                 // app that knows several addresses would: a node killed mid-wave answers
                 // nothing, and newcomers knocking at it until the end were counted as still
-                // refused at the door (206 in a run where every live node had let its crowd
-                // in).
+                // refused at the door (206 in one run; none once they moved on).
                 let give_up = (shared.timeline.epoch()
                     + Duration::from_secs_f64(
                         shared.scenario.duration_s + shared.scenario.drain_s,
