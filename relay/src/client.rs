@@ -79,6 +79,7 @@ impl ClientConfig {
 pub struct Connector {
     endpoint: quinn::Endpoint,
     config: ClientConfig,
+    quinn_config: quinn::ClientConfig,
     mismatch: MismatchFlag,
 }
 
@@ -93,15 +94,15 @@ impl Connector {
         }
         .parse()
         .expect("a literal socket address");
-        let mut endpoint =
+        let endpoint =
             crate::udp::endpoint(bind, None, None).map_err(|e| ClientError::Unreachable {
                 server: config.server,
                 reason: format!("cannot open a UDP socket: {e}"),
             })?;
-        endpoint.set_default_client_config(client_config);
         Ok(Self {
             endpoint,
             config: config.clone(),
+            quinn_config: client_config,
             mismatch,
         })
     }
@@ -142,6 +143,7 @@ impl Connector {
             let attempt = Client::establish(
                 &self.endpoint,
                 &self.config,
+                presenting_pass(self.quinn_config.clone(), &identity),
                 &self.mismatch,
                 identity.clone(),
             )
@@ -397,11 +399,38 @@ fn quinn_config(trust: &Trust) -> Result<(quinn::ClientConfig, MismatchFlag), Cl
     Ok((client_config, mismatch))
 }
 
+/// `quinn_config`, putting `identity`'s door pass, if it has one, in the first packet of
+/// each connection made with it (the QUIC token field; see `Identity`).
+fn presenting_pass(
+    mut quinn_config: quinn::ClientConfig,
+    identity: &Identity,
+) -> quinn::ClientConfig {
+    if let Some(pass) = identity.door_pass() {
+        quinn_config.token_store(Arc::new(DoorPass(pass)));
+    }
+    quinn_config
+}
+
+/// A QUIC token store holding one door pass, presented on every connection. QUIC's own
+/// tokens (NEW_TOKEN frames) are not kept: Levee nodes send none.
+struct DoorPass(Bytes);
+
+impl quinn::TokenStore for DoorPass {
+    fn insert(&self, _server_name: &str, _token: Bytes) {}
+
+    /// The same pass every time. QUIC advises against reusing a token, because it links a
+    /// client's connections; a pass is presented only by a client about to prove its
+    /// account on the connection anyway.
+    fn take(&self, _server_name: &str) -> Option<Bytes> {
+        Some(self.0.clone())
+    }
+}
+
 /// Opens a connection and its session stream, and starts its reader and writer.
 async fn open_link(
     endpoint: &quinn::Endpoint,
     config: &ClientConfig,
-    quinn_config: Option<quinn::ClientConfig>,
+    quinn_config: quinn::ClientConfig,
     mismatch: &MismatchFlag,
     deliveries: mpsc::UnboundedSender<Delivery>,
     moves: mpsc::UnboundedSender<()>,
@@ -410,11 +439,9 @@ async fn open_link(
         server: config.server,
         reason,
     };
-    let connecting = match quinn_config {
-        Some(c) => endpoint.connect_with(c, config.server, &config.server_name),
-        None => endpoint.connect(config.server, &config.server_name),
-    }
-    .map_err(|e| unreachable(e.to_string()))?;
+    let connecting = endpoint
+        .connect_with(quinn_config, config.server, &config.server_name)
+        .map_err(|e| unreachable(e.to_string()))?;
     let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => {
             return Err(unreachable(format!(
@@ -473,6 +500,7 @@ impl Client {
     async fn establish(
         endpoint: &quinn::Endpoint,
         config: &ClientConfig,
+        quinn_config: quinn::ClientConfig,
         mismatch: &MismatchFlag,
         identity: Identity,
     ) -> Result<Self, ClientError> {
@@ -481,7 +509,7 @@ impl Client {
         let link = open_link(
             endpoint,
             config,
-            None,
+            quinn_config,
             mismatch,
             deliveries_tx,
             moves_tx.clone(),
@@ -905,7 +933,10 @@ impl Inner {
             }),
         };
         Ok(match self.request_on(link, body).await? {
-            R::Authenticated(a) => Proved::Done(Registration::Registered { created: a.created }),
+            R::Authenticated(a) => {
+                self.identity.set_door_pass(a.door_pass);
+                Proved::Done(Registration::Registered { created: a.created })
+            }
             R::Queued(q) => Proved::Done(Registration::Queued(Place {
                 ticket: q.ticket,
                 position: q.position,
@@ -946,7 +977,7 @@ impl Inner {
         open_link(
             &self.endpoint,
             &config,
-            Some(quinn_config),
+            presenting_pass(quinn_config, &self.identity),
             &mismatch,
             deliveries,
             self.moves.clone(),

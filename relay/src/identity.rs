@@ -2,7 +2,9 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
@@ -72,10 +74,17 @@ pub enum IdentityError {
 
 const FILE_HEADER: &str = "levee-identity-v1";
 
-/// An account's private key.
+/// An account's private key, and the latest door pass a node gave it.
+///
+/// The pass (see `Authenticated.door_pass` in the protocol) lets this account's new
+/// connections past a node's door while a signup wave has it limiting new connections:
+/// a user whose node died logs in again elsewhere ahead of the crowd. Clones share it, so
+/// whichever connection logs in last renews it for all; it is never written to the
+/// identity file (it names the IP address it was given to and lasts a day).
 pub struct Identity {
     seed: [u8; 32],
     pair: Ed25519KeyPair,
+    door_pass: Arc<Mutex<Option<Bytes>>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -88,7 +97,10 @@ impl std::fmt::Debug for Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Self::from_seed(self.seed)
+        Self {
+            door_pass: self.door_pass.clone(),
+            ..Self::from_seed(self.seed)
+        }
     }
 }
 
@@ -108,7 +120,27 @@ impl Identity {
         // rules out.
         let pair =
             Ed25519KeyPair::from_seed_unchecked(&seed).expect("a 32-byte seed is always valid");
-        Self { seed, pair }
+        Self {
+            seed,
+            pair,
+            door_pass: Arc::default(),
+        }
+    }
+
+    /// The latest door pass a node gave this account, if any.
+    pub fn door_pass(&self) -> Option<Bytes> {
+        self.door_pass
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps `pass` (from a node's `Authenticated`) for this account's next connections;
+    /// an empty one is ignored.
+    pub fn set_door_pass(&self, pass: Bytes) {
+        if !pass.is_empty() {
+            *self.door_pass.lock().unwrap_or_else(|p| p.into_inner()) = Some(pass);
+        }
     }
 
     /// The account this key controls.

@@ -27,6 +27,7 @@ const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
 const DROPPED_AT_DOOR: &str = "levee_connections_dropped_at_door_total";
 const DOOR_KERNEL_SHARE: &str = "levee_door_kernel_share";
+const DOOR_PASSES: &str = "levee_connections_passed_at_door_total";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const BACKEND_LATENCY_LIMIT: &str = "levee_backend_write_latency_limit_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
@@ -131,6 +132,12 @@ fn describe() {
         Unit::Count,
         "New connection attempts dropped before QUIC, over the node-wide handshake rate"
     );
+    describe_counter!(
+        DOOR_PASSES,
+        Unit::Count,
+        "New connection attempts let through a limited door on a door pass (known accounts \
+         logging in again)"
+    );
     describe_gauge!(
         DOOR_KERNEL_SHARE,
         Unit::Count,
@@ -200,6 +207,7 @@ pub(crate) struct NodeMetrics {
     backend_latency_limit: Gauge,
     connections: Gauge,
     dropped_at_door: Counter,
+    passed_at_door: Counter,
     door_kernel_share: Gauge,
     envelopes_accepted: Counter,
     envelopes_stored: Counter,
@@ -237,6 +245,7 @@ impl NodeMetrics {
             backend_latency_limit: gauge!(BACKEND_LATENCY_LIMIT, &[n()]),
             connections: gauge!(CONNECTIONS, &[n()]),
             dropped_at_door: counter!(DROPPED_AT_DOOR, &[n()]),
+            passed_at_door: counter!(DOOR_PASSES, &[n()]),
             door_kernel_share: gauge!(DOOR_KERNEL_SHARE, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
             envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
@@ -299,8 +308,9 @@ impl NodeMetrics {
 
     /// The door's running total of dropped connection attempts.
     /// The door's drops so far, and the share of attempts the kernel passes to it.
-    pub(crate) fn door(&self, dropped: u64, kernel_share: f64) {
+    pub(crate) fn door(&self, dropped: u64, passed: u64, kernel_share: f64) {
         self.dropped_at_door.absolute(dropped);
+        self.passed_at_door.absolute(passed);
         self.door_kernel_share.set(kernel_share);
     }
 

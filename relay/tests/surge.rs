@@ -49,6 +49,15 @@ async fn register_at_once(
     registering.join_all().await
 }
 
+/// The value of the series whose line starts with `line_start` on a `/metrics` page.
+fn metric(page: &str, line_start: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{page}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,14 +158,7 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
     // What operators see on the admin port.
     let (status, metrics) = node.admin_get("/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    let value = |line_start: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {line_start} in\n{metrics}"))
-    };
+    let value = |line_start: &str| metric(&metrics, line_start);
     assert!(value("levee_registrations_queued_total{node=\"node-1\"}") >= waited as f64);
     assert!(value("levee_admission_admitted_total{class=\"messaging\",node=\"node-1\"}") >= 400.0);
     assert!(value("levee_envelopes_accepted_total{node=\"node-1\"}") >= 400.0);
@@ -464,6 +466,83 @@ async fn a_place_due_within_the_hold_is_waited_for_and_admitted_in_one_request()
     assert!(
         waits.len() >= 4,
         "the last ones are further off than the hold: {waits:?}"
+    );
+    node.stop().await;
+}
+
+/// A known account logging in again is not held with the crowd (login is shed after
+/// registration, never with it): while people wait in line and the node's door turns new
+/// connections away, an account that has logged in before presents the door pass it was
+/// given, and its connection goes through at once, on this node or any other of the
+/// cluster; newcomers' connections at the same moment are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() {
+    use levee_relay::client::{ClientError, Registration};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _first, bob) = TestNode::with_pair(dir.path(), |c| {
+        c.registration_initial_rate = 1.0;
+        c.registration_hold_ms = 0;
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    // An established user: registered before the wave, so it holds a pass.
+    let me = Identity::generate().unwrap();
+    node.user(&me).await.close().await;
+    assert!(
+        me.door_pass().is_some(),
+        "a registration brings a door pass"
+    );
+
+    // A line forms: at 1/s, most of eight newcomers wait, and the door limits new
+    // connections to about what the line seats.
+    let queued = register_at_once(&node, 8)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Registration::Queued(_))))
+        .count();
+    assert!(queued >= 3, "only {queued} of 8 wait in line");
+
+    // Newcomers trying to connect now are mostly held at the door...
+    let mut config = node.client_config();
+    config.connect_timeout = Duration::from_millis(1500);
+    let mut newcomers = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let config = config.clone();
+        newcomers.spawn(async move {
+            Client::connect(&config, Identity::generate().unwrap())
+                .await
+                .map(drop)
+        });
+    }
+    // ...while the known account logs in again, and again, and sends each time.
+    const LOGINS: usize = 5;
+    for i in 0..LOGINS {
+        let c = Client::connect(&config, me.clone())
+            .await
+            .unwrap_or_else(|e| panic!("login {i}: {e}"));
+        c.authenticate().await.unwrap();
+        c.send(&bob.account(), format!("back {i}").into_bytes())
+            .await
+            .unwrap();
+        c.close().await;
+    }
+    let held = newcomers
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Err(ClientError::Unreachable { .. })))
+        .count();
+    assert!(
+        held >= 3,
+        "only {held} of 10 newcomers were held at the door"
+    );
+
+    let (_, page) = node.admin_get("/metrics").await;
+    let passed = metric(&page, "levee_connections_passed_at_door_total");
+    assert!(
+        passed >= LOGINS as f64,
+        "{passed} connections went through on a pass, of {LOGINS} logins"
     );
     node.stop().await;
 }

@@ -16,6 +16,8 @@
 //!   order; the head advances at the rate the node has shown it absorbs.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
 //!   the cluster key) that any node can verify without shared state.
+//! - [`PassKey`]: door passes, which let a known account's new connection past the node's
+//!   door (which limits new connections before any handshake) ahead of a signup wave.
 //! - [`work_bits`] / [`verify_work`] / [`solve_work`]: the optional proof of work a new
 //!   place in line may have to carry, harder as the line grows.
 //!
@@ -25,6 +27,7 @@ mod backend;
 mod cohort;
 mod controller;
 mod line;
+mod pass;
 mod ticket;
 mod work;
 
@@ -34,5 +37,6 @@ pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
 };
 pub use line::WaitingLine;
+pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};
 pub use work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};

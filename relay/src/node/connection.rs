@@ -86,6 +86,7 @@ pub(super) async fn serve(
     let (outbox, rx) = mpsc::channel(OUTBOX);
     let writer = tokio::spawn(write_frames(send, rx));
     let mut handler = Connection {
+        remote: conn.remote_address().ip(),
         shared: shared.clone(),
         session: Session::new(exporter),
         outbox,
@@ -124,6 +125,8 @@ async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<pb::Se
 }
 
 struct Connection {
+    /// The client's address, which its door passes name.
+    remote: std::net::IpAddr,
     shared: Arc<Shared>,
     session: Session,
     outbox: mpsc::Sender<pb::ServerFrame>,
@@ -439,6 +442,11 @@ impl Connection {
                 let ok = pb::Authenticated {
                     account_id: Bytes::copy_from_slice(account.as_bytes()),
                     created,
+                    door_pass: self
+                        .shared
+                        .door
+                        .pass_for(self.remote, now_ms() / 1000)
+                        .into(),
                 };
                 self.respond(pb::Response::ok(id, R::Authenticated(ok)))
                     .await;

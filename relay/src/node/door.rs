@@ -26,6 +26,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::io::{self, IoSliceMut};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -36,6 +37,7 @@ use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::sieve::{ISSUED_ID_LEN, Sieve};
+use crate::admission::{PASS_LIFETIME_SECS, PassKey};
 
 /// Random part of an issued connection id: enough entropy that ids of concurrent
 /// connections do not collide.
@@ -115,6 +117,24 @@ pub(crate) fn opens_connection(datagram: &[u8], issued: &IssuedIds) -> bool {
     }
 }
 
+/// The token field of a QUIC Initial (RFC 9000 §17.2.2), where a client puts its door pass;
+/// `None` if the datagram is too short to hold what its header says.
+fn initial_token(datagram: &[u8]) -> Option<&[u8]> {
+    let dcid_len = usize::from(*datagram.get(5)?);
+    let scid_at = 6 + dcid_len;
+    let scid_len = usize::from(*datagram.get(scid_at)?);
+    let length_at = scid_at + 1 + scid_len;
+    // A variable-length integer: the top two bits of its first byte give its length.
+    let first = *datagram.get(length_at)?;
+    let width = 1usize << (first >> 6);
+    let mut len = u64::from(first & 0x3F);
+    for b in datagram.get(length_at + 1..length_at + width)? {
+        len = (len << 8) | u64::from(*b);
+    }
+    let start = length_at + width;
+    datagram.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+}
+
 /// A token bucket for new handshakes across the node, whose rate admission control sets
 /// while it is shedding or people are waiting in line. A handshake costs more CPU than
 /// anything a connected client asks for, and it comes before any admission decision: if
@@ -157,15 +177,20 @@ impl HandshakeRate {
 }
 
 /// How many new connections the door lets through: the node-wide handshake rate admission
-/// control asks for (`None`: no limit), as a token bucket.
+/// control asks for (`None`: no limit), as a token bucket — except those carrying a door
+/// pass (`admission::PassKey`), known accounts logging in again, which go through whatever
+/// the rate.
 pub(crate) struct Door {
     issued: IssuedIds,
+    passes: PassKey,
     /// f64 bits of the rate; `NO_LIMIT` when unlimited.
     rate: AtomicU64,
     bucket: Mutex<HandshakeRate>,
     /// New-connection Initials judged so far (passed or dropped).
     judged: AtomicU64,
     dropped: AtomicU64,
+    /// New connections let through on a pass while the door was limited.
+    passed: AtomicU64,
     /// The kernel's share of the work, once the endpoint's socket is known.
     sieve: Mutex<Option<Sieve>>,
 }
@@ -173,15 +198,24 @@ pub(crate) struct Door {
 const NO_LIMIT: u64 = u64::MAX;
 
 impl Door {
-    pub(crate) fn new() -> Self {
+    /// A door recognising passes sealed with `passes` (the cluster's pass key).
+    pub(crate) fn new(passes: PassKey) -> Self {
         Self {
             issued: IssuedIds::new(),
+            passes,
             rate: AtomicU64::new(NO_LIMIT),
             bucket: Mutex::new(HandshakeRate::new(Instant::now())),
             judged: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
             sieve: Mutex::new(None),
         }
+    }
+
+    /// A pass for a client at `ip` that has just proved its account, honoured from now
+    /// (`now_secs`, Unix time) for [`PASS_LIFETIME_SECS`] by every node of the cluster.
+    pub(crate) fn pass_for(&self, ip: IpAddr, now_secs: u64) -> Vec<u8> {
+        self.passes.seal(ip, now_secs + PASS_LIFETIME_SECS)
     }
 
     /// Lets the kernel drop a share of new connections on `socket` (the endpoint's, or a
@@ -225,14 +259,27 @@ impl Door {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Whether `datagram` may go on to QUIC.
-    fn admits(&self, datagram: &[u8], now: Instant) -> bool {
+    /// New connections let through on a pass while the door was limited, so far.
+    pub(crate) fn passed(&self) -> u64 {
+        self.passed.load(Ordering::Relaxed)
+    }
+
+    /// Whether `datagram`, from `from`, may go on to QUIC; `now_secs` is Unix time, for
+    /// passes.
+    fn admits(&self, datagram: &[u8], from: IpAddr, now: Instant, now_secs: u64) -> bool {
         if !opens_connection(datagram, &self.issued) {
             return true;
         }
         self.judged.fetch_add(1, Ordering::Relaxed);
         let bits = self.rate.load(Ordering::Relaxed);
         let rate = (bits != NO_LIMIT).then(|| f64::from_bits(bits));
+        // Checked only while the door is limited: one HMAC, against a handshake's cost.
+        if rate.is_some()
+            && initial_token(datagram).is_some_and(|t| self.passes.admits(t, from, now_secs))
+        {
+            self.passed.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         let passes = self
             .bucket
             .lock()
@@ -277,10 +324,12 @@ impl AsyncUdpSocket for DoorSocket {
         let received = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(n)) = received {
             let now = Instant::now();
+            let now_secs = crate::clock::now_ms() / 1000;
             for (m, buf) in meta.iter_mut().zip(bufs.iter()).take(n) {
                 // A datagram batch (GRO) comes from one sender and one connection: its first
                 // packet speaks for it. Length 0 makes QUIC skip the entry.
-                if !self.door.admits(&buf[..m.len.min(buf.len())], now) {
+                let datagram = &buf[..m.len.min(buf.len())];
+                if !self.door.admits(datagram, m.addr.ip(), now, now_secs) {
                     m.len = 0;
                 }
             }
@@ -311,14 +360,45 @@ mod tests {
 
     /// A QUIC v1 long-header packet of `kind` (0 = Initial) to `dcid`, padded as clients pad.
     fn long_packet(kind: u8, version: u32, dcid: &[u8]) -> Vec<u8> {
+        initial_with_token(kind, version, dcid, &[])
+    }
+
+    /// The same, carrying `token` (its length as a two-byte variable-length integer, as
+    /// quinn writes it for tokens of 64 bytes or more; one byte is tested by the empty one).
+    fn initial_with_token(kind: u8, version: u32, dcid: &[u8], token: &[u8]) -> Vec<u8> {
         let mut p = vec![0xC0 | (kind << 4)];
         p.extend_from_slice(&version.to_be_bytes());
         p.push(dcid.len() as u8);
         p.extend_from_slice(dcid);
         p.push(8);
         p.extend_from_slice(&[7; 8]);
+        if !token.is_empty() {
+            p.extend_from_slice(&(0x4000 | token.len() as u16).to_be_bytes());
+            p.extend_from_slice(token);
+        }
         p.resize(1200, 0);
         p
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const NOW: u64 = 1_800_000_000;
+
+    fn door() -> Door {
+        Door::new(PassKey::new(b"cluster secret"))
+    }
+
+    #[test]
+    fn the_token_field_is_found_behind_both_connection_ids() {
+        let token = [0xAB; 41];
+        let p = initial_with_token(0, 1, &[0x11; 8], &token);
+        assert_eq!(initial_token(&p), Some(&token[..]));
+        assert_eq!(
+            initial_token(&long_packet(0, 1, &[0x11; 20])),
+            Some(&[][..])
+        );
+        // A length running past the datagram, or a header cut short.
+        assert_eq!(initial_token(&p[..30]), None);
+        assert_eq!(initial_token(&[0xC0, 0, 0, 0, 1, 20, 1, 2]), None);
     }
 
     #[test]
@@ -365,13 +445,14 @@ mod tests {
 
     #[test]
     fn the_door_passes_everything_until_a_rate_is_set_then_only_new_connections_wait() {
-        let door = Door::new();
+        let door = door();
         let t0 = Instant::now();
+        let admits = |p: &[u8], at| door.admits(p, CLIENT, at, NOW);
         let new = long_packet(0, 1, &[0x11; 8]);
-        assert!((0..1000).all(|_| door.admits(&new, t0)), "no limit");
+        assert!((0..1000).all(|_| admits(&new, t0)), "no limit");
         door.set_rate(Some(40.0));
         let passed = (1..=1000)
-            .filter(|&ms| door.admits(&new, t0 + Duration::from_millis(ms)))
+            .filter(|&ms| admits(&new, t0 + Duration::from_millis(ms)))
             .count();
         assert_eq!(passed, 40, "40 per second");
         assert_eq!(door.dropped(), 960);
@@ -379,8 +460,44 @@ mod tests {
         let mut ids = door.issued_ids();
         let established = long_packet(0, 1, &ids.generate_cid());
         let short = [0x41u8; 64];
-        assert!((0..1000).all(|_| door.admits(&short, t0) && door.admits(&established, t0)));
+        assert!((0..1000).all(|_| admits(&short, t0) && admits(&established, t0)));
         door.set_rate(None);
-        assert!(door.admits(&new, t0 + Duration::from_secs(2)));
+        assert!(admits(&new, t0 + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_valid_pass_goes_through_a_limited_door_and_nothing_else_does() {
+        let door = door();
+        let t0 = Instant::now();
+        // A limited door with nothing banked: it starts empty.
+        door.set_rate(Some(1.0));
+        assert!(!door.admits(&long_packet(0, 1, &[0x11; 8]), CLIENT, t0, NOW));
+        let pass = door.pass_for(CLIENT, NOW);
+        let with = |token: &[u8]| initial_with_token(0, 1, &[0x22; 8], token);
+        assert!(
+            (0..100).all(|_| door.admits(&with(&pass), CLIENT, t0, NOW)),
+            "a known client is never held"
+        );
+        assert_eq!(door.passed(), 100);
+        let elsewhere: IpAddr = "192.0.2.1".parse().expect("an address");
+        let expired = NOW + PASS_LIFETIME_SECS;
+        let foreign = Door::new(PassKey::new(b"another cluster")).pass_for(CLIENT, NOW);
+        let mut forged = pass.clone();
+        forged[3] ^= 1;
+        assert!(
+            !door.admits(&with(&pass), elsewhere, t0, NOW),
+            "another address"
+        );
+        assert!(!door.admits(&with(&pass), CLIENT, t0, expired), "expired");
+        assert!(
+            !door.admits(&with(&foreign), CLIENT, t0, NOW),
+            "another cluster"
+        );
+        assert!(!door.admits(&with(&forged), CLIENT, t0, NOW), "forged");
+        assert!(
+            !door.admits(&with(&[7; 40]), CLIENT, t0, NOW),
+            "some other token"
+        );
+        assert_eq!((door.passed(), door.dropped()), (100, 6));
     }
 }

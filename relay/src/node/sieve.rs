@@ -18,7 +18,10 @@
 //! handshake under way and an established connection always pass; a client that happens to
 //! pick an id of that length for its first Initial passes to the door, which judges it
 //! exactly. Clients pick their own first ids at random and resend dropped Initials, so
-//! dropping at random in the kernel is as fair as the door's token bucket.
+//! dropping at random in the kernel is as fair as the door's token bucket. An Initial that
+//! carries a token also passes: it may hold a door pass (`admission::PassKey`), which only
+//! the door can check; one with a token that is not a pass is then judged by the door like
+//! any other new connection, at the door's cost instead of the kernel's.
 //!
 //! [`SieveShare`] is the decision (pure, time passed in); [`Sieve`] puts it on the socket.
 
@@ -104,8 +107,11 @@ impl SieveShare {
 pub(crate) fn program(share: f64) -> Vec<SockFilter> {
     // Classic BPF opcodes (linux/filter.h).
     const LD_B_ABS: u16 = 0x30;
+    const LD_B_IND: u16 = 0x50;
     const LD_W_ABS: u16 = 0x20;
     const AND_K: u16 = 0x54;
+    const ADD_X: u16 = 0x0C;
+    const TAX: u16 = 0x07;
     const JEQ_K: u16 = 0x15;
     const JGT_K: u16 = 0x25;
     const RET_K: u16 = 0x06;
@@ -118,16 +124,26 @@ pub(crate) fn program(share: f64) -> Vec<SockFilter> {
         // 0: the first byte: long header, fixed bit, type Initial.
         SockFilter::new(LD_B_ABS, 0, 0, PAYLOAD),
         SockFilter::new(AND_K, 0, 0, 0xF0),
-        SockFilter::new(JEQ_K, 0, 4, 0xC0), // not an Initial: pass (7)
+        SockFilter::new(JEQ_K, 0, 10, 0xC0), // not an Initial: pass (13)
         // 3: a destination id of the length this node issues: a handshake under way, pass.
         SockFilter::new(LD_B_ABS, 0, 0, PAYLOAD + 5),
-        SockFilter::new(JEQ_K, 2, 0, u32::from(ISSUED_ID_LEN)),
-        // 5: a new connection: pass `share` of them.
+        SockFilter::new(JEQ_K, 8, 0, u32::from(ISSUED_ID_LEN)),
+        // 5: a token (a door pass, for the door to check): pass. Its length's first byte
+        // sits behind both ids: at 7 + destination id length + source id length. A packet
+        // too short for that is dropped (an indirect load out of bounds ends the program
+        // with 0), which only a malformed Initial is.
+        SockFilter::new(TAX, 0, 0, 0),
+        SockFilter::new(LD_B_IND, 0, 0, PAYLOAD + 6),
+        SockFilter::new(ADD_X, 0, 0, 0),
+        SockFilter::new(TAX, 0, 0, 0),
+        SockFilter::new(LD_B_IND, 0, 0, PAYLOAD + 7),
+        SockFilter::new(JEQ_K, 0, 2, 0), // a token: pass (13)
+        // 11: a new connection without a token: pass `share` of them.
         SockFilter::new(LD_W_ABS, 0, 0, RANDOM),
         SockFilter::new(JGT_K, 1, 0, threshold),
-        // 7: pass the whole datagram.
+        // 13: pass the whole datagram.
         SockFilter::new(RET_K, 0, 0, u32::MAX),
-        // 8: drop it.
+        // 14: drop it.
         SockFilter::new(RET_K, 0, 0, 0),
     ]
 }
@@ -250,6 +266,10 @@ mod tests {
             p
         };
         let new_connection = packet(0xC3, 20);
+        // The same with a 41-byte token behind an 8-byte source id.
+        let mut with_token = new_connection.clone();
+        with_token[26] = 8;
+        with_token[35..37].copy_from_slice(&[0x40, 41]);
         let handshake_under_way = packet(0xC3, ISSUED_ID_LEN);
         let handshake_packet = packet(0xE3, 20);
         let short_header = packet(0x43, 20);
@@ -264,6 +284,7 @@ mod tests {
         for _ in 0..5 {
             assert!(!arrives(&new_connection), "a new connection is dropped");
         }
+        assert!(arrives(&with_token), "a token is for the door to judge");
         assert!(arrives(&handshake_under_way));
         assert!(arrives(&handshake_packet));
         assert!(arrives(&short_header));

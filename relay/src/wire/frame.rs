@@ -154,12 +154,13 @@ mod tests {
                     })
                 }
             ),
-            (arb_bytes(32), any::<bool>()).prop_map(|(account_id, created)| R::Authenticated(
-                pb::Authenticated {
+            (arb_bytes(32), any::<bool>(), arb_bytes(41)).prop_map(
+                |(account_id, created, door_pass)| R::Authenticated(pb::Authenticated {
                     account_id,
-                    created
-                }
-            )),
+                    created,
+                    door_pass,
+                })
+            ),
             any::<u64>().prop_map(|envelope_id| R::SendOk(pb::SendOk { envelope_id })),
             Just(R::SubscribeOk(pb::SubscribeOk {})),
             (any::<u32>(), proptest::collection::vec(any::<u64>(), 0..10)).prop_map(
