@@ -64,7 +64,7 @@ pub struct NodeConfig {
     /// drills that show the difference).
     pub admission: bool,
     /// Secret shared by the nodes of a cluster (hex, at least 32 characters): signs waiting-room
-    /// tickets and salts cohorts. When unset, one is generated in `data_dir/cluster.key`.
+    /// tickets and door passes, and salts cohorts. When unset, one is generated in `data_dir/cluster.key`.
     pub cluster_key: Option<String>,
     /// Admission window: the level is reconsidered this often (milliseconds)...
     pub admission_window_ms: u64,
