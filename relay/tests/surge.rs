@@ -473,8 +473,9 @@ async fn a_place_due_within_the_hold_is_waited_for_and_admitted_in_one_request()
 /// A known account logging in again is not held with the crowd (login is shed after
 /// registration, never with it): while people wait in line and the node's door turns new
 /// connections away, an account that has logged in before presents the door pass it was
-/// given, and its connection goes through at once, on this node or any other of the
-/// cluster; newcomers' connections at the same moment are held.
+/// given, and its connection goes through at once; newcomers' connections at the same
+/// moment are held. (That any node with the cluster key honours the pass is checked by
+/// `admission::pass`'s unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() {
     use levee_relay::client::{ClientError, Registration};
