@@ -63,8 +63,9 @@ pub struct NodeConfig {
     /// Admission control on (the default) or off (everything admitted; for benchmarks and
     /// drills that show the difference).
     pub admission: bool,
-    /// Secret shared by the nodes of a cluster (hex, at least 32 characters): signs waiting-room
-    /// tickets and door passes, and salts cohorts. When unset, one is generated in `data_dir/cluster.key`.
+    /// Secret shared by the nodes of a cluster (hex, at least 32 characters): signs
+    /// waiting-room tickets and door passes, and salts cohorts. When unset, one is generated
+    /// in `data_dir/cluster.key`.
     pub cluster_key: Option<String>,
     /// Admission window: the level is reconsidered this often (milliseconds)...
     pub admission_window_ms: u64,

@@ -14,10 +14,10 @@
 //! What the filter matches is what the door would drop, without the door's keyed hash
 //! (classic BPF cannot compute one): a long-header packet of type 0 — a QUIC v1 Initial;
 //! the version is not checked, since clients only send that type in v1 — whose
-//! destination connection id is not [`ISSUED_ID_LEN`] bytes long. Every id this node issues has that length, so a
-//! handshake under way and an established connection always pass; a client that happens to
-//! pick an id of that length for its first Initial passes to the door, which judges it
-//! exactly. Clients pick their own first ids at random and resend dropped Initials, so
+//! destination connection id is not [`ISSUED_ID_LEN`] bytes long. Every id this node
+//! issues has that length, so a handshake under way and an established connection always
+//! pass; a client that happens to pick an id of that length for its first Initial passes
+//! to the door, which judges it exactly. Clients pick their own first ids at random and resend dropped Initials, so
 //! dropping at random in the kernel is as fair as the door's token bucket. An Initial that
 //! carries a token also passes: it may hold a door pass (`admission::PassKey`), which only
 //! the door can check; one with a token that is not a pass is then judged by the door like
