@@ -15,7 +15,11 @@
 //! rate that keeps the node half busy (its CPU time, measured), at most half the messaging
 //! capacity; then its registration capacity *beside the baseline*: new connection +
 //! registration per second, 64 at a time — what the node can absorb on top of the users it
-//! already has. Then, for each multiplier and each mode, on a fresh node: the same baseline,
+//! already has; and the same on a node with no baseline (its registration capacity alone).
+//! The capacity alone times the share of CPU the baseline leaves is a second yardstick for
+//! goodput: what the node can absorb without its users' messages costing it less because
+//! they wait (see `Row::left_by_baseline_per_s`). Then, for each multiplier and each mode,
+//! on a fresh node: the same baseline,
 //! `--warmup` seconds for the node to learn its usual write latency, 3 s unloaded, then a
 //! wave of new registrations offered at multiplier × registration capacity for `--duration`
 //! seconds, then a drain period in which newcomers still in line may finish.
@@ -212,7 +216,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "capacity of a node with {}: {msg_capacity:.0} envelopes/s end to end (closed loop); \
          baseline {baseline_rate:.0} envelopes/s (open loop, node {:.0}% busy); beside it, \
          {reg_capacity:.0} registrations/s (64 at a time, admission off; the baseline's \
-         messages meanwhile: p50 {:.1} ms, p99 {:.1} ms)",
+         messages meanwhile: p50 {:.1} ms, p99 {:.1} ms); with no baseline, {:.0} \
+         registrations/s",
         match &budget {
             Some(b) => format!("{} cores", b.cores()),
             None => "the whole machine".into(),
@@ -220,6 +225,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         100.0 * busy,
         reg.messaging_ms[0],
         reg.messaging_ms[1],
+        reg.alone_per_s,
     );
     let mut rows = Vec::new();
     for &m in &args.multipliers {
@@ -228,18 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "wave {m}x, admission {}",
                 if admission { "on" } else { "off" }
             );
-            rows.push(
-                scenario(
-                    &args,
-                    &nodes,
-                    admission,
-                    m,
-                    baseline_rate,
-                    reg_capacity,
-                    cores,
-                )
-                .await?,
-            );
+            rows.push(scenario(&args, &nodes, admission, m, baseline_rate, &reg, cores).await?);
         }
     }
     if args.json {
@@ -373,6 +368,8 @@ async fn baseline_rate(
 /// What the registration capacity measurement found.
 struct RegistrationCapacity {
     per_s: f64,
+    /// The same on a node with no baseline: what a node doing nothing else absorbs.
+    alone_per_s: f64,
     /// The baseline's message latency p50 and p99 (ms) while it was measured: what a node
     /// with admission off, taking registrations as fast as they come, does to its users.
     messaging_ms: [f64; 2],
@@ -398,10 +395,23 @@ async fn registration_capacity(
     .await?;
     let messaging = baseline.next_period().await;
     baseline.stop().await?;
+    let alone = registrations_alone(args, nodes).await?;
     Ok(RegistrationCapacity {
         per_s: counts.admitted_in_wave as f64 / 4.0,
+        alone_per_s: alone,
         messaging_ms: [0.5, 0.99].map(|q| quantile_ms(&messaging, q)),
     })
+}
+
+/// Registrations per second, measured as in [`registration_capacity`] but on a node with no
+/// messaging at all: all of its CPU on newcomers. Times the share of CPU the baseline
+/// leaves, it is what a node whose established users' messages are not slowed could absorb
+/// (see `Row::left_by_baseline_per_s`).
+async fn registrations_alone(args: &Args, nodes: &Nodes<'_>) -> anyhow::Result<f64> {
+    let node = nodes.start(false).await?;
+    let counts = spawn_wave(args, &node.client, WaveSpecRate::Closed(64), 4.0, 0.0).await;
+    node.stop().await?;
+    Ok(counts?.admitted_in_wave as f64 / 4.0)
 }
 
 /// What the established users saw.
@@ -708,6 +718,15 @@ struct Row {
     offered_per_s: f64,
     goodput_per_s: f64,
     goodput_of_capacity: f64,
+    /// Registrations per second a node doing nothing else absorbs.
+    registration_capacity_alone_per_s: f64,
+    /// What the CPU the baseline leaves could absorb: the capacity alone times the share of
+    /// the node's CPU the baseline left unused before the wave. Registration capacity
+    /// measured beside the baseline is more than this, because a saturated node's messages
+    /// wait ~100 ms and cost it less CPU each (batched); a node that keeps them fast
+    /// cannot have that CPU.
+    left_by_baseline_per_s: f64,
+    goodput_of_left: f64,
     admitted_after_wave: u64,
     still_waiting_with_ticket: u64,
     /// Registering at the end, sent within the node's hold of it (see `Counts`).
@@ -735,9 +754,10 @@ async fn scenario(
     admission: bool,
     multiplier: f64,
     baseline_rate: f64,
-    reg_cap: f64,
+    reg: &RegistrationCapacity,
     cores: f64,
 ) -> anyhow::Result<Row> {
+    let reg_cap = reg.per_s;
     let baseline = Baseline::start(nodes, admission, args.established, baseline_rate).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.warmup.max(1.0))).await;
     baseline.next_period().await;
@@ -773,6 +793,7 @@ async fn scenario(
     let admitted = counts.admitted_in_wave + counts.admitted_in_drain;
     let goodput = counts.admitted_in_wave as f64 / args.duration;
     let unloaded_p99 = quantile_ms(&unloaded, 0.99);
+    let left = reg.alone_per_s * (1.0 - unloaded_busy).max(0.0);
     Ok(Row {
         admission: if admission { "on" } else { "off" },
         multiplier,
@@ -780,6 +801,9 @@ async fn scenario(
         offered_per_s: counts.offered as f64 / args.duration,
         goodput_per_s: goodput,
         goodput_of_capacity: goodput / reg_cap,
+        registration_capacity_alone_per_s: reg.alone_per_s,
+        left_by_baseline_per_s: left,
+        goodput_of_left: goodput / left.max(1e-9),
         admitted_after_wave: counts.admitted_in_drain,
         still_waiting_with_ticket: counts.waiting_at_end,
         still_held: counts.held_at_end,
@@ -975,18 +999,20 @@ fn error_kind(e: &ClientError) -> &'static str {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| wave | admission | offered/s (not offered) | goodput/s (of capacity) | admitted after wave | waiting: with ticket + held | still at the door | hard failures | requests per admitted: all (their own: at the door + registering) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
+        "| wave | admission | offered/s (not offered) | goodput/s (of capacity; of what the baseline leaves) | admitted after wave | waiting: with ticket + held | still at the door | hard failures | requests per admitted: all (their own: at the door + registering) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%) | {} | {} + {} | {} | {} | {:.2} ({:.2}: {:.2} + {:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%; {:.0}% of {:.0}) | {} | {} + {} | {} | {} | {:.2} ({:.2}: {:.2} + {:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
             r.not_offered,
             r.goodput_per_s,
             100.0 * r.goodput_of_capacity,
+            100.0 * r.goodput_of_left,
+            r.left_by_baseline_per_s,
             r.admitted_after_wave,
             r.still_waiting_with_ticket,
             r.still_held,

@@ -323,6 +323,16 @@ impl Admission {
         );
     }
 
+    /// Counts a newcomer through this node's door sent on to its mailbox's owner: handled
+    /// here, to enter there (see [`WaitingLine::redirected`]).
+    pub(crate) fn registration_redirected(&self) {
+        if self.enabled {
+            let mut state = self.lock();
+            state.line.advance(Instant::now());
+            state.line.redirected();
+        }
+    }
+
     /// Decides a registration for `key`, with the ticket it presented, if any.
     pub(crate) fn register(&self, key: &[u8], ticket: Option<&[u8]>) -> RegistrationDecision {
         if !self.enabled {

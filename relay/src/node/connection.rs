@@ -369,6 +369,9 @@ impl Connection {
                 Route::Local => {}
                 Route::Elsewhere(owner) => {
                     self.shared.metrics.redirected();
+                    if purpose == Purpose::Register {
+                        self.shared.admission.registration_redirected();
+                    }
                     let redirect = redirect_to(owner, view.epoch());
                     return self
                         .respond(pb::Response::ok(id, R::Redirect(redirect)))
