@@ -256,6 +256,24 @@ impl WaitingLine {
 mod tests {
     use super::*;
 
+    /// Ends the second after `*now` as one admission window of `line`, in which `entered`
+    /// registrations entered and `redirected` were sent on; returns the learnt rate.
+    fn window(
+        line: &mut WaitingLine,
+        now: &mut Instant,
+        verdict: Verdict,
+        entered: usize,
+        redirected: usize,
+    ) -> f64 {
+        let w = Duration::from_secs(1);
+        *now += w;
+        line.advance(*now);
+        (0..entered).for_each(|_| line.entered());
+        (0..redirected).for_each(|_| line.redirected());
+        line.end_window(verdict, w);
+        line.rate()
+    }
+
     #[test]
     fn the_head_never_moves_back_when_the_rate_falls() {
         let t0 = Instant::now();
@@ -329,26 +347,18 @@ mod tests {
 
     #[test]
     fn the_door_lets_in_at_most_twice_what_the_node_absorbed() {
-        let t0 = Instant::now();
-        let mut line = WaitingLine::new(100.0, t0);
-        let w = Duration::from_secs(1);
-        let mut now = t0;
-        let mut window = |line: &mut WaitingLine, verdict: Verdict, entered: usize| {
-            now += w;
-            line.advance(now);
-            (0..entered).for_each(|_| line.entered());
-            line.end_window(verdict, w);
-        };
+        let mut now = Instant::now();
+        let mut line = WaitingLine::new(100.0, now);
         // Calm windows with plenty entering teach the line a high rate...
         for _ in 0..20 {
-            window(&mut line, Verdict::Calm, 400);
+            window(&mut line, &mut now, Verdict::Calm, 400, 0);
         }
         assert!(line.rate() > 700.0, "{}", line.rate());
         assert!(line.door_rate() > 700.0, "{}", line.door_rate());
         // ...which stays when few enter later (calm windows never lower it), but the door
         // follows what entered: 100 a second lets in 200, not twice the learnt rate.
         for _ in 0..10 {
-            window(&mut line, Verdict::Calm, 100);
+            window(&mut line, &mut now, Verdict::Calm, 100, 0);
         }
         assert!(
             line.rate() > 700.0,
@@ -361,23 +371,17 @@ mod tests {
             line.door_rate()
         );
         // As more get in, the door opens further.
-        window(&mut line, Verdict::Calm, 200);
+        window(&mut line, &mut now, Verdict::Calm, 200, 0);
         assert!(line.door_rate() > 290.0, "{}", line.door_rate());
     }
 
     #[test]
     fn newcomers_sent_on_to_another_node_count_as_absorbed() {
-        let t0 = Instant::now();
-        let mut line = WaitingLine::new(100.0, t0);
-        let w = Duration::from_secs(1);
-        let mut now = t0;
+        let mut now = Instant::now();
+        let mut line = WaitingLine::new(100.0, now);
         for _ in 0..20 {
-            now += w;
-            line.advance(now);
             // A node of three: one newcomer in three is its own, the rest are sent on.
-            (0..100).for_each(|_| line.entered());
-            (0..200).for_each(|_| line.redirected());
-            line.end_window(Verdict::Calm, w);
+            window(&mut line, &mut now, Verdict::Calm, 100, 200);
         }
         // The bound is twice the 300 it dealt with a second, not twice the 100 that entered
         // here (200, which would shrink the door every window: fewer let in, fewer
@@ -437,18 +441,10 @@ mod tests {
 
     #[test]
     fn rate_follows_what_the_node_absorbs() {
-        let t0 = Instant::now();
-        let mut line = WaitingLine::new(10.0, t0);
-        let w = Duration::from_secs(1);
-        let mut now = t0;
+        let mut now = Instant::now();
+        let mut line = WaitingLine::new(10.0, now);
         let mut window = |line: &mut WaitingLine, verdict: Verdict, entered: usize| {
-            now += w;
-            line.advance(now);
-            for _ in 0..entered {
-                line.entered();
-            }
-            line.end_window(verdict, w);
-            line.rate()
+            window(line, &mut now, verdict, entered, 0)
         };
         // Calm windows in which 100 registrations entered: the rate climbs, capped by 2×100.
         for _ in 0..100 {
