@@ -513,8 +513,78 @@ fn keygen(out: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+/// An identity's door pass, kept in a file beside the identity file (`alice.key.pass`).
+///
+/// A node gives an account a door pass each time it logs in or registers; presented on
+/// later connections it gets them past a node whose door is limiting new connections
+/// during a signup wave (`Authenticated.door_pass`). The client library keeps it in memory,
+/// but each `levee` command is a new process, so the CLI keeps it on disk: without it a
+/// CLI user waits at the door with the crowd. The pass names the address it was given to
+/// and lasts a day; one from another address is only ignored by the door.
+struct DoorPassFile {
+    path: PathBuf,
+    /// Shares its pass with the client's identity, which renews it on each login.
+    identity: Identity,
+    read: Option<bytes::Bytes>,
+}
+
+impl DoorPassFile {
+    /// Hands `identity` the pass kept beside `identity_path`, if a readable one is there.
+    fn load(identity_path: &Path, identity: &Identity) -> Self {
+        let mut name = identity_path.as_os_str().to_owned();
+        name.push(".pass");
+        let path = PathBuf::from(name);
+        let read = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| hex::decode(text.trim()).ok())
+            .map(bytes::Bytes::from);
+        if let Some(pass) = &read {
+            identity.set_door_pass(pass.clone());
+        }
+        Self {
+            path,
+            identity: identity.clone(),
+            read,
+        }
+    }
+
+    /// Writes the identity's pass if a node gave it a new one. The command has succeeded
+    /// by then, so a failure to write is only a warning.
+    fn keep(&self) {
+        let Some(pass) = self.identity.door_pass() else {
+            return;
+        };
+        if self.read.as_ref() == Some(&pass) {
+            return;
+        }
+        if let Err(e) = self.write(&pass) {
+            eprintln!(
+                "warning: cannot keep the door pass in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Written to a temporary file and renamed over the old one, readable by its owner only.
+    fn write(&self, pass: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        writeln!(file, "{}", hex::encode(pass))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+async fn connect(args: &ClientArgs) -> Result<(Client, DoorPassFile), Failure> {
     let identity = Identity::read(&args.identity).map_err(anyhow::Error::from)?;
+    let pass = DoorPassFile::load(&args.identity, &identity);
     let trust = match (&args.fingerprint, &args.ca) {
         (Some(fp), _) => Trust::Fingerprint(*fp),
         (None, Some(ca)) => Trust::ca_bundle_file(ca).map_err(anyhow::Error::from)?,
@@ -527,11 +597,11 @@ async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     };
     let mut config = ClientConfig::new(args.server, trust);
     config.server_name = args.server_name.clone();
-    Ok(Client::connect(&config, identity).await?)
+    Ok((Client::connect(&config, identity).await?, pass))
 }
 
 async fn register(args: ClientArgs) -> Result<(), Failure> {
-    let client = connect(&args).await?;
+    let (client, pass) = connect(&args).await?;
     let json = args.json;
     // During a signup wave the node hands out places in line; show them as they come.
     let created = client
@@ -545,6 +615,7 @@ async fn register(args: ClientArgs) -> Result<(), Failure> {
             }
         })
         .await?;
+    pass.keep();
     let account = client.account();
     if args.json {
         println!(
@@ -560,16 +631,20 @@ async fn register(args: ClientArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Authenticates, turning "unknown account" into advice.
-async fn login(client: &Client) -> Result<(), Failure> {
-    match client.authenticate().await {
+/// Authenticates, turning "unknown account" into advice, and keeps the new door pass.
+async fn login(client: &Client, pass: &DoorPassFile) -> Result<(), Failure> {
+    let result = match client.authenticate().await {
         Err(e) if e.code() == Some(levee_relay::wire::pb::ErrorCode::UnknownAccount) => {
             Err(anyhow::Error::from(e)
                 .context("this identity is not registered; run `levee register` first")
                 .into())
         }
         other => Ok(other?),
+    };
+    if result.is_ok() {
+        pass.keep();
     }
+    result
 }
 
 async fn send(args: SendArgs) -> Result<(), Failure> {
@@ -580,8 +655,8 @@ async fn send(args: SendArgs) -> Result<(), Failure> {
         }
         (None, None) => return Err(anyhow!("pass --text or --file").into()),
     };
-    let client = connect(&args.client).await?;
-    login(&client).await?;
+    let (client, pass) = connect(&args.client).await?;
+    login(&client, &pass).await?;
     let envelope_id = client.send(&args.to, payload).await?;
     if args.client.json {
         println!(
@@ -626,8 +701,8 @@ async fn recv(args: RecvArgs) -> Result<(), Failure> {
         return Err(anyhow!("--timeout must be a positive number of seconds").into());
     }
     let wait = Duration::from_secs_f64(args.timeout);
-    let client = connect(&args.client).await?;
-    login(&client).await?;
+    let (client, pass) = connect(&args.client).await?;
+    login(&client, &pass).await?;
     let mut inbox = client.subscribe().await?;
     let mut received = 0usize;
     while args.count.is_none_or(|n| received < n) {

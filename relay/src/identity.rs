@@ -80,7 +80,8 @@ const FILE_HEADER: &str = "levee-identity-v1";
 /// connections past a node's door while a signup wave has it limiting new connections:
 /// a user whose node died logs in again elsewhere ahead of the crowd. Clones share it, so
 /// whichever connection logs in last renews it for all; it is never written to the
-/// identity file (it names the IP address it was given to and lasts a day).
+/// identity file (it names the IP address it was given to and lasts a day). The `levee` CLI
+/// keeps it in a file of its own beside the identity.
 pub struct Identity {
     seed: [u8; 32],
     pair: Ed25519KeyPair,

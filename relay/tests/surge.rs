@@ -494,6 +494,41 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
         me.door_pass().is_some(),
         "a registration brings a door pass"
     );
+    // And one using the `levee` command line, which keeps its pass beside its key file.
+    let server = node.client_config().server.to_string();
+    let fingerprint = node.fingerprint.to_string();
+    let cli = |args: Vec<String>| {
+        let dir = dir.path().to_owned();
+        let (server, fingerprint) = (server.clone(), fingerprint.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(common::levee_bin());
+            command.current_dir(dir).args(&args);
+            if args[0] != "keygen" {
+                command.args(["--server", &server, "--fingerprint", &fingerprint]);
+            }
+            command.output().unwrap()
+        })
+    };
+    let arg = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(
+        cli(arg(&["keygen", "--out", "cli.key"]))
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    let registered = cli(arg(&["register", "--identity", "cli.key"]))
+        .await
+        .unwrap();
+    assert!(registered.status.success(), "{registered:?}");
+    let pass_file = dir.path().join("cli.key.pass");
+    assert!(pass_file.exists(), "the CLI keeps its door pass");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&pass_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+    }
 
     // A line forms: at 1/s, most of eight newcomers wait, and the door limits new
     // connections to about what the line seats.
@@ -528,6 +563,20 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
             .unwrap();
         c.close().await;
     }
+    // The command-line user, a new process with nothing but its files, gets through too.
+    let bob_id = bob.account().to_string();
+    let sent = cli(arg(&[
+        "send",
+        "--identity",
+        "cli.key",
+        "--to",
+        &bob_id,
+        "--text",
+        "back",
+    ]))
+    .await
+    .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
     let held = newcomers
         .join_all()
         .await
@@ -542,8 +591,8 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
     let (_, page) = node.admin_get("/metrics").await;
     let passed = metric(&page, "levee_connections_passed_at_door_total");
     assert!(
-        passed >= LOGINS as f64,
-        "{passed} connections went through on a pass, of {LOGINS} logins"
+        passed > LOGINS as f64,
+        "{passed} connections went through on a pass, of {LOGINS} logins and one command"
     );
     node.stop().await;
 }
