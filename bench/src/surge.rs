@@ -385,19 +385,12 @@ async fn registration_capacity(
     let baseline = Baseline::start(nodes, false, args.established, baseline_rate).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     baseline.next_period().await;
-    let counts = spawn_wave(
-        args,
-        &baseline.node.client,
-        WaveSpecRate::Closed(64),
-        4.0,
-        0.0,
-    )
-    .await?;
+    let per_s = closed_registrations_per_s(args, &baseline.node.client).await?;
     let messaging = baseline.next_period().await;
     baseline.stop().await?;
     let alone = registrations_alone(args, nodes).await?;
     Ok(RegistrationCapacity {
-        per_s: counts.admitted_in_wave as f64 / 4.0,
+        per_s,
         alone_per_s: alone,
         messaging_ms: [0.5, 0.99].map(|q| quantile_ms(&messaging, q)),
     })
@@ -409,9 +402,17 @@ async fn registration_capacity(
 /// (see `Row::left_by_baseline_per_s`).
 async fn registrations_alone(args: &Args, nodes: &Nodes<'_>) -> anyhow::Result<f64> {
     let node = nodes.start(false).await?;
-    let counts = spawn_wave(args, &node.client, WaveSpecRate::Closed(64), 4.0, 0.0).await;
+    let per_s = closed_registrations_per_s(args, &node.client).await;
     node.stop().await?;
-    Ok(counts?.admitted_in_wave as f64 / 4.0)
+    per_s
+}
+
+/// New connection + registration per second against `target`: 64 newcomers back to back
+/// for 4 s, from the wave process.
+async fn closed_registrations_per_s(args: &Args, target: &ClientConfig) -> anyhow::Result<f64> {
+    const SECS: f64 = 4.0;
+    let counts = spawn_wave(args, target, WaveSpecRate::Closed(64), SECS, 0.0).await?;
+    Ok(counts.admitted_in_wave as f64 / SECS)
 }
 
 /// What the established users saw.
@@ -723,8 +724,8 @@ struct Row {
     /// What the CPU the baseline leaves could absorb: the capacity alone times the share of
     /// the node's CPU the baseline left unused before the wave. Registration capacity
     /// measured beside the baseline is more than this, because a saturated node's messages
-    /// wait ~100 ms and cost it less CPU each (batched); a node that keeps them fast
-    /// cannot have that CPU.
+    /// wait ~100 ms and cost it less CPU each (most likely batched; measured as CPU, not as
+    /// batches); a node that keeps them fast cannot have that CPU.
     left_by_baseline_per_s: f64,
     goodput_of_left: f64,
     admitted_after_wave: u64,

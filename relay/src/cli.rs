@@ -531,9 +531,7 @@ struct DoorPassFile {
 impl DoorPassFile {
     /// Hands `identity` the pass kept beside `identity_path`, if a readable one is there.
     fn load(identity_path: &Path, identity: &Identity) -> Self {
-        let mut name = identity_path.as_os_str().to_owned();
-        name.push(".pass");
-        let path = PathBuf::from(name);
+        let path = with_suffix(identity_path, ".pass");
         let read = std::fs::read_to_string(&path)
             .ok()
             .and_then(|text| hex::decode(text.trim()).ok())
@@ -568,9 +566,7 @@ impl DoorPassFile {
     /// Written to a temporary file and renamed over the old one, readable by its owner only.
     fn write(&self, pass: &[u8]) -> std::io::Result<()> {
         use std::io::Write as _;
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
+        let tmp = with_suffix(&self.path, ".tmp");
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -580,6 +576,13 @@ impl DoorPassFile {
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)
     }
+}
+
+/// `path` with `suffix` added to its file name (`alice.key` → `alice.key.pass`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 async fn connect(args: &ClientArgs) -> Result<(Client, DoorPassFile), Failure> {

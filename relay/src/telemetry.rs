@@ -306,8 +306,8 @@ impl NodeMetrics {
         self.connections.set(open as f64);
     }
 
-    /// The door's running total of dropped connection attempts.
-    /// The door's drops so far, and the share of attempts the kernel passes to it.
+    /// The door's running totals of connection attempts dropped and let through on a pass,
+    /// and the share of attempts the kernel passes to it.
     pub(crate) fn door(&self, dropped: u64, passed: u64, kernel_share: f64) {
         self.dropped_at_door.absolute(dropped);
         self.passed_at_door.absolute(passed);

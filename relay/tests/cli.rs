@@ -8,16 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{NodeProcess, PrintedNode, levee_bin};
+use common::{NodeProcess, PrintedNode, levee, levee_bin};
 use levee_relay::tls::Trust;
-
-fn levee(dir: &Path, args: &[&str]) -> Output {
-    Command::new(levee_bin())
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("levee runs")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()

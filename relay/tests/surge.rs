@@ -497,29 +497,28 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
     // And one using the `levee` command line, which keeps its pass beside its key file.
     let server = node.client_config().server.to_string();
     let fingerprint = node.fingerprint.to_string();
-    let cli = |args: Vec<String>| {
+    let at_node = ["--server", &server, "--fingerprint", &fingerprint];
+    // Off the runtime: the node under test runs on it.
+    let cli = |args: &[&str]| {
         let dir = dir.path().to_owned();
-        let (server, fingerprint) = (server.clone(), fingerprint.clone());
+        let to_node = args[0] != "keygen";
+        let args: Vec<String> = args
+            .iter()
+            .chain(at_node.iter().filter(|_| to_node))
+            .map(|s| s.to_string())
+            .collect();
         tokio::task::spawn_blocking(move || {
-            let mut command = std::process::Command::new(common::levee_bin());
-            command.current_dir(dir).args(&args);
-            if args[0] != "keygen" {
-                command.args(["--server", &server, "--fingerprint", &fingerprint]);
-            }
-            command.output().unwrap()
+            common::levee(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
         })
     };
-    let arg = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert!(
-        cli(arg(&["keygen", "--out", "cli.key"]))
+        cli(&["keygen", "--out", "cli.key"])
             .await
             .unwrap()
             .status
             .success()
     );
-    let registered = cli(arg(&["register", "--identity", "cli.key"]))
-        .await
-        .unwrap();
+    let registered = cli(&["register", "--identity", "cli.key"]).await.unwrap();
     assert!(registered.status.success(), "{registered:?}");
     let pass_file = dir.path().join("cli.key.pass");
     assert!(pass_file.exists(), "the CLI keeps its door pass");
@@ -565,7 +564,7 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
     }
     // The command-line user, a new process with nothing but its files, gets through too.
     let bob_id = bob.account().to_string();
-    let sent = cli(arg(&[
+    let sent = cli(&[
         "send",
         "--identity",
         "cli.key",
@@ -573,7 +572,7 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
         &bob_id,
         "--text",
         "back",
-    ]))
+    ])
     .await
     .unwrap();
     assert!(sent.status.success(), "{sent:?}");

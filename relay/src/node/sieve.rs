@@ -17,11 +17,12 @@
 //! destination connection id is not [`ISSUED_ID_LEN`] bytes long. Every id this node
 //! issues has that length, so a handshake under way and an established connection always
 //! pass; a client that happens to pick an id of that length for its first Initial passes
-//! to the door, which judges it exactly. Clients pick their own first ids at random and resend dropped Initials, so
-//! dropping at random in the kernel is as fair as the door's token bucket. An Initial that
-//! carries a token also passes: it may hold a door pass (`admission::PassKey`), which only
-//! the door can check; one with a token that is not a pass is then judged by the door like
-//! any other new connection, at the door's cost instead of the kernel's.
+//! to the door, which judges it exactly. Clients pick their own first ids at random and
+//! resend dropped Initials, so dropping at random in the kernel is as fair as the door's
+//! token bucket. An Initial that carries a token also passes: it may hold a door pass
+//! (`admission::PassKey`), which only the door can check; one with a token that is not a
+//! pass is then judged by the door like any other new connection, at the door's cost
+//! instead of the kernel's.
 //!
 //! [`SieveShare`] is the decision (pure, time passed in); [`Sieve`] puts it on the socket.
 

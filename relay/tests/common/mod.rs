@@ -258,6 +258,15 @@ pub fn levee_bin() -> &'static str {
     env!("CARGO_BIN_EXE_levee")
 }
 
+/// Runs the `levee` binary with `args` in `dir` and waits for it.
+pub fn levee(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(levee_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("levee runs")
+}
+
 /// A `levee up` process.
 pub struct NodeProcess {
     pub child: Child,
