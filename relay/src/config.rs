@@ -73,6 +73,11 @@ pub struct NodeConfig {
     pub admission_overload_wait_ms: u64,
     /// ...and admitting more when they waited less than this (ms).
     pub admission_recover_wait_ms: u64,
+    /// The waiting line lets newcomers in only while the node's scheduler keeps time for
+    /// the users already connected: it slows when more than 3% of a window's lag probes
+    /// ran later than this (ms), and pauses while the last ones did. 0 turns it off (the
+    /// line then follows the admission level's limits alone).
+    pub admission_line_lag_ms: u64,
     /// Smoothed durable-write latency (ms) above which the node counts as overloaded even
     /// when its own queues are short: the storage behind it is the bottleneck.
     pub admission_backend_latency_ms: u64,
@@ -165,6 +170,7 @@ impl Default for NodeConfig {
             admission_window_ms: 1000,
             admission_overload_wait_ms: 20,
             admission_recover_wait_ms: 10,
+            admission_line_lag_ms: 5,
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,

@@ -90,6 +90,22 @@ pub enum Verdict {
     Calm,
 }
 
+impl Verdict {
+    /// The more severe of two verdicts on the same window.
+    pub fn worst(self, other: Self) -> Self {
+        let severity = |v| match v {
+            Self::Overloaded => 2,
+            Self::Hold => 1,
+            Self::Calm => 0,
+        };
+        if severity(other) > severity(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// Tuning of the controller. Defaults follow WeChat's DAGOR (overload when the average
 /// queueing delay over a 1 s window exceeds 20 ms; shed 5%, restore 1%), except that the
 /// window closes early only after 20,000 requests, not DAGOR's 2,000: a Levee node serves
@@ -290,6 +306,20 @@ mod tests {
             .map(|k| salt.cohort(&k.to_be_bytes(), Duration::ZERO))
             .find(|c| c.index() == i)
             .expect("every cohort is reachable")
+    }
+
+    #[test]
+    fn the_worst_verdict_wins() {
+        use Verdict::{Calm, Hold, Overloaded};
+        for (a, b, worst) in [
+            (Calm, Calm, Calm),
+            (Calm, Hold, Hold),
+            (Hold, Calm, Hold),
+            (Hold, Overloaded, Overloaded),
+            (Overloaded, Calm, Overloaded),
+        ] {
+            assert_eq!(a.worst(b), worst, "{a:?} and {b:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   overload, up slowly, holding steady in between.
 //! - [`BackendHealth`]: whether the storage behind the node is overloaded — slow writes, a
 //!   write stuck now, delivery lag — from evidence that expires.
+//! - [`Headroom`]: the line's stricter judge — the share of scheduler probes that ran late,
+//!   so newcomers enter only as fast as established users do not feel them.
 //! - [`WaitingLine`]: registrations that cannot be served now get positions in arrival
 //!   order; the head advances at the rate the node has shown it absorbs.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
@@ -26,6 +28,7 @@
 mod backend;
 mod cohort;
 mod controller;
+mod headroom;
 mod line;
 mod pass;
 mod ticket;
@@ -36,6 +39,7 @@ pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
 };
+pub use headroom::Headroom;
 pub use line::WaitingLine;
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

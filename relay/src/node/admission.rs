@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
-    AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, RequestClass,
-    Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
+    AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, Headroom,
+    RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -56,6 +56,9 @@ struct State {
     /// Durable storage writes (delivery-log appends, mailbox inserts, acknowledgements)
     /// and delivery lag.
     backend: BackendHealth,
+    /// The line's own, stricter judge of the scheduler's lag; `None` when turned off
+    /// (`admission_line_lag_ms = 0`).
+    headroom: Option<Headroom>,
     /// When the node was last pressed (shedding, congested, or people in line).
     pressed_at: Option<Instant>,
 }
@@ -76,11 +79,16 @@ impl State {
         self.controller.congested() || self.backend.overloaded(now)
     }
 
-    /// After a window: the line learns from it, and is held back while the new level sheds
+    /// After a window: the line learns from it — from the level's verdict or its own
+    /// headroom's, whichever is worse — and is held back while the new level sheds
     /// anything more important than registrations.
     fn window_closed(&mut self, (verdict, window): (Verdict, Duration), now: Instant) {
+        let line_verdict = self
+            .headroom
+            .as_mut()
+            .map_or(verdict, |h| verdict.worst(h.end_window()));
         self.line.advance(now);
-        self.line.end_window(verdict, window);
+        self.line.end_window(line_verdict, window);
         let level = self.controller.level();
         self.line
             .hold_back(level.share(RequestClass::Registration) == 0.0);
@@ -165,6 +173,8 @@ impl Admission {
                     config.admission_backend_lag,
                     Duration::from_millis(config.admission_window_ms) * EVIDENCE_WINDOWS,
                 ),
+                headroom: (config.admission_line_lag_ms > 0)
+                    .then(|| Headroom::new(Duration::from_millis(config.admission_line_lag_ms))),
                 pressed_at: None,
             }),
             work_max_bits: config.registration_work_max_bits,
@@ -291,16 +301,20 @@ impl Admission {
 
     /// Records how late the scheduler ran the lag probe (see
     /// [`AdmissionController::record_lag`]), and pauses the line while the node is
-    /// congested right now.
+    /// congested right now or its probes run late ([`Headroom::pressed`]).
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
         self.metrics.scheduling_lag(lag);
         if self.enabled {
             let mut state = self.lock();
             state.controller.record_lag(lag);
+            let pressed = state.headroom.as_mut().is_some_and(|h| {
+                h.record(lag);
+                h.pressed()
+            });
             let now = Instant::now();
             state.line.advance(now);
             let congested = state.congested(now);
-            state.line.pause(congested);
+            state.line.pause(congested || pressed);
         }
     }
 
@@ -543,6 +557,40 @@ mod tests {
         let after = a.handshake_rate().expect("still limited just after");
         assert!(a.lock().line.is_empty());
         assert!(after <= 2000.0, "{after}");
+    }
+
+    #[test]
+    fn late_scheduler_probes_hold_newcomers_back_before_anyone_is_shed() {
+        let strict = admission(100.0);
+        let config = NodeConfig {
+            registration_initial_rate: 100.0,
+            admission_line_lag_ms: 0,
+            ..NodeConfig::default()
+        };
+        let lax = Admission::new(&config, b"k", 1, NodeMetrics::new("test"));
+        // Probes 8 ms late: past the line's 5 ms, short of the level's 20 ms.
+        for a in [&strict, &lax] {
+            for _ in 0..20 {
+                a.record_scheduling_lag(Duration::from_millis(8));
+            }
+        }
+        assert!(strict.lock().line.is_paused(), "newcomers wait a moment");
+        assert!(strict.handshake_rate().is_some(), "and the door narrows");
+        assert!(!lax.lock().line.is_paused(), "turned off, nothing waits");
+        assert_eq!(lax.handshake_rate(), None);
+        std::thread::sleep(Duration::from_millis(1100));
+        strict.tick();
+        lax.tick();
+        assert!(
+            !strict.shedding() && !lax.shedding(),
+            "nobody is shed for 8 ms"
+        );
+        let (slowed, kept) = (strict.lock().line.rate(), lax.lock().line.rate());
+        assert!(
+            slowed < 100.0,
+            "a window of late probes slows the line: {slowed}"
+        );
+        assert!(kept >= 100.0, "{kept}");
     }
 
     #[test]
