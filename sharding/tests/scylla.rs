@@ -44,7 +44,10 @@ async fn the_scylla_store_meets_the_contract() {
 async fn envelopes_expire_by_ttl_without_a_sweep() {
     let store = ScyllaMailboxStore::connect(&config()).await.unwrap();
     let a = contract::random_mailbox();
-    let soon = contract::now_ms() + 1_000;
+    // Three seconds, not one: Cassandra counts a TTL from the whole second the write landed
+    // in, so a 1 s TTL can expire a millisecond after the write, and on a busy CI machine
+    // the envelope was gone before the next line counted it (a flake at 9fc6379).
+    let soon = contract::now_ms() + 3_000;
     store
         .insert(vec![contract::envelope(a, 1, 1, soon)])
         .await
@@ -52,7 +55,7 @@ async fn envelopes_expire_by_ttl_without_a_sweep() {
     assert_eq!(store.usage(&a).await.unwrap().envelopes, 1);
     // The row's TTL is what removes it; reading with an old "now" proves the database, not
     // the reader's filter, dropped it.
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
     assert_eq!(store.read(&a, None, 10, 0).await.unwrap(), vec![]);
     assert_eq!(store.usage(&a).await.unwrap(), MailboxUsage::default());
     assert_eq!(store.expire(contract::now_ms(), 100).await.unwrap(), 0);
