@@ -51,8 +51,9 @@ impl Headroom {
     }
 
     /// Whether the last probes (smoothed over about two) ran late: newcomers should wait a
-    /// moment. One late probe alone is not enough — a node under a CPU quota is paused for
-    /// the rest of a period whenever it uses its quota, a few milliseconds at a time.
+    /// moment. One probe a few milliseconds over the limit is not enough — a node under a
+    /// CPU quota is paused for the rest of a period whenever it uses its quota, a few
+    /// milliseconds at a time — but one more than twice the limit is.
     pub fn pressed(&self) -> bool {
         self.recent > self.limit
     }
