@@ -109,5 +109,7 @@ mod tests {
         h.record(ms(1));
         h.record(ms(1));
         assert!(!h.pressed(), "on time again");
+        h.record(ms(12));
+        assert!(h.pressed(), "one probe more than twice the limit late");
     }
 }
