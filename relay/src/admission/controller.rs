@@ -238,7 +238,15 @@ impl AdmissionController {
     /// this answers within a few probes, for decisions that must not wait a window (see
     /// [`WaitingLine::pause`](super::WaitingLine::pause)).
     pub fn congested(&self) -> bool {
-        self.recent_lag > self.config.overload_wait
+        self.lagging(self.config.overload_wait)
+    }
+
+    /// Whether the last scheduling lag reports (smoothed over about two) are over `limit`.
+    /// One report a few milliseconds over is not enough — a node under a CPU quota is
+    /// paused for the rest of a period whenever it uses its quota, a few milliseconds at a
+    /// time — but one more than twice the limit is.
+    pub fn lagging(&self, limit: Duration) -> bool {
+        self.recent_lag > limit
     }
 
     /// Closes the window if it is over (call also when idle, so an idle node recovers) and
@@ -306,6 +314,22 @@ mod tests {
             .map(|k| salt.cohort(&k.to_be_bytes(), Duration::ZERO))
             .find(|c| c.index() == i)
             .expect("every cohort is reachable")
+    }
+
+    #[test]
+    fn one_late_probe_is_not_lagging_but_a_run_of_them_is() {
+        let ms = Duration::from_millis;
+        let mut c = AdmissionController::new(ControllerConfig::default(), Instant::now());
+        c.record_lag(ms(1));
+        c.record_lag(ms(7));
+        assert!(!c.lagging(ms(5)), "a quota pause of a few ms");
+        c.record_lag(ms(7));
+        assert!(c.lagging(ms(5)));
+        c.record_lag(ms(1));
+        c.record_lag(ms(1));
+        assert!(!c.lagging(ms(5)), "on time again");
+        c.record_lag(ms(12));
+        assert!(c.lagging(ms(5)), "one probe more than twice the limit late");
     }
 
     #[test]

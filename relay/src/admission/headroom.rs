@@ -26,8 +26,6 @@ pub struct Headroom {
     limit: Duration,
     late: u32,
     probes: u32,
-    /// The last probes' lag, smoothed over about two.
-    recent: Duration,
 }
 
 impl Headroom {
@@ -37,8 +35,14 @@ impl Headroom {
             limit,
             late: 0,
             probes: 0,
-            recent: Duration::ZERO,
         }
+    }
+
+    /// A probe later than this is late. While the last probes run later than this
+    /// ([`AdmissionController::lagging`](super::AdmissionController::lagging)), newcomers
+    /// should wait a moment.
+    pub fn limit(&self) -> Duration {
+        self.limit
     }
 
     /// Records how late the scheduler ran a probe.
@@ -47,15 +51,6 @@ impl Headroom {
         if lag > self.limit {
             self.late += 1;
         }
-        self.recent = (self.recent + lag) / 2;
-    }
-
-    /// Whether the last probes (smoothed over about two) ran late: newcomers should wait a
-    /// moment. One probe a few milliseconds over the limit is not enough — a node under a
-    /// CPU quota is paused for the rest of a period whenever it uses its quota, a few
-    /// milliseconds at a time — but one more than twice the limit is.
-    pub fn pressed(&self) -> bool {
-        self.recent > self.limit
     }
 
     /// Closes the window: what its late probes say about letting newcomers in.
@@ -95,21 +90,5 @@ mod tests {
             Verdict::Calm,
             "an idle window is calm"
         );
-    }
-
-    #[test]
-    fn one_late_probe_is_not_pressure_but_a_run_of_them_is() {
-        let ms = Duration::from_millis;
-        let mut h = Headroom::new(ms(5));
-        h.record(ms(1));
-        h.record(ms(7));
-        assert!(!h.pressed(), "a quota pause of a few ms");
-        h.record(ms(7));
-        assert!(h.pressed());
-        h.record(ms(1));
-        h.record(ms(1));
-        assert!(!h.pressed(), "on time again");
-        h.record(ms(12));
-        assert!(h.pressed(), "one probe more than twice the limit late");
     }
 }

@@ -301,15 +301,17 @@ impl Admission {
 
     /// Records how late the scheduler ran the lag probe (see
     /// [`AdmissionController::record_lag`]), and pauses the line while the node is
-    /// congested right now or its probes run late ([`Headroom::pressed`]).
+    /// congested right now or its probes run later than the line's limit
+    /// ([`AdmissionController::lagging`]).
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
         self.metrics.scheduling_lag(lag);
         if self.enabled {
-            let mut state = self.lock();
+            let mut guard = self.lock();
+            let state = &mut *guard;
             state.controller.record_lag(lag);
             let pressed = state.headroom.as_mut().is_some_and(|h| {
                 h.record(lag);
-                h.pressed()
+                state.controller.lagging(h.limit())
             });
             let now = Instant::now();
             state.line.advance(now);
