@@ -19,10 +19,10 @@
 //! The capacity alone times the share of CPU the baseline leaves is a second yardstick for
 //! goodput: what the node can absorb without its users' messages costing it less because
 //! they wait (see `Row::left_by_baseline_per_s`). Then, for each multiplier and each mode,
-//! on a fresh node: the same baseline,
-//! `--warmup` seconds for the node to learn its usual write latency, 3 s unloaded, then a
-//! wave of new registrations offered at multiplier × registration capacity for `--duration`
-//! seconds, then a drain period in which newcomers still in line may finish.
+//! on a fresh node: the same baseline, `--warmup` seconds for the node to learn its usual
+//! write latency, 3 s unloaded, then a wave of new registrations offered at multiplier ×
+//! registration capacity for `--duration` seconds, then a drain period in which newcomers
+//! still in line may finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

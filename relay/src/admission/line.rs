@@ -127,7 +127,7 @@ impl WaitingLine {
     ///
     /// And never more than [`DOOR_GROWTH`] times what the node measurably absorbed in recent
     /// windows. The learnt rate only ever rises while calm, so after a line empties it can
-    /// stand far above what the node takes: in 50x waves it reached 690/s on a node
+    /// stand far above what the node takes: in 50x waves it reached 620–750/s on a node
     /// admitting 100–300/s, the door let twice that in, and the handshakes stalled the node
     /// every 12 s (message p50 0.5–1.2 s; `levee-surge --trace`). Bounded by what was
     /// absorbed, the door grows only as fast as newcomers get through their handshakes and
