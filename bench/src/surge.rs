@@ -629,6 +629,17 @@ impl Wave {
         self.hard_failures.fetch_add(1, Ordering::Relaxed);
         let kind = match error {
             Some(ClientError::Refused { code, .. }) => format!("{stage}: {}", code.as_str_name()),
+            // Why it closed tells a node's silence, QUIC's idle timeout and a close by the
+            // node apart; numbers (durations, codes) are masked so that alike reasons count
+            // together.
+            Some(ClientError::Closed(why)) => {
+                let why: String = why
+                    .chars()
+                    .take(70)
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .collect();
+                format!("{stage}: connection closed ({why})")
+            }
             Some(e) => format!("{stage}: {}", error_kind(e)),
             None => format!("{stage}: unanswered for longer than the hold"),
         };
