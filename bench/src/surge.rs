@@ -26,7 +26,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -411,7 +411,7 @@ async fn registrations_alone(args: &Args, nodes: &Nodes<'_>) -> anyhow::Result<f
 /// for 4 s, from the wave process.
 async fn closed_registrations_per_s(args: &Args, target: &ClientConfig) -> anyhow::Result<f64> {
     const SECS: f64 = 4.0;
-    let counts = spawn_wave(args, target, WaveSpecRate::Closed(64), SECS, 0.0).await?;
+    let counts = spawn_wave(args, target, WaveSpecRate::Closed(64), SECS, 0.0, None).await?;
     Ok(counts.admitted_in_wave as f64 / SECS)
 }
 
@@ -546,12 +546,15 @@ enum WaveSpecRate {
 }
 
 /// Runs the newcomers' side in a child process at `--wave-nice` and returns its counts.
+/// Runs a wave process against `target` and returns its counts; its pid goes into
+/// `pid` while it runs, for the trace to meter.
 async fn spawn_wave(
     args: &Args,
     target: &ClientConfig,
     rate: WaveSpecRate,
     duration: f64,
     drain: f64,
+    pid: Option<Arc<AtomicU32>>,
 ) -> anyhow::Result<Counts> {
     let Trust::Fingerprint(fingerprint) = &target.trust else {
         bail!("the local node is pinned by fingerprint");
@@ -570,10 +573,18 @@ async fn spawn_wave(
         WaveSpecRate::Open(r) => cmd.arg(format!("--rate={r}")),
         WaveSpecRate::Closed(n) => cmd.arg(format!("--closed={n}")),
     };
-    cmd.stderr(std::process::Stdio::inherit());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await?
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    // `nice` replaces itself with the wave, so the child's pid is the wave's.
+    let child = cmd
+        .spawn()
         .context("cannot run the wave process (is `nice` installed?)")?;
+    if let Some(pid) = &pid {
+        pid.store(child.id(), Ordering::Relaxed);
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await?
+        .context("the wave process")?;
     if !out.status.success() {
         bail!("the wave process failed: {}", out.status);
     }
@@ -777,16 +788,23 @@ async fn scenario(
     let unloaded = baseline.next_period().await;
 
     let pid = baseline.node.pid()?;
-    let trace = baseline
-        .node
-        .admin
-        .map(|admin| tokio::spawn(trace_metrics(admin, baseline.messaging.clone(), pid, cores)));
+    let wave_pid = Arc::new(AtomicU32::new(0));
+    let trace = baseline.node.admin.map(|admin| {
+        tokio::spawn(trace_metrics(
+            admin,
+            baseline.messaging.clone(),
+            pid,
+            cores,
+            wave_pid.clone(),
+        ))
+    });
     let counts = spawn_wave(
         args,
         &baseline.node.client,
         WaveSpecRate::Open(reg_cap * multiplier),
         args.duration,
         args.drain,
+        Some(wave_pid),
     )
     .await;
     if let Some(trace) = trace {
@@ -840,7 +858,16 @@ async fn scenario(
 /// a second, on stderr (`--trace`): enough to see what the controller saw and did during a
 /// wave, and when messages were slow — and how busy the node was that second (of `cores`),
 /// which tells a node short of CPU from one whose line is shut while it has CPU to spare.
-async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>, pid: u32, cores: f64) {
+/// And how much CPU the newcomers' process used (`wave_cpu`, in cores): on this machine
+/// the load side is the larger, and when it runs flat out its newcomers make progress in
+/// bursts, which the node sees as bursts of registrations.
+async fn trace_metrics(
+    admin: SocketAddr,
+    messaging: Arc<Messaging>,
+    pid: u32,
+    cores: f64,
+    wave_pid: Arc<AtomicU32>,
+) {
     const SHOWN: &[&str] = &[
         "levee_admission_level",
         "levee_waiting_room_length",
@@ -857,9 +884,17 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>, pid: u32, c
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut cpu = CpuMeter::new(pid, cores);
+    let mut wave_cpu: Option<CpuMeter> = None;
     loop {
         tick.tick().await;
         let busy = cpu.busy().unwrap_or(f64::NAN);
+        let wave_cores = match wave_pid.load(Ordering::Relaxed) {
+            0 => f64::NAN,
+            pid => wave_cpu
+                .get_or_insert_with(|| CpuMeter::new(pid, 1.0))
+                .busy()
+                .unwrap_or(f64::NAN),
+        };
         let Ok((200, text)) = levee_relay::admin_client::request(
             admin,
             None,
@@ -883,9 +918,10 @@ async fn trace_metrics(admin: SocketAddr, messaging: Arc<Messaging>, pid: u32, c
             .replace(latency_histogram())
             .unwrap_or_else(latency_histogram);
         eprintln!(
-            "t={:>3.0}s busy={:.0}% msgs={} p50={:.0}ms p99={:.0}ms failed={} | {}",
+            "t={:>3.0}s busy={:.0}% wave_cpu={:.2} msgs={} p50={:.0}ms p99={:.0}ms failed={} | {}",
             start.elapsed().as_secs_f64(),
             100.0 * busy,
+            wave_cores,
             recent.len(),
             quantile_ms(&recent, 0.5),
             quantile_ms(&recent, 0.99),
