@@ -86,6 +86,11 @@ struct Args {
     /// and a limit within its idle latency reads as overload.
     #[arg(long)]
     node_backend_latency_ms: Option<u64>,
+    /// The node's `admission_line_lag_ms` (default: the node's own default; 0 turns the
+    /// line's own limit off): how late the scheduler may run before newcomers wait, the
+    /// setting that trades registration goodput for message latency.
+    #[arg(long)]
+    node_line_lag_ms: Option<u64>,
     /// Print the node's admission metrics every second during each wave (to stderr).
     #[arg(long)]
     trace: bool,
@@ -115,6 +120,9 @@ enum Role {
         /// The node's `admission_backend_latency_ms`.
         #[arg(long)]
         backend_latency_ms: Option<u64>,
+        /// The node's `admission_line_lag_ms`.
+        #[arg(long)]
+        line_lag_ms: Option<u64>,
         /// Runtime worker threads (default: one per CPU of the machine).
         #[arg(long)]
         workers: Option<usize>,
@@ -173,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             admission,
             metrics,
             backend_latency_ms,
+            line_lag_ms,
             ..
         }) => runtime.block_on(child_node::serve(|c| {
             c.admission = admission;
@@ -181,6 +190,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(ms) = backend_latency_ms {
                 c.admission_backend_latency_ms = ms;
+            }
+            if let Some(ms) = line_lag_ms {
+                c.admission_line_lag_ms = ms;
             }
         })),
         Some(Role::Wave(spec)) => {
@@ -202,6 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         budget: budget.as_ref(),
         metrics: args.trace,
         backend_latency_ms: args.node_backend_latency_ms,
+        line_lag_ms: args.node_line_lag_ms,
     };
     let cores = match &budget {
         Some(b) => b.cores(),
@@ -253,6 +266,7 @@ struct Nodes<'a> {
     /// Serve `/metrics` (for `--trace`).
     metrics: bool,
     backend_latency_ms: Option<u64>,
+    line_lag_ms: Option<u64>,
 }
 
 impl Nodes<'_> {
@@ -276,6 +290,9 @@ impl Nodes<'_> {
         }
         if let Some(ms) = self.backend_latency_ms {
             command.arg(format!("--backend-latency-ms={ms}"));
+        }
+        if let Some(ms) = self.line_lag_ms {
+            command.arg(format!("--line-lag-ms={ms}"));
         }
         ChildNode::start(command).await
     }
