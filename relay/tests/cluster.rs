@@ -1,7 +1,8 @@
 //! A multi-node cluster in one process (`LocalCluster`, as `levee up --nodes N` runs it),
 //! over real QUIC on loopback: redirects to the mailbox's owner, a join and a drain while
-//! clients send, an abrupt node loss, and region pins. Every acknowledged envelope must be
-//! delivered, and none again after its acknowledgement.
+//! clients send, an abrupt node loss, region pins, and a registration held in line while
+//! its mailbox moves. Every acknowledged envelope must be delivered, and none again after
+//! its acknowledgement.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -640,5 +641,97 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
         "the unacknowledged envelope, once; not the acked one"
     );
     common::assert_nothing_arrives(&mut inbox).await;
+    cluster.shutdown().await.unwrap();
+}
+
+/// A registration the node holds in line (its place comes due within the hold) while its
+/// mailbox moves to a node that joins meanwhile: it is still admitted where it waited — the
+/// accounts are shared, so the place it waited for is honoured — and the session then
+/// follows the mailbox to its new owner, where it messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_held_in_line_across_a_join_is_admitted_and_follows_its_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        // One newcomer a second to start with: the line forms at once.
+        registration_initial_rate: 1.0,
+        // A long hold, and no pause for a busy test machine's late scheduler: the place
+        // must come due while the node holds the request, seconds after the join.
+        registration_hold_ms: 10_000,
+        admission_line_lag_ms: 0,
+        ..cluster_config(dir.path())
+    };
+    let cluster = start(config.clone(), &["local"]).await;
+    settled_as(&cluster, &config, &["node-1"]).await;
+    let entry = node(&cluster, "node-1");
+    let after_join = predict(&config, &[("node-1", "local"), ("node-2", "local")]);
+
+    // Newcomers ahead in line, whose mailboxes stay on node-1.
+    let mut ahead = Vec::new();
+    for _ in 0..6 {
+        let identity = identity_where(|a| owner_of(&after_join, a) == "node-1");
+        let client = Client::connect(&client_config(&entry), identity)
+            .await
+            .unwrap();
+        ahead.push(tokio::spawn(async move {
+            client.register().await.unwrap();
+            client
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Then one whose mailbox the join moves.
+    let identity = identity_where(|a| owner_of(&after_join, a) == "node-2");
+    let target = Client::connect(&client_config(&entry), identity.clone())
+        .await
+        .unwrap();
+    let registering = tokio::spawn(async move {
+        let mut tickets = 0;
+        let created = target.register_waiting(|_| tickets += 1).await;
+        (target, created, tickets)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.add_node().await.unwrap();
+    settled_as(&cluster, &config, &["node-1", "node-2"]).await;
+    assert!(
+        !registering.is_finished(),
+        "the registration must still be waiting when ownership changes; \
+         the line moved faster than this test assumes"
+    );
+
+    let (target, created, tickets) = registering.await.unwrap();
+    assert!(created.unwrap(), "the account was created");
+    assert_eq!(
+        tickets, 0,
+        "held by the node, never sent away with a ticket"
+    );
+    let mut first = None;
+    for a in ahead {
+        let c = a.await.unwrap();
+        first.get_or_insert(c);
+    }
+    let friend = first.unwrap();
+    let mut inbox = friend.subscribe().await.unwrap();
+
+    // The new account messages; its session ends up on the mailbox's new owner.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match target
+            .send(&friend.account(), &b"hello from a newcomer"[..])
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the newcomer cannot send: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the message arrived");
+    assert_eq!(&got[0].ciphertext[..], b"hello from a newcomer");
+    assert_eq!(
+        target.server(),
+        node(&cluster, "node-2").address,
+        "the session followed its mailbox to node-2"
+    );
     cluster.shutdown().await.unwrap();
 }
