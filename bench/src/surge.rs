@@ -562,9 +562,8 @@ enum WaveSpecRate {
     Closed(usize),
 }
 
-/// Runs the newcomers' side in a child process at `--wave-nice` and returns its counts.
-/// Runs a wave process against `target` and returns its counts; its pid goes into
-/// `pid` while it runs, for the trace to meter.
+/// Runs the newcomers' side against `target` in a child process at `--wave-nice` and
+/// returns its counts; its pid goes into `pid` while it runs, for the trace to meter.
 async fn spawn_wave(
     args: &Args,
     target: &ClientConfig,
@@ -590,7 +589,8 @@ async fn spawn_wave(
         WaveSpecRate::Open(r) => cmd.arg(format!("--rate={r}")),
         WaveSpecRate::Closed(n) => cmd.arg(format!("--closed={n}")),
     };
-    cmd.stdout(std::process::Stdio::piped())
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit());
     // `nice` replaces itself with the wave, so the child's pid is the wave's.
     let child = cmd
