@@ -656,18 +656,6 @@ impl Wave {
     fn hard_failure(&self, stage: &str, error: Option<&ClientError>) {
         self.hard_failures.fetch_add(1, Ordering::Relaxed);
         let kind = match error {
-            Some(ClientError::Refused { code, .. }) => format!("{stage}: {}", code.as_str_name()),
-            // Why it closed tells a node's silence, QUIC's idle timeout and a close by the
-            // node apart; numbers (durations, codes) are masked so that alike reasons count
-            // together.
-            Some(ClientError::Closed(why)) => {
-                let why: String = why
-                    .chars()
-                    .take(70)
-                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                    .collect();
-                format!("{stage}: connection closed ({why})")
-            }
             Some(e) => format!("{stage}: {}", error_kind(e)),
             None => format!("{stage}: unanswered for longer than the hold"),
         };
@@ -970,8 +958,9 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     };
     // What the node saw of this newcomer, added to the wave's total at the end.
     let mut door_attempts = 0u64;
-    // An attempt under way at `give_up` (it may take `connect_timeout`) is dropped then: the
-    // wave ends on time instead of knocking for seconds more.
+    // An attempt under way at `give_up` (it may take `connect_timeout`) is dropped then, and
+    // the newcomer counted as still at the door: the wave ends on time instead of knocking
+    // for seconds more.
     let connected = tokio::time::timeout_at(
         give_up.into(),
         connector.connect_patiently(identity, give_up, || door_attempts += 1),
@@ -1052,19 +1041,30 @@ fn hold_at_most() -> Duration {
         + Duration::from_secs(1)
 }
 
-/// The name of an error's kind, without the details that differ between occurrences.
-fn error_kind(e: &ClientError) -> &'static str {
-    match e {
+/// The name of an error's kind, without the details that differ between occurrences: a
+/// refusal by its code; a closed connection with why it closed — a node's silence, QUIC's
+/// idle timeout and a close by the node are told apart, with numbers (durations, codes)
+/// masked so that alike reasons count together.
+fn error_kind(e: &ClientError) -> String {
+    let kind = match e {
+        ClientError::Refused { code, .. } => code.as_str_name(),
+        ClientError::Closed(why) => {
+            let why: String = why
+                .chars()
+                .take(70)
+                .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                .collect();
+            return format!("connection closed ({why})");
+        }
         ClientError::Unreachable { .. } => "unreachable",
         ClientError::CertificateMismatch => "certificate mismatch",
         ClientError::Tls(_) => "TLS/QUIC",
         ClientError::Busy => "busy",
-        ClientError::Closed(_) => "connection closed",
-        ClientError::Refused { .. } => "refused",
         ClientError::Protocol(_) => "protocol error",
         ClientError::Timeout(_) => "request timeout",
         ClientError::Invalid(_) => "invalid",
-    }
+    };
+    kind.to_owned()
 }
 
 fn print_table(rows: &[Row]) {

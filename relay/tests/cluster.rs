@@ -703,12 +703,11 @@ async fn a_registration_held_in_line_across_a_join_is_admitted_and_follows_its_m
         tickets, 0,
         "held by the node, never sent away with a ticket"
     );
-    let mut first = None;
+    let mut admitted = Vec::new();
     for a in ahead {
-        let c = a.await.unwrap();
-        first.get_or_insert(c);
+        admitted.push(a.await.unwrap());
     }
-    let friend = first.unwrap();
+    let friend = &admitted[0];
     let mut inbox = friend.subscribe().await.unwrap();
 
     // The new account messages; its session ends up on the mailbox's new owner.
