@@ -426,6 +426,10 @@ impl quinn::TokenStore for DoorPass {
     }
 }
 
+/// The request id of the ping that announces a session stream: one no request uses (ids
+/// count up from 1), so the reader drops its answer.
+const ANNOUNCING_PING_ID: u64 = u64::MAX;
+
 /// Opens a connection and its session stream, and starts its reader and writer.
 async fn open_link(
     endpoint: &quinn::Endpoint,
@@ -465,6 +469,14 @@ async fn open_link(
         deliveries: Mutex::new(Some(deliveries)),
         moved: Mutex::new(None),
     });
+    // A QUIC stream is news to the peer only once something is sent on it, and a node closes
+    // a connection whose session stream it has not seen within its handshake timeout. So the
+    // stream is announced now, with a ping, rather than by the first request, which a caller
+    // may make much later.
+    let _ = outbox.send(encode_frame(&pb::ClientFrame {
+        request_id: ANNOUNCING_PING_ID,
+        body: Some(Body::Ping(pb::Ping {})),
+    }));
     tokio::spawn(write_loop(send, outbox_rx));
     tokio::spawn(read_loop(recv, shared.clone(), moves));
     Ok(Arc::new(Link {

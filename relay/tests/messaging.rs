@@ -430,6 +430,24 @@ async fn registration_is_idempotent_and_survives_restart() {
     node.stop().await;
 }
 
+/// A caller may connect well before its first request (the surge test connects hundreds of
+/// newcomers, then has them all register at once). The node closes a connection whose session
+/// stream it has not seen within its handshake timeout (10 s), so the client announces the
+/// stream when it connects; before it did, this registration failed with "open the session
+/// stream first".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_after_connecting_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path());
+    let c = node.connect(&Identity::generate().unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        c.register().await.unwrap(),
+        "registered on the first connection"
+    );
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_by_id() {
     let dir = tempfile::tempdir().unwrap();
