@@ -1,7 +1,7 @@
 //! A multi-node cluster in one process (`LocalCluster`, as `levee up --nodes N` runs it),
 //! over real QUIC on loopback: redirects to the mailbox's owner, a join and a drain while
-//! clients send, an abrupt node loss, region pins, and a registration held in line while
-//! its mailbox moves. Every acknowledged envelope must be delivered, and none again after
+//! clients send, an abrupt node loss, region pins, a registration held in line while its
+//! mailbox moves, and a handoff in the worst order. Every acknowledged envelope must be delivered, and none again after
 //! its acknowledgement.
 #![allow(clippy::unwrap_used)]
 
@@ -732,5 +732,71 @@ async fn a_registration_held_in_line_across_a_join_is_admitted_and_follows_its_m
         node(&cluster, "node-2").address,
         "the session followed its mailbox to node-2"
     );
+    cluster.shutdown().await.unwrap();
+}
+
+/// A handoff in the worst order: the shard's old owner stores its last batch after the
+/// recipient's session has moved and read its backlog on the new owner, and commits it
+/// before the new owner's delivery worker reads where to resume. The new owner then never
+/// reads those records from the log; the envelope must still reach the recipient, now, and
+/// not only when the next envelope for that mailbox happens to wake its session.
+///
+/// Stalls force the order: node-1's store holds its in-hand batch for 4 s, and node-2's
+/// log holds its worker's take-over (`assign`) for 8 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_stored_by_the_old_owner_after_its_recipient_moved_is_delivered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        fault_injection: true,
+        ..cluster_config(dir.path())
+    };
+    let cluster = start(config.clone(), &["local", "local"]).await;
+    let placement = settled_as(&cluster, &config, &["node-1", "node-2"]).await;
+    let (node_1, node_2) = (node(&cluster, "node-1"), node(&cluster, "node-2"));
+    let alice_id = identity_where(|a| owner_of(&placement, a) == "node-2");
+    let bob_id = identity_where(|a| owner_of(&placement, a) == "node-1");
+    let alice = user_via(&node_2, &alice_id).await;
+    let bob = user_via(&node_1, &bob_id).await;
+    let mut inbox = bob.subscribe().await.unwrap();
+    assert_eq!(bob.server(), node_1.address);
+
+    let stall = |admin: SocketAddr, query: &'static str| async move {
+        let (status, body) = admin_request(admin, "POST", query).await;
+        assert!(status.contains("202"), "{query}: {status} {body}");
+    };
+    // node-1's worker takes the envelope from the log and waits to store it...
+    stall(
+        node_1.admin.unwrap(),
+        "/admin/faults/stall?backend=store&secs=4",
+    )
+    .await;
+    alice
+        .send_with_id(&bob_id.account(), "across the handoff", [7; 16])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...while node-1 drains: its shards go to node-2, whose worker waits to take them.
+    stall(
+        node_2.admin.unwrap(),
+        "/admin/faults/stall?backend=log&secs=8",
+    )
+    .await;
+    let draining = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.drain("node-1").await.unwrap() }
+    });
+
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        got.iter().map(|d| d.client_message_id).collect::<Vec<_>>(),
+        [[7; 16]],
+        "the envelope reached Bob without another one to wake his session"
+    );
+    assert_eq!(
+        bob.server(),
+        node_2.address,
+        "Bob's session moved to node-2"
+    );
+    draining.await.unwrap();
     cluster.shutdown().await.unwrap();
 }

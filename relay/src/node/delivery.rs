@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use levee_queue::{LogConsumer, LoggedRecord};
-use levee_sharding::{InsertOutcome, MailboxId, NewEnvelope, ShardId};
+use levee_sharding::{InsertOutcome, MailboxId, NewEnvelope, ShardId, shard_of};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -51,6 +51,15 @@ impl Presence {
         }
     }
 
+    /// Wakes the subscribers of every mailbox in `shards` (of `shard_count`).
+    pub fn notify_shards(&self, shards: &HashSet<ShardId>, shard_count: u32) {
+        for (mailbox, tx) in self.lock().iter() {
+            if shards.contains(&shard_of(mailbox, shard_count)) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
     /// Forgets `mailbox` once its last subscriber is gone. Call after dropping a receiver.
     pub fn release(&self, mailbox: &MailboxId) {
         let mut map = self.lock();
@@ -82,7 +91,7 @@ fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
 ///
 /// When placement changes, the worker finishes (stores and commits) the batch in hand and
 /// then takes exactly the new set of shards; the new owner of a shard resumes after the
-/// last commit. For a moment two nodes may both read a shard's newest records; the store
+/// last commit, and wakes its subscribers of the shards it gained. For a moment two nodes may both read a shard's newest records; the store
 /// recognises the second copy by its dedupe key, even after the first was acknowledged and
 /// deleted, so a handoff never delivers an envelope twice after its acknowledgement.
 pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
@@ -108,6 +117,19 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
                     return;
                 }
                 continue;
+            }
+            // The shards' last owner may have stored a batch and committed it after this
+            // node's subscribers read their backlogs but before `assign` read the committed
+            // positions: this node then neither re-reads those records nor hears of them,
+            // and they would wait for the mailbox's next envelope. Whatever it committed
+            // is stored by now, so one more look at each mailbox finds it.
+            let gained: HashSet<ShardId> = owned
+                .iter()
+                .filter(|s| !assigned.as_ref().is_some_and(|a| a.contains(s)))
+                .copied()
+                .collect();
+            if !gained.is_empty() {
+                shared.presence.notify_shards(&gained, shared.log.shards());
             }
             assigned = Some(owned);
         }
@@ -204,5 +226,32 @@ async fn sleep_or_stop(stop: &CancelToken, d: Duration) -> bool {
     tokio::select! {
         () = stop.cancelled() => true,
         () = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waking_shards_wakes_exactly_the_subscribers_in_them() {
+        const SHARDS: u32 = 8;
+        let presence = Presence::default();
+        let mailboxes: Vec<MailboxId> = (0..32u8).map(|i| MailboxId([i; 32])).collect();
+        let mut watching: Vec<_> = mailboxes.iter().map(|m| presence.watch(*m)).collect();
+        let gained: HashSet<ShardId> = [1, 5].into();
+
+        presence.notify_shards(&gained, SHARDS);
+
+        for (mailbox, rx) in mailboxes.iter().zip(&mut watching) {
+            let in_gained = gained.contains(&shard_of(mailbox, SHARDS));
+            assert_eq!(rx.has_changed().ok(), Some(in_gained), "{mailbox:?}");
+        }
+        assert!(
+            mailboxes
+                .iter()
+                .any(|m| gained.contains(&shard_of(m, SHARDS))),
+            "the test wakes someone"
+        );
     }
 }
