@@ -1,8 +1,8 @@
 //! A multi-node cluster in one process (`LocalCluster`, as `levee up --nodes N` runs it),
 //! over real QUIC on loopback: redirects to the mailbox's owner, a join and a drain while
 //! clients send, an abrupt node loss, region pins, a registration held in line while its
-//! mailbox moves, and a handoff in the worst order. Every acknowledged envelope must be delivered, and none again after
-//! its acknowledgement.
+//! mailbox moves, and a handoff in the worst order. Every acknowledged envelope must be
+//! delivered, and none again after its acknowledgement.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -91,9 +91,10 @@ fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
 ///
 /// When placement changes, the worker finishes (stores and commits) the batch in hand and
 /// then takes exactly the new set of shards; the new owner of a shard resumes after the
-/// last commit, and wakes its subscribers of the shards it gained. For a moment two nodes may both read a shard's newest records; the store
-/// recognises the second copy by its dedupe key, even after the first was acknowledged and
-/// deleted, so a handoff never delivers an envelope twice after its acknowledgement.
+/// last commit, and wakes its subscribers in the shards it gained. For a moment two nodes
+/// may both read a shard's newest records; the store recognises the second copy by its
+/// dedupe key, even after the first was acknowledged and deleted, so a handoff never
+/// delivers an envelope twice after its acknowledgement.
 pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     let mut view = shared.membership.subscribe();
     let mut consumer: Box<dyn LogConsumer> = loop {
@@ -238,12 +239,12 @@ mod tests {
         const SHARDS: u32 = 8;
         let presence = Presence::default();
         let mailboxes: Vec<MailboxId> = (0..32u8).map(|i| MailboxId([i; 32])).collect();
-        let mut watching: Vec<_> = mailboxes.iter().map(|m| presence.watch(*m)).collect();
+        let watching: Vec<_> = mailboxes.iter().map(|m| presence.watch(*m)).collect();
         let gained: HashSet<ShardId> = [1, 5].into();
 
         presence.notify_shards(&gained, SHARDS);
 
-        for (mailbox, rx) in mailboxes.iter().zip(&mut watching) {
+        for (mailbox, rx) in mailboxes.iter().zip(&watching) {
             let in_gained = gained.contains(&shard_of(mailbox, SHARDS));
             assert_eq!(rx.has_changed().ok(), Some(in_gained), "{mailbox:?}");
         }
