@@ -30,7 +30,7 @@ use scylla::statement::prepared::PreparedStatement;
 use super::roster::{NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
 use crate::tls::Fingerprint;
 
-/// How many times a snapshot tries to settle the epoch before reporting what it has.
+/// How many times a snapshot tries to settle the epoch before giving up.
 const EPOCH_ATTEMPTS: usize = 5;
 
 fn backend(e: impl std::fmt::Display) -> RosterError {
@@ -313,8 +313,12 @@ impl Roster for CqlRoster {
         Ok(Vec::new())
     }
 
+    /// The rows and the epoch that describes them, or [`RosterError::Unsettled`] if the rows
+    /// kept changing. Never rows under an epoch that describes others: a node that took
+    /// such a pair kept its view while every other node computed another one at the same
+    /// epoch, and a view is recomputed only when the epoch moves, so two nodes could each
+    /// send clients to the other, or leave a shard to nobody, until the next change.
     async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
-        let mut last = None;
         for _ in 0..EPOCH_ATTEMPTS {
             let nodes = self.read_rows().await?;
             let digest = digest(&nodes);
@@ -329,14 +333,9 @@ impl Roster for CqlRoster {
             }
             self.advance(stored.as_ref().map(|(e, _)| *e), &digest)
                 .await?;
-            last = Some(nodes);
         }
-        // The rows keep changing under us (nodes joining at this very moment); report them
-        // with the newest epoch, and the next heartbeat settles it.
-        let epoch = self.read_epoch().await?.map_or(0, |(e, _)| e);
-        Ok(RosterSnapshot {
-            epoch,
-            nodes: last.unwrap_or_default(),
-        })
+        // The rows keep changing under us (nodes joining at this very moment); the caller
+        // keeps the view it has, and the next heartbeat tries again.
+        Err(RosterError::Unsettled(EPOCH_ATTEMPTS))
     }
 }

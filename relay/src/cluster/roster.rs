@@ -74,6 +74,9 @@ pub enum RosterError {
     /// The backend failed.
     #[error("roster backend: {0}")]
     Backend(String),
+    /// The rows changed between every read of them and of their epoch, this many times.
+    #[error("the roster changed under each of {0} reads; the view stays as it was")]
+    Unsettled(usize),
 }
 
 /// Reading and writing the roster. See the module docs.

@@ -69,7 +69,15 @@ impl Membership {
         if self.draining.load(Ordering::Relaxed) {
             self.roster.drain(&self.name()).await?;
         }
-        self.refresh().await
+        match self.refresh().await {
+            // Others are joining or leaving at this very moment. The row is written, which
+            // is what joining is; the first heartbeat computes the view.
+            Err(e @ RosterError::Unsettled(_)) => {
+                tracing::warn!(error = %e, "joined; the first view waits for a heartbeat");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// The current view.
