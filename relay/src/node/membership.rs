@@ -169,8 +169,14 @@ pub(crate) async fn keep(membership: Arc<Membership>, period: Duration, stop: Ca
             _ = beat.tick() => membership.beat().await,
             Some(()) = changed(&mut changes) => membership.refresh().await,
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "roster unavailable; keeping the last placement");
+        match result {
+            Ok(()) => {}
+            Err(e @ RosterError::Unsettled(_)) => {
+                tracing::warn!(error = %e, "roster changing; keeping the last placement");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "roster unavailable; keeping the last placement");
+            }
         }
     }
 }
