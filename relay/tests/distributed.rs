@@ -19,21 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, PrintedNode, admin_request, assert_nothing_arrives};
+use common::{NodeProcess, PrintedNode, admin_request, assert_nothing_arrives, unique};
 use levee_relay::client::{Client, ClientConfig, ClientError};
 use levee_relay::{AccountId, Identity};
 
 const SHARDS: u32 = 16;
 const USERS: usize = 6;
 const MESSAGES_PER_USER: u64 = 40;
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{nanos}")
-}
 
 /// Three node configurations of one fresh cluster (its own roster partition and Kafka
 /// topic, in a keyspace shared by test runs).

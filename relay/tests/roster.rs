@@ -10,21 +10,16 @@
 //! `LEVEE_CQL` overrides the database's address (127.0.0.1:19042).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::unique;
 use levee_relay::cluster::{CqlRoster, NodeInfo, NodeState, Roster, RosterError};
 use scylla::client::session_builder::SessionBuilder;
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{nanos}")
-}
 
 /// Every node computes its view from the roster's rows at an epoch and recomputes it only
 /// when the epoch moves, so two snapshots at one epoch must hold the same rows, however

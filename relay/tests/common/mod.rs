@@ -376,3 +376,12 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `prefix` made unique with the time, for names (clusters, topics) shared services keep.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos}")
+}
