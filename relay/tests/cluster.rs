@@ -157,6 +157,13 @@ fn identity_where(wanted: impl Fn(&AccountId) -> bool) -> Identity {
     }
 }
 
+/// Asks a node's admin port for a fault (`path`) and checks it was accepted; the answer's body.
+async fn fault(admin: SocketAddr, path: &str) -> String {
+    let (status, body) = admin_request(admin, "POST", path).await;
+    assert!(status.contains("202"), "{path}: {status} {body}");
+    body
+}
+
 async fn user_via(entry: &NodeSummary, identity: &Identity) -> Client {
     let client = Client::connect(&client_config(entry), identity.clone())
         .await
@@ -590,8 +597,7 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
 
     // Longer than a client's silence check (2 × 2.5 s): a node whose backends stall still
     // acknowledges probes, so the waiting client must not take it for dead.
-    let (status, body) = admin_request(admin, "POST", "/admin/faults/stall?secs=8").await;
-    assert!(status.contains("202"), "{status} {body}");
+    fault(admin, "/admin/faults/stall?secs=8").await;
     // While node-1's backends stall, a send is not acknowledged (the append waits)...
     let held = tokio::time::timeout(
         Duration::from_millis(1000),
@@ -620,8 +626,7 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
         .send_with_id(&bob_id.account(), "before the crash", [2; 16])
         .await
         .unwrap();
-    let (status, body) = admin_request(admin, "POST", "/admin/faults/crash").await;
-    assert!(status.contains("202"), "{status} {body}");
+    let body = fault(admin, "/admin/faults/crash").await;
     assert!(body.contains("node-1"), "{body}");
     assert_eq!(
         cluster
@@ -738,8 +743,9 @@ async fn a_registration_held_in_line_across_a_join_is_admitted_and_follows_its_m
 /// A handoff in the worst order: the shard's old owner stores its last batch after the
 /// recipient's session has moved and read its backlog on the new owner, and commits it
 /// before the new owner's delivery worker reads where to resume. The new owner then never
-/// reads those records from the log; the envelope must still reach the recipient, now, and
-/// not only when the next envelope for that mailbox happens to wake its session.
+/// reads those records from the log; the envelope must still reach the recipient once the
+/// new owner has taken the shard, not only when the next envelope for that mailbox happens
+/// to wake its session.
 ///
 /// Stalls force the order: node-1's store holds its in-hand batch for 4 s, and node-2's
 /// log holds its worker's take-over (`assign`) for 8 s.
@@ -760,12 +766,8 @@ async fn an_envelope_stored_by_the_old_owner_after_its_recipient_moved_is_delive
     let mut inbox = bob.subscribe().await.unwrap();
     assert_eq!(bob.server(), node_1.address);
 
-    let stall = |admin: SocketAddr, query: &'static str| async move {
-        let (status, body) = admin_request(admin, "POST", query).await;
-        assert!(status.contains("202"), "{query}: {status} {body}");
-    };
     // node-1's worker takes the envelope from the log and waits to store it...
-    stall(
+    fault(
         node_1.admin.unwrap(),
         "/admin/faults/stall?backend=store&secs=4",
     )
@@ -776,7 +778,7 @@ async fn an_envelope_stored_by_the_old_owner_after_its_recipient_moved_is_delive
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // ...while node-1 drains: its shards go to node-2, whose worker waits to take them.
-    stall(
+    fault(
         node_2.admin.unwrap(),
         "/admin/faults/stall?backend=log&secs=8",
     )
