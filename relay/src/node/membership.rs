@@ -120,22 +120,33 @@ impl Membership {
 
     /// One heartbeat: refresh the row (joining again if the others gave this node up for
     /// dead while it was alive), remove silent rows, re-read.
+    ///
+    /// The roster is re-read even when the row could not be refreshed. A node whose
+    /// heartbeats fail (its writes time out, say) while its reads still work is given up
+    /// for dead by the others after `failure_timeout`, and they take its shards; re-reading,
+    /// it sees itself gone and owns nothing, so its sessions move to the new owners. It
+    /// used to return at the failed write and keep serving its old shards beside their new
+    /// owners until a heartbeat got through again.
     pub async fn beat(&self) -> Result<(), RosterError> {
         if self.left.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match self.roster.heartbeat(&self.name()).await {
+        let beat = match self.roster.heartbeat(&self.name()).await {
             Err(RosterError::Unknown(_)) => {
                 tracing::warn!("this node was removed from the roster; joining again");
-                self.join().await?;
+                self.join().await
             }
-            other => other?,
+            other => other,
+        };
+        if beat.is_ok() {
+            // Only a node that is itself alive in the roster judges the others.
+            let dead = self.roster.expire(self.failure_timeout).await?;
+            if !dead.is_empty() {
+                tracing::warn!(nodes = ?dead, "nodes stopped answering; their shards move");
+            }
         }
-        let dead = self.roster.expire(self.failure_timeout).await?;
-        if !dead.is_empty() {
-            tracing::warn!(nodes = ?dead, "nodes stopped answering; their shards move");
-        }
-        self.refresh().await
+        let refreshed = self.refresh().await;
+        beat.and(refreshed)
     }
 
     /// Marks this node as draining: placement gives its shards to the others.
@@ -186,5 +197,98 @@ async fn changed(changes: &mut Option<watch::Receiver<u64>>) -> Option<()> {
     match changes {
         Some(rx) => rx.changed().await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::cluster::LocalRoster;
+    use crate::tls::Fingerprint;
+
+    /// The in-memory roster, whose heartbeats fail while `failing` is set: a node whose
+    /// writes time out while its reads still work.
+    #[derive(Default)]
+    struct FailingHeartbeats {
+        inner: Arc<LocalRoster>,
+        failing: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Roster for FailingHeartbeats {
+        async fn join(&self, node: NodeInfo) -> Result<(), RosterError> {
+            self.inner.join(node).await
+        }
+        async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(RosterError::Backend("write timed out".into()));
+            }
+            self.inner.heartbeat(name).await
+        }
+        async fn drain(&self, name: &str) -> Result<(), RosterError> {
+            self.inner.drain(name).await
+        }
+        async fn leave(&self, name: &str) -> Result<(), RosterError> {
+            self.inner.leave(name).await
+        }
+        async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
+            self.inner.expire(timeout).await
+        }
+        async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
+            self.inner.snapshot().await
+        }
+    }
+
+    fn member(roster: Arc<dyn Roster>, name: &str, port: u16) -> Membership {
+        let me = NodeInfo {
+            name: name.into(),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            fingerprint: Fingerprint([port as u8; 32]),
+            region: "local".into(),
+            weight: 1,
+            state: NodeState::Active,
+        };
+        let placement = PlacementConfig::default();
+        let timeout = Duration::from_millis(100);
+        Membership::new(roster, me, placement, timeout, NodeMetrics::new(name))
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_heartbeats_fail_gives_up_its_shards_once_the_others_expire_it() {
+        let a_roster = Arc::new(FailingHeartbeats::default());
+        // b reaches the same rows, and its heartbeats work.
+        let b_roster = a_roster.inner.clone();
+        let a = member(a_roster.clone(), "a", 1);
+        let b = member(b_roster, "b", 2);
+        a.join().await.unwrap();
+        b.join().await.unwrap();
+        a.beat().await.unwrap();
+        assert!(!a.view().owned().is_empty(), "a owns shards while alive");
+
+        a_roster.failing.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        b.beat().await.unwrap();
+        assert!(
+            b.view().nodes().all(|n| n.name != "a"),
+            "b gave a up for dead"
+        );
+        assert!(a.beat().await.is_err(), "the failed heartbeat is reported");
+        assert!(
+            a.view().owned().is_empty(),
+            "a, gone from the roster, owns nothing (it owned {:?})",
+            a.view().owned()
+        );
+
+        // Once its writes work again it joins again and takes its share back.
+        a_roster.failing.store(false, Ordering::Relaxed);
+        a.beat().await.unwrap();
+        b.beat().await.unwrap();
+        assert!(!a.view().owned().is_empty());
+        assert_eq!(a.view().epoch(), b.view().epoch());
     }
 }
