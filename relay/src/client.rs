@@ -607,7 +607,7 @@ impl Client {
                 Registration::Registered { created } => return Ok(created),
                 Registration::Queued(place) => {
                     on_wait(&place);
-                    tokio::time::sleep(self.jittered(place.retry_after)).await;
+                    tokio::time::sleep(self.inner.jittered(place.retry_after)).await;
                     ticket = Some(place.ticket);
                 }
             }
@@ -616,44 +616,10 @@ impl Client {
 
     /// Authenticates the session as this identity's existing account.
     pub async fn authenticate(&self) -> Result<(), ClientError> {
-        self.obeying_retry_after(|| self.inner.prove(Purpose::Authenticate, None))
+        self.inner
+            .obeying_retry_after(|| self.inner.prove(Purpose::Authenticate, None))
             .await
             .map(|_| ())
-    }
-
-    /// `wait` stretched by a random 0–25%, so that clients told the same thing do not all
-    /// come back at the same instant; never shorter than the node asked.
-    fn jittered(&self, wait: Duration) -> Duration {
-        let mut b = [0u8; 1];
-        let _ = self.inner.rng.fill(&mut b);
-        wait.mul_f64(1.0 + f64::from(b[0]) / 1020.0)
-    }
-
-    /// Runs `op`, and when the node sheds it (`RATE_LIMITED`), waits as told and tries
-    /// again, at most [`MAX_RETRIES`] times: past that the caller decides, so overload never
-    /// turns into a retry storm.
-    async fn obeying_retry_after<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, ClientError>>,
-    {
-        let mut retries = 0;
-        loop {
-            match op().await {
-                Err(ClientError::Refused {
-                    code: ErrorCode::RateLimited,
-                    retry_after,
-                    ..
-                }) if retries < MAX_RETRIES => {
-                    retries += 1;
-                    tokio::time::sleep(
-                        self.jittered(retry_after.unwrap_or(Duration::from_secs(1))),
-                    )
-                    .await;
-                }
-                other => return other,
-            }
-        }
     }
 
     /// Sends an envelope with a fresh random client message id. Returns the relay's
@@ -693,6 +659,7 @@ impl Client {
             client_message_id: Bytes::copy_from_slice(&client_message_id),
         });
         match self
+            .inner
             .obeying_retry_after(|| self.request(body.clone()))
             .await?
         {
@@ -708,6 +675,7 @@ impl Client {
             return Err(ClientError::Invalid("already subscribed".into()));
         }
         match self
+            .inner
             .obeying_retry_after(|| self.request(Body::Subscribe(pb::Subscribe {})))
             .await?
         {
@@ -799,6 +767,41 @@ fn replayable(body: &Body) -> bool {
 }
 
 impl Inner {
+    /// `wait` stretched by a random 0–25%, so that clients told the same thing do not all
+    /// come back at the same instant; never shorter than the node asked.
+    fn jittered(&self, wait: Duration) -> Duration {
+        let mut b = [0u8; 1];
+        let _ = self.rng.fill(&mut b);
+        wait.mul_f64(1.0 + f64::from(b[0]) / 1020.0)
+    }
+
+    /// Runs `op`, and when the node sheds it (`RATE_LIMITED`), waits as told and tries
+    /// again, at most [`MAX_RETRIES`] times: past that the caller decides, so overload never
+    /// turns into a retry storm.
+    async fn obeying_retry_after<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut retries = 0;
+        loop {
+            match op().await {
+                Err(ClientError::Refused {
+                    code: ErrorCode::RateLimited,
+                    retry_after,
+                    ..
+                }) if retries < MAX_RETRIES => {
+                    retries += 1;
+                    tokio::time::sleep(
+                        self.jittered(retry_after.unwrap_or(Duration::from_secs(1))),
+                    )
+                    .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn link(&self) -> Arc<Link> {
         locked(&self.link).clone()
     }
@@ -1033,8 +1036,9 @@ impl Inner {
 
     /// After `ServerFrame.moved`: connects to the new owner, authenticates and subscribes
     /// there as this session had, and only then switches over, so no request reaches the
-    /// new node before its session is ready. Gives up (the session ends, as a dropped
-    /// connection would) when the new owner cannot be reached.
+    /// new node before its session is ready. A login or subscription the new owner sheds
+    /// is retried as told, at most [`MAX_RETRIES`] times. Gives up (the session ends, as a
+    /// dropped connection would) when the new owner cannot be reached or keeps refusing.
     async fn follow(&self) {
         let old = self.link();
         let Some(moved) = locked(&old.shared.moved).clone() else {
@@ -1060,8 +1064,12 @@ impl Inner {
                     break;
                 }
             };
+            // The new owner may shed the login or the subscription for a while (it just
+            // took on the moved users); the session obeys as any request would.
             if self.authenticated.load(Ordering::Relaxed) {
-                match self.prove_on(&link, Purpose::Authenticate, None).await {
+                let login =
+                    self.obeying_retry_after(|| self.prove_on(&link, Purpose::Authenticate, None));
+                match login.await {
                     Ok(Proved::Done(_)) => {}
                     Ok(Proved::Redirect(answer)) => {
                         link.conn.close(0u32.into(), b"redirected");
@@ -1076,7 +1084,9 @@ impl Inner {
             }
             if self.subscribed.load(Ordering::Relaxed)
                 && let Err(e) = self
-                    .request_on(&link, Body::Subscribe(pb::Subscribe {}))
+                    .obeying_retry_after(|| {
+                        self.request_on(&link, Body::Subscribe(pb::Subscribe {}))
+                    })
                     .await
             {
                 tracing::warn!(error = %e, "cannot subscribe on the mailbox's new node");
