@@ -958,15 +958,11 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     };
     // What the node saw of this newcomer, added to the wave's total at the end.
     let mut door_attempts = 0u64;
-    // An attempt under way at `give_up` (it may take `connect_timeout`) is dropped then, and
-    // the newcomer counted as still at the door: the wave ends on time instead of knocking
-    // for seconds more.
-    let connected = tokio::time::timeout_at(
-        give_up.into(),
-        connector.connect_patiently(identity, give_up, || door_attempts += 1),
-    )
-    .await
-    .unwrap_or(Err(ClientError::Busy));
+    // An attempt under way at `give_up` is dropped then, and the newcomer counted as still
+    // at the door: the wave ends on time instead of knocking for seconds more.
+    let connected = connector
+        .connect_patiently(identity, give_up, || door_attempts += 1)
+        .await;
     let mut requests = door_attempts;
     let client = match connected {
         Ok(client) => client,

@@ -120,7 +120,8 @@ impl Connector {
     /// without a word, see the node's door), is followed by a back-off (0.5 s doubling to at
     /// most 8 s, plus up to 100% jitter) and another attempt, until `give_up`. The growing
     /// back-off keeps a crowd of patient clients from becoming a retry storm. `on_refused`
-    /// is called for each attempt turned away either way.
+    /// is called for each attempt turned away either way. An attempt still under way at
+    /// `give_up` is dropped then ([`ClientError::Unreachable`]; not counted as turned away).
     pub async fn connect_patiently(
         &self,
         identity: Identity,
@@ -140,14 +141,28 @@ impl Connector {
         let mut backoff = Duration::from_millis(500);
         let mut refusals = 0;
         loop {
-            let attempt = Client::establish(
+            let establish = Client::establish(
                 &self.endpoint,
                 &self.config,
                 presenting_pass(self.quinn_config.clone(), &identity),
                 &self.mismatch,
                 identity.clone(),
-            )
-            .await;
+            );
+            let attempt = match give_up {
+                // An attempt may take `connect_timeout`; patience ends at the deadline, not
+                // that long after it. What the node would have answered is moot, and the
+                // attempt, cut short, is not counted as turned away.
+                Some(t) => match tokio::time::timeout_at(t.into(), establish).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => {
+                        return Err(ClientError::Unreachable {
+                            server: self.config.server,
+                            reason: "no answer before the deadline".into(),
+                        });
+                    }
+                },
+                None => establish.await,
+            };
             let turned_away = match &attempt {
                 Err(ClientError::Busy) => true,
                 // Patience has a deadline, so a node that is really gone costs only time.

@@ -469,3 +469,35 @@ async fn pipelined_requests_are_answered_by_id() {
     assert_eq!(unique.len(), 200, "distinct envelope ids");
     node.stop().await;
 }
+
+/// A patient connection attempt ends at its deadline, not `connect_timeout` after it: a
+/// newcomer (or a drill's) that set a deadline gets its answer then. Against a socket that
+/// never answers, with a deadline far inside the connect timeout, the first attempt can
+/// only end by being cut short, which is not counted as a refusal by the node. Before, it
+/// ran its whole 5 s, was counted as turned away, and ended with "timed out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_connection_gives_up_at_its_deadline() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = levee_relay::client::ClientConfig::new(
+        silent.local_addr().unwrap(),
+        levee_relay::tls::Trust::Fingerprint(levee_relay::tls::Fingerprint([0; 32])),
+    );
+    config.connect_timeout = Duration::from_secs(5);
+    let connector = levee_relay::client::Connector::new(&config).unwrap();
+    let give_up = std::time::Instant::now() + Duration::from_millis(300);
+    let mut refused = 0;
+    let result = connector
+        .connect_patiently(Identity::generate().unwrap(), give_up, || refused += 1)
+        .await;
+    match result {
+        Err(levee_relay::client::ClientError::Unreachable { reason, .. }) => {
+            assert_eq!(reason, "no answer before the deadline");
+        }
+        Err(e) => panic!("expected the deadline, got {e}"),
+        Ok(_) => panic!("nothing answers there"),
+    }
+    assert_eq!(
+        refused, 0,
+        "the attempt cut short is not counted as turned away"
+    );
+}
