@@ -390,15 +390,27 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
         Arc::new(roster),
     )
     .context("starting the node")?;
-    print_node(&NodeSummary::of(&node, &config.region));
+    let summary = NodeSummary::of(&node, &config.region);
+    // "ready" once the node is in the roster and has its first view: printed earlier, a
+    // script that connects on seeing it could find a node owning nothing yet.
+    let (joined, is_in) = tokio::sync::oneshot::channel();
+    let run = node.run_announcing(shutdown_signal(), joined);
+    tokio::pin!(run);
+    tokio::select! {
+        stopped = &mut run => {
+            stopped.context("the node could not join its cluster")?;
+            println!("levee stopped");
+            return Ok(());
+        }
+        Ok(()) = is_in => {}
+    }
+    print_node(&summary);
     println!(
         "  cluster:     {} (keyspace {}, topic {})",
         config.cluster_name, scylla.keyspace, kafka.topic
     );
     println!("stop with Ctrl-C or SIGTERM");
-    node.run(shutdown_signal())
-        .await
-        .context("the node stopped with an error")?;
+    run.await.context("the node stopped with an error")?;
     println!("levee stopped");
     Ok(())
 }

@@ -314,8 +314,9 @@ impl Node {
         self.run_announcing(shutdown, joined).await
     }
 
-    /// [`run`](Self::run), saying on `joined` once the node is in the roster.
-    pub(crate) async fn run_announcing(
+    /// [`run`](Self::run), saying on `joined` once the node is in the roster and has its
+    /// first view (what a process announcing "ready" waits for).
+    pub async fn run_announcing(
         mut self,
         shutdown: impl Future<Output = ()>,
         joined: tokio::sync::oneshot::Sender<()>,
