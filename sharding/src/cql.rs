@@ -565,8 +565,27 @@ impl MailboxStore for ScyllaMailboxStore {
             .filter(|(_, o)| **o == InsertOutcome::Stored)
             .map(|(e, _)| e)
             .collect();
-        for chunk in fresh.chunks(CONCURRENCY) {
-            try_join_all(chunk.iter().map(|e| self.store(e, now))).await?;
+        // One mailbox's envelopes one at a time, in id order; mailboxes in parallel. A
+        // reader (a session's pump) may read while this runs, and it moves its cursor past
+        // the highest id it saw: had a higher id become visible before a lower one of the
+        // same batch, the lower one would be skipped until the next session. Stored all at
+        // once, a distributed test saw exactly that (envelopes 7 and 9 delivered, 8 not).
+        let mut by_mailbox: HashMap<MailboxId, Vec<&NewEnvelope>> = HashMap::new();
+        for &e in &fresh {
+            by_mailbox.entry(e.mailbox).or_default().push(e);
+        }
+        let mut queues: Vec<Vec<&NewEnvelope>> = by_mailbox.into_values().collect();
+        for queue in &mut queues {
+            queue.sort_by_key(|e| e.id);
+        }
+        for chunk in queues.chunks(CONCURRENCY) {
+            try_join_all(chunk.iter().map(|queue| async move {
+                for e in queue {
+                    self.store(e, now).await?;
+                }
+                Ok::<(), StoreError>(())
+            }))
+            .await?;
         }
         // A live-from hint must never hide a stored envelope. Log order makes this a no-op
         // (an acknowledged id is always above what was stored before it), but one read per
