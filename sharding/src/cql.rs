@@ -346,17 +346,29 @@ impl ScyllaMailboxStore {
         Ok(result.into_rows_result().map_err(engine)?.rows_num() > 0)
     }
 
-    /// Writes an envelope and then its dedupe record, both at the envelope's acceptance
-    /// time (see "Idempotence" in the module documentation).
-    async fn store(&self, e: &NewEnvelope, now_ms: u64) -> Result<(), StoreError> {
-        let id = to_cql_id(e.id)?;
-        let ttl = ttl_secs(e.expires_at_ms, now_ms);
-        let written_at = i64::try_from(e.accepted_at_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let mailbox = e.mailbox.as_bytes().as_slice();
-        self.session
-            .execute_unpaged(
-                &self.statements.insert_envelope,
-                (
+    /// Writes one mailbox's new envelopes (`queue`, in id order) and then their dedupe
+    /// records, all at their envelopes' acceptance times (see "Idempotence" in the module
+    /// documentation). The envelopes go in single-partition unlogged batches of at most
+    /// [`STORE_BATCH_BYTES`] of payload, one after another: a batch within one partition is
+    /// applied atomically and in isolation, so a reader sees a prefix of the queue, never
+    /// an envelope before a lower one. (A session's pump moves its cursor past the highest
+    /// id it read; written one statement each, concurrently, a distributed test saw
+    /// envelopes 7 and 9 delivered and 8 skipped.) One mutation per batch, not one per
+    /// envelope, is also cheaper for the database.
+    async fn store_mailbox(&self, queue: &[&NewEnvelope], now_ms: u64) -> Result<(), StoreError> {
+        for part in byte_bounded(queue, STORE_BATCH_BYTES) {
+            let mut envelopes = Batch::new(BatchType::Unlogged);
+            let mut dedupes = Batch::new(BatchType::Unlogged);
+            let mut envelope_values = Vec::with_capacity(part.len());
+            let mut dedupe_values = Vec::with_capacity(part.len());
+            for e in part {
+                let id = to_cql_id(e.id)?;
+                let ttl = ttl_secs(e.expires_at_ms, now_ms);
+                let written_at =
+                    i64::try_from(e.accepted_at_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let mailbox = e.mailbox.as_bytes().as_slice();
+                envelopes.append_statement(self.statements.insert_envelope.clone());
+                envelope_values.push((
                     mailbox,
                     id,
                     e.client_message_id.as_slice(),
@@ -366,19 +378,51 @@ impl ScyllaMailboxStore {
                     e.ciphertext.as_ref(),
                     ttl,
                     written_at,
-                ),
-            )
-            .await
-            .map_err(engine)?;
-        self.session
-            .execute_unpaged(
-                &self.statements.insert_dedupe,
-                (mailbox, e.dedupe_key.as_slice(), id, ttl, written_at),
-            )
-            .await
-            .map_err(engine)?;
+                ));
+                dedupes.append_statement(self.statements.insert_dedupe.clone());
+                dedupe_values.push((mailbox, e.dedupe_key.as_slice(), id, ttl, written_at));
+            }
+            envelopes.set_is_idempotent(true);
+            dedupes.set_is_idempotent(true);
+            self.session
+                .batch(&envelopes, envelope_values)
+                .await
+                .map_err(engine)?;
+            self.session
+                .batch(&dedupes, dedupe_values)
+                .await
+                .map_err(engine)?;
+        }
         Ok(())
     }
+}
+
+/// Most payload bytes in one batch of envelope writes: far under the database's largest
+/// mutation (half a commit-log segment, 16 MiB by default), and small enough not to hold
+/// a replica's write path for long.
+const STORE_BATCH_BYTES: usize = 1 << 20;
+
+/// `queue` cut, in order, into runs of at most `max` payload bytes (at least one envelope
+/// each, however large).
+fn byte_bounded<'a>(
+    queue: &'a [&'a NewEnvelope],
+    max: usize,
+) -> impl Iterator<Item = &'a [&'a NewEnvelope]> {
+    let mut rest = queue;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || bytes + rest[n].ciphertext.len() <= max) {
+            bytes += rest[n].ciphertext.len();
+            n += 1;
+        }
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        Some(part)
+    })
 }
 
 impl Statements {
@@ -565,11 +609,8 @@ impl MailboxStore for ScyllaMailboxStore {
             .filter(|(_, o)| **o == InsertOutcome::Stored)
             .map(|(e, _)| e)
             .collect();
-        // One mailbox's envelopes one at a time, in id order; mailboxes in parallel. A
-        // reader (a session's pump) may read while this runs, and it moves its cursor past
-        // the highest id it saw: had a higher id become visible before a lower one of the
-        // same batch, the lower one would be skipped until the next session. Stored all at
-        // once, a distributed test saw exactly that (envelopes 7 and 9 delivered, 8 not).
+        // Each mailbox's envelopes in id order, in batches that a reader sees whole or not
+        // at all (see `store_mailbox`); mailboxes in parallel.
         let mut by_mailbox: HashMap<MailboxId, Vec<&NewEnvelope>> = HashMap::new();
         for &e in &fresh {
             by_mailbox.entry(e.mailbox).or_default().push(e);
@@ -579,13 +620,7 @@ impl MailboxStore for ScyllaMailboxStore {
             queue.sort_by_key(|e| e.id);
         }
         for chunk in queues.chunks(CONCURRENCY) {
-            try_join_all(chunk.iter().map(|queue| async move {
-                for e in queue {
-                    self.store(e, now).await?;
-                }
-                Ok::<(), StoreError>(())
-            }))
-            .await?;
+            try_join_all(chunk.iter().map(|queue| self.store_mailbox(queue, now))).await?;
         }
         // A live-from hint must never hide a stored envelope. Log order makes this a no-op
         // (an acknowledged id is always above what was stored before it), but one read per
@@ -729,5 +764,37 @@ impl MailboxStore for ScyllaMailboxStore {
     /// Nothing to do: envelopes and dedupe records carry TTLs and the database drops them.
     async fn expire(&self, _now_ms: u64, _max: usize) -> Result<usize, StoreError> {
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: u64, size: usize) -> NewEnvelope {
+        NewEnvelope {
+            mailbox: MailboxId([1; 32]),
+            id,
+            dedupe_key: [0; 16],
+            client_message_id: [0; 16],
+            accepted_at_ms: 0,
+            expires_at_ms: 0,
+            ciphertext: Bytes::from(vec![0; size]),
+        }
+    }
+
+    #[test]
+    fn batches_keep_order_and_their_byte_bound_but_never_come_empty() {
+        let envelopes: Vec<NewEnvelope> = [(1, 40), (2, 40), (3, 40), (4, 200), (5, 10)]
+            .into_iter()
+            .map(|(id, size)| envelope(id, size))
+            .collect();
+        let queue: Vec<&NewEnvelope> = envelopes.iter().collect();
+        let parts: Vec<Vec<u64>> = byte_bounded(&queue, 100)
+            .map(|part| part.iter().map(|e| e.id).collect())
+            .collect();
+        // 40 + 40 fit, a third would not; 200 alone exceeds the bound but goes on its own.
+        assert_eq!(parts, vec![vec![1, 2], vec![3], vec![4], vec![5]]);
+        assert_eq!(byte_bounded(&[], 100).count(), 0);
     }
 }

@@ -222,6 +222,34 @@ pub async fn a_reader_during_an_insert_sees_no_gaps(s: &impl MailboxStore) {
     }
 }
 
+/// Envelopes at the relay's default size limit (64 KiB), more of them for one mailbox in
+/// one insert than a single database write takes, all come back, in order.
+pub async fn a_large_insert_for_one_mailbox_is_stored_whole(s: &impl MailboxStore) {
+    let a = random_mailbox();
+    let later = in_an_hour();
+    let batch: Vec<_> = (0..40u64)
+        .map(|i| {
+            let mut e = envelope(a, i, 0, later);
+            e.dedupe_key = u128::from(i).to_be_bytes();
+            e.ciphertext = bytes::Bytes::from(vec![i as u8; 64 * 1024]);
+            e
+        })
+        .collect();
+    let outcomes = s.insert(batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Stored));
+    let stored = s.read(&a, None, 100, now_ms()).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.id).collect::<Vec<_>>(),
+        (0..40).collect::<Vec<_>>()
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|e| e.ciphertext.len() == 64 * 1024
+                && e.ciphertext.iter().all(|b| *b == e.id as u8))
+    );
+}
+
 /// Every contract check, one after another.
 pub async fn all(s: &impl MailboxStore) {
     accounts(s).await;
@@ -230,4 +258,5 @@ pub async fn all(s: &impl MailboxStore) {
     drained_mailbox_misses_nothing(s).await;
     large_backlog_pages_in_order(s).await;
     a_reader_during_an_insert_sees_no_gaps(s).await;
+    a_large_insert_for_one_mailbox_is_stored_whole(s).await;
 }
