@@ -397,10 +397,12 @@ impl ScyllaMailboxStore {
     }
 }
 
-/// Most payload bytes in one batch of envelope writes: far under the database's largest
-/// mutation (half a commit-log segment, 16 MiB by default), and small enough not to hold
-/// a replica's write path for long.
-const STORE_BATCH_BYTES: usize = 1 << 20;
+/// Most payload bytes in one batch of envelope writes (one envelope larger than this goes
+/// alone): far under the largest mutation Cassandra takes (half a commit-log segment,
+/// 16 MiB by default) and under ScyllaDB's batch-size warning (128 KiB) and failure (1 MiB)
+/// thresholds, which may count single-partition batches too. At the relay's usual sizes it
+/// still holds hundreds of envelopes.
+const STORE_BATCH_BYTES: usize = 64 * 1024;
 
 /// `queue` cut, in order, into runs of at most `max` payload bytes (at least one envelope
 /// each, however large).
