@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use levee_sharding::PlacementConfig;
 use tokio::sync::watch;
@@ -25,8 +25,6 @@ pub(crate) struct Membership {
     view: watch::Sender<Arc<ClusterView>>,
     draining: AtomicBool,
     left: AtomicBool,
-    /// When this node's row was last written (joined or heartbeat).
-    last_written: std::sync::Mutex<Instant>,
     metrics: NodeMetrics,
 }
 
@@ -52,7 +50,6 @@ impl Membership {
             view: watch::Sender::new(view),
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
-            last_written: std::sync::Mutex::new(Instant::now()),
             metrics,
         }
     }
@@ -69,7 +66,6 @@ impl Membership {
     /// Adds this node's row and computes the first view.
     pub async fn join(&self) -> Result<(), RosterError> {
         self.roster.join(self.me()).await?;
-        self.written();
         if self.draining.load(Ordering::Relaxed) {
             self.roster.drain(&self.name()).await?;
         }
@@ -140,11 +136,7 @@ impl Membership {
                 tracing::warn!("this node was removed from the roster; joining again");
                 self.join().await
             }
-            Ok(()) => {
-                self.written();
-                Ok(())
-            }
-            Err(e) => Err(e),
+            other => other,
         };
         if beat.is_ok() {
             // Only a node that is itself alive in the roster judges the others.
@@ -154,48 +146,7 @@ impl Membership {
             }
         }
         let refreshed = self.refresh().await;
-        // A roster that keeps changing (`Unsettled`) was read; only one out of reach is
-        // a reason to doubt this node's place in it.
-        if beat.is_err() && matches!(refreshed, Err(RosterError::Backend(_))) {
-            self.fence_if_given_up();
-        }
         beat.and(refreshed)
-    }
-
-    fn written(&self) {
-        *self.last_written.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    }
-
-    /// A node that could neither write its row nor read the roster for longer than
-    /// `failure_timeout` has been given up for dead by any node that can, and its shards
-    /// have new owners; it cannot tell, so it assumes so and owns nothing (the view before
-    /// joining, epoch 0) until a read succeeds. Its sessions move, or learn their mailbox is
-    /// unavailable for now, instead of being served beside the new owners. If the roster is
-    /// down for every node, every node gives its shards up; the mailboxes live in the same
-    /// database, so nothing could have been delivered anyway.
-    fn fence_if_given_up(&self) {
-        let silent = self
-            .last_written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
-        let old = self.view();
-        if silent <= self.failure_timeout || old.epoch() == 0 {
-            return;
-        }
-        tracing::warn!(
-            node = old.me(),
-            silent_ms = silent.as_millis() as u64,
-            "the roster has been out of reach for longer than the failure timeout; \
-             giving up this node's shards until it answers"
-        );
-        let none = RosterSnapshot {
-            epoch: 0,
-            nodes: Vec::new(),
-        };
-        let view = Arc::new(ClusterView::compute(old.me(), &none, &self.placement));
-        self.metrics.placement(0, 0, 0, old.owned().len());
-        self.view.send_replace(view);
     }
 
     /// Marks this node as draining: placement gives its shards to the others.
@@ -266,8 +217,6 @@ mod tests {
     struct FailingHeartbeats {
         inner: Arc<LocalRoster>,
         failing: AtomicBool,
-        /// Reads (snapshots) fail too: the roster is out of reach altogether.
-        reads_failing: AtomicBool,
     }
 
     #[async_trait]
@@ -291,9 +240,6 @@ mod tests {
             self.inner.expire(timeout).await
         }
         async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
-            if self.reads_failing.load(Ordering::Relaxed) {
-                return Err(RosterError::Backend("read timed out".into()));
-            }
             self.inner.snapshot().await
         }
     }
@@ -344,33 +290,5 @@ mod tests {
         b.beat().await.unwrap();
         assert!(!a.view().owned().is_empty());
         assert_eq!(a.view().epoch(), b.view().epoch());
-    }
-
-    #[tokio::test]
-    async fn a_node_that_cannot_reach_the_roster_past_the_failure_timeout_owns_nothing() {
-        let roster = Arc::new(FailingHeartbeats::default());
-        let a = member(roster.clone(), "a", 1);
-        a.join().await.unwrap();
-        let owned = a.view().owned();
-        assert!(!owned.is_empty());
-
-        roster.failing.store(true, Ordering::Relaxed);
-        roster.reads_failing.store(true, Ordering::Relaxed);
-        assert!(a.beat().await.is_err());
-        assert_eq!(a.view().owned(), owned, "a short outage changes nothing");
-
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(a.beat().await.is_err());
-        assert!(
-            a.view().owned().is_empty(),
-            "out of reach past the failure timeout: the others have its shards by now"
-        );
-
-        // The roster answers again: the node's row was never removed here, so its view
-        // comes back as it was.
-        roster.failing.store(false, Ordering::Relaxed);
-        roster.reads_failing.store(false, Ordering::Relaxed);
-        a.beat().await.unwrap();
-        assert_eq!(a.view().owned(), owned);
     }
 }
