@@ -251,6 +251,32 @@ async fn services(args: &[&str]) {
     assert!(status.success(), "scripts/services.sh failed");
 }
 
+/// A service frozen with `scripts/services.sh pause`, thawed when this is dropped: a test
+/// that fails while the service is frozen must not leave it frozen for the tests after it
+/// (they then all failed at start-up, the database not answering).
+struct Paused(&'static str);
+
+impl Paused {
+    async fn freeze(name: &'static str) -> Self {
+        services(&["pause", name]).await;
+        Self(name)
+    }
+
+    async fn thaw(self) {
+        services(&["resume", self.0]).await;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+        let _ = std::process::Command::new(script)
+            .args(["resume", self.0])
+            .status();
+    }
+}
+
 /// Registers `USERS` users through different nodes; returns them and the nodes they ended on.
 async fn register_users(cluster: &Cluster) -> (Vec<Identity>, BTreeSet<SocketAddr>) {
     let users: Vec<Identity> = (0..USERS).map(|_| Identity::generate().unwrap()).collect();
@@ -423,7 +449,7 @@ async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messag
         acked.insert(id, next(i));
     }
 
-    services(&["pause", "cassandra"]).await;
+    let frozen = Paused::freeze("cassandra").await;
     let frozen_at = Instant::now();
     // While the store is frozen, established sessions keep sending and every send is
     // acknowledged: the log buffers them.
@@ -453,7 +479,7 @@ async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messag
             node.name
         );
     }
-    services(&["resume", "cassandra"]).await;
+    frozen.thaw().await;
     let stalled = frozen_at.elapsed();
     assert!(
         lowest < 1.0,
