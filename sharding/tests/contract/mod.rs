@@ -39,6 +39,17 @@ pub fn envelope(mailbox: MailboxId, id: u64, dedupe: u8, expires_at_ms: u64) -> 
     }
 }
 
+/// Envelopes `0..n` for `mailbox`, each with its own dedupe key, expiring in an hour.
+pub fn numbered(mailbox: MailboxId, n: u64) -> Vec<NewEnvelope> {
+    (0..n)
+        .map(|i| {
+            let mut e = envelope(mailbox, i, 0, in_an_hour());
+            e.dedupe_key = u128::from(i).to_be_bytes();
+            e
+        })
+        .collect()
+}
+
 pub async fn read_ids(s: &impl MailboxStore, m: &MailboxId, after: Option<u64>) -> Vec<u64> {
     s.read(m, after, 10_000, now_ms())
         .await
@@ -156,15 +167,7 @@ pub async fn drained_mailbox_misses_nothing(s: &impl MailboxStore) {
 /// A large backlog comes back in order, `max` at a time.
 pub async fn large_backlog_pages_in_order(s: &impl MailboxStore) {
     let a = random_mailbox();
-    let later = in_an_hour();
-    let batch: Vec<_> = (0..1_500u64)
-        .map(|i| {
-            let mut e = envelope(a, i, 0, later);
-            e.dedupe_key = (i as u128).to_be_bytes();
-            e
-        })
-        .collect();
-    let outcomes = s.insert(batch).await.unwrap();
+    let outcomes = s.insert(numbered(a, 1_500)).await.unwrap();
     assert!(outcomes.iter().all(|o| *o == InsertOutcome::Stored));
     let first = s.read(&a, None, 1_000, now_ms()).await.unwrap();
     assert_eq!(first.len(), 1_000);
@@ -226,15 +229,10 @@ pub async fn a_reader_during_an_insert_sees_no_gaps(s: &impl MailboxStore) {
 /// one insert than a single database write takes, all come back, in order.
 pub async fn a_large_insert_for_one_mailbox_is_stored_whole(s: &impl MailboxStore) {
     let a = random_mailbox();
-    let later = in_an_hour();
-    let batch: Vec<_> = (0..40u64)
-        .map(|i| {
-            let mut e = envelope(a, i, 0, later);
-            e.dedupe_key = u128::from(i).to_be_bytes();
-            e.ciphertext = bytes::Bytes::from(vec![i as u8; 64 * 1024]);
-            e
-        })
-        .collect();
+    let mut batch = numbered(a, 40);
+    for e in &mut batch {
+        e.ciphertext = bytes::Bytes::from(vec![e.id as u8; 64 * 1024]);
+    }
     let outcomes = s.insert(batch).await.unwrap();
     assert!(outcomes.iter().all(|o| *o == InsertOutcome::Stored));
     let stored = s.read(&a, None, 100, now_ms()).await.unwrap();
