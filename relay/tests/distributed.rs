@@ -238,42 +238,46 @@ async fn drain_all(
 /// The services are shared: tests that restart or freeze them must not overlap with others.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Runs `scripts/services.sh ARGS` (faults on the services it started).
-async fn services(args: &[&str]) {
+/// Runs `scripts/services.sh ARGS` (faults on the services it started), waiting for it.
+fn services_now(args: &[String]) -> std::io::Result<std::process::ExitStatus> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+    std::process::Command::new(script).args(args).status()
+}
+
+/// [`services_now`] off the runtime's threads; it must succeed.
+async fn services(args: &[&str]) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(script).args(&args).status()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let status = tokio::task::spawn_blocking(move || services_now(&args))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "scripts/services.sh failed");
 }
 
 /// A service frozen with `scripts/services.sh pause`, thawed when this is dropped: a test
 /// that fails while the service is frozen must not leave it frozen for the tests after it
 /// (they then all failed at start-up, the database not answering).
-struct Paused(&'static str);
+struct Paused(Option<&'static str>);
 
 impl Paused {
     async fn freeze(name: &'static str) -> Self {
         services(&["pause", name]).await;
-        Self(name)
+        Self(Some(name))
     }
 
-    async fn thaw(self) {
-        services(&["resume", self.0]).await;
-        std::mem::forget(self);
+    /// Thaws it now; it must succeed.
+    async fn thaw(mut self) {
+        if let Some(name) = self.0.take() {
+            services(&["resume", name]).await;
+        }
     }
 }
 
 impl Drop for Paused {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
-        let _ = std::process::Command::new(script)
-            .args(["resume", self.0])
-            .status();
+        if let Some(name) = self.0.take() {
+            let _ = services_now(&["resume".into(), name.into()]);
+        }
     }
 }
 

@@ -621,25 +621,17 @@ impl MailboxStore for ScyllaMailboxStore {
         for queue in &mut queues {
             queue.sort_by_key(|e| e.id);
         }
+        // Then each mailbox's live-from hint, which must never hide a stored envelope. Log
+        // order makes this a no-op (an acknowledged id is always above what was stored
+        // before it), but one read per mailbox keeps it true whatever order envelopes come
+        // in. A queue is sorted, so its first envelope is its lowest.
         for chunk in queues.chunks(CONCURRENCY) {
-            try_join_all(chunk.iter().map(|queue| self.store_mailbox(queue, now))).await?;
-        }
-        // A live-from hint must never hide a stored envelope. Log order makes this a no-op
-        // (an acknowledged id is always above what was stored before it), but one read per
-        // mailbox keeps it true whatever order envelopes come in.
-        let mut lowest: HashMap<MailboxId, i64> = HashMap::new();
-        for e in &fresh {
-            let id = to_cql_id(e.id)?;
-            let low = lowest.entry(e.mailbox).or_insert(id);
-            *low = (*low).min(id);
-        }
-        let lowest: Vec<(MailboxId, i64)> = lowest.into_iter().collect();
-        for chunk in lowest.chunks(CONCURRENCY) {
-            try_join_all(
-                chunk
-                    .iter()
-                    .map(|(mailbox, low)| self.lower_live_from(mailbox, *low)),
-            )
+            try_join_all(chunk.iter().map(|queue| async move {
+                self.store_mailbox(queue, now).await?;
+                let lowest = &queue[0];
+                self.lower_live_from(&lowest.mailbox, to_cql_id(lowest.id)?)
+                    .await
+            }))
             .await?;
         }
         Ok(outcomes)
