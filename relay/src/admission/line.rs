@@ -40,6 +40,8 @@ pub struct WaitingLine {
     open_share: f64,
     /// Registrations sent on to another node in the current window.
     redirected_this_window: u64,
+    /// Registrations decided in the current window (entered or not).
+    asked_this_window: u64,
     /// Registrations that entered, or were sent on to their mailbox's owner, per second the
     /// line was open, over recent windows (smoothed over about two): what the node
     /// measurably absorbed.
@@ -62,6 +64,7 @@ impl WaitingLine {
             open_this_window: 0.0,
             open_share: 1.0,
             redirected_this_window: 0,
+            asked_this_window: 0,
             absorbed: rate,
         }
     }
@@ -182,6 +185,11 @@ impl WaitingLine {
         (position as f64) < self.head
     }
 
+    /// Counts a registration asked for, before it is decided (whether it enters or not).
+    pub fn asked(&mut self) {
+        self.asked_this_window += 1;
+    }
+
     /// Counts a registration that was served (directly or from the line).
     pub fn entered(&mut self) {
         self.entered_this_window += 1;
@@ -224,14 +232,23 @@ impl WaitingLine {
     /// window spiralled the rate down to a few per second within one wave. A window open
     /// for less than a tenth of its length measures nothing: overloaded, the rate falls
     /// 10%; otherwise it stays.
+    ///
+    /// Nor does a window in which nobody asked to register: the node may be busy with its
+    /// users, but that says nothing about how many newcomers it could seat, and congestion
+    /// right now is the pause's business. Learning from such windows halved the rate with
+    /// each overloaded second of a quiet hour: in one `levee-surge` run the warm-up alone
+    /// (40 s of users, no newcomer) left the line at 15.6 a second of its 500, and the
+    /// wave after it seated 5 a second (docs/PERFORMANCE.md, "Twelfth pass").
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let open = self.open_this_window;
-        let measured = (open >= 0.1 * window.as_secs_f64())
+        let asked =
+            self.asked_this_window + self.entered_this_window + self.redirected_this_window > 0;
+        let measured = (asked && open >= 0.1 * window.as_secs_f64())
             .then(|| self.entered_this_window as f64 / open.max(1e-3));
         self.rate = match (verdict, measured) {
             (Verdict::Overloaded, Some(m)) => m.clamp(self.rate * 0.5, self.rate * 0.9),
-            (Verdict::Overloaded, None) => self.rate * 0.9,
-            (Verdict::Hold, _) | (Verdict::Calm, None) => self.rate,
+            (Verdict::Overloaded, None) if asked => self.rate * 0.9,
+            (Verdict::Overloaded | Verdict::Hold, _) | (Verdict::Calm, None) => self.rate,
             // Raise at most to twice what measurably entered; never lower here: few entering can
             // mean the holders of due places have not come back yet, not that the node is full.
             (Verdict::Calm, Some(m)) => (self.rate * 1.25 + 1.0)
@@ -245,6 +262,7 @@ impl WaitingLine {
             self.absorbed = 0.5 * self.absorbed + 0.5 * m;
         }
         self.redirected_this_window = 0;
+        self.asked_this_window = 0;
         let open_share = (open / window.as_secs_f64().max(1e-3)).min(1.0);
         self.open_share = 0.5 * self.open_share + 0.5 * open_share;
         self.entered_this_window = 0;
@@ -268,6 +286,8 @@ mod tests {
         let w = Duration::from_secs(1);
         *now += w;
         line.advance(*now);
+        // Someone asked in every window here; see `a_window_nobody_asked_in_measures_nothing`.
+        line.asked();
         (0..entered).for_each(|_| line.entered());
         (0..redirected).for_each(|_| line.redirected());
         line.end_window(verdict, w);
@@ -440,6 +460,29 @@ mod tests {
     }
 
     #[test]
+    fn a_window_nobody_asked_in_measures_nothing() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(500.0, t0);
+        let door = line.door_rate();
+        // Forty seconds of a node busy with its users, judged overloaded, while nobody
+        // registers: the line learns nothing from them.
+        for s in 1..=40 {
+            let now = t0 + Duration::from_secs(s);
+            line.advance(now);
+            line.end_window(Verdict::Overloaded, Duration::from_secs(1));
+        }
+        assert_eq!(line.rate(), 500.0);
+        assert_eq!(line.door_rate(), door, "nor does the door narrow");
+        // Registrations asked for, few entering, overloaded: the rate falls as before.
+        let now = t0 + Duration::from_secs(41);
+        line.advance(now);
+        (0..300).for_each(|_| line.asked());
+        (0..100).for_each(|_| line.entered());
+        line.end_window(Verdict::Overloaded, Duration::from_secs(1));
+        assert_eq!(line.rate(), 250.0, "at most half");
+    }
+
+    #[test]
     fn rate_follows_what_the_node_absorbs() {
         let mut now = Instant::now();
         let mut line = WaitingLine::new(10.0, now);
@@ -486,8 +529,10 @@ mod tests {
             "100/s while open: the calm rise is not capped at 2 × 20/s: {}",
             line.rate()
         );
-        // Paused the whole window: nothing measured, an overloaded window costs 10%.
+        // Paused the whole window while newcomers asked: nothing measured, an overloaded
+        // window costs 10%.
         line.advance(t0 + 2 * w);
+        line.asked();
         line.end_window(Verdict::Overloaded, w);
         assert!((line.rate() - 113.4).abs() < 1e-9, "{}", line.rate());
         line.advance(t0 + 3 * w);

@@ -371,6 +371,7 @@ impl Admission {
             .controller
             .record_offered(RequestClass::Registration, cohort);
         state.line.advance(Instant::now());
+        state.line.asked();
         // A ticket from another node holds a place in that node's line, which this node
         // cannot see; it joins this line as a newcomer would.
         let position = match &presented {
@@ -580,6 +581,11 @@ mod tests {
         assert!(strict.handshake_rate().is_some(), "and the door narrows");
         assert!(!lax.lock().line.is_paused(), "turned off, nothing waits");
         assert_eq!(lax.handshake_rate(), None);
+        // Someone registers in the window (a window nobody asked in teaches the line
+        // nothing; see `WaitingLine::end_window`).
+        for a in [&strict, &lax] {
+            a.register(b"newcomer", None);
+        }
         std::thread::sleep(Duration::from_millis(1100));
         strict.tick();
         lax.tick();
