@@ -1063,6 +1063,20 @@ fn error_kind(e: &ClientError) -> String {
     kind.to_owned()
 }
 
+/// Goodput against what the baseline leaves, or that it left nothing: a node its users
+/// already kept fully busy before the wave would otherwise read as billions of percent.
+fn of_what_is_left(r: &Row) -> String {
+    if r.left_by_baseline_per_s < 1.0 {
+        "the baseline left nothing".into()
+    } else {
+        format!(
+            "{:.0}% of {:.0}",
+            100.0 * r.goodput_of_left,
+            r.left_by_baseline_per_s
+        )
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "| wave | admission | offered/s (not offered) | goodput/s (of capacity; of what the baseline leaves) | admitted after wave | waiting: with ticket + held | still at the door | hard failures | requests per admitted: all (their own: at the door + registering) | send success | msg p50 | msg p99 (× unloaded) | node busy before the wave |"
@@ -1070,15 +1084,14 @@ fn print_table(rows: &[Row]) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%; {:.0}% of {:.0}) | {} | {} + {} | {} | {} | {:.2} ({:.2}: {:.2} + {:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
+            "| {}× | {} | {:.0} ({}) | {:.0} ({:.0}%; {}) | {} | {} + {} | {} | {} | {:.2} ({:.2}: {:.2} + {:.2}) | {:.2}% | {:.1} ms | {:.1} ms ({:.2}×) | {:.0}% |",
             r.multiplier,
             r.admission,
             r.offered_per_s,
             r.not_offered,
             r.goodput_per_s,
             100.0 * r.goodput_of_capacity,
-            100.0 * r.goodput_of_left,
-            r.left_by_baseline_per_s,
+            of_what_is_left(r),
             r.admitted_after_wave,
             r.still_waiting_with_ticket,
             r.still_held,
