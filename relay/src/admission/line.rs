@@ -235,10 +235,11 @@ impl WaitingLine {
     ///
     /// Nor does a window in which nobody asked to register: the node may be busy with its
     /// users, but that says nothing about how many newcomers it could seat, and congestion
-    /// right now is the pause's business. Learning from such windows halved the rate with
-    /// each overloaded second of a quiet hour: in one `levee-surge` run the warm-up alone
-    /// (40 s of users, no newcomer) left the line at 15.6 a second of its 500, and the
-    /// wave after it seated 5 a second (docs/PERFORMANCE.md, "Twelfth pass").
+    /// right now is the pause's business. Learning from such windows cut the rate (by half
+    /// while open, 10% while paused) with each overloaded second of a quiet hour: in one
+    /// `levee-surge` run the warm-up alone (40 s of users, no newcomer) left the line at
+    /// 15.6 a second of its 500, and the wave after it seated 5 a second
+    /// (docs/PERFORMANCE.md, "Twelfth pass").
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let open = self.open_this_window;
         let asked =
