@@ -58,6 +58,9 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
@@ -346,29 +349,36 @@ impl ScyllaMailboxStore {
         Ok(result.into_rows_result().map_err(engine)?.rows_num() > 0)
     }
 
-    /// Writes one mailbox's new envelopes (`queue`, in id order) and then their dedupe
+    /// Writes one mailbox's new envelopes (`queue`, in id order) together with their dedupe
     /// records, all at their envelopes' acceptance times (see "Idempotence" in the module
-    /// documentation). The envelopes go in single-partition unlogged batches of at most
-    /// [`STORE_BATCH_BYTES`] of payload, one after another: a batch within one partition is
-    /// applied atomically and in isolation, so a reader sees a prefix of the queue, never
-    /// an envelope before a lower one. (A session's pump moves its cursor past the highest
-    /// id it read; written one statement each, concurrently, a distributed test saw
-    /// envelopes 7 and 9 delivered and 8 skipped.) One mutation per batch, not one per
-    /// envelope, is also cheaper for the database.
+    /// documentation), in batches of at most [`STORE_BATCH_BYTES`] of payload, one after
+    /// another.
+    ///
+    /// - **Atomic dedupe.** An envelope and its dedupe record go in the same batch. Both
+    ///   tables are keyed by the mailbox, so Cassandra applies the batch as one mutation of
+    ///   one partition key, at once and in isolation on each replica (a logged batch of one
+    ///   partition key skips the batch log there; ScyllaDB, which keeps a mutation per
+    ///   table, uses the batch log and so still applies all or nothing). They used to go in
+    ///   two batches, envelopes first: a node killed between them left an envelope without
+    ///   its dedupe record, and a re-send of it read after that was stored a second time
+    ///   under another id.
+    /// - **Prefixes.** A reader sees a prefix of the queue, never an envelope before a lower
+    ///   one. (A session's pump moves its cursor past the highest id it read; written one
+    ///   statement each, concurrently, a distributed test saw envelopes 7 and 9 delivered
+    ///   and 8 skipped.) One mutation per batch, not one per envelope, is also cheaper for
+    ///   the database.
     async fn store_mailbox(&self, queue: &[&NewEnvelope], now_ms: u64) -> Result<(), StoreError> {
         for part in byte_bounded(queue, STORE_BATCH_BYTES) {
-            let mut envelopes = Batch::new(BatchType::Unlogged);
-            let mut dedupes = Batch::new(BatchType::Unlogged);
-            let mut envelope_values = Vec::with_capacity(part.len());
-            let mut dedupe_values = Vec::with_capacity(part.len());
+            let mut batch = Batch::new(BatchType::Logged);
+            let mut values: Vec<StoreRow<'_>> = Vec::with_capacity(2 * part.len());
             for e in part {
                 let id = to_cql_id(e.id)?;
                 let ttl = ttl_secs(e.expires_at_ms, now_ms);
                 let written_at =
                     i64::try_from(e.accepted_at_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
                 let mailbox = e.mailbox.as_bytes().as_slice();
-                envelopes.append_statement(self.statements.insert_envelope.clone());
-                envelope_values.push((
+                batch.append_statement(self.statements.insert_envelope.clone());
+                values.push(StoreRow::Envelope((
                     mailbox,
                     id,
                     e.client_message_id.as_slice(),
@@ -378,22 +388,50 @@ impl ScyllaMailboxStore {
                     e.ciphertext.as_ref(),
                     ttl,
                     written_at,
-                ));
-                dedupes.append_statement(self.statements.insert_dedupe.clone());
-                dedupe_values.push((mailbox, e.dedupe_key.as_slice(), id, ttl, written_at));
+                )));
+                batch.append_statement(self.statements.insert_dedupe.clone());
+                values.push(StoreRow::Dedupe((
+                    mailbox,
+                    e.dedupe_key.as_slice(),
+                    id,
+                    ttl,
+                    written_at,
+                )));
             }
-            envelopes.set_is_idempotent(true);
-            dedupes.set_is_idempotent(true);
-            self.session
-                .batch(&envelopes, envelope_values)
-                .await
-                .map_err(engine)?;
-            self.session
-                .batch(&dedupes, dedupe_values)
-                .await
-                .map_err(engine)?;
+            batch.set_is_idempotent(true);
+            self.session.batch(&batch, values).await.map_err(engine)?;
         }
         Ok(())
+    }
+}
+
+/// The bound values of one statement of [`ScyllaMailboxStore::store_mailbox`]'s batches,
+/// which mix envelope and dedupe inserts.
+enum StoreRow<'a> {
+    Envelope(EnvelopeRow<'a>),
+    Dedupe(DedupeRow<'a>),
+}
+
+/// `insert_envelope`'s values: mailbox, id, client message id, accepted at, expires at,
+/// size, ciphertext, TTL, write timestamp.
+type EnvelopeRow<'a> = (&'a [u8], i64, &'a [u8], i64, i64, i64, &'a [u8], i32, i64);
+/// `insert_dedupe`'s values: mailbox, dedupe key, id, TTL, write timestamp.
+type DedupeRow<'a> = (&'a [u8], &'a [u8], i64, i32, i64);
+
+impl SerializeRow for StoreRow<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> Result<(), SerializationError> {
+        match self {
+            StoreRow::Envelope(v) => SerializeRow::serialize(v, ctx, writer),
+            StoreRow::Dedupe(v) => SerializeRow::serialize(v, ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
     }
 }
 
@@ -690,14 +728,17 @@ impl MailboxStore for ScyllaMailboxStore {
 
     async fn ack(&self, mailbox: &MailboxId, ids: &[EnvelopeId]) -> Result<AckOutcome, StoreError> {
         let mut outcome = AckOutcome::default();
-        let mut wanted = Vec::new();
+        // Sorted and without repeats (the same id twice in one ack), in n log n: the
+        // relay caps an ack's ids, but this store does not rely on it.
+        let mut wanted: Vec<i64> = Vec::with_capacity(ids.len());
         for &id in ids {
             match i64::try_from(id) {
-                Ok(cql) if !wanted.contains(&cql) => wanted.push(cql),
-                Ok(_) => {} // the same id twice in one ack
+                Ok(cql) => wanted.push(cql),
                 Err(_) => outcome.unknown.push(id),
             }
         }
+        wanted.sort_unstable();
+        wanted.dedup();
         if wanted.is_empty() {
             return Ok(outcome);
         }
