@@ -35,7 +35,7 @@ use crate::admission::solve_work;
 use crate::identity::{AccountId, Identity, Purpose, transcript};
 use crate::tls::{Fingerprint, MismatchFlag, Trust, quic_client_config};
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
-use crate::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame};
+use crate::wire::{EXPORTER_LABEL, FrameDecoder, MAX_ACK_IDS, encode_frame};
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -705,20 +705,29 @@ impl Client {
         }
     }
 
-    /// Acknowledges delivered envelopes; they are deleted once this returns.
+    /// Acknowledges delivered envelopes; they are deleted once this returns. Any number
+    /// of ids: they go in requests of at most [`MAX_ACK_IDS`], one after another, and the
+    /// receipt adds theirs up. On an error, the requests before it have deleted their ids.
     pub async fn ack(&self, envelope_ids: &[u64]) -> Result<AckReceipt, ClientError> {
-        match self
-            .request(Body::Ack(pb::Ack {
-                envelope_ids: envelope_ids.to_vec(),
-            }))
-            .await?
-        {
-            R::AckOk(ok) => Ok(AckReceipt {
-                deleted: ok.deleted,
-                unknown_ids: ok.unknown_ids,
-            }),
-            other => Err(unexpected(&other)),
+        let mut receipt = AckReceipt {
+            deleted: 0,
+            unknown_ids: Vec::new(),
+        };
+        for ids in envelope_ids.chunks(MAX_ACK_IDS) {
+            match self
+                .request(Body::Ack(pb::Ack {
+                    envelope_ids: ids.to_vec(),
+                }))
+                .await?
+            {
+                R::AckOk(ok) => {
+                    receipt.deleted += ok.deleted;
+                    receipt.unknown_ids.extend(ok.unknown_ids);
+                }
+                other => return Err(unexpected(&other)),
+            }
         }
+        Ok(receipt)
     }
 
     /// Round-trip time of one ping.

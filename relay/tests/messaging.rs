@@ -501,3 +501,39 @@ async fn a_patient_connection_gives_up_at_its_deadline() {
         "the attempt cut short is not counted as turned away"
     );
 }
+
+/// Acknowledgements are never shed, so one `Ack` may carry at most `MAX_ACK_IDS` ids; more
+/// is refused as a whole with `TOO_LARGE`. The client library splits a longer list, and the
+/// receipt adds up the parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_over_the_id_cap_is_refused_and_the_client_splits_long_lists() {
+    use levee_relay::wire::MAX_ACK_IDS;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, alice, bob) = TestNode::with_pair(dir.path(), |_| {}).await;
+    let mut inbox = bob.subscribe().await.unwrap();
+    for i in 0..3 {
+        alice
+            .send(&bob.account(), format!("m{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let got = receive(&mut inbox, 3, QUIET).await;
+    let delivered: Vec<u64> = got.iter().map(|d| d.envelope_id).collect();
+
+    // Over the cap, raw: refused, and nothing is deleted.
+    let mut too_many: Vec<u64> = delivered.clone();
+    too_many.extend((0..MAX_ACK_IDS as u64).map(|i| 1_000_000 + i));
+    let refused = bob
+        .request(Body::Ack(pb::Ack {
+            envelope_ids: too_many.clone(),
+        }))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some(ErrorCode::TooLarge));
+
+    // The same list through the library: two requests, every delivered envelope deleted.
+    let receipt = bob.ack(&too_many).await.unwrap();
+    assert_eq!(receipt.deleted, 3);
+    assert_eq!(receipt.unknown_ids.len(), MAX_ACK_IDS);
+    bob.close().await;
+    node.stop().await;
+}

@@ -23,7 +23,7 @@ use crate::identity::{AccountId, Purpose};
 use crate::session::{Refusal, Session};
 use crate::wire::internal::LoggedEnvelope;
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
-use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, encode_frame};
+use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, MAX_ACK_IDS, encode_frame};
 
 /// How long a client has to complete the handshake and open its session stream.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -301,6 +301,14 @@ impl Connection {
                 }
                 Err(r) => self.refuse(id, r).await,
             },
+            Body::Ack(a) if a.envelope_ids.len() > MAX_ACK_IDS => {
+                let message = format!(
+                    "{} envelope ids in one Ack; at most {MAX_ACK_IDS}",
+                    a.envelope_ids.len()
+                );
+                self.respond(pb::Response::error(id, ErrorCode::TooLarge, &message))
+                    .await;
+            }
             Body::Ack(a) => match self.session.account() {
                 Ok(owner) => {
                     self.spawn(arrived, move |shared| {

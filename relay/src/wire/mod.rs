@@ -22,6 +22,10 @@ pub(crate) mod internal {
 /// The ALPN protocol id of this protocol version.
 pub const ALPN: &[u8] = b"levee/1";
 
+/// Most envelope ids one `Ack` may carry. Acknowledgements are never shed (they reduce
+/// load), so one request must not be able to hold a node's thread for long.
+pub const MAX_ACK_IDS: usize = 1024;
+
 /// TLS exporter label for the authentication transcript.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-levee-auth";
 
