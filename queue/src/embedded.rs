@@ -10,7 +10,7 @@ use fjall::Keyspace;
 use levee_sharding::{EmbeddedStore, MailboxId, ShardId};
 use tokio::sync::watch;
 
-use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
+use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped};
 
 /// The delivery log in the embedded database (see `levee_sharding::EmbeddedStore`).
 ///
@@ -184,6 +184,7 @@ impl DeliveryLog for EmbeddedLog {
             committed: BTreeMap::new(),
             appended: self.inner.appended.subscribe(),
             rotate: 0,
+            skipped: Skipped::default(),
         }))
     }
 }
@@ -198,6 +199,8 @@ struct EmbeddedConsumer {
     appended: watch::Receiver<u64>,
     /// Where the next poll starts, so a busy low shard cannot starve the others.
     rotate: usize,
+    /// Records stepped over since the consumer was made.
+    skipped: Skipped,
 }
 
 impl EmbeddedConsumer {
@@ -228,18 +231,30 @@ impl EmbeddedConsumer {
             let range = record_key(*shard, from)..record_key(*shard, head);
             for kv in self.log.records.range(range).take(max - out.len()) {
                 let (key, value) = kv.into_inner().map_err(backend)?;
-                let offset = read_u64(&key[4..]).ok_or(LogError::Corrupt {
-                    shard: *shard,
-                    offset: from,
-                })?;
-                let mailbox =
-                    value
-                        .get(..32)
-                        .and_then(MailboxId::from_slice)
-                        .ok_or(LogError::Corrupt {
+                // Keys are written by `record_key`; one that does not hold an offset means
+                // the keyspace itself is damaged, and reading on would guess. What was read
+                // before it is handed out first (`reading` is past it), the error next time.
+                let Some(offset) = key.get(4..).and_then(read_u64) else {
+                    if out.is_empty() {
+                        return Err(LogError::Corrupt {
                             shard: *shard,
-                            offset,
-                        })?;
+                            offset: self.reading[shard],
+                        });
+                    }
+                    return Ok(out);
+                };
+                self.reading.insert(*shard, offset + 1);
+                // A damaged value is stepped over on its own; the records already in `out`
+                // are handed out (`reading` is past them).
+                let Some(mailbox) = value.get(..32).and_then(MailboxId::from_slice) else {
+                    self.skipped.corrupt += 1;
+                    tracing::error!(
+                        shard,
+                        offset,
+                        "delivery log record without a mailbox skipped"
+                    );
+                    continue;
+                };
                 out.push(LoggedRecord {
                     position: LogPosition {
                         shard: *shard,
@@ -248,7 +263,6 @@ impl EmbeddedConsumer {
                     mailbox,
                     payload: Bytes::copy_from_slice(&value[32..]),
                 });
-                self.reading.insert(*shard, offset + 1);
             }
         }
         Ok(out)
@@ -288,6 +302,10 @@ impl LogConsumer for EmbeddedConsumer {
             return self.read_available(max);
         }
         Ok(Vec::new())
+    }
+
+    fn skipped(&self) -> Skipped {
+        self.skipped
     }
 
     fn lag(&self) -> u64 {
@@ -412,5 +430,37 @@ mod tests {
         }
         appender.await.expect("join");
         assert_eq!(seen.len(), 2);
+    }
+
+    /// A damaged record used to fail the poll that met it, losing the records read before
+    /// it in that poll (the consumer had moved past them; a later commit passed them by).
+    #[tokio::test]
+    async fn a_damaged_record_is_skipped_alone_and_its_neighbours_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let log = EmbeddedLog::open(&store, 1).expect("log");
+        log.append(vec![record(0, 1), record(0, 2), record(0, 3)])
+            .await
+            .expect("append");
+        // Offset 1's value loses its mailbox.
+        log.inner
+            .records
+            .insert(record_key(0, 1), b"short".as_slice())
+            .expect("damage");
+        let mut c = log.consumer("g").await.expect("consumer");
+        c.assign(&[0]).await.expect("assign");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.extend(c.poll(10, Duration::ZERO).await.expect("poll"));
+        }
+        let offsets: Vec<u64> = got.iter().map(|r| r.position.offset).collect();
+        assert_eq!(offsets, [0, 2]);
+        assert_eq!(
+            c.skipped(),
+            Skipped {
+                corrupt: 1,
+                lost: 0
+            }
+        );
     }
 }

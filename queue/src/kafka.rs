@@ -7,7 +7,15 @@
 //!   Kafka's group protocol) and commit offsets to the consumer group only when the caller
 //!   says the records are stored, so a restart or a new owner resumes after the last
 //!   committed record.
-//! - Records are not deleted on commit: the topic's retention removes them.
+//! - Records are not deleted on commit: the topic's retention removes them. Retention is
+//!   set from [`KafkaConfig::retention_ms`] when the topic is created; an existing topic
+//!   whose retention differs is reported at start, not changed (it is the operator's).
+//! - Nothing is skipped silently. A record that is not Levee's (no valid key) is reported
+//!   and stepped over on its own, and the records around it are handed out as usual. A
+//!   consumer that finds its next record gone (retention deleted it before it was
+//!   delivered, or the group's committed offset expired) counts the records it lost, in
+//!   [`LogConsumer::skipped`], and logs an error: that is data loss, and an operator must
+//!   hear of it.
 //! - A consumer with records waiting that receives none for [`STALL_LIMIT`] is rebuilt and
 //!   re-assigned where it was. librdkafka's manually assigned consumers sometimes stop
 //!   fetching for good after a broker restart (confluentinc/librdkafka#5153,
@@ -20,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use levee_sharding::{MailboxId, ShardId};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -30,7 +38,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
+use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped};
 
 /// Longest a broker request made while opening or assigning may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +66,11 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Replication factor when creating the topic.
     pub replication: i32,
+    /// How long Kafka keeps a record (`retention.ms` of a topic Levee creates), in
+    /// milliseconds. A record must be delivered into its mailbox within this time, or it is
+    /// lost (counted, see the module docs): keep it well above the longest outage of the
+    /// mailbox store you want to ride out. Default 7 days.
+    pub retention_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -66,9 +79,13 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "levee-delivery".into(),
             replication: 1,
+            retention_ms: DEFAULT_RETENTION_MS,
         }
     }
 }
+
+/// Kafka's own default retention, written out so that it is a decision, not an accident.
+const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// The delivery log in Kafka; see the module docs.
 #[derive(Clone)]
@@ -95,25 +112,38 @@ impl KafkaLog {
             .set("bootstrap.servers", &config.brokers)
             .create()
             .map_err(backend)?;
+        if config.retention_ms == 0 || config.retention_ms > i64::MAX as u64 {
+            return Err(LogError::Backend(format!(
+                "kafka: retention_ms must be between 1 and {}",
+                i64::MAX
+            )));
+        }
+        let retention = config.retention_ms.to_string();
         let topic = NewTopic::new(
             &config.topic,
             shards as i32,
             TopicReplication::Fixed(config.replication),
-        );
+        )
+        .set("retention.ms", &retention);
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let mut existed = false;
         for result in admin
             .create_topics([&topic], &options)
             .await
             .map_err(backend)?
         {
             match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => existed = true,
                 Err((t, code)) => {
                     return Err(LogError::Backend(format!(
                         "kafka: cannot create topic {t}: {code}"
                     )));
                 }
             }
+        }
+        if existed {
+            report_retention(&admin, &config, &options).await;
         }
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
@@ -155,6 +185,41 @@ impl KafkaLog {
             shards,
             producer,
         })
+    }
+}
+
+/// Says so if an existing topic keeps records for another time than the configuration asks:
+/// shorter risks losing undelivered records, and Levee does not change an operator's topic.
+async fn report_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    options: &AdminOptions,
+) {
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&config.topic)], options)
+        .await;
+    let actual = described.ok().and_then(|results| {
+        let resource = results.into_iter().next()?.ok()?;
+        resource
+            .get("retention.ms")?
+            .value
+            .as_deref()?
+            .parse::<i64>()
+            .ok()
+    });
+    match actual {
+        Some(ms) if ms == config.retention_ms as i64 => {}
+        Some(ms) => tracing::warn!(
+            topic = config.topic,
+            topic_retention_ms = ms,
+            configured_retention_ms = config.retention_ms,
+            "the delivery topic's retention differs from the configuration; records not \
+             delivered within the topic's retention are lost (kafka-configs.sh --alter sets it)"
+        ),
+        None => tracing::warn!(
+            topic = config.topic,
+            "cannot read the delivery topic's retention.ms"
+        ),
     }
 }
 
@@ -213,6 +278,7 @@ impl DeliveryLog for KafkaLog {
             high: BTreeMap::new(),
             high_read: None,
             stalled_since: None,
+            skipped: Skipped::default(),
         }))
     }
 }
@@ -250,6 +316,8 @@ struct KafkaConsumer {
     /// Since when every `poll` has come back empty-handed although records were waiting,
     /// or with an error; `None` while the consumer makes progress or has nothing to do.
     stalled_since: Option<std::time::Instant>,
+    /// Records stepped over since the consumer was made.
+    skipped: Skipped,
 }
 
 impl KafkaConsumer {
@@ -355,10 +423,30 @@ impl KafkaConsumer {
             };
             let shard = message.partition() as ShardId;
             let offset = message.offset() as u64;
-            // Past this record either way: a damaged one is reported once, not re-read.
-            self.next.insert(shard, offset + 1);
+            let expected = self.next.insert(shard, offset + 1);
+            // Offsets of a partition without transactions are consecutive: a record that
+            // is further on than the next one means the ones between are gone from the log
+            // (retention, or an expired group offset reset to the earliest record).
+            if let Some(expected) = expected.filter(|e| offset > *e) {
+                self.skipped.lost += offset - expected;
+                tracing::error!(
+                    shard,
+                    from = expected,
+                    to = offset,
+                    "delivery log records deleted before they were delivered (retention); \
+                     they are lost"
+                );
+            }
+            // A record that is not ours is stepped over on its own: the records already in
+            // `out` are handed out, since `next` is past them and nothing re-reads them.
             let Some(mailbox) = message.key().and_then(MailboxId::from_slice) else {
-                return Err(LogError::Corrupt { shard, offset });
+                self.skipped.corrupt += 1;
+                tracing::error!(
+                    shard,
+                    offset,
+                    "delivery log record without a mailbox key skipped"
+                );
+                continue;
             };
             out.push(LoggedRecord {
                 position: LogPosition { shard, offset },
@@ -491,6 +579,10 @@ impl LogConsumer for KafkaConsumer {
             }
         }
         Ok(())
+    }
+
+    fn skipped(&self) -> Skipped {
+        self.skipped
     }
 
     fn lag(&self) -> u64 {

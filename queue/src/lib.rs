@@ -19,4 +19,4 @@ mod log;
 
 pub use embedded::EmbeddedLog;
 pub use kafka::{KafkaConfig, KafkaLog};
-pub use log::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
+pub use log::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped};

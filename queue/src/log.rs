@@ -36,6 +36,18 @@ pub struct LoggedRecord {
     pub payload: Bytes,
 }
 
+/// Records a consumer stepped over without handing them out, counted since it was made.
+/// Both are reported (logged as errors) when they happen; these totals are for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Records that are not Levee's (their key or framing does not decode): damage, skipped
+    /// one by one so that the records around them still flow.
+    pub corrupt: u64,
+    /// Records deleted from the log before this consumer could deliver them (retention ran
+    /// out, or the group's committed position expired): acknowledged envelopes lost.
+    pub lost: u64,
+}
+
 /// Why the log could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -93,6 +105,9 @@ pub trait LogConsumer: Send {
     /// Records that everything up to and including these positions has been handled, so a
     /// restart resumes after them. Call only once the records are durable downstream.
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError>;
+
+    /// What this consumer stepped over so far; see [`Skipped`].
+    fn skipped(&self) -> Skipped;
 
     /// Records appended to the assigned shards and not yet committed: how far delivery is
     /// behind. A health signal, so an estimate from the last poll is good enough.

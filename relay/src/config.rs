@@ -250,8 +250,13 @@ impl NodeConfig {
         if self.node_name.is_empty() || self.region.is_empty() {
             return Err("node_name and region must not be empty".into());
         }
-        if self.failure_timeout_ms < 2 * self.heartbeat_ms {
-            return Err("failure_timeout_ms must be at least twice heartbeat_ms".into());
+        // A row lives failure_timeout after its last heartbeat: three heartbeats in that
+        // time, so one late or lost write does not make a live node look dead.
+        if self.heartbeat_ms == 0 || self.failure_timeout_ms < 3 * self.heartbeat_ms {
+            return Err(
+                "heartbeat_ms must be above 0 and failure_timeout_ms at least 3 × heartbeat_ms"
+                    .into(),
+            );
         }
         if !(self.placement_epsilon.is_finite() && self.placement_epsilon > 0.0) {
             return Err("placement_epsilon must be greater than 0".into());

@@ -33,8 +33,13 @@ const BACKEND_LATENCY_LIMIT: &str = "levee_backend_write_latency_limit_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
+const LOG_SKIPPED: &str = "levee_delivery_log_skipped_total";
 const SHARDS_OWNED: &str = "levee_shards_owned";
 const PLACEMENT_EPOCH: &str = "levee_placement_epoch";
+const PLACEMENT_DIGEST: &str = "levee_placement_digest";
+const ROSTER_ROUNDS: &str = "levee_roster_rounds_total";
+const ROSTER_ROUND_SECONDS: &str = "levee_roster_round_seconds";
+const ROSTER_ROWS_UNREADABLE: &str = "levee_roster_rows_unreadable";
 const REDIRECTS: &str = "levee_redirects_total";
 const HANDOFFS: &str = "levee_shard_handoffs_total";
 
@@ -73,6 +78,29 @@ fn describe() {
         PLACEMENT_EPOCH,
         Unit::Count,
         "Roster epoch of the node's current placement, by node"
+    );
+    describe_gauge!(
+        PLACEMENT_DIGEST,
+        Unit::Count,
+        "48-bit fingerprint of the node's placement (epoch and every shard's owner); nodes \
+         that agree on who owns what show the same value, by node"
+    );
+    describe_counter!(
+        ROSTER_ROUNDS,
+        Unit::Count,
+        "Membership rounds, by op (heartbeat: the node's row written; snapshot: the roster \
+         read) and outcome (ok, error, timeout: abandoned at its deadline, unsettled: the \
+         rows kept changing)"
+    );
+    describe_histogram!(
+        ROSTER_ROUND_SECONDS,
+        Unit::Seconds,
+        "How long membership rounds took, by op"
+    );
+    describe_gauge!(
+        ROSTER_ROWS_UNREADABLE,
+        Unit::Count,
+        "Roster rows left out of the node's last roster read because they do not parse"
     );
     describe_counter!(
         REDIRECTS,
@@ -165,6 +193,12 @@ fn describe() {
         "Envelopes made durable in the delivery log and acknowledged to senders"
     );
     describe_counter!(
+        LOG_SKIPPED,
+        Unit::Count,
+        "Delivery-log records stepped over without being stored: reason=corrupt (not Levee's \
+         record) or reason=lost (deleted by retention before delivery: data loss)"
+    );
+    describe_counter!(
         ENVELOPES_STORED,
         Unit::Count,
         "Envelopes moved from the delivery log into mailboxes"
@@ -186,6 +220,53 @@ const CLASSES: [RequestClass; 4] = [
     RequestClass::Login,
     RequestClass::Registration,
 ];
+
+/// The two membership rounds (see `node::membership`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RosterOp {
+    Heartbeat = 0,
+    Snapshot = 1,
+}
+
+const ROSTER_OPS: [RosterOp; 2] = [RosterOp::Heartbeat, RosterOp::Snapshot];
+
+impl RosterOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            RosterOp::Heartbeat => "heartbeat",
+            RosterOp::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// How a membership round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RoundOutcome {
+    Ok = 0,
+    Error = 1,
+    /// Abandoned at its deadline.
+    Timeout = 2,
+    /// The roster kept changing under the read.
+    Unsettled = 3,
+}
+
+const ROUND_OUTCOMES: [RoundOutcome; 4] = [
+    RoundOutcome::Ok,
+    RoundOutcome::Error,
+    RoundOutcome::Timeout,
+    RoundOutcome::Unsettled,
+];
+
+impl RoundOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RoundOutcome::Ok => "ok",
+            RoundOutcome::Error => "error",
+            RoundOutcome::Timeout => "timeout",
+            RoundOutcome::Unsettled => "unsettled",
+        }
+    }
+}
 
 /// One node's metrics, every series labelled with the node's name (several nodes can run
 /// in one process). The handles are registered once, so recording is a plain atomic
@@ -211,8 +292,14 @@ pub(crate) struct NodeMetrics {
     door_kernel_share: Gauge,
     envelopes_accepted: Counter,
     envelopes_stored: Counter,
+    log_skipped_corrupt: Counter,
+    log_skipped_lost: Counter,
     shards_owned: Gauge,
     placement_epoch: Gauge,
+    placement_digest: Gauge,
+    roster_rounds: [[Counter; 4]; 2],
+    roster_round_seconds: [Histogram; 2],
+    roster_rows_unreadable: Gauge,
     handoffs_in: Counter,
     handoffs_out: Counter,
     redirects: Counter,
@@ -249,8 +336,20 @@ impl NodeMetrics {
             door_kernel_share: gauge!(DOOR_KERNEL_SHARE, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
             envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
+            log_skipped_corrupt: counter!(LOG_SKIPPED, "node" => node.to_owned(), "reason" => "corrupt"),
+            log_skipped_lost: counter!(LOG_SKIPPED, "node" => node.to_owned(), "reason" => "lost"),
             shards_owned: gauge!(SHARDS_OWNED, &[n()]),
             placement_epoch: gauge!(PLACEMENT_EPOCH, &[n()]),
+            placement_digest: gauge!(PLACEMENT_DIGEST, &[n()]),
+            roster_rounds: ROSTER_OPS.map(|op| {
+                ROUND_OUTCOMES.map(|outcome| {
+                    counter!(ROSTER_ROUNDS, "node" => node.to_owned(), "op" => op.as_str(),
+                        "outcome" => outcome.as_str())
+                })
+            }),
+            roster_round_seconds: ROSTER_OPS
+                .map(|op| histogram!(ROSTER_ROUND_SECONDS, "node" => node.to_owned(), "op" => op.as_str())),
+            roster_rows_unreadable: gauge!(ROSTER_ROWS_UNREADABLE, &[n()]),
             handoffs_in: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "in"),
             handoffs_out: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "out"),
             redirects: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "redirect"),
@@ -322,12 +421,37 @@ impl NodeMetrics {
         self.envelopes_stored.increment(n as u64);
     }
 
+    /// The delivery consumer's running totals of records stepped over.
+    pub(crate) fn log_skipped(&self, skipped: levee_queue::Skipped) {
+        self.log_skipped_corrupt.absolute(skipped.corrupt);
+        self.log_skipped_lost.absolute(skipped.lost);
+    }
+
     /// The node's placement after a change: what it owns now, and what moved in and out.
-    pub(crate) fn placement(&self, epoch: u64, owned: usize, gained: usize, lost: usize) {
+    pub(crate) fn placement(
+        &self,
+        epoch: u64,
+        owned: usize,
+        gained: usize,
+        lost: usize,
+        digest: u64,
+    ) {
         self.shards_owned.set(owned as f64);
         self.placement_epoch.set(epoch as f64);
+        self.placement_digest.set(digest as f64);
         self.handoffs_in.increment(gained as u64);
         self.handoffs_out.increment(lost as u64);
+    }
+
+    /// One membership round: what it was, how it ended, how long it took.
+    pub(crate) fn roster_round(&self, op: RosterOp, outcome: RoundOutcome, took: Duration) {
+        self.roster_rounds[op as usize][outcome as usize].increment(1);
+        self.roster_round_seconds[op as usize].record(took.as_secs_f64());
+    }
+
+    /// Rows left out of the roster's last read.
+    pub(crate) fn roster_rows_unreadable(&self, rows: u64) {
+        self.roster_rows_unreadable.set(rows as f64);
     }
 
     /// A client sent to another node at login.

@@ -16,9 +16,15 @@
 //!
 //! Reads of the epoch use LOCAL_SERIAL so they see the latest transaction; row reads and
 //! writes use the session's LOCAL_QUORUM.
+//!
+//! A row that does not parse (written by a newer or broken version, or by hand) is left
+//! out of the snapshot and counted ([`Roster::rows_unreadable`]), with a warning when the set
+//! of such rows changes. It used to fail every node's snapshot, which froze every view.
+//! Every node skips the same rows, so they still agree on the rows an epoch describes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +50,10 @@ pub struct CqlRoster {
     ttl_secs: i32,
     /// The rows this process wrote, so a heartbeat can rewrite them whole.
     mine: Mutex<HashMap<String, NodeInfo>>,
+    /// Rows left out of the last read because they do not parse: how many, and why (to
+    /// warn once per change, not once per read).
+    skipped: AtomicU64,
+    skipped_last: Mutex<Vec<String>>,
     write: PreparedStatement,
     delete: PreparedStatement,
     rows: PreparedStatement,
@@ -114,6 +124,8 @@ impl CqlRoster {
             cluster: cluster.to_owned(),
             ttl_secs,
             mine: Mutex::default(),
+            skipped: AtomicU64::new(0),
+            skipped_last: Mutex::default(),
             write,
             delete: prepare(format!(
                 "DELETE FROM {ks}.roster WHERE cluster = ? AND name = ?"
@@ -185,17 +197,28 @@ impl CqlRoster {
             .into_rows_result()
             .map_err(backend)?;
         let mut nodes = Vec::new();
+        let mut bad = Vec::new();
         for row in result.rows::<Columns>().map_err(backend)? {
-            let (name, address, fingerprint, region, weight, state) = row.map_err(backend)?;
-            nodes.push(parse_row(
-                name,
-                &address,
-                &fingerprint,
-                region,
-                weight,
-                &state,
-            )?);
+            let parsed = row.map_err(|e| e.to_string()).and_then(
+                |(name, address, fingerprint, region, weight, state)| {
+                    parse_row(&name, &address, &fingerprint, region, weight, &state)
+                        .map_err(|what| format!("row {name:?} has a bad {what}"))
+                },
+            );
+            match parsed {
+                Ok(node) => nodes.push(node),
+                Err(why) => bad.push(why),
+            }
         }
+        self.skipped.store(bad.len() as u64, Ordering::Relaxed);
+        let mut last = self.skipped_last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != bad {
+            if !bad.is_empty() {
+                tracing::warn!(rows = ?bad, "roster rows that do not parse are left out");
+            }
+            *last = bad;
+        }
+        drop(last);
         // Clustering order is by name already; sorting keeps the digest independent of it.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
@@ -235,25 +258,28 @@ impl CqlRoster {
     }
 }
 
+/// One roster row, or which of its columns is bad.
 fn parse_row(
-    name: String,
+    name: &str,
     address: &str,
     fingerprint: &[u8],
     region: String,
     weight: i32,
     state: &str,
-) -> Result<NodeInfo, RosterError> {
-    let bad = |what: &str| backend(format!("roster row {name:?} has a bad {what}"));
-    let address: SocketAddr = address.parse().map_err(|_| bad("address"))?;
-    let fingerprint = Fingerprint(fingerprint.try_into().map_err(|_| bad("fingerprint"))?);
+) -> Result<NodeInfo, &'static str> {
+    let address: SocketAddr = address.parse().map_err(|_| "address")?;
+    let fingerprint = Fingerprint(fingerprint.try_into().map_err(|_| "fingerprint")?);
     let state = match state {
         "active" => NodeState::Active,
         "draining" => NodeState::Draining,
-        _ => return Err(bad("state")),
+        _ => return Err("state"),
     };
-    let weight = u32::try_from(weight).map_err(|_| bad("weight"))?;
+    let weight = u32::try_from(weight).map_err(|_| "weight")?;
+    if name.is_empty() || region.is_empty() {
+        return Err("name or region");
+    }
     Ok(NodeInfo {
-        name,
+        name: name.to_owned(),
         address,
         fingerprint,
         region,
@@ -306,6 +332,10 @@ impl Roster for CqlRoster {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    fn rows_unreadable(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// Nothing to do: a silent node's row expires by its TTL.

@@ -94,6 +94,10 @@ pub trait Roster: Send + Sync + 'static {
     async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError>;
     /// The current rows and epoch.
     async fn snapshot(&self) -> Result<RosterSnapshot, RosterError>;
+    /// Rows left out of the last snapshot because they could not be read (for metrics).
+    fn rows_unreadable(&self) -> u64 {
+        0
+    }
     /// A channel that changes with the epoch, when the backend can tell at once; nodes
     /// then re-read without waiting for their next heartbeat.
     fn changes(&self) -> Option<watch::Receiver<u64>> {

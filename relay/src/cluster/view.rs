@@ -77,6 +77,23 @@ impl ClusterView {
         self.nodes.values()
     }
 
+    /// A short fingerprint of the placement (epoch and every shard's owner), the same on
+    /// every node that computed the same placement: nodes whose digests differ disagree on
+    /// who owns what. 48 bits, so it fits a metric's float exactly.
+    pub fn digest(&self) -> u64 {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&self.epoch().to_be_bytes());
+        for shard in 0..self.placement.shards() {
+            let owner = self.placement.owner(shard).map_or("", |m| m.name.as_str());
+            ctx.update(&(owner.len() as u32).to_be_bytes());
+            ctx.update(owner.as_bytes());
+        }
+        let hash = ctx.finish();
+        let mut first = [0u8; 8];
+        first[2..].copy_from_slice(&hash.as_ref()[..6]);
+        u64::from_be_bytes(first)
+    }
+
     /// The shards this node owns.
     pub fn owned(&self) -> Vec<ShardId> {
         self.placement.owned_by(&self.me)
@@ -150,6 +167,26 @@ mod tests {
             assert_eq!(local, 1, "shard {shard}");
         }
         assert_eq!(views[0].epoch(), 7);
+        // Every node computes the same placement, whose digest is therefore the same; a
+        // different epoch or owner gives another.
+        assert!(views.iter().all(|v| v.digest() == views[0].digest()));
+        assert!(views[0].digest() < 1 << 48);
+        let later = RosterSnapshot {
+            epoch: 8,
+            ..snapshot.clone()
+        };
+        assert_ne!(
+            ClusterView::compute("a", &later, &config(64)).digest(),
+            views[0].digest()
+        );
+        let fewer = RosterSnapshot {
+            nodes: snapshot.nodes[..2].to_vec(),
+            ..snapshot.clone()
+        };
+        assert_ne!(
+            ClusterView::compute("a", &fewer, &config(64)).digest(),
+            views[0].digest()
+        );
         let owned: usize = views.iter().map(|v| v.owned().len()).sum();
         assert_eq!(owned, 64);
     }

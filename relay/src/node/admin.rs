@@ -257,6 +257,7 @@ fn cluster_json(shared: &Shared) -> serde_json::Value {
     json!({
         "node": view.me(),
         "epoch": view.epoch(),
+        "digest": format!("{:012x}", view.digest()),
         "draining": shared.membership.is_draining(),
         "owned": view.owned(),
         "shards": view.placement().shards(),

@@ -19,6 +19,9 @@ use crate::wire::internal::LoggedEnvelope;
 const DELIVERY_GROUP: &str = "levee-delivery";
 /// Records moved per store batch: large enough to amortise one fsync over many envelopes.
 const DELIVERY_BATCH: usize = 1024;
+/// Longest a consumer may take to take up a new set of shards before the worker gives up
+/// and tries again (with the then-current placement).
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which mailboxes have a subscriber on this node, and a way to wake them.
 ///
@@ -112,7 +115,18 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     loop {
         let owned = view.borrow_and_update().owned();
         if assigned.as_ref() != Some(&owned) {
-            if let Err(e) = consumer.assign(&owned).await {
+            // Reading the committed positions waits on the broker; a broker that does not
+            // answer must not hold the node's shutdown or the next placement change.
+            let assign = tokio::select! {
+                () = stop.cancelled() => return,
+                a = tokio::time::timeout(ASSIGN_TIMEOUT, consumer.assign(&owned)) => a,
+            };
+            let assign = assign.unwrap_or_else(|_| {
+                Err(levee_queue::LogError::Backend(format!(
+                    "assign took longer than {ASSIGN_TIMEOUT:?}"
+                )))
+            });
+            if let Err(e) = assign {
                 tracing::error!(error = %e, "cannot assign shards; retrying");
                 if sleep_or_stop(&stop, Duration::from_secs(1)).await {
                     return;
@@ -147,6 +161,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
                 }
             },
         };
+        shared.metrics.log_skipped(consumer.skipped());
         if records.is_empty() {
             // Nothing to store: say so, or the last backlog would stand as evidence.
             shared.admission.record_lag(consumer.lag());

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use levee_queue::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord};
+use levee_queue::{
+    DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped,
+};
 use levee_sharding::{
     AckOutcome, EnvelopeId, InsertOutcome, MailboxId, MailboxStore, MailboxUsage, NewEnvelope,
     ShardId, StoreError, StoredEnvelope,
@@ -203,6 +205,10 @@ impl LogConsumer for StallingConsumer {
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {
         self.stall.pass().await;
         self.inner.commit(done).await
+    }
+
+    fn skipped(&self) -> Skipped {
+        self.inner.skipped()
     }
 
     fn lag(&self) -> u64 {

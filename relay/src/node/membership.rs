@@ -1,9 +1,19 @@
 //! Keeping this node's roster row alive and its view of the cluster current.
 //!
-//! Every heartbeat the node refreshes its row, removes rows that stopped beating (failure
-//! detection: any node may do it, and doing it twice is harmless), and re-reads the roster.
-//! A new epoch means a new placement, published on a watch channel that the delivery worker
-//! (which shards to drain) and every connection (whether its mailbox moved) follow.
+//! Two tasks, each with a deadline on every round:
+//! - **Heartbeats** refresh the node's row every `heartbeat_ms` and remove rows that stopped
+//!   beating (failure detection: any node may do it, and doing it twice is harmless).
+//! - **Views** re-read the roster on the same period (at once when the roster says it
+//!   changed). A newer epoch means a new placement, published on a watch channel that the
+//!   delivery worker (which shards to drain) and every connection (whether its mailbox
+//!   moved) follow. Views only move forward: a snapshot at an older epoch than the view's
+//!   (a lagging replica's answer) is ignored.
+//!
+//! They used to be one loop: a snapshot in the CQL roster is a serial read and maybe a few
+//! compare-and-sets, and while one waited out the database's timeouts (seconds) no
+//! heartbeat was written, the node's own row lapsed (its TTL is the failure timeout), the
+//! others gave it up for dead, and the epoch moved again. A heartbeat now never waits for
+//! a snapshot, and a round that overruns its deadline is abandoned and counted.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,7 +25,7 @@ use tokio::sync::watch;
 
 use super::tokio_util_shim::CancelToken;
 use crate::cluster::{ClusterView, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
-use crate::telemetry::NodeMetrics;
+use crate::telemetry::{NodeMetrics, RosterOp, RoundOutcome};
 
 pub(crate) struct Membership {
     roster: Arc<dyn Roster>,
@@ -94,7 +104,7 @@ impl Membership {
     pub async fn refresh(&self) -> Result<(), RosterError> {
         let snapshot = self.roster.snapshot().await?;
         let old = self.view();
-        if snapshot.epoch == old.epoch() {
+        if snapshot.epoch <= old.epoch() {
             return Ok(());
         }
         let view = Arc::new(ClusterView::compute(old.me(), &snapshot, &self.placement));
@@ -103,7 +113,7 @@ impl Membership {
         let gained = after.difference(&before).count();
         let lost = before.difference(&after).count();
         self.metrics
-            .placement(view.epoch(), after.len(), gained, lost);
+            .placement(view.epoch(), after.len(), gained, lost, view.digest());
         if gained + lost > 0 {
             tracing::info!(
                 node = view.me(),
@@ -119,34 +129,32 @@ impl Membership {
     }
 
     /// One heartbeat: refresh the row (joining again if the others gave this node up for
-    /// dead while it was alive), remove silent rows, re-read.
+    /// dead while it was alive), and, if that worked, remove silent rows.
     ///
-    /// The roster is re-read even when the row could not be refreshed. A node whose
-    /// heartbeats fail (its writes time out, say) while its reads still work is given up
-    /// for dead by the others after `failure_timeout`, and they take its shards; re-reading,
-    /// it sees itself gone and owns nothing, so its sessions move to the new owners. It
-    /// used to return at the failed write and keep serving its old shards beside their new
-    /// owners until a heartbeat got through again.
+    /// It does not re-read the roster: [`refresh`](Self::refresh) does, on its own task. A
+    /// node whose heartbeats fail (its writes time out, say) while its reads still work is
+    /// given up for dead by the others after `failure_timeout`, and they take its shards;
+    /// its next refresh sees itself gone, and it owns nothing, so its sessions move to the
+    /// new owners.
     pub async fn beat(&self) -> Result<(), RosterError> {
         if self.left.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let beat = match self.roster.heartbeat(&self.name()).await {
+        match self.roster.heartbeat(&self.name()).await {
             Err(RosterError::Unknown(_)) => {
                 tracing::warn!("this node was removed from the roster; joining again");
                 self.join().await
             }
-            other => other,
-        };
-        if beat.is_ok() {
-            // Only a node that is itself alive in the roster judges the others.
-            let dead = self.roster.expire(self.failure_timeout).await?;
-            if !dead.is_empty() {
-                tracing::warn!(nodes = ?dead, "nodes stopped answering; their shards move");
+            Err(e) => Err(e),
+            Ok(()) => {
+                // Only a node that is itself alive in the roster judges the others.
+                let dead = self.roster.expire(self.failure_timeout).await?;
+                if !dead.is_empty() {
+                    tracing::warn!(nodes = ?dead, "nodes stopped answering; their shards move");
+                }
+                Ok(())
             }
         }
-        let refreshed = self.refresh().await;
-        beat.and(refreshed)
     }
 
     /// Marks this node as draining: placement gives its shards to the others.
@@ -169,26 +177,102 @@ impl Membership {
     }
 }
 
-/// Beats every `period` until `stop`; re-reads at once when the roster says it changed.
+/// Keeps the row alive and the view current until `stop`: heartbeats and views on tasks
+/// of their own (see the module docs), each round abandoned at its deadline.
 pub(crate) async fn keep(membership: Arc<Membership>, period: Duration, stop: CancelToken) {
-    let mut changes = membership.roster.changes();
-    let mut beat = tokio::time::interval(period);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            _ = beat.tick() => membership.beat().await,
-            Some(()) = changed(&mut changes) => membership.refresh().await,
-        };
-        match result {
-            Ok(()) => {}
-            Err(e @ RosterError::Unsettled(_)) => {
-                tracing::warn!(error = %e, "roster changing; keeping the last placement");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "roster unavailable; keeping the last placement");
-            }
+    let deadlines = Deadlines::new(period, membership.failure_timeout);
+    tokio::join!(
+        heartbeats(&membership, period, deadlines.heartbeat, &stop),
+        views(&membership, period, deadlines.snapshot, &stop),
+    );
+}
+
+/// How long one round of each task may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadlines {
+    heartbeat: Duration,
+    snapshot: Duration,
+}
+
+impl Deadlines {
+    /// A heartbeat gets a third of the failure timeout (at least a period): a row whose
+    /// writes each take longer than that would lapse between two of them anyway, and
+    /// giving up leaves time for two more tries before it does. A snapshot gets the whole
+    /// failure timeout: a view older than that is stale whatever it says.
+    fn new(period: Duration, failure_timeout: Duration) -> Self {
+        Self {
+            heartbeat: (failure_timeout / 3).max(period),
+            snapshot: failure_timeout.max(period),
         }
+    }
+}
+
+async fn heartbeats(
+    membership: &Membership,
+    period: Duration,
+    deadline: Duration,
+    stop: &CancelToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(deadline, membership.beat()).await {
+            Err(_) => {
+                tracing::warn!(?deadline, "heartbeat abandoned at its deadline");
+                RoundOutcome::Timeout
+            }
+            Ok(Ok(())) => RoundOutcome::Ok,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "heartbeat failed");
+                RoundOutcome::Error
+            }
+        };
+        membership
+            .metrics
+            .roster_round(RosterOp::Heartbeat, outcome, started.elapsed());
+    }
+}
+
+async fn views(membership: &Membership, period: Duration, deadline: Duration, stop: &CancelToken) {
+    let mut changes = membership.roster.changes();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            Some(()) = changed(&mut changes) => {}
+        }
+        let started = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(deadline, membership.refresh()).await {
+            Err(_) => {
+                tracing::warn!(
+                    ?deadline,
+                    "roster read abandoned at its deadline; keeping the last placement"
+                );
+                RoundOutcome::Timeout
+            }
+            Ok(Ok(())) => RoundOutcome::Ok,
+            Ok(Err(e @ RosterError::Unsettled(_))) => {
+                tracing::warn!(error = %e, "roster changing; keeping the last placement");
+                RoundOutcome::Unsettled
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "roster unavailable; keeping the last placement");
+                RoundOutcome::Error
+            }
+        };
+        membership
+            .metrics
+            .roster_round(RosterOp::Snapshot, outcome, started.elapsed());
+        membership
+            .metrics
+            .roster_rows_unreadable(membership.roster.rows_unreadable());
     }
 }
 
@@ -268,16 +352,19 @@ mod tests {
         a.join().await.unwrap();
         b.join().await.unwrap();
         a.beat().await.unwrap();
+        a.refresh().await.unwrap();
         assert!(!a.view().owned().is_empty(), "a owns shards while alive");
 
         a_roster.failing.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(150)).await;
         b.beat().await.unwrap();
+        b.refresh().await.unwrap();
         assert!(
             b.view().nodes().all(|n| n.name != "a"),
             "b gave a up for dead"
         );
         assert!(a.beat().await.is_err(), "the failed heartbeat is reported");
+        a.refresh().await.unwrap();
         assert!(
             a.view().owned().is_empty(),
             "a, gone from the roster, owns nothing (it owned {:?})",
@@ -288,7 +375,88 @@ mod tests {
         a_roster.failing.store(false, Ordering::Relaxed);
         a.beat().await.unwrap();
         b.beat().await.unwrap();
+        a.refresh().await.unwrap();
+        b.refresh().await.unwrap();
         assert!(!a.view().owned().is_empty());
         assert_eq!(a.view().epoch(), b.view().epoch());
+    }
+
+    /// The in-memory roster, counting heartbeats, whose snapshots can hang (a serial read
+    /// waiting out the database) or answer from an older epoch (a lagging replica).
+    #[derive(Default)]
+    struct SlowSnapshots {
+        inner: Arc<LocalRoster>,
+        heartbeats: std::sync::atomic::AtomicU64,
+        hang: AtomicBool,
+        stale: std::sync::Mutex<Option<RosterSnapshot>>,
+    }
+
+    #[async_trait]
+    impl Roster for SlowSnapshots {
+        async fn join(&self, node: NodeInfo) -> Result<(), RosterError> {
+            self.inner.join(node).await
+        }
+        async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+            self.heartbeats.fetch_add(1, Ordering::Relaxed);
+            self.inner.heartbeat(name).await
+        }
+        async fn drain(&self, name: &str) -> Result<(), RosterError> {
+            self.inner.drain(name).await
+        }
+        async fn leave(&self, name: &str) -> Result<(), RosterError> {
+            self.inner.leave(name).await
+        }
+        async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
+            self.inner.expire(timeout).await
+        }
+        async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
+            if self.hang.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+            if let Some(stale) = self.stale.lock().unwrap().clone() {
+                return Ok(stale);
+            }
+            self.inner.snapshot().await
+        }
+    }
+
+    /// The flake's suspected cause (issue 22): heartbeats waited behind a snapshot that
+    /// waited out the database's timeouts, so the node's row lapsed. With a snapshot that
+    /// never answers, one loop beat once; two tasks keep beating.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_go_on_while_a_snapshot_hangs() {
+        let roster = Arc::new(SlowSnapshots::default());
+        let a = Arc::new(member(roster.clone(), "a", 1));
+        a.join().await.unwrap();
+        roster.hang.store(true, Ordering::Relaxed);
+        let stop = CancelToken::default();
+        let keeping = tokio::spawn(keep(a.clone(), Duration::from_millis(10), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.cancel();
+        keeping.await.unwrap();
+        let beats = roster.heartbeats.load(Ordering::Relaxed);
+        assert!(beats >= 50, "{beats} heartbeats in 100 periods");
+    }
+
+    #[tokio::test]
+    async fn views_only_move_to_newer_epochs() {
+        let roster = Arc::new(SlowSnapshots::default());
+        let a = member(roster.clone(), "a", 1);
+        a.join().await.unwrap();
+        let b = member(roster.inner.clone(), "b", 2);
+        let old = roster.inner.snapshot().await.unwrap();
+        b.join().await.unwrap();
+        a.refresh().await.unwrap();
+        let current = a.view();
+        assert!(current.nodes().any(|n| n.name == "b"));
+
+        // A snapshot from before b joined, as a lagging replica would answer.
+        *roster.stale.lock().unwrap() = Some(old);
+        a.refresh().await.unwrap();
+        assert_eq!(a.view().epoch(), current.epoch());
+        assert!(
+            a.view().nodes().any(|n| n.name == "b"),
+            "the view did not go back"
+        );
     }
 }
