@@ -10,12 +10,14 @@
 # Brings the services up if they are not (and down again at the end if it did), and stops
 # every node process it started, however it ends. Nodes listen on 127.0.0.1:4533.. (admin
 # 9200..). `partition` needs the embedded target (the drill's proxy in front of each node).
+# When the drill fails, the nodes' logs, configurations and data are kept in
+# target/chaos/failed-SCENARIO-STAMP (the report is in target/chaos/ as usual).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NODES=3
 if [[ $# -lt 1 || "$1" == -* ]]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 SCENARIO="$1"
@@ -74,4 +76,7 @@ target/release/levee-chaos run "$SCENARIO" \
     --start-command "$RUN/start-node {node}" "$@"
 status=$?
 set -e
+# A failed drill keeps its nodes' logs (RUST_LOG=warn: membership rounds abandoned, roster
+# errors, skipped log records), configurations and data for the post-mortem.
+if [[ "$status" != 0 ]]; then KEEP_RUN="$ROOT/target/chaos/failed-$SCENARIO-$STAMP"; fi
 exit "$status"

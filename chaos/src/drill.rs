@@ -9,6 +9,7 @@
 //! [`Ledger`] and the [`Timeline`]; faults go through the target (the cluster's own API,
 //! the nodes' admin ports, or the drill's proxies).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::cluster::{Target, TargetSpec};
 use crate::ledger::{Ending, Ledger, MessageId, Newcomer};
+use crate::placement::NodePlacement;
 use crate::record::{Event, EventKind, RunRecord, Summary, Verdict};
 use crate::scenario::{FaultAction, Phase, Scenario};
 use crate::timeline::{Class, Timeline};
@@ -104,6 +106,10 @@ struct Shared {
     /// Per kind of client (reference, ignoring `retry_after`): requests the cluster saw,
     /// admissions, and seconds from arrival to admission summed over those admitted.
     by_kind: [KindCounts; 2],
+    /// Each live node's placement, read once a second.
+    placement: Mutex<Vec<NodePlacement>>,
+    /// Established users' failed logins, by kind of error (for the post-mortem).
+    login_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What one kind of newcomer client cost and got.
@@ -265,6 +271,8 @@ async fn play(
         requests: AtomicU64::new(0),
         send_outcomes: Mutex::default(),
         by_kind: Default::default(),
+        placement: Mutex::default(),
+        login_failures: Mutex::default(),
     });
     for node in cluster.nodes() {
         add_entry(&shared, node)?;
@@ -331,6 +339,7 @@ async fn play(
     let ended_at = shared.timeline.now();
     shared.stop.stop();
     while tasks.join_next().await.is_some() {}
+    let settled = settled_placement(&shared, cluster).await;
     // Nothing acknowledged may come back: a fresh session for every user, through any
     // node, must bring only what was never acknowledged.
     let unchecked = final_sessions(&shared, &users).await;
@@ -340,6 +349,8 @@ async fn play(
         label: "end".into(),
     });
     let mut record = judge(&shared, admission, events);
+    record.verdicts.push(settled);
+    record.placement = std::mem::take(&mut *lock(&shared.placement));
     if unchecked > 0 {
         // Their undelivered envelopes count as lost, but may be waiting in a mailbox
         // nobody could open: say so next to the count.
@@ -443,6 +454,26 @@ fn transient(e: &ClientError) -> bool {
     )
 }
 
+/// A short name for what kind of error `e` is: the protocol's error code, or how the
+/// connection failed (never an address or account).
+fn error_kind(e: &ClientError) -> String {
+    if let Some(code) = e.code() {
+        return code.as_str_name().to_owned();
+    }
+    match e {
+        ClientError::Unreachable { .. } => "unreachable",
+        ClientError::CertificateMismatch => "certificate mismatch",
+        ClientError::Tls(_) => "tls",
+        ClientError::Busy => "busy",
+        ClientError::Closed(_) => "closed",
+        ClientError::Refused { .. } => "refused",
+        ClientError::Protocol(_) => "protocol",
+        ClientError::Timeout(_) => "timeout",
+        _ => "other",
+    }
+    .to_owned()
+}
+
 /// An established user's sessions: log in, subscribe, take deliveries and acknowledge
 /// them; when the session ends (its node died), log in again through any node.
 async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
@@ -467,6 +498,9 @@ async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
                 } else {
                     shared.timeline.failed(Class::Login);
                 }
+                *lock(&shared.login_failures)
+                    .entry(error_kind(&e))
+                    .or_default() += 1;
                 if shared
                     .stop
                     .sleep(shared.jitter(Duration::from_millis(500)))
@@ -910,6 +944,8 @@ async fn sample(
             level = Some(level.map_or(v, |l: f64| l.min(v)));
         }
     }
+    let views = placements(shared, &nodes).await;
+    lock(&shared.placement).extend(views);
     let waiting = shared.waiting.load(Ordering::SeqCst);
     shared
         .timeline
@@ -926,6 +962,90 @@ async fn sample(
             waiting,
             p99_ms: shared.timeline.last_messaging_p99(),
         });
+    }
+}
+
+/// Each of `nodes`' placement as its admin port reports it now (nodes that do not answer
+/// within 500 ms, or have no admin port, are left out).
+async fn placements(shared: &Shared, nodes: &[NodeSummary]) -> Vec<NodePlacement> {
+    let t = shared.timeline.now();
+    let mut views = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let Some(admin) = n.admin else { continue };
+        let answer = levee_relay::admin_client::request(
+            admin,
+            None,
+            "GET",
+            "/admin/cluster",
+            Duration::from_millis(500),
+        )
+        .await;
+        if let Ok((200, body)) = answer
+            && let Ok(view) = serde_json::from_str::<serde_json::Value>(&body)
+            && let Some(p) = NodePlacement::from_admin(t, &view)
+        {
+            views.push(p);
+        }
+    }
+    views
+}
+
+/// Once play is over: every live node agrees on the placement (epoch and digest) and every
+/// shard has exactly one live owner, within [`SETTLE_LIMIT`] (a failure detection and a
+/// roster read or two).
+async fn settled_placement(shared: &Shared, cluster: &dyn Target) -> Verdict {
+    const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+    let name = "after settling, the live nodes agree on one placement and every shard has \
+                exactly one owner"
+        .to_owned();
+    let nodes = cluster.nodes();
+    let without_admin = nodes.iter().filter(|n| n.admin.is_none()).count();
+    if without_admin > 0 {
+        return Verdict {
+            name,
+            pass: true,
+            detail: format!("not checked: {without_admin} nodes have no admin port"),
+        };
+    }
+    let started = tokio::time::Instant::now();
+    loop {
+        let views = placements(shared, &nodes).await;
+        let outcome = if views.len() < nodes.len() {
+            Err(format!(
+                "{} of {} live nodes answered",
+                views.len(),
+                nodes.len()
+            ))
+        } else {
+            crate::placement::agreement(&views)
+        };
+        if let (Ok(()), Some(v)) = (&outcome, views.first()) {
+            let detail = format!(
+                "{} nodes at epoch {} (digest {}) after {:.1} s",
+                views.len(),
+                v.epoch,
+                v.digest,
+                started.elapsed().as_secs_f64()
+            );
+            lock(&shared.placement).extend(views);
+            return Verdict {
+                name,
+                pass: true,
+                detail,
+            };
+        }
+        if started.elapsed() >= SETTLE_LIMIT {
+            lock(&shared.placement).extend(views);
+            return Verdict {
+                name,
+                pass: false,
+                detail: format!(
+                    "still after {SETTLE_LIMIT:?}: {}",
+                    outcome.err().unwrap_or_default()
+                ),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -1127,6 +1247,19 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
             ),
         });
     }
+    let login_failures = lock(&shared.login_failures);
+    if !login_failures.is_empty() {
+        verdicts.push(Verdict {
+            name: "established users' failed logins by kind (reported, not judged)".into(),
+            pass: true,
+            detail: login_failures
+                .iter()
+                .map(|(kind, n)| format!("{kind}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    drop(login_failures);
     let not_offered = shared.not_offered.load(Ordering::Relaxed);
     if not_offered > 0 {
         verdicts.push(Verdict {
@@ -1148,5 +1281,6 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         events,
         summary,
         verdicts,
+        placement: Vec::new(),
     }
 }

@@ -42,6 +42,10 @@ pub struct RunRecord {
     pub summary: Summary,
     /// The invariants and thresholds, checked.
     pub verdicts: Vec<Verdict>,
+    /// Each live node's placement (epoch, digest, shards owned), read once a second and
+    /// once more when the cluster settled: the evidence behind a placement failure.
+    #[serde(default)]
+    pub placement: Vec<crate::placement::NodePlacement>,
 }
 
 /// What happened in one second of a run (counts are of things that *ended* in it, except

@@ -1105,6 +1105,7 @@ mod tests {
                     detail: "98.76 %".to_owned(),
                 },
             ],
+            placement: Vec::new(),
         }
     }
 

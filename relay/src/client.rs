@@ -341,7 +341,7 @@ struct Link {
     conn: quinn::Connection,
     server: SocketAddr,
     exporter: [u8; 32],
-    outbox: mpsc::UnboundedSender<Bytes>,
+    outbox: mpsc::Sender<Bytes>,
     shared: Arc<LinkShared>,
 }
 
@@ -444,6 +444,10 @@ impl quinn::TokenStore for DoorPass {
 /// The request id of the ping that announces a session stream: one no request uses (ids
 /// count up from 1), so the reader drops its answer.
 const ANNOUNCING_PING_ID: u64 = u64::MAX;
+/// Frames a connection queues for its writer before a request waits for room: far more
+/// than the node reads at once (`max_requests_in_flight`, 256 by default), so it only bites
+/// when the node has stopped reading, and then memory stays bounded.
+const OUTBOX_FRAMES: usize = 4096;
 
 /// Opens a connection and its session stream, and starts its reader and writer.
 async fn open_link(
@@ -478,7 +482,7 @@ async fn open_link(
         .open_bi()
         .await
         .map_err(|e| ClientError::Closed(e.to_string()))?;
-    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let (outbox, outbox_rx) = mpsc::channel(OUTBOX_FRAMES);
     let shared = Arc::new(LinkShared {
         pending: Mutex::new(Some(HashMap::new())),
         deliveries: Mutex::new(Some(deliveries)),
@@ -488,7 +492,7 @@ async fn open_link(
     // a connection whose session stream it has not seen within its handshake timeout. So the
     // stream is announced now, with a ping, rather than by the first request, which a caller
     // may make much later.
-    let _ = outbox.send(encode_frame(&pb::ClientFrame {
+    let _ = outbox.try_send(encode_frame(&pb::ClientFrame {
         request_id: ANNOUNCING_PING_ID,
         body: Some(Body::Ping(pb::Ping {})),
     }));
@@ -847,11 +851,19 @@ impl Inner {
             request_id,
             body: Some(body),
         });
-        if link.outbox.send(frame).is_err() {
+        // A full outbox means the node reads slower than this client writes: wait for
+        // room, but no longer than a request may take.
+        let queued = tokio::time::timeout(self.config.request_timeout, link.outbox.send(frame));
+        let failed = match queued.await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(link.closed()),
+            Err(_) => Some(ClientError::Timeout(self.config.request_timeout)),
+        };
+        if let Some(e) = failed {
             if let Some(p) = locked(&link.shared.pending).as_mut() {
                 p.remove(&request_id);
             }
-            return Err(link.closed());
+            return Err(e);
         }
         let response = match self.answer(link, rx).await {
             Ok(response) => response,
@@ -901,7 +913,8 @@ impl Inner {
                             // Something a live node acknowledges at once; its answer, under
                             // an id nobody waits for, is dropped by the reader.
                             let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                            let _ = link.outbox.send(encode_frame(&pb::ClientFrame {
+                            // A full outbox is traffic waiting to go out: no probe needed.
+                            let _ = link.outbox.try_send(encode_frame(&pb::ClientFrame {
                                 request_id,
                                 body: Some(Body::Ping(pb::Ping {})),
                             }));
@@ -1176,7 +1189,7 @@ fn connect_error(
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         buf.extend_from_slice(&frame);

@@ -14,11 +14,18 @@ LEVEE_NODE_KEY="${LEVEE_NODE_KEY:-$(printf 'cd%.0s' $(seq 32))}"
 # Node processes started so far (node_start appends), for nodes_stop.
 NODE_PIDS=()
 
-# Stops every node started by node_start (SIGTERM, then waits) and deletes RUN.
+# Stops every node started by node_start (SIGTERM, then waits) and deletes RUN, or moves it
+# to KEEP_RUN when that is set (the nodes' configurations, data and logs, for a post-mortem).
 nodes_stop() {
     for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$RUN"
+    if [[ -n "${KEEP_RUN:-}" ]]; then
+        mkdir -p "$(dirname "$KEEP_RUN")"
+        mv "$RUN" "$KEEP_RUN"
+        echo "node logs, configurations and data kept in $KEEP_RUN" >&2
+    else
+        rm -rf "$RUN"
+    fi
 }
 
 # Writes RUN/node-K.toml.
