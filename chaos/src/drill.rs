@@ -913,6 +913,16 @@ async fn inject(
                 label: format!("{backend} back on {}", stalled.join(", ")),
             });
         }
+        FaultAction::PauseNode { node, for_s } => {
+            let name = cluster
+                .pause(*node, Duration::from_secs_f64(*for_s))
+                .await?;
+            events.push(Event {
+                at_s: now() + for_s,
+                kind: EventKind::Fault,
+                label: format!("{name} goes on"),
+            });
+        }
         FaultAction::Partition { node, for_s } => {
             let name = cluster
                 .partition(*node, Duration::from_secs_f64(*for_s))

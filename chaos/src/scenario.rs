@@ -228,14 +228,27 @@ pub enum FaultAction {
     /// names are not reused).
     StartNode,
     /// `kind = "stall_backend"`, `for_s = D`, optional `node = N` (all nodes when left out)
-    /// and `backend = "store" | "log" | "all"` (default all): for D seconds, the node's
-    /// calls to its mailbox store and/or delivery log wait, as when the database or the
-    /// log stops answering. Through the nodes' fault-injection admin endpoint.
+    /// and `backend = "store" | "log" | "all" | "roster" | "database"` (default all: store
+    /// and log): for D seconds, the node's calls to those backends wait, as when the
+    /// database or the log stops answering. `roster` holds only the node's roster reads
+    /// (its view cannot be refreshed, its heartbeats go on); `database` holds the store and
+    /// every roster call (the node loses the database, not its clients or the log).
+    /// Through the nodes' fault-injection admin endpoint.
     StallBackend {
         /// Which node (1-based, start order), or all.
         node: Option<u32>,
-        /// `store`, `log` or `all`.
+        /// `store`, `log`, `all`, `roster` or `database`.
         backend: String,
+        /// For how long, s.
+        for_s: f64,
+    },
+    /// `kind = "pause_node"`, `node = N`, `for_s = D`: stop node N's process (SIGSTOP)
+    /// for D seconds and let it go on (SIGCONT), as a long GC pause or a frozen VM would:
+    /// the others give it up and take its shards, and it wakes up a zombie that still
+    /// believes in its old view. `levee node` processes only (through the admin API).
+    PauseNode {
+        /// Which node (1-based, start order).
+        node: u32,
         /// For how long, s.
         for_s: f64,
     },
@@ -267,6 +280,9 @@ impl FaultAction {
             FaultAction::Partition { node, for_s } => {
                 format!("cut node-{node} off from clients for {for_s} s")
             }
+            FaultAction::PauseNode { node, for_s } => {
+                format!("pause node-{node} for {for_s} s")
+            }
         }
     }
 }
@@ -288,7 +304,7 @@ impl TryFrom<RawFault> for Fault {
 
     fn try_from(raw: RawFault) -> Result<Self, String> {
         let kind = raw.kind.as_str();
-        let lasting = matches!(kind, "stall_backend" | "partition");
+        let lasting = matches!(kind, "stall_backend" | "partition" | "pause_node");
         if lasting != raw.for_s.is_some() {
             return Err(if lasting {
                 format!("{kind} needs `for_s` (how long, s)")
@@ -305,14 +321,22 @@ impl TryFrom<RawFault> for Fault {
         }
         let action = match (kind, raw.node) {
             ("kill_node", Some(node)) => FaultAction::KillNode { node },
-            ("kill_node" | "partition", None) => return Err(format!("{kind} needs `node`")),
+            ("kill_node" | "partition" | "pause_node", None) => {
+                return Err(format!("{kind} needs `node`"));
+            }
+            ("pause_node", Some(node)) => FaultAction::PauseNode { node, for_s },
             ("start_node", None) => FaultAction::StartNode,
             ("start_node", Some(_)) => return Err("start_node takes no `node`".into()),
             ("partition", Some(node)) => FaultAction::Partition { node, for_s },
             ("stall_backend", node) => {
                 let backend = raw.backend.unwrap_or_else(|| "all".into());
-                if !matches!(backend.as_str(), "store" | "log" | "all") {
-                    return Err(format!("unknown backend {backend:?}: store, log or all"));
+                if !matches!(
+                    backend.as_str(),
+                    "store" | "log" | "all" | "roster" | "database"
+                ) {
+                    return Err(format!(
+                        "unknown backend {backend:?}: store, log, all, roster or database"
+                    ));
                 }
                 FaultAction::StallBackend {
                     node,
@@ -322,7 +346,8 @@ impl TryFrom<RawFault> for Fault {
             }
             (other, _) => {
                 return Err(format!(
-                    "unknown fault kind {other:?}: kill_node, start_node, stall_backend or partition"
+                    "unknown fault kind {other:?}: kill_node, start_node, stall_backend, \
+                     partition or pause_node"
                 ));
             }
         };
@@ -496,7 +521,9 @@ impl Scenario {
                 ));
             }
             let node = match &f.action {
-                FaultAction::KillNode { node } | FaultAction::Partition { node, .. } => Some(*node),
+                FaultAction::KillNode { node }
+                | FaultAction::Partition { node, .. }
+                | FaultAction::PauseNode { node, .. } => Some(*node),
                 FaultAction::StallBackend { node, .. } => *node,
                 FaultAction::StartNode => {
                     started += 1;

@@ -151,6 +151,13 @@ impl Target for Embedded {
         stall_through_admin(&nodes, None, backend, d).await
     }
 
+    async fn pause(&self, _node: u32, _d: Duration) -> anyhow::Result<String> {
+        anyhow::bail!(
+            "pause_node stops a node's whole process, and the embedded cluster's nodes share \
+             the drill's: run it against levee node processes (chaos/distributed.sh)"
+        )
+    }
+
     async fn partition(&self, node: u32, d: Duration) -> anyhow::Result<String> {
         let name = self.live(node)?.name;
         let proxies = self

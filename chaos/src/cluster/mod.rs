@@ -114,6 +114,9 @@ pub trait Target: Send + Sync {
         d: Duration,
     ) -> anyhow::Result<Vec<String>>;
 
+    /// Stops node `node`'s process for `d` (SIGSTOP, then SIGCONT); its name.
+    async fn pause(&self, node: u32, d: Duration) -> anyhow::Result<String>;
+
     /// Cuts node `node` off from its clients for `d`; its name.
     async fn partition(&self, node: u32, d: Duration) -> anyhow::Result<String>;
 

@@ -182,6 +182,17 @@ impl Target for Remote {
         stall_through_admin(&nodes, self.token.as_deref(), backend, d).await
     }
 
+    async fn pause(&self, node: u32, d: Duration) -> anyhow::Result<String> {
+        let n = self.live(node, "pause_node")?;
+        let admin = n
+            .admin
+            .ok_or_else(|| anyhow!("{} has no admin port", n.name))?;
+        let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+        let path = format!("/admin/faults/pause?secs={secs}");
+        admin_post(admin, self.token.as_deref(), &path).await?;
+        Ok(n.name)
+    }
+
     async fn partition(&self, _node: u32, _d: Duration) -> anyhow::Result<String> {
         bail!(
             "partition needs the drill's proxy in front of the node, which only the embedded \

@@ -2,8 +2,9 @@
 //! node's view of the cluster, JSON), `POST /admin/drain` (hand this node's shards over and
 //! leave) and `POST /admin/nodes` (start one more node of an embedded cluster). With
 //! `fault_injection` configured, chaos drills may also `POST /admin/faults/crash` (stop
-//! abruptly) and `POST /admin/faults/stall?secs=N` (backend calls wait N s); see
-//! [`super::fault`].
+//! abruptly), `POST /admin/faults/stall?secs=N[&backend=...]` (backend calls wait N s) and
+//! `POST /admin/faults/pause?secs=N` (the process stopped with SIGSTOP for N s; `levee
+//! node` only); see [`super::fault`].
 //!
 //! Changes need `authorization: Bearer <admin_token>` when a token is configured; without
 //! one they are accepted only on a loopback admin address.
@@ -65,6 +66,8 @@ enum Request {
     /// Stall calls to these backends for this many seconds (`None`: a parameter missing
     /// or wrong).
     Stall(Option<(Backend, u64)>),
+    /// Stop the process for this many seconds (`None`: missing or wrong).
+    Pause(Option<u64>),
     /// Known path, wrong method.
     WrongMethod(&'static str),
     NotFound,
@@ -82,12 +85,16 @@ fn parse(head: &str) -> Request {
         (Some("POST"), Some(path)) if path.starts_with("/admin/faults/stall") => {
             Request::Stall(stall_secs(path))
         }
+        (Some("POST"), Some(path)) if path.starts_with("/admin/faults/pause") => {
+            Request::Pause(pause_secs(path))
+        }
         (Some(_), Some("/metrics" | "/admin/cluster")) => Request::WrongMethod("GET"),
         (Some(_), Some(path))
             if matches!(
                 path,
                 "/admin/drain" | "/admin/nodes" | "/admin/faults/crash"
-            ) || path.starts_with("/admin/faults/stall") =>
+            ) || path.starts_with("/admin/faults/stall")
+                || path.starts_with("/admin/faults/pause") =>
         {
             Request::WrongMethod("POST")
         }
@@ -113,6 +120,20 @@ fn stall_secs(path: &str) -> Option<(Backend, u64)> {
     };
     let secs = param("secs")?.parse().ok()?;
     Some((backend, secs))
+}
+
+/// What `/admin/faults/pause?secs=N` asks for.
+fn pause_secs(path: &str) -> Option<u64> {
+    let (route, query) = path.split_once('?')?;
+    if route != "/admin/faults/pause" {
+        return None;
+    }
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("secs="))?
+        .parse()
+        .ok()
+        .filter(|s| (1..=super::fault::MAX_STALL.as_secs()).contains(s))
 }
 
 /// Whether a change may go ahead: the configured token, or loopback when there is none.
@@ -142,7 +163,7 @@ async fn route(
     let request = parse(head);
     let change = matches!(
         request,
-        Request::Drain | Request::AddNode | Request::Crash | Request::Stall(_)
+        Request::Drain | Request::AddNode | Request::Crash | Request::Stall(_) | Request::Pause(_)
     );
     if change && !authorised(head, shared.config.admin_token.as_deref(), loopback) {
         return (
@@ -151,7 +172,11 @@ async fn route(
             "changes need the admin token (or a loopback admin address)\n".into(),
         );
     }
-    if matches!(request, Request::Crash | Request::Stall(_)) && !shared.config.fault_injection {
+    if matches!(
+        request,
+        Request::Crash | Request::Stall(_) | Request::Pause(_)
+    ) && !shared.config.fault_injection
+    {
         return (
             "403 Forbidden",
             TEXT,
@@ -191,23 +216,64 @@ async fn route(
         }
         Request::Stall(Some((backend, secs))) if secs >= 1 => match &shared.stalls {
             Some(stalls) => {
-                let (store, log) = stalls.begin(backend, Duration::from_secs(secs));
+                let stalled = stalls.begin(backend, Duration::from_secs(secs));
                 let body = json!({
                     "node": shared.membership.name(),
-                    "store_stalled_for_s": store.as_secs_f64(),
-                    "log_stalled_for_s": log.as_secs_f64(),
+                    "store_stalled_for_s": stalled.store.as_secs_f64(),
+                    "log_stalled_for_s": stalled.log.as_secs_f64(),
+                    "roster_reads_stalled_for_s": stalled.roster_reads.as_secs_f64(),
+                    "roster_writes_stalled_for_s": stalled.roster_writes.as_secs_f64(),
                 });
                 ("202 Accepted", JSON, body.to_string())
             }
             // fault_injection is on, so the node was built with a stall switch.
-            None => ("500 Internal Server Error", TEXT, "no stall switch\n".into()),
+            None => (
+                "500 Internal Server Error",
+                TEXT,
+                "no stall switch\n".into(),
+            ),
         },
         Request::Stall(_) => (
             "400 Bad Request",
             TEXT,
             format!(
-                "say how long and, if not both, which backend: \
-                 /admin/faults/stall?secs=N[&backend=store|log|all], N from 1 to {}\n",
+                "say how long and, if not store and log, which backend: \
+                 /admin/faults/stall?secs=N[&backend=store|log|all|roster|database], N from 1 \
+                 to {}\n",
+                super::fault::MAX_STALL.as_secs()
+            ),
+        ),
+        // Stopping the process would stop every node of an embedded cluster, and the
+        // drill with them if it runs in the same process.
+        Request::Pause(_) if shared.cluster_admin.get().is_some() => (
+            "501 Not Implemented",
+            TEXT,
+            "pausing stops the whole process: only for levee node\n".into(),
+        ),
+        Request::Pause(Some(secs)) => {
+            let name = shared.membership.name();
+            match super::fault::pause_process(Duration::from_secs(secs)) {
+                Ok(()) => {
+                    tracing::warn!(
+                        node = name,
+                        secs,
+                        "pausing the process on request (fault injection)"
+                    );
+                    let body = json!({ "paused": name, "for_s": secs });
+                    ("202 Accepted", JSON, body.to_string())
+                }
+                Err(e) => (
+                    "500 Internal Server Error",
+                    TEXT,
+                    format!("cannot start the pause: {e}\n"),
+                ),
+            }
+        }
+        Request::Pause(None) => (
+            "400 Bad Request",
+            TEXT,
+            format!(
+                "say how long: /admin/faults/pause?secs=N, N from 1 to {}\n",
                 super::fault::MAX_STALL.as_secs()
             ),
         ),
@@ -215,7 +281,9 @@ async fn route(
         Request::NotFound => (
             "404 Not Found",
             TEXT,
-            "try /metrics, /admin/cluster, /admin/drain, /admin/nodes, /admin/faults/{crash,stall}\n".into(),
+            "try /metrics, /admin/cluster, /admin/drain, /admin/nodes, \
+             /admin/faults/{crash,stall,pause}\n"
+                .into(),
         ),
         Request::Malformed => ("400 Bad Request", TEXT, "not an HTTP request\n".into()),
     }
@@ -337,6 +405,22 @@ mod tests {
         assert_eq!(
             parse("POST /admin/faults/stall?backend=store&secs=4 HTTP/1.1\r\n\r\n"),
             Request::Stall(Some((Backend::Store, 4)))
+        );
+        assert_eq!(
+            parse("POST /admin/faults/stall?backend=database&secs=4 HTTP/1.1\r\n\r\n"),
+            Request::Stall(Some((Backend::Database, 4)))
+        );
+        assert_eq!(
+            parse("POST /admin/faults/pause?secs=10 HTTP/1.1\r\n\r\n"),
+            Request::Pause(Some(10))
+        );
+        assert_eq!(
+            parse("POST /admin/faults/pause?secs=0 HTTP/1.1\r\n\r\n"),
+            Request::Pause(None)
+        );
+        assert_eq!(
+            parse("GET /admin/faults/pause?secs=3 HTTP/1.1\r\n\r\n"),
+            Request::WrongMethod("POST")
         );
         assert_eq!(
             parse("POST /admin/faults/stall?secs=4&backend=log HTTP/1.1\r\n\r\n"),

@@ -8,7 +8,14 @@
 //!   answering (a GC pause, a saturated disk, a network path to the backends that went
 //!   quiet). Calls already in flight finish; the node itself keeps serving, so what a
 //!   drill sees is the node's own overload handling (buffering, shedding, timeouts).
+//!   The roster can be stalled too: its reads only (`roster`: the node cannot refresh its
+//!   view, but its heartbeats go on), or its reads and writes with the store (`database`:
+//!   the node loses the database it shares with the others, but keeps its clients and the
+//!   log).
 //! - a **crash** is handled by the admin port (the node's task is aborted, or the process).
+//! - a **pause** (`levee node` only) stops the whole process with SIGSTOP for a while and
+//!   lets it go on with SIGCONT, as a long GC pause or a frozen VM would: a zombie that
+//!   wakes up believing it still owns what it owned.
 //!
 //! The stall wraps the store and log the node was given, so the backends under it are the
 //! real ones; with fault injection off, nothing is wrapped and nothing costs anything.
@@ -26,6 +33,8 @@ use levee_sharding::{
 };
 use tokio::time::Instant;
 
+use crate::cluster::{NodeInfo, Roster, RosterError, RosterSnapshot};
+
 /// Longest stall one request may ask for: a drill rehearses an outage, not a dead node.
 pub(crate) const MAX_STALL: Duration = Duration::from_secs(300);
 
@@ -36,17 +45,23 @@ pub(crate) enum Backend {
     Store,
     /// The delivery log (Kafka, or the embedded log).
     Log,
-    /// Both.
+    /// Store and log.
     All,
+    /// Roster reads only: the node's view cannot be refreshed; heartbeats go on.
+    Roster,
+    /// The shared database: the store and every roster call (reads and heartbeats).
+    Database,
 }
 
 impl Backend {
-    /// `store`, `log` or `all`.
+    /// `store`, `log`, `all`, `roster` or `database`.
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "store" => Some(Self::Store),
             "log" => Some(Self::Log),
             "all" => Some(Self::All),
+            "roster" => Some(Self::Roster),
+            "database" => Some(Self::Database),
             _ => None,
         }
     }
@@ -57,18 +72,100 @@ impl Backend {
 pub(crate) struct Stalls {
     pub store: Arc<Stall>,
     pub log: Arc<Stall>,
+    pub roster_reads: Arc<Stall>,
+    pub roster_writes: Arc<Stall>,
+}
+
+/// How long each backend is stalled for from now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stalled {
+    pub store: Duration,
+    pub log: Duration,
+    pub roster_reads: Duration,
+    pub roster_writes: Duration,
 }
 
 impl Stalls {
-    /// Stalls `backend` for `d` from now; how long each of store and log is now stalled.
-    pub(crate) fn begin(&self, backend: Backend, d: Duration) -> (Duration, Duration) {
-        if matches!(backend, Backend::Store | Backend::All) {
+    /// Stalls `backend` for `d` from now; how long each switch is now stalled.
+    pub(crate) fn begin(&self, backend: Backend, d: Duration) -> Stalled {
+        use Backend::{All, Database, Log, Roster, Store};
+        if matches!(backend, Store | All | Database) {
             self.store.begin(d);
         }
-        if matches!(backend, Backend::Log | Backend::All) {
+        if matches!(backend, Log | All) {
             self.log.begin(d);
         }
-        (self.store.remaining(), self.log.remaining())
+        if matches!(backend, Roster | Database) {
+            self.roster_reads.begin(d);
+        }
+        if matches!(backend, Database) {
+            self.roster_writes.begin(d);
+        }
+        Stalled {
+            store: self.store.remaining(),
+            log: self.log.remaining(),
+            roster_reads: self.roster_reads.remaining(),
+            roster_writes: self.roster_writes.remaining(),
+        }
+    }
+}
+
+/// Stops this process with SIGSTOP for `d` (at most [`MAX_STALL`]) and lets it go on with
+/// SIGCONT, through a detached shell: a stopped process cannot wake itself. Returns once
+/// the shell is started; the stop comes a moment later, so the caller's answer gets out.
+pub(crate) fn pause_process(d: Duration) -> std::io::Result<()> {
+    let secs = d.min(MAX_STALL).as_secs_f64();
+    let pid = std::process::id();
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 0.2; kill -STOP {pid}; sleep {secs}; kill -CONT {pid}"
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+}
+
+/// A roster whose reads wait out one [`Stall`] and whose writes wait out another.
+pub(crate) struct StallingRoster {
+    pub inner: Arc<dyn Roster>,
+    pub reads: Arc<Stall>,
+    pub writes: Arc<Stall>,
+}
+
+#[async_trait]
+impl Roster for StallingRoster {
+    async fn join(&self, node: NodeInfo) -> Result<(), RosterError> {
+        self.writes.pass().await;
+        self.inner.join(node).await
+    }
+    async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+        self.writes.pass().await;
+        self.inner.heartbeat(name).await
+    }
+    async fn drain(&self, name: &str) -> Result<(), RosterError> {
+        self.writes.pass().await;
+        self.inner.drain(name).await
+    }
+    async fn leave(&self, name: &str) -> Result<(), RosterError> {
+        self.writes.pass().await;
+        self.inner.leave(name).await
+    }
+    async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
+        self.writes.pass().await;
+        self.inner.expire(timeout).await
+    }
+    async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
+        self.reads.pass().await;
+        self.inner.snapshot().await
+    }
+    fn rows_unreadable(&self) -> u64 {
+        self.inner.rows_unreadable()
+    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.changes()
     }
 }
 

@@ -197,6 +197,14 @@ impl Node {
             ),
             None => (store, log),
         };
+        let roster: Arc<dyn Roster> = match &stalls {
+            Some(stalls) => Arc::new(fault::StallingRoster {
+                inner: roster,
+                reads: stalls.roster_reads.clone(),
+                writes: stalls.roster_writes.clone(),
+            }),
+            None => roster,
+        };
         let door = Arc::new(door::Door::new(crate::admission::PassKey::new(&secret)));
         let endpoint = crate::udp::endpoint(config.listen, Some(server_config), Some(door.clone()))
             .map_err(|source| NodeError::Bind {
