@@ -9,7 +9,7 @@
 //! [`Ledger`] and the [`Timeline`]; faults go through the target (the cluster's own API,
 //! the nodes' admin ports, or the drill's proxies).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,6 +68,8 @@ const FROM_NEWCOMER: u8 = 2;
 const PAYLOAD: usize = 64;
 /// How long one send may keep retrying (reconnects included) before it counts as failed.
 const SEND_PATIENCE: Duration = Duration::from_secs(10);
+/// How long an entry node that a login could not reach is passed over.
+const AVOID_UNREACHABLE: Duration = Duration::from_secs(10);
 /// How long a newcomer keeps trying to connect to one node before it tries the next.
 const PATIENCE_PER_NODE: Duration = Duration::from_secs(30);
 
@@ -76,6 +78,8 @@ const PATIENCE_PER_NODE: Duration = Duration::from_secs(30);
 struct Entries {
     nodes: Vec<(NodeSummary, Connector)>,
     next: usize,
+    /// Entry nodes a login could not reach lately, until when they are passed over.
+    avoid: HashMap<String, Instant>,
 }
 
 /// What every client task shares.
@@ -132,12 +136,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// A connector to a live node, in turn.
     fn connector(&self) -> Option<Connector> {
+        self.entry().map(|(_, c)| c)
+    }
+
+    /// A live node's name and a connector to it, in turn, passing over the nodes a login
+    /// could not reach lately (unless every node is one of them).
+    fn entry(&self) -> Option<(String, Connector)> {
         let mut e = lock(&self.entries);
         if e.nodes.is_empty() {
             return None;
         }
-        e.next = (e.next + 1) % e.nodes.len();
-        Some(e.nodes[e.next].1.clone())
+        let now = Instant::now();
+        e.avoid.retain(|_, until| *until > now);
+        for _ in 0..e.nodes.len() {
+            e.next = (e.next + 1) % e.nodes.len();
+            if !e.avoid.contains_key(&e.nodes[e.next].0.name) {
+                break;
+            }
+        }
+        let (node, connector) = &e.nodes[e.next];
+        Some((node.name.clone(), connector.clone()))
+    }
+
+    /// Passes over entry node `name` for the next [`AVOID_UNREACHABLE`]: an app that
+    /// could not reach a node tries the others first, as a person's phone would.
+    fn avoid(&self, name: String) {
+        lock(&self.entries)
+            .avoid
+            .insert(name, Instant::now() + AVOID_UNREACHABLE);
     }
 
     fn random_u64(&self) -> u64 {
@@ -482,10 +508,18 @@ async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
         shared.timeline.offered(Class::Login);
         let started = Instant::now();
         let login = async {
-            let connector = shared
-                .connector()
+            let (entry, connector) = shared
+                .entry()
                 .ok_or_else(|| ClientError::Closed("no node is up".into()))?;
-            let client = connector.connect(user.identity.clone()).await?;
+            let client = match connector.connect(user.identity.clone()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if matches!(e, ClientError::Unreachable { .. } | ClientError::Timeout(_)) {
+                        shared.avoid(entry);
+                    }
+                    return Err(e);
+                }
+            };
             client.authenticate().await?;
             let inbox = client.subscribe().await?;
             Ok::<_, ClientError>((Arc::new(client), inbox))
@@ -545,7 +579,7 @@ fn take(shared: &Shared, user: &User, batch: &[levee_relay::client::Delivery], s
     let now = shared.timeline.epoch().elapsed().as_nanos() as u64;
     let mut ledger = lock(&shared.ledger);
     for d in batch {
-        ledger.delivered(d.client_message_id, user.account, session);
+        ledger.delivered(d.client_message_id, user.account, session, d.envelope_id);
         if d.ciphertext.len() >= 9 && d.ciphertext[0] == FROM_ESTABLISHED {
             let mut sent = [0u8; 8];
             sent.copy_from_slice(&d.ciphertext[1..9]);
@@ -1097,7 +1131,12 @@ async fn final_sessions(shared: &Arc<Shared>, users: &[Arc<User>]) -> usize {
             };
             let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
             while let Ok(Some(d)) = tokio::time::timeout_at(deadline, inbox.next()).await {
-                lock(&shared.ledger).delivered(d.client_message_id, user.account, FRESH_SESSION);
+                lock(&shared.ledger).delivered(
+                    d.client_message_id,
+                    user.account,
+                    FRESH_SESSION,
+                    d.envelope_id,
+                );
             }
             client.close().await;
             true

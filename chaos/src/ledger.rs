@@ -69,6 +69,13 @@ pub const DELIVERED: &str = "every acknowledged envelope delivered";
 pub struct Ledger {
     messages: HashMap<MessageId, Message>,
     newcomers: Vec<Newcomer>,
+    /// Per recipient, the highest envelope id delivered for the first time so far.
+    highest_first: HashMap<AccountId, u64>,
+    /// First deliveries of an envelope whose id is below one already delivered to the
+    /// same mailbox: it was skipped and came later (or never, had the session ended).
+    out_of_order: u64,
+    /// The first of those, for the report: (recipient's highest id then, the late id).
+    first_out_of_order: Option<(u64, u64)>,
 }
 
 /// Counts the verdicts are made of.
@@ -94,6 +101,8 @@ pub struct Tally {
     pub hard_errors: u64,
     /// Admissions that overtook someone earlier in the same line.
     pub overtakes: u64,
+    /// Envelopes first delivered after a higher id of the same mailbox.
+    pub out_of_order: u64,
 }
 
 impl Ledger {
@@ -108,8 +117,24 @@ impl Ledger {
         self.message(id, to).acked_at = Some(at);
     }
 
-    /// `to` received a copy of `id` on its session number `session`.
-    pub fn delivered(&mut self, id: MessageId, to: AccountId, session: u64) {
+    /// `to` received a copy of `id`, stored as envelope `envelope` of its mailbox, on its
+    /// session number `session`.
+    ///
+    /// Envelope ids grow within a mailbox (they are the log offsets of its shard), and a
+    /// session reads its mailbox in id order, so an envelope delivered for the *first*
+    /// time must come after every envelope already delivered to that mailbox. One that
+    /// comes later was skipped by a reader whose cursor had moved past it (copies of
+    /// envelopes delivered before are not judged: a new session reads the backlog again).
+    pub fn delivered(&mut self, id: MessageId, to: AccountId, session: u64, envelope: u64) {
+        let first = self.messages.get(&id).is_none_or(|m| m.deliveries == 0);
+        if first {
+            let highest = self.highest_first.entry(to).or_insert(envelope);
+            if envelope < *highest {
+                self.out_of_order += 1;
+                self.first_out_of_order.get_or_insert((*highest, envelope));
+            }
+            *highest = (*highest).max(envelope);
+        }
         let m = self.message(id, to);
         m.deliveries += 1;
         // On the session that acknowledged it, a copy may have been pushed before the
@@ -182,6 +207,7 @@ impl Ledger {
             }
         }
         t.overtakes = overtakes(&self.newcomers);
+        t.out_of_order = self.out_of_order;
         t
     }
 
@@ -224,6 +250,17 @@ impl Ledger {
                         .map(|e| format!(" (first: {e})"))
                         .unwrap_or_default()
                 ),
+            },
+            Verdict {
+                name: "within each mailbox, envelopes are first delivered in id order".into(),
+                pass: t.out_of_order == 0,
+                detail: match self.first_out_of_order {
+                    None => "0 out of order".into(),
+                    Some((highest, late)) => format!(
+                        "{} out of order (first: envelope {late} after {highest})",
+                        t.out_of_order
+                    ),
+                },
             },
             Verdict {
                 name: "admissions follow ticket order".into(),
@@ -293,15 +330,15 @@ mod tests {
         let mut l = Ledger::default();
         l.acked([1; 16], who(1), 1.0);
         l.acked([2; 16], who(1), 2.0);
-        l.delivered([1; 16], who(1), 0);
+        l.delivered([1; 16], who(1), 0, 1);
         assert_eq!(l.undelivered(), 1);
         let v = l.invariants();
         assert!(!v[0].pass, "{v:?}");
         assert!(v[0].detail.contains("1 of 2 (1 lost)"));
-        l.delivered([2; 16], who(1), 1);
+        l.delivered([2; 16], who(1), 1, 2);
         assert!(l.invariants()[0].pass);
         // Delivered but never acknowledged to its sender is not counted either way.
-        l.delivered([3; 16], who(1), 1);
+        l.delivered([3; 16], who(1), 1, 3);
         assert_eq!(l.tally().acked, 2);
     }
 
@@ -309,12 +346,12 @@ mod tests {
     fn a_copy_after_the_acknowledgement_fails_only_on_a_later_session() {
         let mut l = Ledger::default();
         l.acked([1; 16], who(1), 1.0);
-        l.delivered([1; 16], who(1), 3);
+        l.delivered([1; 16], who(1), 3, 1);
         l.recipient_acked([1; 16], who(1), 3);
         // Redelivered before the ack: fine. Same session after the ack: ambiguous, fine.
-        l.delivered([1; 16], who(1), 3);
+        l.delivered([1; 16], who(1), 3, 1);
         assert!(l.invariants()[1].pass);
-        l.delivered([1; 16], who(1), 4);
+        l.delivered([1; 16], who(1), 4, 1);
         let v = l.invariants();
         assert!(!v[1].pass && v[1].detail.starts_with("1 "), "{v:?}");
     }
@@ -340,6 +377,28 @@ mod tests {
             });
             assert!(!l.invariants()[2].pass);
         }
+    }
+
+    #[test]
+    fn an_envelope_first_delivered_after_a_higher_one_of_its_mailbox_fails() {
+        let mut l = Ledger::default();
+        l.delivered([1; 16], who(1), 1, 7);
+        l.delivered([3; 16], who(1), 1, 9);
+        // Another mailbox has its own order; a copy of 7 again (a new session's backlog)
+        // is no first delivery.
+        l.delivered([5; 16], who(2), 1, 2);
+        l.delivered([1; 16], who(1), 2, 7);
+        let order = |l: &Ledger| {
+            l.invariants()
+                .into_iter()
+                .find(|v| v.name.contains("id order"))
+        };
+        assert!(order(&l).unwrap().pass);
+        // 8 arrives for the first time after 9: it was skipped.
+        l.delivered([2; 16], who(1), 2, 8);
+        let v = order(&l).unwrap();
+        assert!(!v.pass);
+        assert_eq!(v.detail, "1 out of order (first: envelope 8 after 9)");
     }
 
     #[test]
