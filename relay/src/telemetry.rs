@@ -40,6 +40,7 @@ const PLACEMENT_DIGEST: &str = "levee_placement_digest";
 const ROSTER_ROUNDS: &str = "levee_roster_rounds_total";
 const ROSTER_ROUND_SECONDS: &str = "levee_roster_round_seconds";
 const ROSTER_ROWS_UNREADABLE: &str = "levee_roster_rows_unreadable";
+const DEMOTED: &str = "levee_membership_demoted";
 const REDIRECTS: &str = "levee_redirects_total";
 const HANDOFFS: &str = "levee_shard_handoffs_total";
 
@@ -96,6 +97,12 @@ fn describe() {
         ROSTER_ROUND_SECONDS,
         Unit::Seconds,
         "How long membership rounds took, by op"
+    );
+    describe_gauge!(
+        DEMOTED,
+        Unit::Count,
+        "1 while the node cannot read the roster for longer than the failure timeout and has \
+         demoted itself (no heartbeats, no delivery; sessions kept), else 0"
     );
     describe_gauge!(
         ROSTER_ROWS_UNREADABLE,
@@ -300,6 +307,7 @@ pub(crate) struct NodeMetrics {
     roster_rounds: [[Counter; 4]; 2],
     roster_round_seconds: [Histogram; 2],
     roster_rows_unreadable: Gauge,
+    demoted: Gauge,
     handoffs_in: Counter,
     handoffs_out: Counter,
     redirects: Counter,
@@ -350,6 +358,7 @@ impl NodeMetrics {
             roster_round_seconds: ROSTER_OPS
                 .map(|op| histogram!(ROSTER_ROUND_SECONDS, "node" => node.to_owned(), "op" => op.as_str())),
             roster_rows_unreadable: gauge!(ROSTER_ROWS_UNREADABLE, &[n()]),
+            demoted: gauge!(DEMOTED, &[n()]),
             handoffs_in: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "in"),
             handoffs_out: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "out"),
             redirects: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "redirect"),
@@ -447,6 +456,11 @@ impl NodeMetrics {
     pub(crate) fn roster_round(&self, op: RosterOp, outcome: RoundOutcome, took: Duration) {
         self.roster_rounds[op as usize][outcome as usize].increment(1);
         self.roster_round_seconds[op as usize].record(took.as_secs_f64());
+    }
+
+    /// Whether the node has demoted itself.
+    pub(crate) fn demoted(&self, demoted: bool) {
+        self.demoted.set(if demoted { 1.0 } else { 0.0 });
     }
 
     /// Rows left out of the roster's last read.

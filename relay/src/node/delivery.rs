@@ -100,6 +100,9 @@ fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
 /// delivers an envelope twice after its acknowledgement.
 pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     let mut view = shared.membership.subscribe();
+    // A node that cannot read the roster takes no shards (see `membership`): others may
+    // own them by now.
+    let mut demoted = shared.membership.subscribe_demoted();
     let mut consumer: Box<dyn LogConsumer> = loop {
         match shared.log.consumer(DELIVERY_GROUP).await {
             Ok(c) => break c,
@@ -113,7 +116,11 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     };
     let mut assigned: Option<Vec<ShardId>> = None;
     loop {
-        let owned = view.borrow_and_update().owned();
+        let owned = if *demoted.borrow_and_update() {
+            Vec::new()
+        } else {
+            view.borrow_and_update().owned()
+        };
         if assigned.as_ref() != Some(&owned) {
             // Reading the committed positions waits on the broker; a broker that does not
             // answer must not hold the node's shutdown or the next placement change.
@@ -152,6 +159,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             () = stop.cancelled() => return,
             // A new placement: go round and take the new shards. Polling is cancel-safe.
             Ok(()) = view.changed() => continue,
+            Ok(()) = demoted.changed() => continue,
             polled = consumer.poll(DELIVERY_BATCH, Duration::from_millis(250)) => match polled {
                 Ok(records) => records,
                 Err(e) => {

@@ -9,6 +9,18 @@
 //!   moved) follow. Views only move forward: a snapshot at an older epoch than the view's
 //!   (a lagging replica's answer) is ignored.
 //!
+//! **A node that cannot read the roster demotes itself.** Once its last successful roster
+//! read is older than the failure timeout, its view may be wrong, so it stops acting on
+//! it where that could hurt the others: it stops heartbeating (its row lapses, the others
+//! give it up and place its shards on nodes that can see the cluster) and stops
+//! delivering (the delivery worker takes no shards). It keeps its view and its client
+//! sessions — their sends go to the log, and their pushes read the shared store — because
+//! closing sessions when the whole database froze for everyone (a fence tried earlier)
+//! took every user offline for nothing. The first good read ends the demotion; a node
+//! whose row lapsed meanwhile finds itself gone and joins again with its next heartbeat.
+//! Without this, a node with a stale view went on redirecting clients to a dead owner and
+//! delivering shards the others had taken (the `slow-snapshot` drill).
+//!
 //! They used to be one loop: a snapshot in the CQL roster is a serial read and maybe a few
 //! compare-and-sets, and while one waited out the database's timeouts (seconds) no
 //! heartbeat was written, the node's own row lapsed (its TTL is the failure timeout), the
@@ -36,6 +48,10 @@ pub(crate) struct Membership {
     draining: AtomicBool,
     left: AtomicBool,
     metrics: NodeMetrics,
+    /// When the roster was last read successfully (joining counts).
+    fresh_at: std::sync::Mutex<tokio::time::Instant>,
+    /// Whether the node has demoted itself (see the module docs).
+    demoted: watch::Sender<bool>,
 }
 
 impl Membership {
@@ -61,6 +77,44 @@ impl Membership {
             draining: AtomicBool::new(false),
             left: AtomicBool::new(false),
             metrics,
+            fresh_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+            demoted: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether this node has demoted itself: its view is older than the failure timeout.
+    pub fn demoted(&self) -> bool {
+        *self.demoted.borrow()
+    }
+
+    /// Follows demotion (the delivery worker takes no shards while demoted).
+    pub fn subscribe_demoted(&self) -> watch::Receiver<bool> {
+        self.demoted.subscribe()
+    }
+
+    /// Re-judges demotion: a node is demoted while its last good roster read is older than
+    /// the failure timeout.
+    fn judge_freshness(&self) {
+        let since = self
+            .fresh_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        let stale = since > self.failure_timeout;
+        let changed = self.demoted.send_if_modified(|d| {
+            let was = std::mem::replace(d, stale);
+            was != stale
+        });
+        if changed {
+            if stale {
+                tracing::warn!(
+                    last_read_ago = ?since,
+                    "cannot read the roster: demoted (no heartbeats, no delivery) until a read succeeds"
+                );
+            } else {
+                tracing::info!("roster readable again: no longer demoted");
+            }
+            self.metrics.demoted(stale);
         }
     }
 
@@ -103,6 +157,8 @@ impl Membership {
     /// Re-reads the roster and publishes a new view if its epoch changed.
     pub async fn refresh(&self) -> Result<(), RosterError> {
         let snapshot = self.roster.snapshot().await?;
+        *self.fresh_at.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.judge_freshness();
         let old = self.view();
         if snapshot.epoch <= old.epoch() {
             return Ok(());
@@ -137,7 +193,8 @@ impl Membership {
     /// its next refresh sees itself gone, and it owns nothing, so its sessions move to the
     /// new owners.
     pub async fn beat(&self) -> Result<(), RosterError> {
-        if self.left.load(Ordering::Relaxed) {
+        self.judge_freshness();
+        if self.left.load(Ordering::Relaxed) || self.demoted() {
             return Ok(());
         }
         match self.roster.heartbeat(&self.name()).await {
@@ -249,7 +306,9 @@ async fn views(membership: &Membership, period: Duration, deadline: Duration, st
             Some(()) = changed(&mut changes) => {}
         }
         let started = std::time::Instant::now();
-        let outcome = match tokio::time::timeout(deadline, membership.refresh()).await {
+        let refreshed = tokio::time::timeout(deadline, membership.refresh()).await;
+        membership.judge_freshness();
+        let outcome = match refreshed {
             Err(_) => {
                 tracing::warn!(
                     ?deadline,
@@ -357,12 +416,15 @@ mod tests {
 
         a_roster.failing.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(150)).await;
+        // b reads the roster on its own task every period; here, by hand, before it beats.
+        b.refresh().await.unwrap();
         b.beat().await.unwrap();
         b.refresh().await.unwrap();
         assert!(
             b.view().nodes().all(|n| n.name != "a"),
             "b gave a up for dead"
         );
+        a.refresh().await.unwrap();
         assert!(a.beat().await.is_err(), "the failed heartbeat is reported");
         a.refresh().await.unwrap();
         assert!(
@@ -388,6 +450,7 @@ mod tests {
         inner: Arc<LocalRoster>,
         heartbeats: std::sync::atomic::AtomicU64,
         hang: AtomicBool,
+        delay: std::sync::Mutex<Duration>,
         stale: std::sync::Mutex<Option<RosterSnapshot>>,
     }
 
@@ -413,6 +476,8 @@ mod tests {
             if self.hang.load(Ordering::Relaxed) {
                 std::future::pending::<()>().await;
             }
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
             if let Some(stale) = self.stale.lock().unwrap().clone() {
                 return Ok(stale);
             }
@@ -420,15 +485,16 @@ mod tests {
         }
     }
 
-    /// The flake's suspected cause (issue 22): heartbeats waited behind a snapshot that
-    /// waited out the database's timeouts, so the node's row lapsed. With a snapshot that
-    /// never answers, one loop beat once; two tasks keep beating.
+    /// The flake's suspected cause: heartbeats waited behind a snapshot that waited out
+    /// the database's timeouts, so the node's row lapsed. With snapshots that each take 8
+    /// periods (under the failure timeout), one loop beat about every 8 periods; two tasks
+    /// beat every period.
     #[tokio::test(start_paused = true)]
-    async fn heartbeats_go_on_while_a_snapshot_hangs() {
+    async fn heartbeats_go_on_while_snapshots_are_slow() {
         let roster = Arc::new(SlowSnapshots::default());
+        *roster.delay.lock().unwrap() = Duration::from_millis(80);
         let a = Arc::new(member(roster.clone(), "a", 1));
         a.join().await.unwrap();
-        roster.hang.store(true, Ordering::Relaxed);
         let stop = CancelToken::default();
         let keeping = tokio::spawn(keep(a.clone(), Duration::from_millis(10), stop.clone()));
         tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -436,6 +502,45 @@ mod tests {
         keeping.await.unwrap();
         let beats = roster.heartbeats.load(Ordering::Relaxed);
         assert!(beats >= 50, "{beats} heartbeats in 100 periods");
+        assert!(!a.demoted(), "slow reads that succeed keep the node fresh");
+    }
+
+    /// A node whose roster reads keep failing for longer than the failure timeout stops
+    /// heartbeating (so the others give it up) and says it is demoted (so it stops
+    /// delivering), keeping its view; the first good read ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_cannot_read_the_roster_demotes_itself_until_it_can() {
+        let roster = Arc::new(SlowSnapshots::default());
+        let a = Arc::new(member(roster.clone(), "a", 1));
+        a.join().await.unwrap();
+        a.refresh().await.unwrap();
+        let owned = a.view().owned();
+        roster.hang.store(true, Ordering::Relaxed);
+        let stop = CancelToken::default();
+        let keeping = tokio::spawn(keep(a.clone(), Duration::from_millis(10), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            a.demoted(),
+            "stale for longer than the 100 ms failure timeout"
+        );
+        let beats = roster.heartbeats.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            roster.heartbeats.load(Ordering::Relaxed),
+            beats,
+            "no heartbeats"
+        );
+        assert_eq!(a.view().owned(), owned, "the view is kept: sessions stay");
+
+        roster.hang.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!a.demoted());
+        assert!(
+            roster.heartbeats.load(Ordering::Relaxed) > beats,
+            "beating again"
+        );
+        stop.cancel();
+        keeping.await.unwrap();
     }
 
     #[tokio::test]
