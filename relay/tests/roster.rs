@@ -21,13 +21,8 @@ use common::unique;
 use levee_relay::cluster::{CqlRoster, NodeInfo, NodeState, Roster, RosterError};
 use scylla::client::session_builder::SessionBuilder;
 
-/// Every node computes its view from the roster's rows at an epoch and recomputes it only
-/// when the epoch moves, so two snapshots at one epoch must hold the same rows, however
-/// fast the rows change. Three observers take snapshots while a fourth handle adds and
-/// removes a row as fast as the database lets it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Cassandra: scripts/services.sh up"]
-async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
+/// A session to the test database, with the keyspace the roster tables go in.
+async fn session() -> Arc<scylla::client::session::Session> {
     let cql = std::env::var("LEVEE_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
     let session = Arc::new(SessionBuilder::new().known_node(cql).build().await.unwrap());
     session
@@ -38,6 +33,17 @@ async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
         )
         .await
         .unwrap();
+    session
+}
+
+/// Every node computes its view from the roster's rows at an epoch and recomputes it only
+/// when the epoch moves, so two snapshots at one epoch must hold the same rows, however
+/// fast the rows change. Three observers take snapshots while a fourth handle adds and
+/// removes a row as fast as the database lets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra: scripts/services.sh up"]
+async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
+    let session = session().await;
     let cluster = unique("roster");
     let open = || {
         CqlRoster::connect(
@@ -125,16 +131,7 @@ async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Cassandra: scripts/services.sh up"]
 async fn a_row_that_does_not_parse_is_left_out_and_counted() {
-    let cql = std::env::var("LEVEE_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
-    let session = Arc::new(SessionBuilder::new().known_node(cql).build().await.unwrap());
-    session
-        .query_unpaged(
-            "CREATE KEYSPACE IF NOT EXISTS levee_dist WITH replication = \
-             {'class': 'SimpleStrategy', 'replication_factor': 1}",
-            (),
-        )
-        .await
-        .unwrap();
+    let session = session().await;
     let cluster = unique("roster-bad-row");
     let roster = CqlRoster::connect(
         session.clone(),

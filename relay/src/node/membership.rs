@@ -158,7 +158,6 @@ impl Membership {
     pub async fn refresh(&self) -> Result<(), RosterError> {
         let snapshot = self.roster.snapshot().await?;
         *self.fresh_at.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
-        self.judge_freshness();
         let old = self.view();
         if snapshot.epoch <= old.epoch() {
             return Ok(());
@@ -354,39 +353,6 @@ mod tests {
     use crate::cluster::LocalRoster;
     use crate::tls::Fingerprint;
 
-    /// The in-memory roster, whose heartbeats fail while `failing` is set: a node whose
-    /// writes time out while its reads still work.
-    #[derive(Default)]
-    struct FailingHeartbeats {
-        inner: Arc<LocalRoster>,
-        failing: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Roster for FailingHeartbeats {
-        async fn join(&self, node: NodeInfo) -> Result<(), RosterError> {
-            self.inner.join(node).await
-        }
-        async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
-            if self.failing.load(Ordering::Relaxed) {
-                return Err(RosterError::Backend("write timed out".into()));
-            }
-            self.inner.heartbeat(name).await
-        }
-        async fn drain(&self, name: &str) -> Result<(), RosterError> {
-            self.inner.drain(name).await
-        }
-        async fn leave(&self, name: &str) -> Result<(), RosterError> {
-            self.inner.leave(name).await
-        }
-        async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
-            self.inner.expire(timeout).await
-        }
-        async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
-            self.inner.snapshot().await
-        }
-    }
-
     fn member(roster: Arc<dyn Roster>, name: &str, port: u16) -> Membership {
         let me = NodeInfo {
             name: name.into(),
@@ -403,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_whose_heartbeats_fail_gives_up_its_shards_once_the_others_expire_it() {
-        let a_roster = Arc::new(FailingHeartbeats::default());
+        let a_roster = Arc::new(TestRoster::default());
         // b reaches the same rows, and its heartbeats work.
         let b_roster = a_roster.inner.clone();
         let a = member(a_roster.clone(), "a", 1);
@@ -443,11 +409,14 @@ mod tests {
         assert_eq!(a.view().epoch(), b.view().epoch());
     }
 
-    /// The in-memory roster, counting heartbeats, whose snapshots can hang (a serial read
-    /// waiting out the database) or answer from an older epoch (a lagging replica).
+    /// The in-memory roster, counting heartbeats, whose heartbeats fail while `failing` is
+    /// set (a node whose writes time out while its reads still work), and whose snapshots
+    /// can be slow, hang (a serial read waiting out the database) or answer from an older
+    /// epoch (a lagging replica).
     #[derive(Default)]
-    struct SlowSnapshots {
+    struct TestRoster {
         inner: Arc<LocalRoster>,
+        failing: AtomicBool,
         heartbeats: std::sync::atomic::AtomicU64,
         hang: AtomicBool,
         delay: std::sync::Mutex<Duration>,
@@ -455,12 +424,15 @@ mod tests {
     }
 
     #[async_trait]
-    impl Roster for SlowSnapshots {
+    impl Roster for TestRoster {
         async fn join(&self, node: NodeInfo) -> Result<(), RosterError> {
             self.inner.join(node).await
         }
         async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
             self.heartbeats.fetch_add(1, Ordering::Relaxed);
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(RosterError::Backend("write timed out".into()));
+            }
             self.inner.heartbeat(name).await
         }
         async fn drain(&self, name: &str) -> Result<(), RosterError> {
@@ -491,7 +463,7 @@ mod tests {
     /// beat every period.
     #[tokio::test(start_paused = true)]
     async fn heartbeats_go_on_while_snapshots_are_slow() {
-        let roster = Arc::new(SlowSnapshots::default());
+        let roster = Arc::new(TestRoster::default());
         *roster.delay.lock().unwrap() = Duration::from_millis(80);
         let a = Arc::new(member(roster.clone(), "a", 1));
         a.join().await.unwrap();
@@ -510,7 +482,7 @@ mod tests {
     /// delivering), keeping its view; the first good read ends it.
     #[tokio::test(start_paused = true)]
     async fn a_node_that_cannot_read_the_roster_demotes_itself_until_it_can() {
-        let roster = Arc::new(SlowSnapshots::default());
+        let roster = Arc::new(TestRoster::default());
         let a = Arc::new(member(roster.clone(), "a", 1));
         a.join().await.unwrap();
         a.refresh().await.unwrap();
@@ -545,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn views_only_move_to_newer_epochs() {
-        let roster = Arc::new(SlowSnapshots::default());
+        let roster = Arc::new(TestRoster::default());
         let a = member(roster.clone(), "a", 1);
         a.join().await.unwrap();
         let b = member(roster.inner.clone(), "b", 2);
