@@ -304,6 +304,14 @@ impl LogConsumer for EmbeddedConsumer {
         Ok(Vec::new())
     }
 
+    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
+        if let Some(reading) = self.reading.get_mut(&shard) {
+            *reading = next;
+            self.committed.insert(shard, next);
+        }
+        Ok(())
+    }
+
     fn skipped(&self) -> Skipped {
         self.skipped
     }

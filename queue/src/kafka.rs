@@ -581,6 +581,15 @@ impl LogConsumer for KafkaConsumer {
         Ok(())
     }
 
+    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
+        let Some(reading) = self.next.get_mut(&shard) else {
+            return Ok(());
+        };
+        *reading = next;
+        self.committed.insert(shard, next);
+        self.assign_at_next()
+    }
+
     fn skipped(&self) -> Skipped {
         self.skipped
     }

@@ -106,6 +106,12 @@ pub trait LogConsumer: Send {
     /// restart resumes after them. Call only once the records are durable downstream.
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError>;
 
+    /// Moves an assigned shard to `next`: the next record handed out from it is the one at
+    /// `next`, and lag counts from there. For a caller that keeps the committed position
+    /// elsewhere (the relay's shard leases, whose commits are fenced). Not an error for a
+    /// shard that is not assigned: nothing happens.
+    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError>;
+
     /// What this consumer stepped over so far; see [`Skipped`].
     fn skipped(&self) -> Skipped;
 

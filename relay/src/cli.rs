@@ -13,7 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use levee_queue::KafkaLog;
 use levee_relay::Node;
 use levee_relay::client::{Client, ClientConfig, ClientError, Delivery};
-use levee_relay::cluster::{CqlRoster, LocalCluster, NodeSummary};
+use levee_relay::cluster::{CqlLeases, CqlRoster, LocalCluster, NodeSummary};
 use levee_relay::tls::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity, NodeConfig};
 use levee_sharding::ScyllaMailboxStore;
@@ -383,11 +383,19 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
     )
     .await
     .context("opening the roster")?;
+    let leases = CqlLeases::connect(
+        store.session(),
+        &scylla.keyspace,
+        &format!("{}/{}", config.cluster_name, kafka.topic),
+    )
+    .await
+    .context("opening the shard leases")?;
     let node = Node::in_cluster(
         config.clone(),
         Arc::new(store),
         Arc::new(log),
         Arc::new(roster),
+        Arc::new(leases),
     )
     .context("starting the node")?;
     let summary = NodeSummary::of(&node, &config.region);

@@ -13,6 +13,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::admission::RequestClass;
+use crate::cluster::Taking;
 
 const ADMITTED: &str = "levee_admission_admitted_total";
 const SHED: &str = "levee_admission_shed_total";
@@ -43,6 +44,10 @@ const ROSTER_ROWS_UNREADABLE: &str = "levee_roster_rows_unreadable";
 const DEMOTED: &str = "levee_membership_demoted";
 const REDIRECTS: &str = "levee_redirects_total";
 const HANDOFFS: &str = "levee_shard_handoffs_total";
+const LEASE_TAKES: &str = "levee_lease_takes_total";
+const LEASES_FENCED: &str = "levee_lease_fenced_total";
+const LEASES_HELD: &str = "levee_leases_held";
+const BATCHES_ABANDONED: &str = "levee_delivery_batches_abandoned_total";
 
 /// Queue-wait buckets: dense around the 5 ms / 20 ms admission thresholds, up to the
 /// seconds a badly overloaded node shows.
@@ -118,6 +123,31 @@ fn describe() {
         HANDOFFS,
         Unit::Count,
         "Shards taken over (direction=in) or handed over (direction=out), by node"
+    );
+    describe_counter!(
+        LEASE_TAKES,
+        Unit::Count,
+        "Shard leases taken, by how they came free (free: released or never held; own: held \
+         by this node's name before; absent: the holder left the roster; overdue: a live \
+         holder did not let go within twice the failure timeout)"
+    );
+    describe_counter!(
+        LEASES_FENCED,
+        Unit::Count,
+        "Commits of a shard's position refused because a later holder took its lease: this \
+         node stopped delivering that shard"
+    );
+    describe_gauge!(
+        LEASES_HELD,
+        Unit::Count,
+        "Shard leases this node holds (the shards it delivers)"
+    );
+    describe_counter!(
+        BATCHES_ABANDONED,
+        Unit::Count,
+        "Delivery batches dropped unstored because the node's tenure ran out (its last good \
+         heartbeat is too old for it to be sure it still holds its shards); their new holder \
+         delivers them"
     );
     describe_counter!(ADMITTED, Unit::Count, "Requests admitted, by class");
     describe_counter!(
@@ -236,6 +266,8 @@ pub(crate) enum RosterOp {
 }
 
 const ROSTER_OPS: [RosterOp; 2] = [RosterOp::Heartbeat, RosterOp::Snapshot];
+/// Every way a lease comes free, in the order of [`Taking`]'s discriminants.
+const TAKINGS: [Taking; 4] = [Taking::Free, Taking::Own, Taking::Absent, Taking::Overdue];
 
 impl RosterOp {
     fn as_str(self) -> &'static str {
@@ -310,6 +342,10 @@ pub(crate) struct NodeMetrics {
     demoted: Gauge,
     handoffs_in: Counter,
     handoffs_out: Counter,
+    lease_takes: [Counter; 4],
+    leases_fenced: Counter,
+    leases_held: Gauge,
+    batches_abandoned: Counter,
     redirects: Counter,
     moves: Counter,
 }
@@ -361,6 +397,12 @@ impl NodeMetrics {
             demoted: gauge!(DEMOTED, &[n()]),
             handoffs_in: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "in"),
             handoffs_out: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "out"),
+            lease_takes: TAKINGS.map(|how| {
+                counter!(LEASE_TAKES, "node" => node.to_owned(), "how" => how.as_str())
+            }),
+            leases_fenced: counter!(LEASES_FENCED, &[n()]),
+            leases_held: gauge!(LEASES_HELD, &[n()]),
+            batches_abandoned: counter!(BATCHES_ABANDONED, &[n()]),
             redirects: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "redirect"),
             moves: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "moved"),
         }
@@ -466,6 +508,26 @@ impl NodeMetrics {
     /// Rows left out of the roster's last read.
     pub(crate) fn roster_rows_unreadable(&self, rows: u64) {
         self.roster_rows_unreadable.set(rows as f64);
+    }
+
+    /// A shard lease taken.
+    pub(crate) fn lease_taken(&self, how: Taking) {
+        self.lease_takes[how as usize].increment(1);
+    }
+
+    /// A shard lease found taken by a later holder at commit.
+    pub(crate) fn lease_fenced(&self) {
+        self.leases_fenced.increment(1);
+    }
+
+    /// How many shard leases the node holds.
+    pub(crate) fn leases_held(&self, n: usize) {
+        self.leases_held.set(n as f64);
+    }
+
+    /// A delivery batch dropped unstored: the node's tenure ran out.
+    pub(crate) fn batch_abandoned(&self) {
+        self.batches_abandoned.increment(1);
     }
 
     /// A client sent to another node at login.

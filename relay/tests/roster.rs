@@ -1,5 +1,6 @@
-//! The distributed roster against real Apache Cassandra (`scripts/services.sh up`): the
-//! epoch and rows every node computes its view from. A test binary of its own, because it
+//! The distributed roster and shard leases against real Apache Cassandra
+//! (`scripts/services.sh up`): the epoch and rows every node computes its view from, and
+//! the leases that say which node delivers each shard. A test binary of its own, because it
 //! loads the database as hard as it can, and the other distributed tests must not run
 //! beside it. `./scripts/test.sh` runs it; by hand:
 //!
@@ -18,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::unique;
-use levee_relay::cluster::{CqlRoster, NodeInfo, NodeState, Roster, RosterError};
+use levee_relay::cluster::{
+    Claim, CqlLeases, CqlRoster, Lease, LeaseError, LeaseRow, NodeInfo, NodeState, Roster,
+    RosterError, ShardLeases, Taking, claim,
+};
 use scylla::client::session_builder::SessionBuilder;
 
 /// A session to the test database, with the keyspace the roster tables go in.
@@ -170,4 +174,97 @@ async fn a_row_that_does_not_parse_is_left_out_and_counted() {
     let again = roster.snapshot().await.unwrap();
     assert_eq!(again, snapshot);
     assert_eq!(roster.rows_unreadable(), 1);
+}
+
+/// The shard leases: a holder that lost its lease while it was away (a zombie: paused past
+/// the failure timeout, its shard taken by a node that saw it gone) can neither move the
+/// shard's position nor release the lease, and the new holder starts from the position the
+/// zombie last committed. Without the epoch condition on commits, the zombie's late commit
+/// would move the position backwards or past records nobody stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra: scripts/services.sh up"]
+async fn a_holder_whose_lease_was_taken_cannot_commit_or_release() {
+    let session = session().await;
+    let scope = unique("leases-zombie");
+    let open = || CqlLeases::connect(session.clone(), "levee_dist", &scope);
+    let (zombie, taker) = (open().await.unwrap(), open().await.unwrap());
+    const SHARD: u32 = 5;
+
+    let row = zombie.read(SHARD).await.unwrap();
+    assert_eq!(row, LeaseRow::default(), "never taken");
+    let old = zombie.take(SHARD, "a", row.epoch).await.unwrap().unwrap();
+    assert_eq!((old.epoch, old.position), (1, None));
+    zombie.commit(&old, 10).await.unwrap();
+
+    // b does not see a in the roster any more: the lease is taken at once.
+    let row = taker.read(SHARD).await.unwrap();
+    assert_eq!(row.holder.as_deref(), Some("a"));
+    let live = |n: &str| n == "b";
+    let how = claim(&row, "b", live, Duration::ZERO, Duration::from_secs(6));
+    assert_eq!(how, Claim::Take(Taking::Absent));
+    let new = taker.take(SHARD, "b", row.epoch).await.unwrap().unwrap();
+    assert_eq!((new.epoch, new.position), (2, Some(10)));
+
+    // The zombie wakes up with a batch stored up to 20.
+    assert!(matches!(
+        zombie.commit(&old, 20).await,
+        Err(LeaseError::Fenced {
+            shard: SHARD,
+            epoch: 1
+        })
+    ));
+    assert!(matches!(
+        zombie.release(&old, Some(20)).await,
+        Err(LeaseError::Fenced { .. })
+    ));
+    let row = taker.read(SHARD).await.unwrap();
+    assert_eq!(
+        (row.epoch, row.holder.as_deref(), row.position),
+        (2, Some("b"), Some(10))
+    );
+
+    taker.commit(&new, 15).await.unwrap();
+    taker.release(&new, Some(16)).await.unwrap();
+    let row = zombie.read(SHARD).await.unwrap();
+    assert_eq!((row.epoch, row.holder, row.position), (2, None, Some(16)));
+    assert_eq!(
+        taker.history(SHARD).await.unwrap(),
+        [(1, "a".to_owned()), (2, "b".to_owned())]
+    );
+}
+
+/// Four nodes race for one lease from the same epoch, round after round: exactly one wins
+/// each round, and the history holds one holder per epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra: scripts/services.sh up"]
+async fn racing_takers_get_one_holder_per_epoch() {
+    let session = session().await;
+    let scope = unique("leases-race");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let leases = CqlLeases::connect(session.clone(), "levee_dist", &scope)
+            .await
+            .unwrap();
+        handles.push(Arc::new(leases));
+    }
+    const SHARD: u32 = 0;
+    const ROUNDS: u64 = 15;
+    for round in 0..ROUNDS {
+        let mut racers = tokio::task::JoinSet::new();
+        for (i, leases) in handles.iter().enumerate() {
+            let leases = leases.clone();
+            racers.spawn(async move { leases.take(SHARD, &format!("node-{i}"), round).await });
+        }
+        let won: Vec<Lease> = racers
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(|r| r.unwrap())
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {won:?}");
+        assert_eq!(won[0].epoch, round + 1);
+    }
+    let history = handles[0].history(SHARD).await.unwrap();
+    let epochs: Vec<u64> = history.iter().map(|(e, _)| *e).collect();
+    assert_eq!(epochs, (1..=ROUNDS).collect::<Vec<_>>(), "{history:?}");
 }

@@ -12,6 +12,7 @@ use levee_sharding::{EmbeddedMailboxStore, EmbeddedStore, MailboxStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::lease::LocalLeases;
 use super::roster::LocalRoster;
 use crate::config::NodeConfig;
 use crate::node::{ClusterAdmin, DrainHandle, Node, NodeError};
@@ -72,6 +73,7 @@ pub struct LocalCluster {
     store: Arc<dyn MailboxStore>,
     log: Arc<dyn DeliveryLog>,
     roster: Arc<LocalRoster>,
+    leases: Arc<LocalLeases>,
     nodes: Mutex<BTreeMap<String, Running>>,
     /// Nodes started so far, running or not: names are never reused.
     started: Mutex<u32>,
@@ -107,6 +109,7 @@ impl LocalCluster {
             store,
             log,
             roster: Arc::new(LocalRoster::default()),
+            leases: Arc::new(LocalLeases::default()),
             nodes: Mutex::new(BTreeMap::new()),
             started: Mutex::new(0),
             me: me.clone(),
@@ -151,6 +154,7 @@ impl LocalCluster {
             self.store.clone(),
             self.log.clone(),
             self.roster.clone(),
+            self.leases.clone(),
         )?;
         let cluster: Weak<dyn ClusterAdmin> = self.me.clone();
         node.set_cluster_admin(cluster);

@@ -5,14 +5,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use levee_queue::{LogConsumer, LoggedRecord};
 use levee_sharding::{InsertOutcome, MailboxId, NewEnvelope, ShardId, shard_of};
 use prost::Message;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Shared;
+use super::holdings::Holdings;
 use super::tokio_util_shim::CancelToken;
 use crate::clock::now_ms;
+use crate::cluster::{Claim, ClusterView, LeaseError, Taking, claim};
 use crate::wire::internal::LoggedEnvelope;
 
 /// Consumer group of the delivery workers.
@@ -22,6 +26,15 @@ const DELIVERY_BATCH: usize = 1024;
 /// Longest a consumer may take to take up a new set of shards before the worker gives up
 /// and tries again (with the then-current placement).
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a worker owed shards whose leases are not free yet asks again.
+const CLAIM_RETRY: Duration = Duration::from_millis(250);
+/// How often, at most, a shard's position is committed to its lease (a Paxos round in the
+/// CQL database): a new holder after a crash re-reads at most this much of the shard.
+const LEASE_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Lease calls in flight at once.
+const LEASE_CONCURRENCY: usize = 16;
+/// Longest the worker waits to release leases before it goes on without.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which mailboxes have a subscriber on this node, and a way to wake them.
 ///
@@ -87,21 +100,29 @@ fn to_envelope(record: &LoggedRecord) -> Option<NewEnvelope> {
 }
 
 /// The delivery worker: log → mailbox store → commit → wake subscribers, for the shards
-/// this node owns in its current view of the cluster.
+/// whose leases this node holds (see `cluster::lease`).
 ///
-/// A batch is committed to the log only after the store made it durable, and retried until
-/// it is, so an envelope acknowledged to its sender cannot fall between the two.
+/// A batch is committed only after the store made it durable, and retried until it is, so
+/// an envelope acknowledged to its sender cannot fall between the two.
 ///
-/// When placement changes, the worker finishes (stores and commits) the batch in hand and
-/// then takes exactly the new set of shards; the new owner of a shard resumes after the
-/// last commit, and wakes its subscribers in the shards it gained. For a moment two nodes
-/// may both read a shard's newest records; the store recognises the second copy by its
-/// dedupe key, even after the first was acknowledged and deleted, so a handoff never
-/// delivers an envelope twice after its acknowledgement.
+/// **Leases.** The worker asks for the lease of every shard its view gives it, and reads a
+/// shard only while it holds the lease; when placement moves a shard away it stores and
+/// commits the batch in hand and releases the lease with its final position, and the new
+/// holder resumes from there. Positions are committed to the lease, conditional on its
+/// epoch, at most once a second per shard (and to the log's own offsets, a fallback for a
+/// shard whose lease has none yet). A commit refused because a later holder took the lease
+/// stops the worker reading that shard at once. Before storing a batch the worker checks
+/// its node's *tenure* (its own last good heartbeat, by its own clock): a node that may
+/// already have been given up for dead, a zombie woken from a long pause say, drops the
+/// batch unstored and lets go of everything; whoever holds the leases now delivers it.
+/// A node that has demoted itself (it cannot read the roster) takes no shards either.
+///
+/// When an old holder could not release (it died), the new one may re-read records the old
+/// one stored; the store recognises them by their dedupe keys, even after the first copy
+/// was acknowledged and deleted, so a handoff never delivers an envelope twice after its
+/// acknowledgement.
 pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     let mut view = shared.membership.subscribe();
-    // A node that cannot read the roster takes no shards (see `membership`): others may
-    // own them by now.
     let mut demoted = shared.membership.subscribe_demoted();
     let mut consumer: Box<dyn LogConsumer> = loop {
         match shared.log.consumer(DELIVERY_GROUP).await {
@@ -114,57 +135,87 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             }
         }
     };
+    let me = shared.membership.name();
+    let patience = 2 * Duration::from_millis(shared.config.failure_timeout_ms);
+    let mut holdings = Holdings::default();
     let mut assigned: Option<Vec<ShardId>> = None;
+    let mut last_claims: Option<Instant> = None;
     loop {
-        let owned = if *demoted.borrow_and_update() {
-            Vec::new()
-        } else {
-            view.borrow_and_update().owned()
-        };
-        if assigned.as_ref() != Some(&owned) {
+        let current = view.borrow_and_update().clone();
+        let acting = !*demoted.borrow_and_update() && shared.membership.tenured();
+        let owned = if acting { current.owned() } else { Vec::new() };
+        let surplus = holdings.surplus(&owned);
+        if !surplus.is_empty() {
+            release(&shared, &mut holdings, &surplus).await;
+        }
+        let wanted = holdings.wanted(&owned, current.epoch());
+        if !wanted.is_empty() && last_claims.is_none_or(|t| t.elapsed() >= CLAIM_RETRY) {
+            last_claims = Some(Instant::now());
+            claim_leases(&shared, &me, &current, &mut holdings, &wanted, patience).await;
+        }
+        let holding = holdings.shards();
+        if assigned.as_ref() != Some(&holding) {
             // Reading the committed positions waits on the broker; a broker that does not
             // answer must not hold the node's shutdown or the next placement change.
             let assign = tokio::select! {
-                () = stop.cancelled() => return,
-                a = tokio::time::timeout(ASSIGN_TIMEOUT, consumer.assign(&owned)) => a,
+                () = stop.cancelled() => break,
+                a = tokio::time::timeout(ASSIGN_TIMEOUT, consumer.assign(&holding)) => a,
             };
             let assign = assign.unwrap_or_else(|_| {
                 Err(levee_queue::LogError::Backend(format!(
                     "assign took longer than {ASSIGN_TIMEOUT:?}"
                 )))
             });
-            if let Err(e) = assign {
-                tracing::error!(error = %e, "cannot assign shards; retrying");
-                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-            // The shards' last owner may have stored a batch and committed it after this
-            // node's subscribers read their backlogs but before `assign` read the committed
-            // positions: this node then neither re-reads those records nor hears of them,
-            // and they would wait for the mailbox's next envelope. Whatever it committed
-            // is stored by now, so one more look at each mailbox finds it.
-            let gained: HashSet<ShardId> = owned
+            let gained: HashSet<ShardId> = holding
                 .iter()
                 .filter(|s| !assigned.as_ref().is_some_and(|a| a.contains(s)))
                 .copied()
                 .collect();
+            let sought = async {
+                assign?;
+                // The lease's position is where its last holder got to; the log's own
+                // committed offset is only a fallback, and may lag or run ahead of it.
+                for s in &gained {
+                    if let Some(next) = holdings.lease(*s).and_then(|l| l.position) {
+                        consumer.seek(*s, next).await?;
+                    }
+                }
+                Ok::<_, levee_queue::LogError>(())
+            };
+            if let Err(e) = sought.await {
+                tracing::error!(error = %e, "cannot assign shards; retrying");
+                assigned = None;
+                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+            // The shards' last holder may have stored a batch after this node's subscribers
+            // read their backlogs: one more look at each mailbox finds it.
             if !gained.is_empty() {
                 shared.presence.notify_shards(&gained, shared.log.shards());
             }
-            assigned = Some(owned);
+            shared.metrics.leases_held(holdings.len());
+            assigned = Some(holding);
         }
+        // Something still to take up: shards owed whose leases are not free yet, or shards
+        // to take back once the node's tenure is renewed.
+        let pending = !holdings.wanted(&owned, current.epoch()).is_empty()
+            || (!acting && !current.owned().is_empty());
         let records = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             // A new placement: go round and take the new shards. Polling is cancel-safe.
-            Ok(()) = view.changed() => continue,
+            Ok(()) = view.changed() => {
+                last_claims = None;
+                continue;
+            }
             Ok(()) = demoted.changed() => continue,
+            () = tokio::time::sleep(CLAIM_RETRY), if pending => continue,
             polled = consumer.poll(DELIVERY_BATCH, Duration::from_millis(250)) => match polled {
                 Ok(records) => records,
                 Err(e) => {
                     tracing::error!(error = %e, "delivery log poll failed");
-                    if sleep_or_stop(&stop, Duration::from_millis(500)).await { return; }
+                    if sleep_or_stop(&stop, Duration::from_millis(500)).await { break; }
                     continue;
                 }
             },
@@ -188,21 +239,32 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
                 ),
             }
         }
-        let outcomes = loop {
-            let write = shared.admission.backend_write();
-            let inserted = shared.store.insert(envelopes.clone()).await;
-            drop(write);
-            match inserted {
-                Ok(outcomes) => break outcomes,
-                Err(e) => {
-                    tracing::error!(error = %e, "mailbox store insert failed; retrying the batch");
-                    if sleep_or_stop(&stop, Duration::from_millis(500)).await {
-                        return;
-                    }
-                }
+        let Some(outcomes) = store_batch(&shared, &envelopes, &stop).await else {
+            if stop.is_cancelled() {
+                break;
             }
+            // The tenure ran out: others may hold these shards by now. Drop the batch and
+            // every lease (none is this node's to release), and read again from the
+            // committed positions once it holds leases again.
+            tracing::warn!(
+                records = records.len(),
+                "tenure ran out before the batch was stored; dropping it and every shard"
+            );
+            shared.metrics.batch_abandoned();
+            holdings.clear();
+            assigned = None;
+            continue;
         };
-        let positions: Vec<_> = records.iter().map(|r| r.position).collect();
+        for record in &records {
+            holdings.stored(record.position.shard, record.position.offset);
+        }
+        commit_leases(&shared, &mut holdings, current.epoch()).await;
+        // Only shards still held: a fenced holder must not move the log's offsets either.
+        let positions: Vec<_> = records
+            .iter()
+            .map(|r| r.position)
+            .filter(|p| holdings.lease(p.shard).is_some())
+            .collect();
         if let Err(e) = consumer.commit(&positions).await {
             // Harmless: the records are stored, and re-reading them later is idempotent.
             tracing::warn!(error = %e, "delivery log commit failed");
@@ -220,6 +282,157 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
                 .filter(|o| **o == InsertOutcome::Stored)
                 .count(),
         );
+    }
+    // Stopping: hand every shard over with its last position, so the next holder neither
+    // waits for this node's row to lapse nor re-reads what it stored.
+    let all = holdings.shards();
+    release(&shared, &mut holdings, &all).await;
+}
+
+/// Stores a batch, retrying until it is durable; `None` if the node's tenure ran out first
+/// (checked before every try) or it is stopping.
+async fn store_batch(
+    shared: &Shared,
+    envelopes: &[NewEnvelope],
+    stop: &CancelToken,
+) -> Option<Vec<InsertOutcome>> {
+    loop {
+        if !shared.membership.tenured() {
+            return None;
+        }
+        let write = shared.admission.backend_write();
+        let inserted = shared.store.insert(envelopes.to_vec()).await;
+        drop(write);
+        match inserted {
+            Ok(outcomes) => return Some(outcomes),
+            Err(e) => {
+                tracing::error!(error = %e, "mailbox store insert failed; retrying the batch");
+                if sleep_or_stop(stop, Duration::from_millis(500)).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the leases of `wanted` (shards placement gives this node), taking those that
+/// [`claim`] says may be taken; the round is bounded by the failure timeout.
+async fn claim_leases(
+    shared: &Shared,
+    me: &str,
+    view: &ClusterView,
+    holdings: &mut Holdings,
+    wanted: &[ShardId],
+    patience: Duration,
+) {
+    let now = Instant::now();
+    let asks: Vec<(ShardId, Duration)> = wanted
+        .iter()
+        .map(|s| (*s, holdings.waited(*s, now)))
+        .collect();
+    let live = |name: &str| view.nodes().any(|n| n.name == name);
+    let ask = |(shard, waited): (ShardId, Duration)| async move {
+        let row = shared.leases.read(shard).await?;
+        match claim(&row, me, live, waited, patience) {
+            Claim::Wait => Ok(None),
+            Claim::Take(how) => {
+                let taken = shared.leases.take(shard, me, row.epoch).await?;
+                Ok::<_, LeaseError>(taken.map(|lease| (lease, how, row.holder)))
+            }
+        }
+    };
+    let round = futures::stream::iter(asks)
+        .map(ask)
+        .buffer_unordered(LEASE_CONCURRENCY)
+        .collect::<Vec<_>>();
+    let limit = Duration::from_millis(shared.config.failure_timeout_ms);
+    let Ok(answers) = tokio::time::timeout(limit, round).await else {
+        tracing::warn!("taking shard leases took longer than {limit:?}; trying again");
+        return;
+    };
+    let mut failed = 0;
+    for answer in answers {
+        match answer {
+            Ok(Some((lease, how, from))) => {
+                if matches!(how, Taking::Absent | Taking::Overdue) {
+                    tracing::info!(
+                        shard = lease.shard,
+                        epoch = lease.epoch,
+                        from = from.as_deref().unwrap_or(""),
+                        how = how.as_str(),
+                        "took a shard lease its holder had not released"
+                    );
+                }
+                shared.metrics.lease_taken(how);
+                holdings.hold(lease);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                failed += 1;
+                tracing::debug!(error = %e, "could not take a shard lease");
+            }
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(failed, "shard leases could not be taken; trying again");
+    }
+}
+
+/// Commits the due positions to their leases; a shard whose lease a later holder took is
+/// no longer read from here on.
+async fn commit_leases(shared: &Shared, holdings: &mut Holdings, epoch: u64) {
+    let due = holdings.due(Instant::now(), LEASE_COMMIT_INTERVAL);
+    if due.is_empty() {
+        return;
+    }
+    let commits = futures::stream::iter(due)
+        .map(|(lease, next)| async move {
+            let result = shared.leases.commit(&lease, next).await;
+            (lease.shard, next, result)
+        })
+        .buffer_unordered(LEASE_CONCURRENCY)
+        .collect::<Vec<_>>();
+    let limit = Duration::from_millis(shared.config.failure_timeout_ms);
+    let Ok(results) = tokio::time::timeout(limit, commits).await else {
+        // Positions not moved: a later holder re-reads a little more. Tried again next batch.
+        tracing::warn!("committing lease positions took longer than {limit:?}");
+        return;
+    };
+    for (shard, next, result) in results {
+        match result {
+            Ok(()) => holdings.committed(shard, next, Instant::now()),
+            Err(LeaseError::Fenced { epoch: lost, .. }) => {
+                tracing::warn!(
+                    shard,
+                    epoch = lost,
+                    "another node took this shard's lease; no longer delivering it"
+                );
+                shared.metrics.lease_fenced();
+                holdings.fence(shard, epoch);
+            }
+            Err(e) => tracing::warn!(shard, error = %e, "lease position commit failed"),
+        }
+    }
+}
+
+/// Lets go of `shards`, releasing each lease with its last stored position (bounded: a
+/// release that cannot get through leaves the lease to lapse with this node's row).
+async fn release(shared: &Shared, holdings: &mut Holdings, shards: &[ShardId]) {
+    let held: Vec<_> = shards.iter().filter_map(|s| holdings.let_go(*s)).collect();
+    shared.metrics.leases_held(holdings.len());
+    let releases = futures::stream::iter(held)
+        .map(|h| async move { (h.lease.shard, shared.leases.release(&h.lease, h.next).await) })
+        .buffer_unordered(LEASE_CONCURRENCY)
+        .collect::<Vec<_>>();
+    match tokio::time::timeout(RELEASE_TIMEOUT, releases).await {
+        Err(_) => tracing::warn!("releasing shard leases timed out; they lapse with the node"),
+        Ok(results) => {
+            for (shard, result) in results {
+                if let Err(e) = result {
+                    tracing::debug!(shard, error = %e, "shard lease not released");
+                }
+            }
+        }
     }
 }
 

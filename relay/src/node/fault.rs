@@ -33,7 +33,9 @@ use levee_sharding::{
 };
 use tokio::time::Instant;
 
-use crate::cluster::{NodeInfo, Roster, RosterError, RosterSnapshot};
+use crate::cluster::{
+    Lease, LeaseError, LeaseRow, NodeInfo, Roster, RosterError, RosterSnapshot, ShardLeases,
+};
 
 /// Longest stall one request may ask for: a drill rehearses an outage, not a dead node.
 pub(crate) const MAX_STALL: Duration = Duration::from_secs(300);
@@ -166,6 +168,38 @@ impl Roster for StallingRoster {
     }
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.inner.changes()
+    }
+}
+
+/// Shard leases whose every call waits out a [`Stall`] (the store's: they share its
+/// database).
+pub(crate) struct StallingLeases {
+    pub inner: Arc<dyn ShardLeases>,
+    pub stall: Arc<Stall>,
+}
+
+#[async_trait]
+impl ShardLeases for StallingLeases {
+    async fn read(&self, shard: ShardId) -> Result<LeaseRow, LeaseError> {
+        self.stall.pass().await;
+        self.inner.read(shard).await
+    }
+    async fn take(
+        &self,
+        shard: ShardId,
+        holder: &str,
+        seen: u64,
+    ) -> Result<Option<Lease>, LeaseError> {
+        self.stall.pass().await;
+        self.inner.take(shard, holder, seen).await
+    }
+    async fn commit(&self, lease: &Lease, next: u64) -> Result<(), LeaseError> {
+        self.stall.pass().await;
+        self.inner.commit(lease, next).await
+    }
+    async fn release(&self, lease: &Lease, next: Option<u64>) -> Result<(), LeaseError> {
+        self.stall.pass().await;
+        self.inner.release(lease, next).await
     }
 }
 
@@ -302,6 +336,11 @@ impl LogConsumer for StallingConsumer {
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {
         self.stall.pass().await;
         self.inner.commit(done).await
+    }
+
+    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
+        self.stall.pass().await;
+        self.inner.seek(shard, next).await
     }
 
     fn skipped(&self) -> Skipped {

@@ -52,6 +52,9 @@ pub(crate) struct Membership {
     fresh_at: std::sync::Mutex<tokio::time::Instant>,
     /// Whether the node has demoted itself (see the module docs).
     demoted: watch::Sender<bool>,
+    /// Until when this node's row is certainly in the roster: the start of its last
+    /// successful heartbeat (or join) plus the failure timeout (see [`tenured`](Self::tenured)).
+    tenure_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Membership {
@@ -79,6 +82,32 @@ impl Membership {
             metrics,
             fresh_at: std::sync::Mutex::new(tokio::time::Instant::now()),
             demoted: watch::Sender::new(false),
+            tenure_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this node may still act as a shard's holder by its own clock: its last
+    /// successful heartbeat began less than the failure timeout, less a third of it, ago.
+    ///
+    /// The others give a node up (and take its shards' leases at once) only when its row
+    /// is gone: in the CQL roster its TTL, counted by the database from when the write
+    /// arrived; in the local roster, `failure_timeout` of silence. Both start after the
+    /// heartbeat did, so a node that stops acting at its tenure's end stops before anyone
+    /// can take over, however long it was frozen (a monotonic clock runs on through
+    /// SIGSTOP). The margin covers a store write issued just before the end.
+    pub fn tenured(&self) -> bool {
+        self.tenure_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| tokio::time::Instant::now() + self.failure_timeout / 3 < until)
+    }
+
+    /// Extends the tenure after a roster write that began at `started` succeeded.
+    fn renew_tenure(&self, started: tokio::time::Instant) {
+        let until = started + self.failure_timeout;
+        let mut tenure = self.tenure_until.lock().unwrap_or_else(|p| p.into_inner());
+        if tenure.is_none_or(|t| t < until) {
+            *tenure = Some(until);
         }
     }
 
@@ -129,7 +158,9 @@ impl Membership {
 
     /// Adds this node's row and computes the first view.
     pub async fn join(&self) -> Result<(), RosterError> {
+        let started = tokio::time::Instant::now();
         self.roster.join(self.me()).await?;
+        self.renew_tenure(started);
         if self.draining.load(Ordering::Relaxed) {
             self.roster.drain(&self.name()).await?;
         }
@@ -196,6 +227,7 @@ impl Membership {
         if self.left.load(Ordering::Relaxed) || self.demoted() {
             return Ok(());
         }
+        let started = tokio::time::Instant::now();
         match self.roster.heartbeat(&self.name()).await {
             Err(RosterError::Unknown(_)) => {
                 tracing::warn!("this node was removed from the roster; joining again");
@@ -203,6 +235,7 @@ impl Membership {
             }
             Err(e) => Err(e),
             Ok(()) => {
+                self.renew_tenure(started);
                 // Only a node that is itself alive in the roster judges the others.
                 let dead = self.roster.expire(self.failure_timeout).await?;
                 if !dead.is_empty() {
@@ -513,6 +546,34 @@ mod tests {
         );
         stop.cancel();
         keeping.await.unwrap();
+    }
+
+    /// Tenure follows the node's own successful heartbeats by its own clock: it runs out
+    /// (with a margin) before the failure timeout after the last one that got through,
+    /// however the node spent the time, and comes back with the next.
+    #[tokio::test(start_paused = true)]
+    async fn tenure_ends_before_the_others_can_give_the_node_up() {
+        let roster = Arc::new(TestRoster::default());
+        let a = member(roster.clone(), "a", 1);
+        assert!(!a.tenured(), "no tenure before joining");
+        a.join().await.unwrap();
+        assert!(a.tenured());
+        tokio::time::advance(Duration::from_millis(60)).await;
+        a.beat().await.unwrap();
+        roster.failing.store(true, Ordering::Relaxed);
+        // Failure timeout 100 ms, margin a third of it: tenured until 66 ms after the beat.
+        tokio::time::advance(Duration::from_millis(60)).await;
+        a.refresh().await.unwrap(); // reads work: not demoted
+        assert!(a.beat().await.is_err());
+        assert!(a.tenured(), "60 ms after the last good heartbeat");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(
+            !a.tenured(),
+            "70 ms after it: within a third of the timeout of the end"
+        );
+        roster.failing.store(false, Ordering::Relaxed);
+        a.beat().await.unwrap();
+        assert!(a.tenured(), "a good heartbeat renews it");
     }
 
     #[tokio::test]

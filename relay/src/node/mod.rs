@@ -9,6 +9,7 @@ mod delivery;
 pub(crate) mod door;
 mod fault;
 mod guard;
+mod holdings;
 mod membership;
 mod sieve;
 
@@ -24,7 +25,9 @@ use ring::rand::SystemRandom;
 use tokio::task::JoinSet;
 use tokio_util_shim::CancelToken;
 
-use crate::cluster::{LocalRoster, NodeInfo, NodeState, Roster, RosterError};
+use crate::cluster::{
+    LocalLeases, LocalRoster, NodeInfo, NodeState, Roster, RosterError, ShardLeases,
+};
 use crate::config::NodeConfig;
 use crate::tls::{Fingerprint, ServerCert, TlsError};
 
@@ -69,6 +72,8 @@ pub(crate) struct Shared {
     pub door: Arc<door::Door>,
     pub store: Arc<dyn MailboxStore>,
     pub log: Arc<dyn DeliveryLog>,
+    /// Which node delivers each shard now (see `cluster::lease`).
+    pub leases: Arc<dyn ShardLeases>,
     pub presence: Presence,
     pub known_accounts: accounts::KnownAccounts,
     pub rng: SystemRandom,
@@ -137,16 +142,24 @@ impl Node {
         store: Arc<dyn MailboxStore>,
         log: Arc<dyn DeliveryLog>,
     ) -> Result<Self, NodeError> {
-        Self::in_cluster(config, store, log, Arc::new(LocalRoster::default()))
+        Self::in_cluster(
+            config,
+            store,
+            log,
+            Arc::new(LocalRoster::default()),
+            Arc::new(LocalLeases::default()),
+        )
     }
 
-    /// A node of the cluster whose members are listed in `roster`, sharing `store` and
-    /// `log` with them. It joins the roster when it starts running.
+    /// A node of the cluster whose members are listed in `roster`, sharing `store`, `log`
+    /// and the shards' delivery `leases` with them. It joins the roster when it starts
+    /// running.
     pub fn in_cluster(
         config: NodeConfig,
         store: Arc<dyn MailboxStore>,
         log: Arc<dyn DeliveryLog>,
         roster: Arc<dyn Roster>,
+        leases: Arc<dyn ShardLeases>,
     ) -> Result<Self, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         if log.shards() != config.shards {
@@ -204,6 +217,14 @@ impl Node {
                 writes: stalls.roster_writes.clone(),
             }),
             None => roster,
+        };
+        // Leases live in the database the store does: they stall with it.
+        let leases: Arc<dyn ShardLeases> = match &stalls {
+            Some(stalls) => Arc::new(fault::StallingLeases {
+                inner: leases,
+                stall: stalls.store.clone(),
+            }),
+            None => leases,
         };
         let door = Arc::new(door::Door::new(crate::admission::PassKey::new(&secret)));
         let endpoint = crate::udp::endpoint(config.listen, Some(server_config), Some(door.clone()))
@@ -263,6 +284,7 @@ impl Node {
                 config,
                 store,
                 log,
+                leases,
                 presence: Presence::default(),
                 known_accounts: accounts::KnownAccounts::default(),
                 rng: SystemRandom::new(),
@@ -470,6 +492,10 @@ mod tokio_util_shim {
     impl CancelToken {
         pub fn cancel(&self) {
             self.0.send_replace(true);
+        }
+
+        pub fn is_cancelled(&self) -> bool {
+            *self.0.borrow()
         }
 
         pub async fn cancelled(&self) {
