@@ -159,7 +159,8 @@ impl Shared {
     }
 
     /// Passes over entry node `name` for the next [`AVOID_UNREACHABLE`]: an app that
-    /// could not reach a node tries the others first, as a person's phone would.
+    /// could not reach a node, or was told by it to log in through another, tries the
+    /// others first, as a person's phone would.
     fn avoid(&self, name: String) {
         lock(&self.entries)
             .avoid
@@ -520,7 +521,14 @@ async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
                     return Err(e);
                 }
             };
-            client.authenticate().await?;
+            if let Err(e) = client.authenticate().await {
+                // A node that cannot read the roster refuses logins it cannot place; any
+                // other node can. Without this, half the retries went back to it.
+                if e.code() == Some(ErrorCode::MailboxUnavailable) {
+                    shared.avoid(entry);
+                }
+                return Err(e);
+            }
             let inbox = client.subscribe().await?;
             Ok::<_, ClientError>((Arc::new(client), inbox))
         };

@@ -649,6 +649,45 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
     cluster.shutdown().await.unwrap();
 }
 
+/// A node that cannot read the roster (demoted, after the failure timeout) does not send
+/// clients to the owner its stale view names, which may be dead: it refuses the login with
+/// `MAILBOX_UNAVAILABLE` and a short retry, and redirects again once it reads the roster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_node_refuses_logins_it_would_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        fault_injection: true,
+        ..cluster_config(dir.path())
+    };
+    let cluster = start(config, &["local", "local"]).await;
+    let nodes = cluster.nodes();
+    let placement = settled_as(&cluster, &cluster_config(dir.path()), &["node-1", "node-2"]).await;
+    let carol_id = identity_where(|a| owner_of(&placement, a) == "node-2");
+    // Registered through node-1: redirected to node-2.
+    let carol = user_via(&nodes[0], &carol_id).await;
+    assert_eq!(carol.server(), nodes[1].address);
+    drop(carol);
+
+    let admin = nodes[0].admin.unwrap();
+    fault(admin, "/admin/faults/stall?backend=roster&secs=4").await;
+    // Past the 1 s failure timeout (and the read round that notices it).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let refused = async {
+        let c = Client::connect(&client_config(&nodes[0]), carol_id.clone()).await?;
+        c.authenticate().await
+    }
+    .await;
+    match refused {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::MailboxUnavailable), "{e}"),
+        Ok(()) => panic!("a demoted node logged carol in (redirected from its stale view)"),
+    }
+
+    // After the stall it reads the roster again and redirects as before.
+    let carol = log_in_eventually(&nodes[0], &carol_id).await;
+    assert_eq!(carol.server(), nodes[1].address);
+    cluster.shutdown().await.unwrap();
+}
+
 /// A registration the node holds in line (its place comes due within the hold) while its
 /// mailbox moves to a node that joins meanwhile: it is still admitted where it waited — the
 /// accounts are shared, so the place it waited for is honoured — and the session then

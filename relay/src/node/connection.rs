@@ -35,6 +35,9 @@ const PUMP_BATCH: usize = 256;
 const STORAGE_RETRY_MS: u64 = 1_000;
 /// Suggested back-off for a mailbox no live node may hold.
 const UNAVAILABLE_RETRY_MS: u64 = 5_000;
+/// Suggested back-off for a login a demoted node would have redirected: short, since any
+/// other node can answer it now.
+const DEMOTED_RETRY_MS: u64 = 500;
 
 /// QUIC application close codes.
 mod close {
@@ -375,6 +378,22 @@ impl Connection {
             let view = self.shared.membership.view();
             match view.route(&mailbox) {
                 Route::Local => {}
+                // A demoted node cannot read the roster: the owner its view names may be
+                // long dead (the slow-snapshot drill: every login redirected there waited
+                // out a 5 s connect timeout, and the users' sends ran out of patience). Any
+                // node that can read the roster knows better; the client asks again.
+                Route::Elsewhere(_) if self.shared.membership.demoted() => {
+                    let msg = "this node cannot read the cluster's roster now; log in \
+                               through another node";
+                    return self
+                        .respond(retry_later(
+                            id,
+                            ErrorCode::MailboxUnavailable,
+                            msg,
+                            DEMOTED_RETRY_MS,
+                        ))
+                        .await;
+                }
                 Route::Elsewhere(owner) => {
                     self.shared.metrics.redirected();
                     if purpose == Purpose::Register {
