@@ -1048,7 +1048,7 @@ async fn placements(shared: &Shared, nodes: &[NodeSummary]) -> Vec<NodePlacement
 async fn settled_placement(shared: &Shared, cluster: &dyn Target) -> Verdict {
     const SETTLE_LIMIT: Duration = Duration::from_secs(20);
     let name = "after settling, the live nodes agree on one placement and every shard has \
-                exactly one owner"
+                exactly one owner, which holds its lease"
         .to_owned();
     let nodes = cluster.nodes();
     let without_admin = nodes.iter().filter(|n| n.admin.is_none()).count();

@@ -22,6 +22,9 @@ pub struct NodePlacement {
     pub owned: Vec<u32>,
     /// How many shards the cluster has.
     pub shards: u32,
+    /// The shards whose delivery leases it holds; `None` from a node that does not say.
+    #[serde(default)]
+    pub held: Option<Vec<u32>>,
 }
 
 impl NodePlacement {
@@ -38,12 +41,19 @@ impl NodePlacement {
                 .map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok()))
                 .collect::<Option<_>>()?,
             shards: u32::try_from(view["shards"].as_u64()?).ok()?,
+            held: view["held"].as_array().and_then(|held| {
+                held.iter()
+                    .map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok()))
+                    .collect()
+            }),
         })
     }
 }
 
 /// Whether `views` (one per live node, read at about the same time) describe one placement
-/// in which every shard has exactly one owner; if not, what is wrong, for a person.
+/// in which every shard has exactly one owner, and every node holds the delivery leases of
+/// exactly the shards it owns (so each shard's lease has one live holder); if not, what is
+/// wrong, for a person.
 pub fn agreement(views: &[NodePlacement]) -> Result<(), String> {
     let Some(first) = views.first() else {
         return Err("no node answered".into());
@@ -88,6 +98,24 @@ pub fn agreement(views: &[NodePlacement]) -> Result<(), String> {
             shared.first()
         ));
     }
+    for v in views {
+        if let Some(held) = &v.held {
+            let mut held = held.clone();
+            let mut owned = v.owned.clone();
+            held.sort_unstable();
+            owned.sort_unstable();
+            if held != owned {
+                problems.push(format!(
+                    "{} holds the leases of {} shards but owns {} (held {:?}, owned {:?})",
+                    v.node,
+                    held.len(),
+                    owned.len(),
+                    held,
+                    owned
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -108,6 +136,7 @@ mod tests {
             digest: digest.into(),
             owned: owned.to_vec(),
             shards: 4,
+            held: Some(owned.to_vec()),
         }
     }
 
@@ -132,16 +161,30 @@ mod tests {
     }
 
     #[test]
+    fn a_node_holding_other_leases_than_it_owns_is_named() {
+        let mut lagging = view("b", 3, "ab", &[1, 3]);
+        lagging.held = Some(vec![1]);
+        let why = agreement(&[view("a", 3, "ab", &[0, 2]), lagging.clone()]).unwrap_err();
+        assert!(
+            why.contains("b holds the leases of 1 shards but owns 2"),
+            "{why}"
+        );
+        lagging.held = None;
+        assert_eq!(agreement(&[view("a", 3, "ab", &[0, 2]), lagging]), Ok(()));
+    }
+
+    #[test]
     fn admin_answers_parse() {
         let answer = serde_json::json!({
             "node": "node-1", "epoch": 7, "digest": "00aa", "owned": [1, 5], "shards": 8,
-            "nodes": [],
+            "held": [1], "nodes": [],
         });
         let v = NodePlacement::from_admin(2.5, &answer).unwrap();
         assert_eq!(
             (v.epoch, v.owned.as_slice(), v.shards),
             (7, [1, 5].as_slice(), 8)
         );
+        assert_eq!(v.held, Some(vec![1]));
         assert!(NodePlacement::from_admin(0.0, &serde_json::json!({"node": "x"})).is_none());
     }
 }

@@ -328,6 +328,8 @@ fn cluster_json(shared: &Shared) -> serde_json::Value {
         "digest": format!("{:012x}", view.digest()),
         "draining": shared.membership.is_draining(),
         "owned": view.owned(),
+        // The shards whose leases this node holds: what it delivers (`owned` once settled).
+        "held": shared.held.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "shards": view.placement().shards(),
         "nodes": nodes,
     })

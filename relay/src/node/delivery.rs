@@ -195,7 +195,8 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             if !gained.is_empty() {
                 shared.presence.notify_shards(&gained, shared.log.shards());
             }
-            shared.metrics.leases_held(holdings.len());
+            shared.metrics.leases_held(holding.len());
+            *shared.held.lock().unwrap_or_else(|p| p.into_inner()) = holding.clone();
             assigned = Some(holding);
         }
         // Something still to take up: shards owed whose leases are not free yet, or shards
@@ -419,7 +420,6 @@ async fn commit_leases(shared: &Shared, holdings: &mut Holdings, epoch: u64) {
 /// release that cannot get through leaves the lease to lapse with this node's row).
 async fn release(shared: &Shared, holdings: &mut Holdings, shards: &[ShardId]) {
     let held: Vec<_> = shards.iter().filter_map(|s| holdings.let_go(*s)).collect();
-    shared.metrics.leases_held(holdings.len());
     let releases = futures::stream::iter(held)
         .map(|h| async move { (h.lease.shard, shared.leases.release(&h.lease, h.next).await) })
         .buffer_unordered(LEASE_CONCURRENCY)

@@ -37,11 +37,6 @@ impl Holdings {
         self.held.keys().copied().collect()
     }
 
-    /// How many are held.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
     /// The lease held for `shard`.
     pub fn lease(&self, shard: ShardId) -> Option<&Lease> {
         self.held.get(&shard).map(|h| &h.lease)

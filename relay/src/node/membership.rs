@@ -16,10 +16,17 @@
 //! delivering (the delivery worker takes no shards). It keeps its view and its client
 //! sessions — their sends go to the log, and their pushes read the shared store — because
 //! closing sessions when the whole database froze for everyone (a fence tried earlier)
-//! took every user offline for nothing. The first good read ends the demotion; a node
-//! whose row lapsed meanwhile finds itself gone and joins again with its next heartbeat.
-//! Without this, a node with a stale view went on redirecting clients to a dead owner and
-//! delivering shards the others had taken (the `slow-snapshot` drill).
+//! took every user offline for nothing. It refuses the logins its stale view would send
+//! elsewhere (`MAILBOX_UNAVAILABLE`, retry shortly: any node that can read the roster
+//! places them), since the owner that view names may be dead: in the `slow-snapshot` drill
+//! each such redirect cost a login its 5 s connect timeout. The first good read ends the
+//! demotion; a node whose row lapsed meanwhile finds itself gone and joins again with its
+//! next heartbeat.
+//!
+//! **Tenure.** Separately, a node acts as a shard's holder only while its last successful
+//! heartbeat is recent by its own monotonic clock ([`Membership::tenured`]): the others
+//! give it up only after its row lapsed, which is later, so a node frozen past the failure
+//! timeout (a zombie) wakes up knowing it may have been replaced, before it stores anything.
 //!
 //! They used to be one loop: a snapshot in the CQL roster is a serial read and maybe a few
 //! compare-and-sets, and while one waited out the database's timeouts (seconds) no

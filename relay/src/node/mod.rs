@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub log: Arc<dyn DeliveryLog>,
     /// Which node delivers each shard now (see `cluster::lease`).
     pub leases: Arc<dyn ShardLeases>,
+    /// The shards whose leases the delivery worker holds now (for `/admin/cluster`).
+    pub held: std::sync::Mutex<Vec<levee_sharding::ShardId>>,
     pub presence: Presence,
     pub known_accounts: accounts::KnownAccounts,
     pub rng: SystemRandom,
@@ -285,6 +287,7 @@ impl Node {
                 store,
                 log,
                 leases,
+                held: std::sync::Mutex::default(),
                 presence: Presence::default(),
                 known_accounts: accounts::KnownAccounts::default(),
                 rng: SystemRandom::new(),
