@@ -271,14 +271,19 @@ impl EmbeddedConsumer {
 
 #[async_trait]
 impl LogConsumer for EmbeddedConsumer {
-    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError> {
+    async fn assign_from(
+        &mut self,
+        shards: &[ShardId],
+        starts: &BTreeMap<ShardId, u64>,
+    ) -> Result<(), LogError> {
         let mut reading = BTreeMap::new();
         let mut committed = BTreeMap::new();
         for &shard in shards {
             self.log.check_shard(shard)?;
-            let done = match self.committed.get(&shard) {
-                Some(&c) => c,
-                None => self.committed_offset(shard)?,
+            let done = match (self.committed.get(&shard), starts.get(&shard)) {
+                (Some(&c), _) => c,
+                (None, Some(&start)) => start,
+                (None, None) => self.committed_offset(shard)?,
             };
             // A shard we keep goes on where it was; uncommitted records already handed out
             // are not handed out twice.
@@ -302,14 +307,6 @@ impl LogConsumer for EmbeddedConsumer {
             return self.read_available(max);
         }
         Ok(Vec::new())
-    }
-
-    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
-        if let Some(reading) = self.reading.get_mut(&shard) {
-            *reading = next;
-            self.committed.insert(shard, next);
-        }
-        Ok(())
     }
 
     fn skipped(&self) -> Skipped {

@@ -499,7 +499,18 @@ impl KafkaConsumer {
 
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
-    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError> {
+    /// Changes the assignment incrementally: only the shards that leave are stopped and
+    /// only those that come are started. A whole `assign()` stops and restarts every
+    /// partition, and two of them in quick succession can abort the process inside
+    /// librdkafka 2.12 (`rd_kafka_assignment_partition_stopped: Assertion
+    /// rktp->rktp_started failed`, a duplicate stop of one partition: librdkafka issue
+    /// 5573), which the relay's delivery worker hit when its shard leases came and went a
+    /// few at a time.
+    async fn assign_from(
+        &mut self,
+        shards: &[ShardId],
+        starts: &BTreeMap<ShardId, u64>,
+    ) -> Result<(), LogError> {
         if let Some(s) = shards.iter().find(|s| **s >= self.shards) {
             return Err(LogError::NoSuchShard {
                 shard: *s,
@@ -511,27 +522,55 @@ impl LogConsumer for KafkaConsumer {
             .filter(|s| !self.next.contains_key(s))
             .copied()
             .collect();
-        let from_group = self.committed_offsets(&new).await?;
-        let mut next = BTreeMap::new();
-        let mut committed = BTreeMap::new();
-        for s in shards {
+        let from_group: Vec<ShardId> = new
+            .iter()
+            .filter(|s| !starts.contains_key(s))
+            .copied()
+            .collect();
+        let group = self.committed_offsets(&from_group).await?;
+        let gone: Vec<ShardId> = self
+            .next
+            .keys()
+            .filter(|s| !shards.contains(s))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for s in &gone {
+                tpl.add_partition(&self.topic, *s as i32);
+            }
+            self.consumer.incremental_unassign(&tpl).map_err(backend)?;
+            for s in &gone {
+                self.next.remove(s);
+                self.committed.remove(s);
+                self.high.remove(s);
+            }
+        }
+        if !new.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            let mut positions = Vec::with_capacity(new.len());
+            for s in &new {
+                let start = match starts.get(s) {
+                    Some(start) => *start,
+                    None => {
+                        let i = from_group.iter().position(|x| x == s).unwrap_or(0);
+                        group.get(i).copied().unwrap_or(0)
+                    }
+                };
+                tpl.add_partition_offset(&self.topic, *s as i32, Offset::Offset(start as i64))
+                    .map_err(backend)?;
+                positions.push((*s, start));
+            }
+            self.consumer.incremental_assign(&tpl).map_err(backend)?;
             // A shard kept goes on where it was; records already handed out are not handed
             // out again.
-            let (n, c) = match (self.next.get(s), self.committed.get(s)) {
-                (Some(n), Some(c)) => (*n, *c),
-                _ => {
-                    let i = new.iter().position(|x| x == s).unwrap_or(0);
-                    let c = from_group.get(i).copied().unwrap_or(0);
-                    (c, c)
-                }
-            };
-            next.insert(*s, n);
-            committed.insert(*s, c);
+            for (s, start) in positions {
+                self.next.insert(s, start);
+                self.committed.insert(s, start);
+            }
         }
-        self.next = next;
-        self.committed = committed;
         self.stalled_since = None;
-        self.assign_at_next()
+        Ok(())
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
@@ -579,15 +618,6 @@ impl LogConsumer for KafkaConsumer {
             }
         }
         Ok(())
-    }
-
-    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
-        let Some(reading) = self.next.get_mut(&shard) else {
-            return Ok(());
-        };
-        *reading = next;
-        self.committed.insert(shard, next);
-        self.assign_at_next()
     }
 
     fn skipped(&self) -> Skipped {

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -96,7 +97,19 @@ pub trait DeliveryLog: Send + Sync + 'static {
 pub trait LogConsumer: Send {
     /// Replaces the assignment: from now on read exactly `shards`, each resuming after its
     /// last committed position.
-    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError>;
+    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError> {
+        self.assign_from(shards, &BTreeMap::new()).await
+    }
+
+    /// [`assign`](Self::assign), except that a shard newly assigned here that is in
+    /// `starts` begins at that offset instead of the group's committed position: for a
+    /// caller that keeps positions elsewhere (the relay's shard leases, whose commits are
+    /// fenced). Shards kept from the previous assignment go on where they were.
+    async fn assign_from(
+        &mut self,
+        shards: &[ShardId],
+        starts: &BTreeMap<ShardId, u64>,
+    ) -> Result<(), LogError>;
 
     /// Up to `max` records from the assigned shards, each shard in order. Waits up to `wait`
     /// for the first record; returns an empty batch if none came.
@@ -105,12 +118,6 @@ pub trait LogConsumer: Send {
     /// Records that everything up to and including these positions has been handled, so a
     /// restart resumes after them. Call only once the records are durable downstream.
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError>;
-
-    /// Moves an assigned shard to `next`: the next record handed out from it is the one at
-    /// `next`, and lag counts from there. For a caller that keeps the committed position
-    /// elsewhere (the relay's shard leases, whose commits are fenced). Not an error for a
-    /// shard that is not assigned: nothing happens.
-    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError>;
 
     /// What this consumer stepped over so far; see [`Skipped`].
     fn skipped(&self) -> Skipped;

@@ -192,7 +192,7 @@ async fn a_holder_whose_lease_was_taken_cannot_commit_or_release() {
 
     let row = zombie.read(SHARD).await.unwrap();
     assert_eq!(row, LeaseRow::default(), "never taken");
-    let old = zombie.take(SHARD, "a", row.epoch).await.unwrap().unwrap();
+    let old = zombie.take(SHARD, "a", &row).await.unwrap().unwrap();
     assert_eq!((old.epoch, old.position), (1, None));
     zombie.commit(&old, 10).await.unwrap();
 
@@ -202,7 +202,7 @@ async fn a_holder_whose_lease_was_taken_cannot_commit_or_release() {
     let live = |n: &str| n == "b";
     let how = claim(&row, "b", live, Duration::ZERO, Duration::from_secs(6));
     assert_eq!(how, Claim::Take(Taking::Absent));
-    let new = taker.take(SHARD, "b", row.epoch).await.unwrap().unwrap();
+    let new = taker.take(SHARD, "b", &row).await.unwrap().unwrap();
     assert_eq!((new.epoch, new.position), (2, Some(10)));
 
     // The zombie wakes up with a batch stored up to 20.
@@ -253,7 +253,11 @@ async fn racing_takers_get_one_holder_per_epoch() {
         let mut racers = tokio::task::JoinSet::new();
         for (i, leases) in handles.iter().enumerate() {
             let leases = leases.clone();
-            racers.spawn(async move { leases.take(SHARD, &format!("node-{i}"), round).await });
+            let seen = LeaseRow {
+                epoch: round,
+                ..LeaseRow::default()
+            };
+            racers.spawn(async move { leases.take(SHARD, &format!("node-{i}"), &seen).await });
         }
         let won: Vec<Lease> = racers
             .join_all()

@@ -200,8 +200,10 @@ impl ShardLeases for CqlLeases {
         &self,
         shard: ShardId,
         holder: &str,
-        seen: u64,
+        seen: &LeaseRow,
     ) -> Result<Option<Lease>, LeaseError> {
+        let seen_position = seen.position;
+        let seen = seen.epoch;
         let key = (&self.scope, shard as i32);
         let result = if seen == 0 {
             self.session
@@ -215,9 +217,6 @@ impl ShardLeases for CqlLeases {
             return Ok(None);
         }
         let epoch = seen + 1;
-        // The position the last holder committed before this take: after it, no commit of
-        // theirs can apply, so this read is final.
-        let row = self.read(shard).await?;
         let taken_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -229,7 +228,7 @@ impl ShardLeases for CqlLeases {
         Ok(Some(Lease {
             shard,
             epoch,
-            position: row.position,
+            position: seen_position,
         }))
     }
 

@@ -70,13 +70,17 @@ pub trait ShardLeases: Send + Sync + 'static {
     /// The lease row of `shard`, read linearizably (after every completed take or commit).
     async fn read(&self, shard: ShardId) -> Result<LeaseRow, LeaseError>;
 
-    /// Takes the lease of `shard` for `holder` if its epoch is still `seen` (as read); the
-    /// lease, at `seen + 1`, or `None` if someone else changed it first.
+    /// Takes the lease of `shard` for `holder` if its epoch is still `seen`'s (as read):
+    /// the lease, at the next epoch, starting at `seen`'s position; `None` if someone else
+    /// changed the epoch first. A commit the old holder made between the read and the take
+    /// is not in that position: the new holder re-reads those records, which the store
+    /// recognises as already stored. (Reading the position again after the take would be
+    /// exact, at the cost of one more serial read per shard taken.)
     async fn take(
         &self,
         shard: ShardId,
         holder: &str,
-        seen: u64,
+        seen: &LeaseRow,
     ) -> Result<Option<Lease>, LeaseError>;
 
     /// Records that everything before `next` in the shard is stored, if `lease` is still
@@ -187,11 +191,11 @@ impl ShardLeases for LocalLeases {
         &self,
         shard: ShardId,
         holder: &str,
-        seen: u64,
+        seen: &LeaseRow,
     ) -> Result<Option<Lease>, LeaseError> {
         let mut rows = self.rows();
         let row = rows.entry(shard).or_default();
-        if row.epoch != seen {
+        if row.epoch != seen.epoch {
             return Ok(None);
         }
         row.epoch += 1;
@@ -199,7 +203,7 @@ impl ShardLeases for LocalLeases {
         Ok(Some(Lease {
             shard,
             epoch: row.epoch,
-            position: row.position,
+            position: seen.position,
         }))
     }
 
@@ -277,11 +281,15 @@ mod tests {
     #[tokio::test]
     async fn a_holder_that_lost_its_lease_can_neither_commit_nor_release() {
         let leases = LocalLeases::default();
-        let a = leases.take(3, "a", 0).await.unwrap().unwrap();
+        let a = leases
+            .take(3, "a", &LeaseRow::default())
+            .await
+            .unwrap()
+            .unwrap();
         leases.commit(&a, 7).await.unwrap();
         // b takes over without a's release (a is gone from b's view, say).
         let row = leases.read(3).await.unwrap();
-        let b = leases.take(3, "b", row.epoch).await.unwrap().unwrap();
+        let b = leases.take(3, "b", &row).await.unwrap().unwrap();
         assert_eq!((b.epoch, b.position), (2, Some(7)));
         // The zombie wakes up.
         assert!(matches!(
@@ -291,7 +299,8 @@ mod tests {
         assert!(leases.release(&a, Some(9)).await.is_err());
         assert_eq!(leases.read(3).await.unwrap().position, Some(7));
         // A take with a stale epoch loses the race.
-        assert_eq!(leases.take(3, "c", 1).await.unwrap(), None);
+        let stale = LeaseRow { epoch: 1, ..row };
+        assert_eq!(leases.take(3, "c", &stale).await.unwrap(), None);
         leases.release(&b, Some(8)).await.unwrap();
         let row = leases.read(3).await.unwrap();
         assert_eq!((row.holder, row.position), (None, Some(8)));

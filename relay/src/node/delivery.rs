@@ -1,7 +1,7 @@
 //! Moving envelopes from the delivery log into mailboxes, and waking the connections that
 //! are waiting for them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -155,34 +155,32 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         }
         let holding = holdings.shards();
         if assigned.as_ref() != Some(&holding) {
+            let gained: HashSet<ShardId> = holding
+                .iter()
+                .filter(|s| !assigned.as_ref().is_some_and(|a| a.contains(s)))
+                .copied()
+                .collect();
+            // The lease's position is where its last holder got to; the log's own committed
+            // offset is only a fallback, and may lag or run ahead of it.
+            let starts: BTreeMap<ShardId, u64> = gained
+                .iter()
+                .filter_map(|s| Some((*s, holdings.lease(*s)?.position?)))
+                .collect();
             // Reading the committed positions waits on the broker; a broker that does not
             // answer must not hold the node's shutdown or the next placement change.
             let assign = tokio::select! {
                 () = stop.cancelled() => break,
-                a = tokio::time::timeout(ASSIGN_TIMEOUT, consumer.assign(&holding)) => a,
+                a = tokio::time::timeout(
+                    ASSIGN_TIMEOUT,
+                    consumer.assign_from(&holding, &starts),
+                ) => a,
             };
             let assign = assign.unwrap_or_else(|_| {
                 Err(levee_queue::LogError::Backend(format!(
                     "assign took longer than {ASSIGN_TIMEOUT:?}"
                 )))
             });
-            let gained: HashSet<ShardId> = holding
-                .iter()
-                .filter(|s| !assigned.as_ref().is_some_and(|a| a.contains(s)))
-                .copied()
-                .collect();
-            let sought = async {
-                assign?;
-                // The lease's position is where its last holder got to; the log's own
-                // committed offset is only a fallback, and may lag or run ahead of it.
-                for s in &gained {
-                    if let Some(next) = holdings.lease(*s).and_then(|l| l.position) {
-                        consumer.seek(*s, next).await?;
-                    }
-                }
-                Ok::<_, levee_queue::LogError>(())
-            };
-            if let Err(e) = sought.await {
+            if let Err(e) = assign {
                 tracing::error!(error = %e, "cannot assign shards; retrying");
                 assigned = None;
                 if sleep_or_stop(&stop, Duration::from_secs(1)).await {
@@ -337,22 +335,28 @@ async fn claim_leases(
         match claim(&row, me, live, waited, patience) {
             Claim::Wait => Ok(None),
             Claim::Take(how) => {
-                let taken = shared.leases.take(shard, me, row.epoch).await?;
+                let taken = shared.leases.take(shard, me, &row).await?;
                 Ok::<_, LeaseError>(taken.map(|lease| (lease, how, row.holder)))
             }
         }
     };
-    let round = futures::stream::iter(asks)
+    let mut round = futures::stream::iter(asks)
         .map(ask)
-        .buffer_unordered(LEASE_CONCURRENCY)
-        .collect::<Vec<_>>();
+        .buffer_unordered(LEASE_CONCURRENCY);
     let limit = Duration::from_millis(shared.config.failure_timeout_ms);
-    let Ok(answers) = tokio::time::timeout(limit, round).await else {
-        tracing::warn!("taking shard leases took longer than {limit:?}; trying again");
-        return;
-    };
+    let deadline = Instant::now() + limit;
     let mut failed = 0;
-    for answer in answers {
+    // Each answer is kept as it comes: a round cut short by its deadline keeps the leases
+    // it took (one taken but not heard of is this node's own next time).
+    loop {
+        let answer = match tokio::time::timeout_at(deadline, round.next()).await {
+            Err(_) => {
+                tracing::warn!("taking shard leases took longer than {limit:?}; going on");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(answer)) => answer,
+        };
         match answer {
             Ok(Some((lease, how, from))) => {
                 if matches!(how, Taking::Absent | Taking::Overdue) {

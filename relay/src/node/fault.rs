@@ -188,7 +188,7 @@ impl ShardLeases for StallingLeases {
         &self,
         shard: ShardId,
         holder: &str,
-        seen: u64,
+        seen: &LeaseRow,
     ) -> Result<Option<Lease>, LeaseError> {
         self.stall.pass().await;
         self.inner.take(shard, holder, seen).await
@@ -323,9 +323,13 @@ struct StallingConsumer {
 
 #[async_trait]
 impl LogConsumer for StallingConsumer {
-    async fn assign(&mut self, shards: &[ShardId]) -> Result<(), LogError> {
+    async fn assign_from(
+        &mut self,
+        shards: &[ShardId],
+        starts: &std::collections::BTreeMap<ShardId, u64>,
+    ) -> Result<(), LogError> {
         self.stall.pass().await;
-        self.inner.assign(shards).await
+        self.inner.assign_from(shards, starts).await
     }
 
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LoggedRecord>, LogError> {
@@ -336,11 +340,6 @@ impl LogConsumer for StallingConsumer {
     async fn commit(&mut self, done: &[LogPosition]) -> Result<(), LogError> {
         self.stall.pass().await;
         self.inner.commit(done).await
-    }
-
-    async fn seek(&mut self, shard: ShardId, next: u64) -> Result<(), LogError> {
-        self.stall.pass().await;
-        self.inner.seek(shard, next).await
     }
 
     fn skipped(&self) -> Skipped {
