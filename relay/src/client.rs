@@ -959,6 +959,7 @@ impl Inner {
         link: &Link,
         purpose: Purpose,
         ticket: Option<Bytes>,
+        unreachable: &str,
     ) -> Result<Proved, ClientError> {
         let (nonce, work_bits) = self.challenge_on(link).await?;
         let signature = Bytes::copy_from_slice(&self.identity.sign(&transcript(
@@ -982,6 +983,7 @@ impl Inner {
             Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
                 public_key,
                 signature,
+                unreachable: unreachable.to_owned(),
             }),
         };
         Ok(match self.request_on(link, body).await? {
@@ -1044,9 +1046,14 @@ impl Inner {
         ticket: Option<Bytes>,
     ) -> Result<Registration, ClientError> {
         let mut chain = RedirectChain::default();
+        // The owner this client could not reach, to say so to the node it is on.
+        let mut unreachable = String::new();
         for _ in 0..MAX_HOPS {
             let link = self.link();
-            match self.prove_on(&link, purpose, ticket.clone()).await? {
+            match self
+                .prove_on(&link, purpose, ticket.clone(), &unreachable)
+                .await?
+            {
                 Proved::Done(r) => {
                     if matches!(r, Registration::Registered { .. }) {
                         self.authenticated.store(true, Ordering::Relaxed);
@@ -1060,9 +1067,29 @@ impl Inner {
                     // Not subscribed yet (that needs a session), so the new connection
                     // gets a fresh delivery channel in place of the unused one.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let next = self.open_redirect(&target, tx).await?;
-                    *locked(&self.deliveries) = Some(rx);
-                    self.replace_link(next);
+                    match self.open_redirect(&target, tx).await {
+                        Ok(next) => {
+                            *locked(&self.deliveries) = Some(rx);
+                            self.replace_link(next);
+                            unreachable.clear();
+                        }
+                        // The node this client is on can reach the owner, this client
+                        // cannot (a gray failure: a path from clients that broke while the
+                        // cluster's own links work). It asks to be served where it is, as a
+                        // guest (`Authenticate.unreachable`); once per owner.
+                        Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout(_)))
+                            if purpose == Purpose::Authenticate
+                                && unreachable != target.address =>
+                        {
+                            tracing::warn!(
+                                owner = %target.address,
+                                error = %e,
+                                "cannot reach the mailbox's node; asking to be served here"
+                            );
+                            unreachable = target.address.clone();
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -1104,8 +1131,8 @@ impl Inner {
             // The new owner may shed the login or the subscription for a while (it just
             // took on the moved users); the session obeys as any request would.
             if self.authenticated.load(Ordering::Relaxed) {
-                let login =
-                    self.obeying_retry_after(|| self.prove_on(&link, Purpose::Authenticate, None));
+                let login = self
+                    .obeying_retry_after(|| self.prove_on(&link, Purpose::Authenticate, None, ""));
                 match login.await {
                     Ok(Proved::Done(_)) => {}
                     Ok(Proved::Redirect(answer)) => {

@@ -48,6 +48,8 @@ const LEASE_TAKES: &str = "levee_lease_takes_total";
 const LEASES_FENCED: &str = "levee_lease_fenced_total";
 const LEASES_HELD: &str = "levee_leases_held";
 const BATCHES_ABANDONED: &str = "levee_delivery_batches_abandoned_total";
+const GUESTS: &str = "levee_guest_sessions";
+const UNREACHABLE_REPORTS: &str = "levee_owner_unreachable_reports_total";
 
 /// Queue-wait buckets: dense around the 5 ms / 20 ms admission thresholds, up to the
 /// seconds a badly overloaded node shows.
@@ -130,6 +132,19 @@ fn describe() {
         "Shard leases taken, by how they came free (free: released or never held; own: held \
          by this node's name before; absent: the holder left the roster; overdue: a live \
          holder did not let go within twice the failure timeout)"
+    );
+    describe_gauge!(
+        GUESTS,
+        Unit::Count,
+        "Guest sessions open: clients served here because they cannot reach their mailbox's \
+         owner, which this node can"
+    );
+    describe_counter!(
+        UNREACHABLE_REPORTS,
+        Unit::Count,
+        "Logins whose client said it could not reach the mailbox's owner (by owner): a node \
+         its clients cannot reach while the cluster can, a gray failure, shows here on the \
+         others"
     );
     describe_counter!(
         LEASES_FENCED,
@@ -346,6 +361,7 @@ pub(crate) struct NodeMetrics {
     leases_fenced: Counter,
     leases_held: Gauge,
     batches_abandoned: Counter,
+    guests: Gauge,
     redirects: Counter,
     moves: Counter,
 }
@@ -403,6 +419,7 @@ impl NodeMetrics {
             leases_fenced: counter!(LEASES_FENCED, &[n()]),
             leases_held: gauge!(LEASES_HELD, &[n()]),
             batches_abandoned: counter!(BATCHES_ABANDONED, &[n()]),
+            guests: gauge!(GUESTS, &[n()]),
             redirects: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "redirect"),
             moves: counter!(REDIRECTS, "node" => node.to_owned(), "kind" => "moved"),
         }
@@ -528,6 +545,17 @@ impl NodeMetrics {
     /// A delivery batch dropped unstored: the node's tenure ran out.
     pub(crate) fn batch_abandoned(&self) {
         self.batches_abandoned.increment(1);
+    }
+
+    /// Guest sessions open now.
+    pub(crate) fn guests(&self, open: usize) {
+        self.guests.set(open as f64);
+    }
+
+    /// A client said it cannot reach `owner`. Rare, so the series is looked up per call.
+    pub(crate) fn unreachable_reported(&self, owner: &str) {
+        counter!(UNREACHABLE_REPORTS, "node" => self.node.clone(), "owner" => owner.to_owned())
+            .increment(1);
     }
 
     /// A client sent to another node at login.

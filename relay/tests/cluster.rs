@@ -688,6 +688,54 @@ async fn a_demoted_node_refuses_logins_it_would_redirect() {
     cluster.shutdown().await.unwrap();
 }
 
+/// A client that cannot reach its mailbox's owner while the node it came through can (a
+/// gray failure: here node-2 advertises an address where nothing answers, and the cluster
+/// reaches it in-process) is served where it is, as a guest: it logs in, receives what the
+/// owner stores for it, acknowledges, and nothing comes back after acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cannot_reach_its_owner_is_served_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let cluster = LocalCluster::open(config.clone()).unwrap();
+    cluster.add_node().await.unwrap();
+    let two = predict(&config, &[("node-1", "local"), ("node-2", "local")]);
+    let carol_id = identity_where(|a| owner_of(&two, a) == "node-2");
+    let dave_id = identity_where(|a| owner_of(&two, a) == "node-1");
+    // Accounts first, while node-1 owns every shard.
+    let node1 = node(&cluster, "node-1");
+    drop(user_via(&node1, &carol_id).await);
+    let dave = user_via(&node1, &dave_id).await;
+
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    cluster
+        .add_node_with(|c| c.advertise_address = Some(nowhere))
+        .await
+        .unwrap();
+    settled_as(&cluster, &config, &["node-1", "node-2"]).await;
+
+    let carol = log_in_eventually(&node1, &carol_id).await;
+    assert_eq!(carol.server(), node1.address, "served where it came in");
+    let mut inbox = carol.subscribe().await.unwrap();
+    dave.send_with_id(&carol_id.account(), "to a guest", [5; 16])
+        .await
+        .unwrap();
+    // Stored by node-2's delivery worker, read by the guest's pump on node-1.
+    let got = common::receive(&mut inbox, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].client_message_id, [5; 16]);
+    carol.ack(&[got[0].envelope_id]).await.unwrap();
+    drop(inbox);
+    drop(carol);
+
+    let carol = log_in_eventually(&node1, &carol_id).await;
+    let mut inbox = carol.subscribe().await.unwrap();
+    common::assert_nothing_arrives(&mut inbox).await;
+    cluster.shutdown().await.unwrap();
+}
+
 /// A registration the node holds in line (its place comes due within the hold) while its
 /// mailbox moves to a node that joins meanwhile: it is still admitted where it waited — the
 /// accounts are shared, so the place it waited for is honoured — and the session then

@@ -271,6 +271,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
         Body::Authenticate(pb::Authenticate {
             public_key: bytes(claimed.as_bytes()),
             signature: bytes(&signature),
+            unreachable: String::new(),
         }),
     )
     .await;

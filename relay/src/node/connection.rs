@@ -1,5 +1,6 @@
 //! One client connection: read frames, apply the session rules, answer, push deliveries.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ const UNAVAILABLE_RETRY_MS: u64 = 5_000;
 /// Suggested back-off for a login a demoted node would have redirected: short, since any
 /// other node can answer it now.
 const DEMOTED_RETRY_MS: u64 = 500;
+/// How often a guest session reads its mailbox (see `Authenticate.unreachable`).
+const GUEST_POLL: Duration = Duration::from_millis(500);
 
 /// QUIC application close codes.
 mod close {
@@ -97,6 +100,7 @@ pub(super) async fn serve(
         in_flight: Arc::new(Semaphore::new(
             shared.config.max_requests_in_flight as usize,
         )),
+        guest: None,
     };
     let close_code = handler.read_loop(recv).await;
     // Stop work on behalf of this connection, let the writer flush what is queued (such as
@@ -136,6 +140,8 @@ struct Connection {
     /// Requests in progress and the mailbox pump; aborted when the connection ends.
     tasks: JoinSet<()>,
     in_flight: Arc<Semaphore>,
+    /// Set when this node serves the session for an owner the client cannot reach.
+    guest: Option<GuestSlot>,
 }
 
 impl Connection {
@@ -192,6 +198,15 @@ impl Connection {
         let view = self.shared.membership.view();
         let redirect = match view.route(&account) {
             Route::Local => return false,
+            // A guest stays while its owner is the one it could not reach.
+            Route::Elsewhere(owner)
+                if self
+                    .guest
+                    .as_ref()
+                    .is_some_and(|g| g.owner == owner.address) =>
+            {
+                return false;
+            }
             Route::Elsewhere(owner) => redirect_to(owner, view.epoch()),
             // Nobody may hold it now; the client finds out when it comes back.
             Route::Unavailable => pb::Redirect::default(),
@@ -278,6 +293,7 @@ impl Connection {
                     public_key: r.public_key,
                     signature: r.signature,
                     work,
+                    unreachable: String::new(),
                 };
                 self.prove(id, Purpose::Register, proof, ticket).await
             }
@@ -288,6 +304,7 @@ impl Connection {
                         public_key: a.public_key,
                         signature: a.signature,
                         work: None,
+                        unreachable: a.unreachable,
                     };
                     self.prove(id, Purpose::Authenticate, proof, None).await
                 }
@@ -337,7 +354,9 @@ impl Connection {
                 self.respond(pb::Response::ok(id, R::SubscribeOk(pb::SubscribeOk {})))
                     .await;
                 let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
-                self.tasks.spawn(pump(shared, owner, outbox));
+                // Deliveries wake only the owner's sessions; a guest reads the store itself.
+                let poll = self.guest.is_some().then_some(GUEST_POLL);
+                self.tasks.spawn(pump(shared, owner, outbox, poll));
             }
             Err(r) => self.refuse(id, r).await,
         }
@@ -394,15 +413,22 @@ impl Connection {
                         ))
                         .await;
                 }
-                Route::Elsewhere(owner) => {
-                    self.shared.metrics.redirected();
-                    if purpose == Purpose::Register {
-                        self.shared.admission.registration_redirected();
+                // The client cannot reach the owner, which this node can: serve it here,
+                // if it takes another guest.
+                Route::Elsewhere(owner)
+                    if purpose == Purpose::Authenticate
+                        && !proof.unreachable.is_empty()
+                        && proof.unreachable == owner.address.to_string()
+                        && self.guest.is_none() =>
+                {
+                    self.shared.metrics.unreachable_reported(&owner.name);
+                    match GuestSlot::take(&self.shared, owner.address) {
+                        Some(slot) => self.guest = Some(slot),
+                        None => return self.redirect(id, purpose, owner, view.epoch()).await,
                     }
-                    let redirect = redirect_to(owner, view.epoch());
-                    return self
-                        .respond(pb::Response::ok(id, R::Redirect(redirect)))
-                        .await;
+                }
+                Route::Elsewhere(owner) => {
+                    return self.redirect(id, purpose, owner, view.epoch()).await;
                 }
                 Route::Unavailable => {
                     let msg = "no live node may hold this mailbox (its regions are down)";
@@ -488,6 +514,17 @@ impl Connection {
         }
     }
 
+    /// Sends the client to `owner`, the mailbox's node at `epoch`.
+    async fn redirect(&self, id: u64, purpose: Purpose, owner: &NodeInfo, epoch: u64) {
+        self.shared.metrics.redirected();
+        if purpose == Purpose::Register {
+            self.shared.admission.registration_redirected();
+        }
+        let redirect = redirect_to(owner, epoch);
+        self.respond(pb::Response::ok(id, R::Redirect(redirect)))
+            .await;
+    }
+
     /// Decides a registration for `key` presenting `ticket`; `None` if it may enter now,
     /// otherwise the answer (its place in line, or why the ticket was refused). A place
     /// that comes due within `registration_hold_ms` is waited for here, and the
@@ -561,6 +598,48 @@ struct Proof {
     signature: Bytes,
     /// The proof-of-work solution, when one is due: a registration without a ticket.
     work: Option<u64>,
+    /// The owner address the client says it cannot reach (`Authenticate.unreachable`).
+    unreachable: String,
+}
+
+/// A guest session's place (see `Authenticate.unreachable`): counted while the connection
+/// lasts, so that guests stay a bounded share of the node's connections.
+struct GuestSlot {
+    shared: Arc<Shared>,
+    /// The owner the client could not reach.
+    owner: SocketAddr,
+}
+
+/// Most guest sessions a node serves at once: a quarter of its connections.
+fn guest_cap(shared: &Shared) -> usize {
+    (shared.config.max_connections as usize / 4).max(1)
+}
+
+impl GuestSlot {
+    /// A slot, if the node takes another guest (see [`guest_cap`]).
+    fn take(shared: &Arc<Shared>, owner: SocketAddr) -> Option<Self> {
+        let cap = guest_cap(shared);
+        let taken = shared
+            .guests
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| {
+            shared.metrics.guests(shared.guests.load(Ordering::Relaxed));
+            Self {
+                shared: shared.clone(),
+                owner,
+            }
+        })
+    }
+}
+
+impl Drop for GuestSlot {
+    fn drop(&mut self) {
+        let now = self.shared.guests.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.shared.metrics.guests(now);
+    }
 }
 
 fn redirect_to(owner: &NodeInfo, epoch: u64) -> pb::Redirect {
@@ -703,7 +782,15 @@ async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> p
 /// Sends `owner`'s backlog, oldest first, then every envelope stored after it, until the
 /// connection ends. One code path for both: read everything after the cursor, then wait for
 /// the delivery worker to say there is more.
-async fn pump(shared: Arc<Shared>, owner: MailboxId, outbox: mpsc::Sender<pb::ServerFrame>) {
+///
+/// A guest session (`poll` set) also reads every `poll`: the delivery worker that stores its
+/// envelopes runs on the owner, which wakes only its own sessions.
+async fn pump(
+    shared: Arc<Shared>,
+    owner: MailboxId,
+    outbox: mpsc::Sender<pb::ServerFrame>,
+    poll: Option<Duration>,
+) {
     let mut watching = Watching {
         more: Some(shared.presence.watch(owner)),
         shared: shared.clone(),
@@ -730,6 +817,7 @@ async fn pump(shared: Arc<Shared>, owner: MailboxId, outbox: mpsc::Sender<pb::Se
             tokio::select! {
                 changed = more.changed() => if changed.is_err() { break 'pump },
                 () = outbox.closed() => break 'pump,
+                () = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
             }
             continue;
         }

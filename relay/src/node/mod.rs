@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub known_accounts: accounts::KnownAccounts,
     pub rng: SystemRandom,
     pub connections: AtomicUsize,
+    /// Guest sessions open (clients whose owner they cannot reach; see `connection`).
+    pub guests: AtomicUsize,
     pub metrics: crate::telemetry::NodeMetrics,
     pub membership: Arc<membership::Membership>,
     /// Set once to start draining (admin port, or the embedded cluster).
@@ -292,6 +294,7 @@ impl Node {
                 known_accounts: accounts::KnownAccounts::default(),
                 rng: SystemRandom::new(),
                 connections: AtomicUsize::new(0),
+                guests: AtomicUsize::new(0),
                 metrics,
                 membership,
                 drain: tokio::sync::watch::Sender::new(false),

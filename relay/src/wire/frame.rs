@@ -112,12 +112,15 @@ mod tests {
                     })
                 }
             ),
-            (arb_bytes(40), arb_bytes(70)).prop_map(|(public_key, signature)| {
-                Body::Authenticate(pb::Authenticate {
-                    public_key,
-                    signature,
-                })
-            }),
+            (arb_bytes(40), arb_bytes(70), ".{0,30}").prop_map(
+                |(public_key, signature, unreachable)| {
+                    Body::Authenticate(pb::Authenticate {
+                        public_key,
+                        signature,
+                        unreachable,
+                    })
+                }
+            ),
             (arb_bytes(40), arb_bytes(300), arb_bytes(20)).prop_map(
                 |(recipient, ciphertext, client_message_id)| {
                     Body::Send(pb::Send {
