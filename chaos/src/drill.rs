@@ -167,6 +167,22 @@ impl Shared {
             .insert(name, Instant::now() + AVOID_UNREACHABLE);
     }
 
+    /// [`avoid`](Self::avoid) the entry node at `address`, if it is one: the node a session
+    /// was on when its connection went silent. A frozen node's kernel still queues the
+    /// handshakes of new logins, which then wait out the connect timeout (in the `zombie`
+    /// drill, a dozen users' logins picked the frozen node and their sends ran out of
+    /// patience).
+    fn avoid_address(&self, address: std::net::SocketAddr) {
+        let name = lock(&self.entries)
+            .nodes
+            .iter()
+            .find(|(n, _)| n.address == address)
+            .map(|(n, _)| n.name.clone());
+        if let Some(name) = name {
+            self.avoid(name);
+        }
+    }
+
     fn random_u64(&self) -> u64 {
         let mut b = [0u8; 8];
         let _ = self.rng.fill(&mut b);
@@ -576,6 +592,10 @@ async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
             }
         }
         *lock(&user.current) = None;
+        if !shared.over() {
+            // The connection ended under the session (its node went silent or died).
+            shared.avoid_address(client.server());
+        }
         if let Ok(c) = Arc::try_unwrap(client) {
             c.close().await;
         }
