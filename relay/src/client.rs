@@ -48,6 +48,12 @@ pub struct ClientConfig {
     pub trust: Trust,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// Give up connecting to the node a login redirect names after this long (at most
+    /// `connect_timeout`), and ask the node that redirected to serve the session instead
+    /// (a guest session: see `Authenticate.unreachable` in the protocol). Shorter than a
+    /// first contact's: the redirecting node vouches that the owner is up, so silence means
+    /// the path from here is broken, and the session is served either way.
+    pub redirect_timeout: Duration,
     /// Give up on one request after this long.
     pub request_timeout: Duration,
     /// While a request waits: after this long without a single datagram from the node, the
@@ -59,14 +65,16 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: server name `localhost`, 5 s to connect, 30 s per request, a silent node
-    /// taken for dead after 2 × 2.5 s while a request waits.
+    /// Defaults: server name `localhost`, 5 s to connect (1.5 s to a node a redirect
+    /// names), 30 s per request, a silent node taken for dead after 2 × 2.5 s while a
+    /// request waits.
     pub fn new(server: SocketAddr, trust: Trust) -> Self {
         Self {
             server,
             server_name: "localhost".into(),
             trust,
             connect_timeout: Duration::from_secs(5),
+            redirect_timeout: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(30),
             silence_timeout: Duration::from_millis(2500),
         }
@@ -1010,6 +1018,7 @@ impl Inner {
         &self,
         redirect: &pb::Redirect,
         deliveries: mpsc::UnboundedSender<Delivery>,
+        connect_timeout: Duration,
     ) -> Result<Arc<Link>, ClientError> {
         let server: SocketAddr = redirect.address.parse().map_err(|_| {
             ClientError::Protocol(format!("redirect to a bad address {:?}", redirect.address))
@@ -1026,6 +1035,7 @@ impl Inner {
         let config = ClientConfig {
             server,
             trust,
+            connect_timeout,
             ..self.config.clone()
         };
         open_link(
@@ -1067,7 +1077,16 @@ impl Inner {
                     // Not subscribed yet (that needs a session), so the new connection
                     // gets a fresh delivery channel in place of the unused one.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    match self.open_redirect(&target, tx).await {
+                    // A login that can be served where it is (see `redirect_timeout`)
+                    // waits less for the owner.
+                    let patience = match purpose {
+                        Purpose::Authenticate if unreachable != target.address => self
+                            .config
+                            .redirect_timeout
+                            .min(self.config.connect_timeout),
+                        _ => self.config.connect_timeout,
+                    };
+                    match self.open_redirect(&target, tx, patience).await {
                         Ok(next) => {
                             *locked(&self.deliveries) = Some(rx);
                             self.replace_link(next);
@@ -1121,7 +1140,10 @@ impl Inner {
                 tracing::warn!("the mailbox is unavailable for now; the session ends");
                 break;
             }
-            let link = match self.open_redirect(&redirect, deliveries.clone()).await {
+            let link = match self
+                .open_redirect(&redirect, deliveries.clone(), self.config.connect_timeout)
+                .await
+            {
                 Ok(link) => link,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach the mailbox's new node");
