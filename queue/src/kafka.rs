@@ -527,7 +527,11 @@ impl LogConsumer for KafkaConsumer {
             .filter(|s| !starts.contains_key(s))
             .copied()
             .collect();
-        let group = self.committed_offsets(&from_group).await?;
+        let group = if from_group.is_empty() {
+            Vec::new()
+        } else {
+            self.committed_offsets(&from_group).await?
+        };
         let gone: Vec<ShardId> = self
             .next
             .keys()

@@ -251,7 +251,14 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
             );
             shared.metrics.batch_abandoned();
             holdings.clear();
-            assigned = None;
+            // The consumer is past the dropped records: it must let go of every shard now,
+            // so that a shard taken again starts from its lease's position rather than
+            // going on after them (were the tenure back by the next round, the shards
+            // would otherwise count as kept).
+            if reset(consumer.as_mut(), &stop).await {
+                break;
+            }
+            assigned = Some(Vec::new());
             continue;
         };
         for record in &records {
@@ -286,6 +293,20 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     // waits for this node's row to lapse nor re-reads what it stored.
     let all = holdings.shards();
     release(&shared, &mut holdings, &all).await;
+}
+
+/// Makes `consumer` read nothing, retrying until it does; true if the node is stopping.
+async fn reset(consumer: &mut dyn LogConsumer, stop: &CancelToken) -> bool {
+    loop {
+        match tokio::time::timeout(ASSIGN_TIMEOUT, consumer.assign(&[])).await {
+            Ok(Ok(())) => return false,
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot drop the log's shards; retrying"),
+            Err(_) => tracing::error!("dropping the log's shards timed out; retrying"),
+        }
+        if sleep_or_stop(stop, Duration::from_secs(1)).await {
+            return true;
+        }
+    }
 }
 
 /// Stores a batch, retrying until it is durable; `None` if the node's tenure ran out first
