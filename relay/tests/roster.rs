@@ -272,3 +272,62 @@ async fn racing_takers_get_one_holder_per_epoch() {
     let epochs: Vec<u64> = history.iter().map(|(e, _)| *e).collect();
     assert_eq!(epochs, (1..=ROUNDS).collect::<Vec<_>>(), "{history:?}");
 }
+
+/// Two processes must not run under one name: a second one joining while the first keeps
+/// its row alive is refused; once the first stops, its row lapses and a restart under the
+/// name joins (after waiting the lapse out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra: scripts/services.sh up"]
+async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
+    let session = session().await;
+    let cluster = unique("roster-name");
+    let open = || {
+        CqlRoster::connect(
+            session.clone(),
+            "levee_dist",
+            &cluster,
+            Duration::from_secs(1),
+        )
+    };
+    let row = NodeInfo {
+        name: "node-2".to_owned(),
+        address: "127.0.0.1:4434".parse().unwrap(),
+        fingerprint: levee_relay::tls::Fingerprint([7; 32]),
+        region: "local".to_owned(),
+        weight: 1,
+        state: NodeState::Active,
+    };
+    let first = Arc::new(open().await.unwrap());
+    first.join(row.clone()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let beating = tokio::spawn({
+        let (first, stop) = (first.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                first.heartbeat("node-2").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let second = open().await.unwrap();
+    match second.join(row.clone()).await {
+        Err(RosterError::NameInUse { name, .. }) => assert_eq!(name, "node-2"),
+        other => panic!("a second process joined under a live name: {other:?}"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    beating.await.unwrap();
+    // The first process is gone (no goodbye, as after SIGKILL): its row lapses.
+    let restarted = open().await.unwrap();
+    let started = Instant::now();
+    restarted.join(row).await.unwrap();
+    let names: Vec<String> = restarted
+        .snapshot()
+        .await
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["node-2"]);
+    println!("the restart waited {:?} for the old row", started.elapsed());
+}

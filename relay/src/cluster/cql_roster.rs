@@ -17,6 +17,13 @@
 //! Reads of the epoch use LOCAL_SERIAL so they see the latest transaction; row reads and
 //! writes use the session's LOCAL_QUORUM.
 //!
+//! **One process per name.** Each process writes a fresh *incarnation* (its start time in
+//! milliseconds and a random tag) into its rows. A process joining under a name whose row
+//! another incarnation keeps rewriting is refused ([`RosterError::NameInUse`]); a row left
+//! by a predecessor that died lapses within the TTL, which a restart waits out. Two that
+//! joined at the same moment see each other's incarnation in the row: the later one gives
+//! way at its next heartbeat.
+//!
 //! A row that does not parse (written by a newer or broken version, or by hand) is left
 //! out of the snapshot and counted ([`Roster::rows_unreadable`]), with a warning when the set
 //! of such rows changes. It used to fail every node's snapshot, which froze every view.
@@ -57,6 +64,12 @@ pub struct CqlRoster {
     write: PreparedStatement,
     delete: PreparedStatement,
     rows: PreparedStatement,
+    /// This process's incarnation (see the module docs).
+    incarnation: String,
+    /// A name of this process's that an older incarnation also writes: it gives way.
+    usurped: Mutex<Option<(String, String)>>,
+    /// One row's incarnation and the write time of its state.
+    writer: PreparedStatement,
     epoch: PreparedStatement,
     first_epoch: PreparedStatement,
     next_epoch: PreparedStatement,
@@ -85,7 +98,7 @@ impl CqlRoster {
         for ddl in [
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.roster (cluster text, name text, address text, \
-                 fingerprint blob, region text, weight int, state text, \
+                 fingerprint blob, region text, weight int, state text, incarnation text, \
                  PRIMARY KEY ((cluster), name))"
             ),
             format!(
@@ -98,6 +111,7 @@ impl CqlRoster {
                 .await
                 .map_err(backend)?;
         }
+        add_incarnation_column(&session, ks).await?;
         session.await_schema_agreement().await.map_err(backend)?;
         let prepare = |cql: String| {
             let session = session.clone();
@@ -115,7 +129,7 @@ impl CqlRoster {
         epoch.set_consistency(Consistency::LocalSerial);
         let mut write = prepare(format!(
             "INSERT INTO {ks}.roster (cluster, name, address, fingerprint, region, weight, \
-             state) VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+             state, incarnation) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
         ))
         .await?;
         write.set_is_idempotent(true);
@@ -126,13 +140,21 @@ impl CqlRoster {
             mine: Mutex::default(),
             skipped: AtomicU64::new(0),
             skipped_last: Mutex::default(),
+            incarnation: new_incarnation(),
+            usurped: Mutex::default(),
+            writer: prepare(format!(
+                "SELECT incarnation, WRITETIME(state) FROM {ks}.roster \
+                 WHERE cluster = ? AND name = ?"
+            ))
+            .await?,
             write,
             delete: prepare(format!(
                 "DELETE FROM {ks}.roster WHERE cluster = ? AND name = ?"
             ))
             .await?,
             rows: prepare(format!(
-                "SELECT name, address, fingerprint, region, weight, state FROM {ks}.roster \
+                "SELECT name, address, fingerprint, region, weight, state, incarnation \
+                 FROM {ks}.roster \
                  WHERE cluster = ?"
             ))
             .await?,
@@ -165,6 +187,7 @@ impl CqlRoster {
             &node.region,
             node.weight.min(i32::MAX as u32) as i32,
             node.state.as_str(),
+            &self.incarnation,
             self.ttl_secs,
         );
         self.session
@@ -188,7 +211,7 @@ impl CqlRoster {
     }
 
     async fn read_rows(&self) -> Result<Vec<NodeInfo>, RosterError> {
-        type Columns = (String, String, Vec<u8>, String, i32, String);
+        type Columns = (String, String, Vec<u8>, String, i32, String, Option<String>);
         let result = self
             .session
             .execute_unpaged(&self.rows, (&self.cluster,))
@@ -200,7 +223,8 @@ impl CqlRoster {
         let mut bad = Vec::new();
         for row in result.rows::<Columns>().map_err(backend)? {
             let parsed = row.map_err(|e| e.to_string()).and_then(
-                |(name, address, fingerprint, region, weight, state)| {
+                |(name, address, fingerprint, region, weight, state, incarnation)| {
+                    self.check_incarnation(&name, incarnation);
                     parse_row(&name, &address, &fingerprint, region, weight, &state)
                         .map_err(|what| format!("row {name:?} has a bad {what}"))
                 },
@@ -222,6 +246,72 @@ impl CqlRoster {
         // Clustering order is by name already; sorting keeps the digest independent of it.
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
+    }
+
+    /// Notes a row of this process's names written by another incarnation: an older one
+    /// keeps the name (this process gives way at its next heartbeat); a newer one will.
+    fn check_incarnation(&self, name: &str, incarnation: Option<String>) {
+        let Some(other) = incarnation.filter(|i| *i != self.incarnation) else {
+            return;
+        };
+        if !self.mine().contains_key(name) {
+            return;
+        }
+        if other < self.incarnation {
+            let mut usurped = self.usurped.lock().unwrap_or_else(|p| p.into_inner());
+            usurped.get_or_insert((name.to_owned(), other));
+        } else {
+            tracing::warn!(
+                name,
+                other = %other,
+                "a later process writes this node's row; it will give way"
+            );
+        }
+    }
+
+    /// Who last wrote `name`'s row (its incarnation, if the row has one) and when
+    /// (microseconds); `None` if there is no row.
+    async fn writer_of(&self, name: &str) -> Result<Option<(Option<String>, i64)>, RosterError> {
+        let row = self
+            .session
+            .execute_unpaged(&self.writer, (&self.cluster, name))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?
+            .maybe_first_row::<(Option<String>, Option<i64>)>()
+            .map_err(backend)?;
+        Ok(row.map(|(incarnation, at)| (incarnation, at.unwrap_or(0))))
+    }
+
+    /// Makes sure no other live process uses `name`: a row another incarnation wrote is
+    /// watched for up to its TTL (and a second); if it is rewritten meanwhile, its writer
+    /// is alive and the name is in use; if it lapses, its writer died and the name is free.
+    async fn claim_name(&self, name: &str) -> Result<(), RosterError> {
+        let Some((other, first)) = self.writer_of(name).await? else {
+            return Ok(());
+        };
+        if other.as_deref() == Some(self.incarnation.as_str()) {
+            return Ok(());
+        }
+        let by = other.unwrap_or_else(|| "an earlier version".to_owned());
+        let until = tokio::time::Instant::now()
+            + Duration::from_secs(self.ttl_secs as u64)
+            + Duration::from_secs(1);
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match self.writer_of(name).await? {
+                None => return Ok(()),
+                Some((_, at)) if at > first => {
+                    return Err(RosterError::NameInUse {
+                        name: name.to_owned(),
+                        by,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The stored epoch and the digest it describes, if any.
@@ -255,6 +345,50 @@ impl CqlRoster {
         // Whether it applied does not matter: the caller reads again either way.
         result.map_err(backend)?;
         Ok(())
+    }
+}
+
+/// A fresh incarnation: this moment in milliseconds (zero-padded, so that an earlier
+/// start sorts first) and a random tag.
+fn new_incarnation() -> String {
+    use ring::rand::SecureRandom;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut tag = [0u8; 4];
+    // Without randomness the start time alone still orders processes.
+    let _ = ring::rand::SystemRandom::new().fill(&mut tag);
+    format!("{now_ms:015}-{}", hex::encode(tag))
+}
+
+/// Whether `ks.roster` has the `incarnation` column.
+async fn has_incarnation_column(session: &Session, ks: &str) -> Result<bool, RosterError> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? \
+             AND table_name = 'roster' AND column_name = 'incarnation'",
+            (ks,),
+        )
+        .await
+        .map_err(backend)?
+        .into_rows_result()
+        .map_err(backend)?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// Adds the `incarnation` column to a roster table made before it existed.
+async fn add_incarnation_column(session: &Session, ks: &str) -> Result<(), RosterError> {
+    if has_incarnation_column(session, ks).await? {
+        return Ok(());
+    }
+    let added = session
+        .query_unpaged(format!("ALTER TABLE {ks}.roster ADD incarnation text"), ())
+        .await;
+    // Another node may have added it a moment ago.
+    match added {
+        Ok(_) => Ok(()),
+        Err(_) if has_incarnation_column(session, ks).await? => Ok(()),
+        Err(e) => Err(backend(e)),
     }
 }
 
@@ -310,6 +444,9 @@ pub(crate) fn digest(nodes: &[NodeInfo]) -> Vec<u8> {
 #[async_trait]
 impl Roster for CqlRoster {
     async fn join(&self, mut node: NodeInfo) -> Result<(), RosterError> {
+        if !self.mine().contains_key(&node.name) {
+            self.claim_name(&node.name).await?;
+        }
         node.state = NodeState::Active;
         self.mine().insert(node.name.clone(), node.clone());
         self.write_row(&node).await
@@ -318,6 +455,14 @@ impl Roster for CqlRoster {
     /// Rewrites the row with a fresh TTL. A row that had already expired comes back, which
     /// is the same as joining again.
     async fn heartbeat(&self, name: &str) -> Result<(), RosterError> {
+        let usurped = self
+            .usurped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((taken, by)) = usurped.filter(|(n, _)| n == name) {
+            return Err(RosterError::NameInUse { name: taken, by });
+        }
         self.rewrite(name, |_| {}).await
     }
 

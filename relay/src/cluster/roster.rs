@@ -77,6 +77,18 @@ pub enum RosterError {
     /// The rows changed between every read of them and of their epoch, this many times.
     #[error("the roster changed under each of {0} reads; the view stays as it was")]
     Unsettled(usize),
+    /// Another live process runs under this node's name: names must be unique in a
+    /// cluster, or two processes would share one row and one set of shard leases.
+    #[error(
+        "another process ({by}) is running as node {name:?} in this cluster; give each \
+         node its own node_name"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The other process's incarnation (start time in ms, and a random tag).
+        by: String,
+    },
 }
 
 /// Reading and writing the roster. See the module docs.

@@ -62,6 +62,9 @@ pub(crate) struct Membership {
     /// Until when this node's row is certainly in the roster: the start of its last
     /// successful heartbeat (or join) plus the failure timeout (see [`tenured`](Self::tenured)).
     tenure_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set when another, older process turned out to run under this node's name: this
+    /// node gives way (the node stops, without removing the row, which is the other's).
+    gave_way: watch::Sender<Option<(String, String)>>,
 }
 
 impl Membership {
@@ -90,7 +93,14 @@ impl Membership {
             fresh_at: std::sync::Mutex::new(tokio::time::Instant::now()),
             demoted: watch::Sender::new(false),
             tenure_until: std::sync::Mutex::new(None),
+            gave_way: watch::Sender::new(None),
         }
+    }
+
+    /// Follows whether this node gave way to another process with its name (see
+    /// [`RosterError::NameInUse`]): `Some((name, other's incarnation))` once it has.
+    pub fn subscribe_gave_way(&self) -> watch::Receiver<Option<(String, String)>> {
+        self.gave_way.subscribe()
     }
 
     /// Whether this node may still act as a shard's holder by its own clock: its last
@@ -239,6 +249,17 @@ impl Membership {
             Err(RosterError::Unknown(_)) => {
                 tracing::warn!("this node was removed from the roster; joining again");
                 self.join().await
+            }
+            Err(RosterError::NameInUse { name, by }) => {
+                tracing::error!(
+                    name = %name,
+                    other = %by,
+                    "an older process runs under this node's name; this one stops"
+                );
+                // No more heartbeats, and no goodbye: the row is the other process's.
+                self.left.store(true, Ordering::Relaxed);
+                self.gave_way.send_replace(Some((name.clone(), by.clone())));
+                Err(RosterError::NameInUse { name, by })
             }
             Err(e) => Err(e),
             Ok(()) => {
@@ -457,6 +478,8 @@ mod tests {
     struct TestRoster {
         inner: Arc<LocalRoster>,
         failing: AtomicBool,
+        /// Heartbeats answer that an older process runs under the name.
+        taken: AtomicBool,
         heartbeats: std::sync::atomic::AtomicU64,
         hang: AtomicBool,
         delay: std::sync::Mutex<Duration>,
@@ -472,6 +495,12 @@ mod tests {
             self.heartbeats.fetch_add(1, Ordering::Relaxed);
             if self.failing.load(Ordering::Relaxed) {
                 return Err(RosterError::Backend("write timed out".into()));
+            }
+            if self.taken.load(Ordering::Relaxed) {
+                return Err(RosterError::NameInUse {
+                    name: name.to_owned(),
+                    by: "000000000000001-older".into(),
+                });
             }
             self.inner.heartbeat(name).await
         }
@@ -581,6 +610,30 @@ mod tests {
         roster.failing.store(false, Ordering::Relaxed);
         a.beat().await.unwrap();
         assert!(a.tenured(), "a good heartbeat renews it");
+    }
+
+    /// A node that learns an older process runs under its name gives way: it says so (the
+    /// node stops on it) and writes its row no more.
+    #[tokio::test]
+    async fn a_node_gives_way_to_an_older_process_with_its_name() {
+        let roster = Arc::new(TestRoster::default());
+        let a = member(roster.clone(), "a", 1);
+        a.join().await.unwrap();
+        let gave_way = a.subscribe_gave_way();
+        assert!(gave_way.borrow().is_none());
+        roster.taken.store(true, Ordering::Relaxed);
+        assert!(matches!(a.beat().await, Err(RosterError::NameInUse { .. })));
+        assert_eq!(
+            gave_way.borrow().clone(),
+            Some(("a".to_owned(), "000000000000001-older".to_owned()))
+        );
+        let beats = roster.heartbeats.load(Ordering::Relaxed);
+        a.beat().await.unwrap();
+        assert_eq!(
+            roster.heartbeats.load(Ordering::Relaxed),
+            beats,
+            "no more heartbeats"
+        );
     }
 
     #[tokio::test]

@@ -380,6 +380,7 @@ impl Node {
         }
 
         let mut connections = JoinSet::new();
+        let mut gave_way = membership.subscribe_gave_way();
         let mut drain = self.shared.drain.subscribe();
         let mut drained_by: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(Duration::from_millis(100));
@@ -387,6 +388,11 @@ impl Node {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Ok(()) = gave_way.changed() => {
+                    if gave_way.borrow().is_some() {
+                        break;
+                    }
+                }
                 true = drain_requested(&mut drain), if drained_by.is_none() => {
                     tracing::info!(node = %membership.name(), "draining");
                     if let Err(e) = membership.drain().await {
@@ -432,9 +438,12 @@ impl Node {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
-        tracing::info!(node = %membership.name(), "leaving the cluster and shutting down");
-        if let Err(e) = membership.leave().await {
-            tracing::warn!(error = %e, "could not leave the roster; the others will time it out");
+        let usurped = gave_way.borrow().clone();
+        if usurped.is_none() {
+            tracing::info!(node = %membership.name(), "leaving the cluster and shutting down");
+            if let Err(e) = membership.leave().await {
+                tracing::warn!(error = %e, "could not leave the roster; the others will time it out");
+            }
         }
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"node shutting down");
@@ -442,7 +451,10 @@ impl Node {
         connections.shutdown().await;
         while tasks.join_next().await.is_some() {}
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-        Ok(())
+        match usurped {
+            Some((name, by)) => Err(NodeError::Roster(RosterError::NameInUse { name, by })),
+            None => Ok(()),
+        }
     }
 }
 
