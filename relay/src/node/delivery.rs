@@ -148,7 +148,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         if !surplus.is_empty() {
             release(&shared, &mut holdings, &surplus).await;
         }
-        let wanted = holdings.wanted(&owned, current.epoch());
+        let wanted = holdings.wanted(&owned);
         if !wanted.is_empty() && last_claims.is_none_or(|t| t.elapsed() >= CLAIM_RETRY) {
             last_claims = Some(Instant::now());
             claim_leases(&shared, &me, &current, &mut holdings, &wanted, patience).await;
@@ -199,8 +199,8 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         }
         // Something still to take up: shards owed whose leases are not free yet, or shards
         // to take back once the node's tenure is renewed.
-        let pending = !holdings.wanted(&owned, current.epoch()).is_empty()
-            || (!acting && !current.owned().is_empty());
+        let pending =
+            !holdings.wanted(&owned).is_empty() || (!acting && !current.owned().is_empty());
         let records = tokio::select! {
             () = stop.cancelled() => break,
             // A new placement: go round and take the new shards. Polling is cancel-safe.
@@ -264,7 +264,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         for record in &records {
             holdings.stored(record.position.shard, record.position.offset);
         }
-        commit_leases(&shared, &mut holdings, current.epoch()).await;
+        commit_leases(&shared, &mut holdings).await;
         // Only shards still held: a fenced holder must not move the log's offsets either.
         let positions: Vec<_> = records
             .iter()
@@ -406,7 +406,7 @@ async fn claim_leases(
 
 /// Commits the due positions to their leases; a shard whose lease a later holder took is
 /// no longer read from here on.
-async fn commit_leases(shared: &Shared, holdings: &mut Holdings, epoch: u64) {
+async fn commit_leases(shared: &Shared, holdings: &mut Holdings) {
     let due = holdings.due(Instant::now(), LEASE_COMMIT_INTERVAL);
     if due.is_empty() {
         return;
@@ -434,7 +434,7 @@ async fn commit_leases(shared: &Shared, holdings: &mut Holdings, epoch: u64) {
                     "another node took this shard's lease; no longer delivering it"
                 );
                 shared.metrics.lease_fenced();
-                holdings.fence(shard, epoch);
+                holdings.fence(shard, Instant::now());
             }
             Err(e) => tracing::warn!(shard, error = %e, "lease position commit failed"),
         }

@@ -25,10 +25,6 @@ pub(crate) struct Holdings {
     held: BTreeMap<ShardId, Held>,
     /// Shards placement gave this node whose lease it has not got yet: since when it asks.
     asking: HashMap<ShardId, Instant>,
-    /// Shards whose lease a later holder took from this node, and the view epoch then: not
-    /// asked for again until the view moves on (this node's view gave it the shard, the
-    /// taker's view gave it the shard too; the next epoch settles which is right).
-    fenced: HashMap<ShardId, u64>,
 }
 
 impl Holdings {
@@ -42,14 +38,13 @@ impl Holdings {
         self.held.get(&shard).map(|h| &h.lease)
     }
 
-    /// Which of `owned` (placement at view `epoch`) to ask for: those not held and not
-    /// fenced at this epoch. Forgets requests for shards no longer owned.
-    pub fn wanted(&mut self, owned: &[ShardId], epoch: u64) -> Vec<ShardId> {
-        self.fenced.retain(|_, at| *at >= epoch);
+    /// Which of `owned` (what placement gives this node) to ask for: those not held.
+    /// Forgets requests for shards no longer owned.
+    pub fn wanted(&mut self, owned: &[ShardId]) -> Vec<ShardId> {
         self.asking.retain(|s, _| owned.contains(s));
         owned
             .iter()
-            .filter(|s| !self.held.contains_key(s) && !self.fenced.contains_key(s))
+            .filter(|s| !self.held.contains_key(s))
             .copied()
             .collect()
     }
@@ -92,10 +87,14 @@ impl Holdings {
         self.held.clear();
     }
 
-    /// A later holder took `shard` (seen in view `epoch`).
-    pub fn fence(&mut self, shard: ShardId, epoch: u64) {
+    /// A later holder took `shard`. If placement still gives it this node, it asks again,
+    /// waiting afresh for the taker to let go (see `cluster::claim`): the two views
+    /// disagreed for a moment, and the taker's next one settles it. (Not asking again at
+    /// all until the view moved left a shard nobody delivered when the taker's view was
+    /// the stale one: it released the shard, and the view had already settled.)
+    pub fn fence(&mut self, shard: ShardId, now: Instant) {
         self.held.remove(&shard);
-        self.fenced.insert(shard, epoch);
+        self.asking.insert(shard, now);
     }
 
     /// The record at `offset` of `shard` is stored.
@@ -163,14 +162,21 @@ mod tests {
         assert_eq!(due, vec![(lease(1, Some(5)), 10)]);
     }
 
-    #[test]
-    fn a_fenced_shard_is_not_asked_for_again_until_the_view_moves_on() {
+    #[tokio::test(start_paused = true)]
+    async fn a_fenced_shard_is_asked_for_again_with_a_fresh_wait() {
         let mut h = Holdings::default();
+        let start = Instant::now();
+        assert_eq!(h.waited(3, start), Duration::ZERO);
         h.hold(lease(3, None));
-        assert!(h.wanted(&[3, 4], 7) == vec![4]);
-        h.fence(3, 7);
-        assert_eq!(h.wanted(&[3, 4], 7), vec![4]);
-        assert_eq!(h.wanted(&[3, 4], 8), vec![3, 4]);
+        assert_eq!(h.wanted(&[3, 4]), vec![4]);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        h.fence(3, Instant::now());
+        assert_eq!(h.wanted(&[3, 4]), vec![3, 4]);
+        assert_eq!(
+            h.waited(3, Instant::now()),
+            Duration::ZERO,
+            "the wait starts again"
+        );
         assert!(h.surplus(&[4]).is_empty());
     }
 }
