@@ -21,6 +21,7 @@ use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
+use super::cql;
 use super::lease::{Lease, LeaseError, LeaseRow, ShardLeases};
 
 /// How long the take history is kept (seconds): a week, enough for any drill or incident.
@@ -62,7 +63,7 @@ impl CqlLeases {
         scope: &str,
     ) -> Result<Self, LeaseError> {
         let ks = keyspace;
-        for ddl in [
+        let ddl = [
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.shard_leases (scope text, shard int, \
                  epoch bigint, holder text, position bigint, PRIMARY KEY ((scope, shard)))"
@@ -72,21 +73,12 @@ impl CqlLeases {
                  epoch bigint, holder text, taken_at_ms bigint, \
                  PRIMARY KEY ((scope, shard), epoch, holder))"
             ),
-        ] {
-            session
-                .query_unpaged(ddl.as_str(), ())
-                .await
-                .map_err(backend)?;
-        }
+        ];
+        cql::create_tables(&session, &ddl).await.map_err(backend)?;
         session.await_schema_agreement().await.map_err(backend)?;
         let prepare = |cql: String| {
             let session = session.clone();
-            async move {
-                session
-                    .prepare(cql.as_str())
-                    .await
-                    .map_err(|e| backend(format!("preparing {cql:?}: {e}")))
-            }
+            async move { cql::prepare(&session, cql).await.map_err(backend) }
         };
         let key = "WHERE scope = ? AND shard = ?";
         let mut read = prepare(format!(

@@ -40,6 +40,7 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
+use super::cql;
 use super::roster::{NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
 use crate::tls::Fingerprint;
 
@@ -95,7 +96,7 @@ impl CqlRoster {
         failure_timeout: Duration,
     ) -> Result<Self, RosterError> {
         let ks = keyspace;
-        for ddl in [
+        let ddl = [
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.roster (cluster text, name text, address text, \
                  fingerprint blob, region text, weight int, state text, incarnation text, \
@@ -105,22 +106,13 @@ impl CqlRoster {
                 "CREATE TABLE IF NOT EXISTS {ks}.roster_epoch (cluster text PRIMARY KEY, \
                  epoch bigint, digest blob)"
             ),
-        ] {
-            session
-                .query_unpaged(ddl.as_str(), ())
-                .await
-                .map_err(backend)?;
-        }
+        ];
+        cql::create_tables(&session, &ddl).await.map_err(backend)?;
         add_incarnation_column(&session, ks).await?;
         session.await_schema_agreement().await.map_err(backend)?;
         let prepare = |cql: String| {
             let session = session.clone();
-            async move {
-                session
-                    .prepare(cql.as_str())
-                    .await
-                    .map_err(|e| backend(format!("preparing {cql:?}: {e}")))
-            }
+            async move { cql::prepare(&session, cql).await.map_err(backend) }
         };
         let mut epoch = prepare(format!(
             "SELECT epoch, digest FROM {ks}.roster_epoch WHERE cluster = ?"

@@ -5,6 +5,7 @@
 //! right now is its lease ([`ShardLeases`]: [`LocalLeases`] in one process, [`CqlLeases`]
 //! in the shared database).
 
+mod cql;
 mod cql_leases;
 mod cql_roster;
 mod lease;
