@@ -1077,14 +1077,16 @@ impl Inner {
                     // Not subscribed yet (that needs a session), so the new connection
                     // gets a fresh delivery channel in place of the unused one.
                     let (tx, rx) = mpsc::unbounded_channel();
-                    // A login that can be served where it is (see `redirect_timeout`)
-                    // waits less for the owner.
-                    let patience = match purpose {
-                        Purpose::Authenticate if unreachable != target.address => self
-                            .config
+                    // A login that can still be served where it is, as a guest, waits less
+                    // for the owner (see `redirect_timeout`).
+                    let may_be_guest =
+                        purpose == Purpose::Authenticate && unreachable != target.address;
+                    let patience = if may_be_guest {
+                        self.config
                             .redirect_timeout
-                            .min(self.config.connect_timeout),
-                        _ => self.config.connect_timeout,
+                            .min(self.config.connect_timeout)
+                    } else {
+                        self.config.connect_timeout
                     };
                     match self.open_redirect(&target, tx, patience).await {
                         Ok(next) => {
@@ -1097,8 +1099,7 @@ impl Inner {
                         // cluster's own links work). It asks to be served where it is, as a
                         // guest (`Authenticate.unreachable`); once per owner.
                         Err(e @ (ClientError::Unreachable { .. } | ClientError::Timeout(_)))
-                            if purpose == Purpose::Authenticate
-                                && unreachable != target.address =>
+                            if may_be_guest =>
                         {
                             tracing::warn!(
                                 owner = %target.address,

@@ -610,27 +610,20 @@ struct GuestSlot {
     owner: SocketAddr,
 }
 
-/// Most guest sessions a node serves at once: a quarter of its connections.
-fn guest_cap(shared: &Shared) -> usize {
-    (shared.config.max_connections as usize / 4).max(1)
-}
-
 impl GuestSlot {
-    /// A slot, if the node takes another guest (see [`guest_cap`]).
+    /// A slot, if the node takes another guest: a quarter of its connections at most.
     fn take(shared: &Arc<Shared>, owner: SocketAddr) -> Option<Self> {
-        let cap = guest_cap(shared);
-        let taken = shared
+        let cap = (shared.config.max_connections as usize / 4).max(1);
+        let before = shared
             .guests
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < cap).then_some(n + 1)
             })
-            .is_ok();
-        taken.then(|| {
-            shared.metrics.guests(shared.guests.load(Ordering::Relaxed));
-            Self {
-                shared: shared.clone(),
-                owner,
-            }
+            .ok()?;
+        shared.metrics.guests(before + 1);
+        Some(Self {
+            shared: shared.clone(),
+            owner,
         })
     }
 }

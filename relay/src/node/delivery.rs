@@ -143,7 +143,8 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
     loop {
         let current = view.borrow_and_update().clone();
         let acting = !*demoted.borrow_and_update() && shared.membership.tenured();
-        let owned = if acting { current.owned() } else { Vec::new() };
+        let placed = current.owned();
+        let owned = if acting { placed.clone() } else { Vec::new() };
         let surplus = holdings.surplus(&owned);
         if !surplus.is_empty() {
             release(&shared, &mut holdings, &surplus).await;
@@ -200,7 +201,7 @@ pub(crate) async fn deliver(shared: Arc<Shared>, stop: CancelToken) {
         // Something still to take up: shards owed whose leases are not free yet, or shards
         // to take back once the node's tenure is renewed.
         let pending =
-            !holdings.wanted(&owned).is_empty() || (!acting && !current.owned().is_empty());
+            owned.iter().any(|s| holdings.lease(*s).is_none()) || (!acting && !placed.is_empty());
         let records = tokio::select! {
             () = stop.cancelled() => break,
             // A new placement: go round and take the new shards. Polling is cancel-safe.
