@@ -38,6 +38,14 @@ fn cluster_config(dir: &Path) -> NodeConfig {
     }
 }
 
+/// [`cluster_config`] with fault injection on (the admin port's `/admin/faults/...`).
+fn with_faults(dir: &Path) -> NodeConfig {
+    NodeConfig {
+        fault_injection: true,
+        ..cluster_config(dir)
+    }
+}
+
 async fn start(config: NodeConfig, regions: &[&str]) -> Arc<LocalCluster> {
     let cluster = LocalCluster::open(config).unwrap();
     for region in regions {
@@ -574,11 +582,7 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
     off.shutdown().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig {
-        fault_injection: true,
-        ..cluster_config(dir.path())
-    };
-    let cluster = start(config, &["local", "local"]).await;
+    let cluster = start(with_faults(dir.path()), &["local", "local"]).await;
     let nodes = cluster.nodes();
     let admin = nodes[0].admin.unwrap();
     let (status, body) = admin_request(admin, "POST", "/admin/faults/stall").await;
@@ -655,11 +659,7 @@ async fn fault_injection_is_off_by_default_and_when_on_stalls_then_crashes_a_nod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_node_refuses_logins_it_would_redirect() {
     let dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig {
-        fault_injection: true,
-        ..cluster_config(dir.path())
-    };
-    let cluster = start(config, &["local", "local"]).await;
+    let cluster = start(with_faults(dir.path()), &["local", "local"]).await;
     let nodes = cluster.nodes();
     let placement = settled_as(&cluster, &cluster_config(dir.path()), &["node-1", "node-2"]).await;
     let carol_id = identity_where(|a| owner_of(&placement, a) == "node-2");

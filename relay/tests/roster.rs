@@ -40,6 +40,18 @@ async fn session() -> Arc<scylla::client::session::Session> {
     session
 }
 
+/// An active roster row for `name`.
+fn row(name: &str) -> NodeInfo {
+    NodeInfo {
+        name: name.to_owned(),
+        address: "127.0.0.1:4433".parse().unwrap(),
+        fingerprint: levee_relay::tls::Fingerprint([7; 32]),
+        region: "local".to_owned(),
+        weight: 1,
+        state: NodeState::Active,
+    }
+}
+
 /// Every node computes its view from the roster's rows at an epoch and recomputes it only
 /// when the epoch moves, so two snapshots at one epoch must hold the same rows, however
 /// fast the rows change. Three observers take snapshots while a fourth handle adds and
@@ -56,14 +68,6 @@ async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
             &cluster,
             Duration::from_secs(60),
         )
-    };
-    let row = |name: &str| NodeInfo {
-        name: name.to_owned(),
-        address: "127.0.0.1:4433".parse().unwrap(),
-        fingerprint: levee_relay::tls::Fingerprint([7; 32]),
-        region: "local".to_owned(),
-        weight: 1,
-        state: NodeState::Active,
     };
     let stable = open().await.unwrap();
     stable.join(row("stable")).await.unwrap();
@@ -145,17 +149,7 @@ async fn a_row_that_does_not_parse_is_left_out_and_counted() {
     )
     .await
     .unwrap();
-    roster
-        .join(NodeInfo {
-            name: "good".to_owned(),
-            address: "127.0.0.1:4433".parse().unwrap(),
-            fingerprint: levee_relay::tls::Fingerprint([7; 32]),
-            region: "local".to_owned(),
-            weight: 1,
-            state: NodeState::Active,
-        })
-        .await
-        .unwrap();
+    roster.join(row("good")).await.unwrap();
     session
         .query_unpaged(
             "INSERT INTO levee_dist.roster (cluster, name, address, fingerprint, region, \
@@ -289,14 +283,7 @@ async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
             Duration::from_secs(1),
         )
     };
-    let row = NodeInfo {
-        name: "node-2".to_owned(),
-        address: "127.0.0.1:4434".parse().unwrap(),
-        fingerprint: levee_relay::tls::Fingerprint([7; 32]),
-        region: "local".to_owned(),
-        weight: 1,
-        state: NodeState::Active,
-    };
+    let row = row("node-2");
     let first = Arc::new(open().await.unwrap());
     first.join(row.clone()).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -30,9 +30,9 @@ pub struct Lease {
     pub shard: ShardId,
     /// The fencing token: the epoch this node took the lease at.
     pub epoch: u64,
-    /// The shard's committed position when the lease was taken: the next log offset to
-    /// deliver. `None` if no holder ever committed one (the log's own committed offsets
-    /// then say where to start).
+    /// The shard's committed position as read just before the take (see
+    /// [`ShardLeases::take`]): the next log offset to deliver. `None` if no holder ever
+    /// committed one (the log's own committed offsets then say where to start).
     pub position: Option<u64>,
 }
 
