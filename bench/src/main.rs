@@ -48,6 +48,10 @@ struct Args {
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Deliveries a recipient may hold unacknowledged (the client's `delivery_window`, and
+    /// the in-process node's limit); to compare flow-control settings.
+    #[arg(long, default_value_t = levee_relay::client::DEFAULT_DELIVERY_WINDOW)]
+    delivery_window: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -64,23 +68,24 @@ struct Shared {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.connections < 2 || args.window == 0 || args.size < 8 {
-        bail!("need --connections >= 2, --window >= 1 and --size >= 8");
+    if args.connections < 2 || args.window == 0 || args.size < 8 || args.delivery_window == 0 {
+        bail!("need --connections >= 2, --window >= 1, --size >= 8 and --delivery-window >= 1");
     }
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut local = None;
-    let config = match (args.server, args.fingerprint) {
+    let mut config = match (args.server, args.fingerprint) {
         (Some(server), Some(fp)) => ClientConfig::new(server, Trust::Fingerprint(fp)),
         _ => {
-            let node = LocalNode::start(|_| {})?;
+            let node = LocalNode::start(|c| c.delivery_window = args.delivery_window)?;
             let config = node.client.clone();
             local = Some(node);
             config
         }
     };
+    config.delivery_window = args.delivery_window;
 
     let mut clients = Vec::new();
     for _ in 0..args.connections {
@@ -128,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "connections": args.connections, "window": args.window, "size": args.size,
+                "delivery_window": args.delivery_window,
                 "seconds": elapsed, "envelopes": completed, "envelopes_per_sec": rate,
                 "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
             })

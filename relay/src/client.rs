@@ -31,6 +31,10 @@ use prost::Message;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod inbox;
+
+use inbox::{Inbox, InboxSender, Overflow};
+
 use crate::admission::solve_work;
 use crate::identity::{AccountId, Identity, Purpose, transcript};
 use crate::tls::{Fingerprint, MismatchFlag, Trust, quic_client_config};
@@ -62,12 +66,17 @@ pub struct ClientConfig {
     /// backends are — within as long again, the connection is taken for dead. A node that
     /// crashed says nothing, and QUIC alone would notice only at its idle timeout (30 s).
     pub silence_timeout: Duration,
+    /// Most deliveries this client holds unacknowledged (`Subscribe.window`): the node
+    /// sends no more until acks make room, and [`Deliveries`] buffers at most this many.
+    /// An application that takes deliveries and acknowledges them later needs a window
+    /// larger than the most it keeps unacknowledged. At least 1 (0 counts as 1).
+    pub delivery_window: u32,
 }
 
 impl ClientConfig {
     /// Defaults: server name `localhost`, 5 s to connect (1.5 s to a node a redirect
     /// names), 30 s per request, a silent node taken for dead after 2 × 2.5 s while a
-    /// request waits.
+    /// request waits, a delivery window of 1024 envelopes.
     pub fn new(server: SocketAddr, trust: Trust) -> Self {
         Self {
             server,
@@ -77,9 +86,14 @@ impl ClientConfig {
             redirect_timeout: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(30),
             silence_timeout: Duration::from_millis(2500),
+            delivery_window: DEFAULT_DELIVERY_WINDOW,
         }
     }
 }
+
+/// The delivery window a client asks for unless configured otherwise: the node's default
+/// limit, so a default client gets all the node allows.
+pub const DEFAULT_DELIVERY_WINDOW: u32 = 1024;
 
 /// Opens client connections to one node over one UDP socket: many clients (a bot fleet, a
 /// load generator, a chaos drill) without a socket each.
@@ -265,21 +279,22 @@ pub struct Delivery {
     pub accepted_at_ms: u64,
 }
 
-/// The stream of deliveries after [`Client::subscribe`]: the backlog, then live ones.
+/// The stream of deliveries after [`Client::subscribe`]: the backlog, then live ones. At
+/// most [`ClientConfig::delivery_window`] wait here: the node sends more as acks come in.
 #[derive(Debug)]
 pub struct Deliveries {
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    inbox: Arc<Inbox>,
 }
 
 impl Deliveries {
     /// The next envelope; `None` once the connection has closed.
     pub async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        self.inbox.next().await
     }
 
     /// An envelope that has already arrived, without waiting; for batching acks.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        self.inbox.pop().ok().flatten()
     }
 }
 
@@ -338,8 +353,8 @@ pub const MAX_REDIRECTS: u32 = 4;
 struct LinkShared {
     pending: Pending,
     /// Where deliveries go. The reader drops it when the connection ends for good, which
-    /// ends [`Deliveries`]; after a move, the next connection takes it over instead.
-    deliveries: Mutex<Option<mpsc::UnboundedSender<Delivery>>>,
+    /// ends [`Deliveries`]; after a move, the next connection delivers there instead.
+    deliveries: Mutex<Option<InboxSender>>,
     /// Set when the node said the mailbox moved (`ServerFrame.moved`).
     moved: Mutex<Option<pb::Redirect>>,
 }
@@ -393,7 +408,8 @@ struct Inner {
     /// Bumped whenever a move has been followed (or given up), for requests waiting on it.
     relinked: watch::Sender<u64>,
     moves: mpsc::UnboundedSender<()>,
-    deliveries: Mutex<Option<mpsc::UnboundedReceiver<Delivery>>>,
+    /// What `subscribe` hands out, until it does.
+    deliveries: Mutex<Option<Arc<Inbox>>>,
     next_id: AtomicU64,
     max_envelope_bytes: Mutex<Option<u32>>,
     rng: SystemRandom,
@@ -463,7 +479,7 @@ async fn open_link(
     config: &ClientConfig,
     quinn_config: quinn::ClientConfig,
     mismatch: &MismatchFlag,
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    deliveries: InboxSender,
     moves: mpsc::UnboundedSender<()>,
 ) -> Result<Arc<Link>, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable {
@@ -543,14 +559,14 @@ impl Client {
         mismatch: &MismatchFlag,
         identity: Identity,
     ) -> Result<Self, ClientError> {
-        let (deliveries_tx, deliveries_rx) = mpsc::unbounded_channel();
+        let inbox = Inbox::new(config.delivery_window);
         let (moves_tx, moves_rx) = mpsc::unbounded_channel();
         let link = open_link(
             endpoint,
             config,
             quinn_config,
             mismatch,
-            deliveries_tx,
+            inbox.sender(),
             moves_tx.clone(),
         )
         .await?;
@@ -561,7 +577,7 @@ impl Client {
             link: Mutex::new(link),
             relinked: watch::Sender::new(0),
             moves: moves_tx,
-            deliveries: Mutex::new(Some(deliveries_rx)),
+            deliveries: Mutex::new(Some(inbox)),
             next_id: AtomicU64::new(1),
             max_envelope_bytes: Mutex::new(None),
             rng: SystemRandom::new(),
@@ -703,14 +719,15 @@ impl Client {
         }
         match self
             .inner
-            .obeying_retry_after(|| self.request(Body::Subscribe(pb::Subscribe {})))
+            .obeying_retry_after(|| self.request(Body::Subscribe(self.inner.subscription())))
             .await?
         {
             R::SubscribeOk(_) => {
                 // From now on a move re-subscribes on the new owner.
                 self.inner.subscribed.store(true, Ordering::Relaxed);
-                let rx = locked(&self.inner.deliveries).take();
-                rx.map(|rx| Deliveries { rx })
+                let inbox = locked(&self.inner.deliveries).take();
+                inbox
+                    .map(|inbox| Deliveries { inbox })
                     .ok_or_else(|| ClientError::Invalid("already subscribed".into()))
             }
             other => Err(unexpected(&other)),
@@ -803,6 +820,13 @@ fn replayable(body: &Body) -> bool {
 }
 
 impl Inner {
+    /// The `Subscribe` this client sends, with its window (the inbox holds as many).
+    fn subscription(&self) -> pb::Subscribe {
+        pb::Subscribe {
+            window: self.config.delivery_window.max(1),
+        }
+    }
+
     /// `wait` stretched by a random 0–25%, so that clients told the same thing do not all
     /// come back at the same instant; never shorter than the node asked.
     fn jittered(&self, wait: Duration) -> Duration {
@@ -1017,7 +1041,7 @@ impl Inner {
     async fn open_redirect(
         &self,
         redirect: &pb::Redirect,
-        deliveries: mpsc::UnboundedSender<Delivery>,
+        deliveries: InboxSender,
         connect_timeout: Duration,
     ) -> Result<Arc<Link>, ClientError> {
         let server: SocketAddr = redirect.address.parse().map_err(|_| {
@@ -1075,8 +1099,8 @@ impl Inner {
                         break;
                     };
                     // Not subscribed yet (that needs a session), so the new connection
-                    // gets a fresh delivery channel in place of the unused one.
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    // gets a fresh inbox in place of the unused one.
+                    let inbox = Inbox::new(self.config.delivery_window);
                     // A login that can still be served where it is, as a guest, waits less
                     // for the owner (see `redirect_timeout`).
                     let may_be_guest =
@@ -1088,9 +1112,9 @@ impl Inner {
                     } else {
                         self.config.connect_timeout
                     };
-                    match self.open_redirect(&target, tx, patience).await {
+                    match self.open_redirect(&target, inbox.sender(), patience).await {
                         Ok(next) => {
-                            *locked(&self.deliveries) = Some(rx);
+                            *locked(&self.deliveries) = Some(inbox);
                             self.replace_link(next);
                             unreachable.clear();
                         }
@@ -1128,7 +1152,12 @@ impl Inner {
         let Some(moved) = locked(&old.shared.moved).clone() else {
             return;
         };
-        let Some(deliveries) = locked(&old.shared.deliveries).clone() else {
+        // Each connection tried gets a sender of its own, newer than the old one's, so the
+        // inbox takes the new node's deliveries over the old one's (see `inbox`).
+        let Some(deliveries) = locked(&old.shared.deliveries)
+            .as_ref()
+            .map(InboxSender::next_link)
+        else {
             return;
         };
         let mut chain = RedirectChain::default();
@@ -1142,7 +1171,11 @@ impl Inner {
                 break;
             }
             let link = match self
-                .open_redirect(&redirect, deliveries.clone(), self.config.connect_timeout)
+                .open_redirect(
+                    &redirect,
+                    deliveries.next_link(),
+                    self.config.connect_timeout,
+                )
                 .await
             {
                 Ok(link) => link,
@@ -1172,7 +1205,7 @@ impl Inner {
             if self.subscribed.load(Ordering::Relaxed)
                 && let Err(e) = self
                     .obeying_retry_after(|| {
-                        self.request_on(&link, Body::Subscribe(pb::Subscribe {}))
+                        self.request_on(&link, Body::Subscribe(self.subscription()))
                     })
                     .await
             {
@@ -1264,7 +1297,6 @@ async fn read_loop(
 ) {
     // The client trusts the node it chose, but still refuses to buffer without bound.
     let mut decoder = FrameDecoder::new(32 * 1024 * 1024);
-    let deliveries = locked(&link.deliveries).clone();
     'read: loop {
         loop {
             let frame = match decoder.next_frame() {
@@ -1295,13 +1327,24 @@ async fn read_loop(
                         tracing::warn!("delivery with a malformed client message id; ignoring it");
                         continue;
                     };
-                    if let Some(tx) = &deliveries {
-                        let _ = tx.send(Delivery {
-                            envelope_id: d.envelope_id,
-                            ciphertext: d.ciphertext,
-                            client_message_id,
-                            accepted_at_ms: d.accepted_at_ms,
-                        });
+                    let delivery = Delivery {
+                        envelope_id: d.envelope_id,
+                        ciphertext: d.ciphertext,
+                        client_message_id,
+                        accepted_at_ms: d.accepted_at_ms,
+                    };
+                    let pushed = locked(&link.deliveries)
+                        .as_ref()
+                        .map(|inbox| inbox.push(delivery));
+                    if let Some(Err(Overflow { window })) = pushed {
+                        // Nothing is lost: what was not acknowledged is delivered again in
+                        // the next session.
+                        tracing::warn!(
+                            window,
+                            "the node sent more unacknowledged deliveries than the window; \
+                             closing"
+                        );
+                        break 'read;
                     }
                 }
                 Some(pb::server_frame::Body::Moved(redirect)) => {

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// Most requests one connection may have in progress; beyond it the node stops
     /// reading from that connection (QUIC flow control then slows the client).
     pub max_requests_in_flight: u32,
+    /// Most envelopes a subscription may hold delivered and unacknowledged; the node sends
+    /// more as acks come in. A client asks for a window up to this (`Subscribe.window`).
+    pub delivery_window: u32,
     /// A connection silent for this long (seconds) is closed. Clients ping to stay.
     pub idle_timeout_secs: u64,
     /// Admission control on (the default) or off (everything admitted; for benchmarks and
@@ -164,6 +167,7 @@ impl Default for NodeConfig {
             connections_per_prefix_per_sec: 200,
             account_requests_per_sec: 1000,
             max_requests_in_flight: 256,
+            delivery_window: 1024,
             idle_timeout_secs: 30,
             admission: true,
             cluster_key: None,
@@ -208,6 +212,7 @@ impl NodeConfig {
                 "max_requests_in_flight",
                 u64::from(self.max_requests_in_flight),
             ),
+            ("delivery_window", u64::from(self.delivery_window)),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("weight", u64::from(self.weight)),
             ("heartbeat_ms", self.heartbeat_ms),

@@ -538,3 +538,75 @@ async fn an_ack_over_the_id_cap_is_refused_and_the_client_splits_long_lists() {
     bob.close().await;
     node.stop().await;
 }
+
+/// Flow control: a subscriber is sent at most its delivery window of unacknowledged
+/// envelopes, each ack makes room for as many more, and nothing is lost on the way. A
+/// window asked above the node's limit is cut to it; asking 0 gets the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_sent_at_most_its_window_until_it_acknowledges() {
+    use levee_relay::client::ClientConfig;
+    use levee_relay::wire::pb::response::Result as R;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, alice, dave) = TestNode::with_pair(dir.path(), |c| c.delivery_window = 5).await;
+    let user_asking = |window: u32| {
+        let config = ClientConfig {
+            delivery_window: window,
+            ..node.client_config()
+        };
+        async move {
+            let client = Client::connect(&config, Identity::generate().unwrap())
+                .await
+                .unwrap();
+            client.register().await.unwrap();
+            client
+        }
+    };
+    let (bob, carol) = (user_asking(3).await, user_asking(100).await);
+    for i in 0..8 {
+        for to in [&bob, &carol] {
+            alice
+                .send(&to.account(), format!("m{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+    }
+
+    let mut inbox = bob.subscribe().await.unwrap();
+    let mut got = receive(&mut inbox, 3, QUIET).await;
+    assert_eq!(got.len(), 3);
+    assert_nothing_arrives(&mut inbox).await;
+    // Two acknowledged: two more, and no more than that.
+    let first_two: Vec<u64> = got[..2].iter().map(|d| d.envelope_id).collect();
+    assert_eq!(bob.ack(&first_two).await.unwrap().deleted, 2);
+    got.extend(receive(&mut inbox, 2, QUIET).await);
+    assert_eq!(got.len(), 5);
+    assert_nothing_arrives(&mut inbox).await;
+    // An id this session was never sent makes no room.
+    assert_eq!(bob.ack(&[u64::MAX]).await.unwrap().unknown_ids, [u64::MAX]);
+    assert_nothing_arrives(&mut inbox).await;
+    // The rest, as acks make room.
+    while got.len() < 8 {
+        let held: Vec<u64> = got[got.len() - 3..].iter().map(|d| d.envelope_id).collect();
+        bob.ack(&held).await.unwrap();
+        let more = receive(&mut inbox, 8 - got.len(), QUIET).await;
+        assert!(!more.is_empty(), "acks made room, yet nothing came");
+        got.extend(more);
+    }
+    let payloads: Vec<Vec<u8>> = got.iter().map(|d| d.ciphertext.to_vec()).collect();
+    let sent: Vec<Vec<u8>> = (0..8).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(payloads, sent, "all eight, once each, in order");
+
+    // Asked for 100, granted the node's 5.
+    let mut inbox = carol.subscribe().await.unwrap();
+    assert_eq!(receive(&mut inbox, 8, QUIET).await.len(), 5);
+    // Asking 0 gets the node's limit, which the answer says.
+    match dave
+        .request(Body::Subscribe(pb::Subscribe { window: 0 }))
+        .await
+        .unwrap()
+    {
+        R::SubscribeOk(ok) => assert_eq!(ok.window, 5),
+        other => panic!("unexpected {other:?}"),
+    }
+    node.stop().await;
+}

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::Shared;
 use super::admission::RegistrationDecision;
 use super::guard::Handshaking;
+use super::window::{self, DeliveryWindow};
 use crate::admission::RequestClass;
 use crate::clock::now_ms;
 use crate::cluster::{NodeInfo, Route};
@@ -101,6 +102,7 @@ pub(super) async fn serve(
             shared.config.max_requests_in_flight as usize,
         )),
         guest: None,
+        window: None,
     };
     let close_code = handler.read_loop(recv).await;
     // Stop work on behalf of this connection, let the writer flush what is queued (such as
@@ -142,6 +144,9 @@ struct Connection {
     in_flight: Arc<Semaphore>,
     /// Set when this node serves the session for an owner the client cannot reach.
     guest: Option<GuestSlot>,
+    /// The subscription's delivery window, once subscribed; acks on this connection make
+    /// room in it.
+    window: Option<Arc<DeliveryWindow>>,
 }
 
 impl Connection {
@@ -331,6 +336,12 @@ impl Connection {
             }
             Body::Ack(a) => match self.session.account() {
                 Ok(owner) => {
+                    // Room for more deliveries at once: the client is done with these
+                    // whether or not the deletion succeeds (if not, it acks them again,
+                    // and they stay stored until then).
+                    if let Some(window) = &self.window {
+                        window.acknowledged(&a.envelope_ids);
+                    }
                     self.spawn(arrived, move |shared| {
                         ack(shared, id, owner, a.envelope_ids)
                     })
@@ -338,25 +349,28 @@ impl Connection {
                 }
                 Err(r) => self.refuse(id, r).await,
             },
-            Body::Subscribe(_) => match self.session.account() {
+            Body::Subscribe(s) => match self.session.account() {
                 Ok(owner)
                     if !self
                         .admitted(id, RequestClass::Messaging, owner.as_bytes())
                         .await => {}
-                _ => self.subscribe(id).await,
+                _ => self.subscribe(id, s.window).await,
             },
         }
     }
 
-    async fn subscribe(&mut self, id: u64) {
+    async fn subscribe(&mut self, id: u64, requested_window: u32) {
         match self.session.subscribe() {
             Ok(owner) => {
-                self.respond(pb::Response::ok(id, R::SubscribeOk(pb::SubscribeOk {})))
-                    .await;
+                let size = window::granted(requested_window, self.shared.config.delivery_window);
+                let ok = pb::SubscribeOk { window: size };
+                self.respond(pb::Response::ok(id, R::SubscribeOk(ok))).await;
+                let window = Arc::new(DeliveryWindow::new(size));
+                self.window = Some(window.clone());
                 let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
                 // Deliveries wake only the owner's sessions; a guest reads the store itself.
                 let poll = self.guest.is_some().then_some(GUEST_POLL);
-                self.tasks.spawn(pump(shared, owner, outbox, poll));
+                self.tasks.spawn(pump(shared, owner, outbox, window, poll));
             }
             Err(r) => self.refuse(id, r).await,
         }
@@ -774,7 +788,8 @@ async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> p
 
 /// Sends `owner`'s backlog, oldest first, then every envelope stored after it, until the
 /// connection ends. One code path for both: read everything after the cursor, then wait for
-/// the delivery worker to say there is more.
+/// the delivery worker to say there is more. Never more than `window` unacknowledged at
+/// once: a full window waits for acks.
 ///
 /// A guest session (`poll` set) also reads every `poll`: the delivery worker that stores its
 /// envelopes runs on the owner, which wakes only its own sessions.
@@ -782,6 +797,7 @@ async fn pump(
     shared: Arc<Shared>,
     owner: MailboxId,
     outbox: mpsc::Sender<pb::ServerFrame>,
+    window: Arc<DeliveryWindow>,
     poll: Option<Duration>,
 ) {
     let mut watching = Watching {
@@ -815,6 +831,10 @@ async fn pump(
             continue;
         }
         for e in batch {
+            tokio::select! {
+                () = window.enter(e.id) => {}
+                () = outbox.closed() => break 'pump,
+            }
             cursor = Some(e.id);
             let delivery = pb::Delivery {
                 envelope_id: e.id,

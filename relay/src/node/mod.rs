@@ -12,6 +12,7 @@ mod guard;
 mod holdings;
 mod membership;
 mod sieve;
+mod window;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -130,7 +130,7 @@ mod tests {
                     })
                 }
             ),
-            Just(Body::Subscribe(pb::Subscribe {})),
+            any::<u32>().prop_map(|window| Body::Subscribe(pb::Subscribe { window })),
             proptest::collection::vec(any::<u64>(), 0..20)
                 .prop_map(|envelope_ids| Body::Ack(pb::Ack { envelope_ids })),
             Just(Body::Ping(pb::Ping {})),
@@ -165,7 +165,7 @@ mod tests {
                 })
             ),
             any::<u64>().prop_map(|envelope_id| R::SendOk(pb::SendOk { envelope_id })),
-            Just(R::SubscribeOk(pb::SubscribeOk {})),
+            any::<u32>().prop_map(|window| R::SubscribeOk(pb::SubscribeOk { window })),
             (any::<u32>(), proptest::collection::vec(any::<u64>(), 0..10)).prop_map(
                 |(deleted, unknown_ids)| R::AckOk(pb::AckOk {
                     deleted,
