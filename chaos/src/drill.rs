@@ -391,8 +391,10 @@ async fn play(
         kind: EventKind::Phase,
         label: "end".into(),
     });
+    let leases = lease_history(cluster).await;
     let mut record = judge(&shared, admission, events);
     record.verdicts.push(settled);
+    record.verdicts.push(leases);
     record.placement = std::mem::take(&mut *lock(&shared.placement));
     if unchecked > 0 {
         // Their undelivered envelopes count as lost, but may be waiting in a mailbox
@@ -1118,6 +1120,62 @@ async fn settled_placement(shared: &Shared, cluster: &dyn Target) -> Verdict {
             };
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Once play is over: every shard's lease had at most one holder per epoch, over the whole
+/// history the first live node that answers reports (`GET /admin/leases`: the shared lease
+/// table's, in a distributed cluster).
+async fn lease_history(cluster: &dyn Target) -> Verdict {
+    let name = "every shard's lease had one holder per epoch (lease history)".to_owned();
+    let nodes = cluster.nodes();
+    let admins: Vec<SocketAddr> = nodes.iter().filter_map(|n| n.admin).collect();
+    if admins.is_empty() {
+        return Verdict {
+            name,
+            pass: true,
+            detail: "not checked: no node has an admin port".into(),
+        };
+    }
+    let mut answers = Vec::new();
+    for admin in admins {
+        let answer = levee_relay::admin_client::request(
+            admin,
+            None,
+            "GET",
+            "/admin/leases",
+            Duration::from_secs(10),
+        )
+        .await;
+        let (status, body) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                answers.push(format!("{admin}: {e}"));
+                continue;
+            }
+        };
+        let takes = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| crate::leases::from_admin(&v));
+        match takes {
+            Some(takes) if status == 200 => {
+                let outcome = crate::leases::one_holder_per_epoch(&takes);
+                return Verdict {
+                    name,
+                    pass: outcome.is_ok(),
+                    detail: outcome.unwrap_or_else(|problem| problem),
+                };
+            }
+            _ => {
+                let said: String = body.chars().take(120).collect();
+                answers.push(format!("{admin} answered {status}: {}", said.trim()));
+            }
+        }
+    }
+    Verdict {
+        name,
+        pass: false,
+        detail: format!("no node reported its lease history: {}", answers.join("; ")),
     }
 }
 

@@ -6,12 +6,14 @@
 //! - [`cluster`]: the cluster a drill plays against (embedded, or running elsewhere) and
 //!   how faults reach it; [`proxy`]: the UDP proxy that cuts a node off from its clients.
 //! - [`ledger`]: what clients were told, and the invariants over it, pure.
-//! - [`placement`]: whether the nodes agree on who owns which shard, pure.
+//! - [`placement`]: whether the nodes agree on who owns which shard, pure; [`leases`]:
+//!   whether each shard's lease had one holder per epoch, pure.
 //! - [`timeline`]: per-second counts and latencies.
 //! - [`record`]: the result as data (JSON); [`report`]: the same as one HTML page.
 
 pub mod cluster;
 pub mod drill;
+pub mod leases;
 pub mod ledger;
 pub mod placement;
 pub mod proxy;

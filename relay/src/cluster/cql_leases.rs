@@ -125,22 +125,6 @@ impl CqlLeases {
         })
     }
 
-    /// Every `(epoch, holder)` the shard's lease was ever taken at (within the history's
-    /// week), in epoch order: one holder per epoch, if leases work.
-    pub async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.history, (&self.scope, shard as i32))
-            .await
-            .map_err(backend)?
-            .into_rows_result()
-            .map_err(backend)?;
-        rows.rows::<(i64, String)>()
-            .map_err(backend)?
-            .map(|r| r.map(|(e, h)| (e.max(0) as u64, h)).map_err(backend))
-            .collect()
-    }
-
     fn fenced(lease: &Lease) -> LeaseError {
         LeaseError::Fenced {
             shard: lease.shard,
@@ -256,5 +240,20 @@ impl ShardLeases for CqlLeases {
         } else {
             Err(Self::fenced(lease))
         }
+    }
+
+    /// Kept a week ([`HISTORY_TTL_SECS`]).
+    async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.history, (&self.scope, shard as i32))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        rows.rows::<(i64, String)>()
+            .map_err(backend)?
+            .map(|r| r.map(|(e, h)| (e.max(0) as u64, h)).map_err(backend))
+            .collect()
     }
 }

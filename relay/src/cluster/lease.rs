@@ -16,7 +16,7 @@
 //! [`LocalLeases`] keeps the leases of one process's nodes in memory (the embedded cluster);
 //! [`CqlLeases`](super::CqlLeases) keeps them in the CQL database the nodes share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -90,6 +90,11 @@ pub trait ShardLeases: Send + Sync + 'static {
     /// Gives the lease up (after a last commit of `next`, if given), if still current, so
     /// that the next owner need not wait for it. Fenced if not current: nothing to give up.
     async fn release(&self, lease: &Lease, next: Option<u64>) -> Result<(), LeaseError>;
+
+    /// Every `(epoch, holder)` the shard's lease was taken at, in epoch order, as far back
+    /// as it is kept (see each implementation): one holder per epoch, if leases work. For
+    /// the drills' history check (`GET /admin/leases`), not for deciding anything.
+    async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError>;
 }
 
 /// What a node that placement gave a shard should do about its lease.
@@ -153,16 +158,27 @@ pub fn claim(
 }
 
 /// Leases in memory, for the nodes of one process (the embedded cluster). Positions are
-/// left to the log's own committed offsets, which the process shares.
+/// left to the log's own committed offsets, which the process shares. The history keeps
+/// each shard's last [`LOCAL_HISTORY`] takes.
 #[derive(Debug, Default)]
 pub struct LocalLeases {
     rows: Mutex<HashMap<ShardId, LeaseRow>>,
+    history: Mutex<HashMap<ShardId, VecDeque<(u64, String)>>>,
+}
+
+/// Takes per shard [`LocalLeases`] remembers: far more than a drill makes, and bounded
+/// however long the process runs.
+const LOCAL_HISTORY: usize = 64;
+
+/// The guard of `m`: every change under these locks is one assignment or push, so a panic
+/// elsewhere cannot leave a value half-written.
+fn unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LocalLeases {
     fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, LeaseRow>> {
-        // Each change is one assignment; a panic elsewhere cannot leave a row half-written.
-        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+        unpoisoned(&self.rows)
     }
 
     /// Applies `f` to the row of `lease` if its epoch is still the lease's.
@@ -200,6 +216,12 @@ impl ShardLeases for LocalLeases {
         }
         row.epoch += 1;
         row.holder = Some(holder.to_owned());
+        let mut history = unpoisoned(&self.history);
+        let takes = history.entry(shard).or_default();
+        if takes.len() == LOCAL_HISTORY {
+            takes.pop_front();
+        }
+        takes.push_back((row.epoch, holder.to_owned()));
         Ok(Some(Lease {
             shard,
             epoch: row.epoch,
@@ -218,6 +240,14 @@ impl ShardLeases for LocalLeases {
                 row.position = next;
             }
         })
+    }
+
+    async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError> {
+        let history = unpoisoned(&self.history);
+        Ok(history
+            .get(&shard)
+            .map(|takes| takes.iter().cloned().collect())
+            .unwrap_or_default())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin port: `GET /metrics` in Prometheus text format, `GET /admin/cluster` (this
-//! node's view of the cluster, JSON), `POST /admin/drain` (hand this node's shards over and
+//! node's view of the cluster, JSON), `GET /admin/leases` (every shard's lease takes, as
+//! far back as they are kept, JSON), `POST /admin/drain` (hand this node's shards over and
 //! leave) and `POST /admin/nodes` (start one more node of an embedded cluster). With
 //! `fault_injection` configured, chaos drills may also `POST /admin/faults/crash` (stop
 //! abruptly), `POST /admin/faults/stall?secs=N[&backend=...]` (backend calls wait N s) and
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Shared;
 use super::fault::Backend;
 use super::tokio_util_shim::CancelToken;
+use crate::cluster::LeaseError;
 use crate::telemetry;
 
 /// What the admin port may ask of the embedded cluster a node runs in.
@@ -60,6 +63,7 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
 enum Request {
     Metrics,
     Cluster,
+    Leases,
     Drain,
     AddNode,
     Crash,
@@ -79,6 +83,7 @@ fn parse(head: &str) -> Request {
     match (parts.next(), parts.next()) {
         (Some("GET"), Some("/metrics")) => Request::Metrics,
         (Some("GET"), Some("/admin/cluster")) => Request::Cluster,
+        (Some("GET"), Some("/admin/leases")) => Request::Leases,
         (Some("POST"), Some("/admin/drain")) => Request::Drain,
         (Some("POST"), Some("/admin/nodes")) => Request::AddNode,
         (Some("POST"), Some("/admin/faults/crash")) => Request::Crash,
@@ -88,7 +93,9 @@ fn parse(head: &str) -> Request {
         (Some("POST"), Some(path)) if path.starts_with("/admin/faults/pause") => {
             Request::Pause(pause_secs(path))
         }
-        (Some(_), Some("/metrics" | "/admin/cluster")) => Request::WrongMethod("GET"),
+        (Some(_), Some("/metrics" | "/admin/cluster" | "/admin/leases")) => {
+            Request::WrongMethod("GET")
+        }
         (Some(_), Some(path))
             if matches!(
                 path,
@@ -193,6 +200,14 @@ async fn route(
             ),
         },
         Request::Cluster => ("200 OK", JSON, cluster_json(shared).to_string()),
+        Request::Leases => match lease_history_json(shared).await {
+            Ok(history) => ("200 OK", JSON, history.to_string()),
+            Err(e) => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("reading the lease history: {e}\n"),
+            ),
+        },
         Request::Drain => {
             shared.drain.send_replace(true);
             let body = json!({ "draining": shared.membership.name() });
@@ -335,6 +350,32 @@ fn cluster_json(shared: &Shared) -> serde_json::Value {
     })
 }
 
+/// Every shard's lease takes (`{shard, epoch, holder}`), as far back as the leases keep
+/// them: what a drill checks for one holder per epoch.
+async fn lease_history_json(shared: &Shared) -> Result<serde_json::Value, LeaseError> {
+    let shards = shared.membership.view().placement().shards();
+    let per_shard: Vec<Vec<serde_json::Value>> = futures::stream::iter(0..shards)
+        .map(|shard| async move {
+            let takes = shared.leases.history(shard).await?;
+            Ok::<_, LeaseError>(
+                takes
+                    .into_iter()
+                    .map(
+                        |(epoch, holder)| json!({"shard": shard, "epoch": epoch, "holder": holder}),
+                    )
+                    .collect(),
+            )
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    Ok(json!({
+        "node": shared.membership.name(),
+        "shards": shards,
+        "takes": per_shard.concat(),
+    }))
+}
+
 async fn respond(mut stream: TcpStream, shared: Arc<Shared>, loopback: bool) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -380,6 +421,11 @@ mod tests {
         assert_eq!(
             parse("GET /admin/cluster HTTP/1.1\r\n\r\n"),
             Request::Cluster
+        );
+        assert_eq!(parse("GET /admin/leases HTTP/1.1\r\n\r\n"), Request::Leases);
+        assert_eq!(
+            parse("DELETE /admin/leases HTTP/1.1\r\n\r\n"),
+            Request::WrongMethod("GET")
         );
         assert_eq!(parse("POST /admin/drain HTTP/1.1\r\n\r\n"), Request::Drain);
         assert_eq!(

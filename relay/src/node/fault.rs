@@ -201,6 +201,10 @@ impl ShardLeases for StallingLeases {
         self.stall.pass().await;
         self.inner.release(lease, next).await
     }
+    async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError> {
+        self.stall.pass().await;
+        self.inner.history(shard).await
+    }
 }
 
 /// When the current stall ends, if there is one.
