@@ -318,3 +318,47 @@ async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
     assert_eq!(names, ["node-2"]);
     println!("the restart waited {:?} for the old row", started.elapsed());
 }
+
+/// A node's row stays in the roster for at least the failure timeout after its last write,
+/// however late in a second that write landed: Cassandra counts a TTL from the whole second,
+/// so a row written with the timeout itself as its TTL (1 s here) at x.95 s lapsed at
+/// x+1 s, 50 ms later, and the others saw a live node leave between two heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Cassandra: scripts/services.sh up"]
+async fn a_row_outlives_the_failure_timeout_however_late_in_its_second_it_was_written() {
+    let session = session().await;
+    let cluster = unique("roster-ttl");
+    let timeout = Duration::from_secs(1);
+    let roster = CqlRoster::connect(session, "levee_dist", &cluster, timeout)
+        .await
+        .unwrap();
+    // Late in a wall-clock second (the database's clock is this machine's).
+    loop {
+        let subsec = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if subsec >= 900 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(900 - subsec).max(1))).await;
+    }
+    let written = Instant::now();
+    roster.join(row("node-1")).await.unwrap();
+    // Just short of the timeout after the write: the node is still alive to the others.
+    tokio::time::sleep(timeout.saturating_sub(written.elapsed() + Duration::from_millis(100)))
+        .await;
+    let names: Vec<String> = roster
+        .snapshot()
+        .await
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["node-1"],
+        "the row lapsed before the failure timeout"
+    );
+}

@@ -3,10 +3,11 @@
 //! No home-made consensus and no extra service: liveness and epochs come from two things
 //! Cassandra-family databases already do well.
 //!
-//! - **Liveness is a TTL.** Each node writes its own row in `roster` with a TTL of the
-//!   failure-detection timeout and rewrites it on every heartbeat. A node that stops
-//!   (SIGKILL, power loss, partition) stops rewriting; its row disappears by itself after
-//!   the timeout. Nobody has to notice and delete it, so [`Roster::expire`] has nothing to do.
+//! - **Liveness is a TTL.** Each node writes its own row in `roster` with a TTL from the
+//!   failure-detection timeout ([`row_ttl_secs`]) and rewrites it on every heartbeat. A
+//!   node that stops (SIGKILL, power loss, partition) stops rewriting; its row disappears
+//!   by itself after the timeout. Nobody has to notice and delete it, so
+//!   [`Roster::expire`] has nothing to do.
 //! - **Epochs are a compare-and-set.** `roster_epoch` holds one row per cluster: the epoch
 //!   and a digest of the rows it describes. A node whose read of the rows gives another
 //!   digest advances the epoch with a lightweight transaction (`IF epoch = e`, Paxos in the
@@ -86,9 +87,9 @@ impl std::fmt::Debug for CqlRoster {
 
 impl CqlRoster {
     /// Creates the roster tables in `keyspace` if missing (the keyspace must exist: the
-    /// mailbox store creates it) and prepares the statements. Rows live `failure_timeout`
-    /// after their last heartbeat (whole seconds, at least one). `cluster` names the
-    /// cluster within the keyspace.
+    /// mailbox store creates it) and prepares the statements. Rows live at least
+    /// `failure_timeout` after their last heartbeat, and at most a second or two more
+    /// ([`row_ttl_secs`]). `cluster` names the cluster within the keyspace.
     pub async fn connect(
         session: Arc<Session>,
         keyspace: &str,
@@ -125,7 +126,7 @@ impl CqlRoster {
         ))
         .await?;
         write.set_is_idempotent(true);
-        let ttl_secs = failure_timeout.as_millis().div_ceil(1000).clamp(1, 3600) as i32;
+        let ttl_secs = row_ttl_secs(failure_timeout);
         Ok(Self {
             cluster: cluster.to_owned(),
             ttl_secs,
@@ -340,6 +341,23 @@ impl CqlRoster {
     }
 }
 
+/// The TTL of a roster row (whole seconds) for a node `failure_timeout` may not outlive
+/// silent: the timeout rounded up, and one second more.
+///
+/// Cassandra counts a TTL from the whole second the write landed in, so a row written with
+/// a TTL of n seconds lapses between n − 1 and n seconds later. With n the timeout itself, a
+/// row written late in a second could lapse almost a second early: with a 1 s timeout,
+/// milliseconds after a heartbeat, so the others saw a live node come and go (a roster test
+/// failed once in 18 runs: a row missing between two heartbeats 200 ms apart let a second
+/// process take a live process's name). Worse, the others could take the leases of a node
+/// still within its tenure (up to the timeout less a third after its last heartbeat),
+/// which is what tenure exists to prevent. The extra second keeps every row alive for at
+/// least the timeout.
+fn row_ttl_secs(failure_timeout: Duration) -> i32 {
+    let whole = failure_timeout.as_millis().div_ceil(1000).clamp(1, 3600);
+    (whole + 1) as i32
+}
+
 /// A fresh incarnation: this moment in milliseconds (zero-padded, so that an earlier
 /// start sorts first) and a random tag.
 fn new_incarnation() -> String {
@@ -504,5 +522,18 @@ impl Roster for CqlRoster {
         // The rows keep changing under us (nodes joining at this very moment); the caller
         // keeps the view it has, and the next heartbeat tries again.
         Err(RosterError::Unsettled(EPOCH_ATTEMPTS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_lives_a_second_longer_than_the_timeout_rounded_up() {
+        assert_eq!(row_ttl_secs(Duration::from_millis(1000)), 2);
+        assert_eq!(row_ttl_secs(Duration::from_millis(1500)), 3);
+        assert_eq!(row_ttl_secs(Duration::from_millis(3000)), 4);
+        assert_eq!(row_ttl_secs(Duration::ZERO), 2);
     }
 }
