@@ -2,7 +2,7 @@
 //!
 //! A benchmark that runs its load generator on the same machine as the node can only offer
 //! what the cores left over can generate. A new connection costs the client about as much
-//! CPU as it costs the node (measured with `perf` in docs/PERFORMANCE.md), so on a 2-core
+//! CPU as it costs the node (measured with `perf` in docs/PERFORMANCE-LOG.md), so on a 2-core
 //! machine a load tool cannot offer ten times what a node with the whole machine absorbs.
 //! Giving the node a fixed fraction of a core instead makes the node small and the load side
 //! large, the way a real wave of people with their own phones is large compared to one relay.

@@ -356,7 +356,7 @@ async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> 
 /// was at it (of `cores`). Closed loop, with hundreds of sends in flight, the node batches
 /// packets, acknowledgements and writes; at an even open-loop rate it does not, and half
 /// the closed-loop rate came to three to five times what keeps a quarter-core node half
-/// busy (docs/PERFORMANCE.md, "Fourth pass"). A baseline that leaves no room measures
+/// busy (docs/PERFORMANCE-LOG.md, "Fourth pass"). A baseline that leaves no room measures
 /// queueing, not admission control. Found by measuring the node's CPU at a rate and
 /// scaling, at most three times.
 async fn baseline_rate(

@@ -239,7 +239,7 @@ impl WaitingLine {
     /// while open, 10% while paused) with each overloaded second of a quiet hour: in one
     /// `levee-surge` run the warm-up alone (40 s of users, no newcomer) left the line at
     /// 15.6 a second of its 500, and the wave after it seated 5 a second
-    /// (docs/PERFORMANCE.md, "Twelfth pass").
+    /// (docs/PERFORMANCE-LOG.md, "Twelfth pass").
     pub fn end_window(&mut self, verdict: Verdict, window: Duration) {
         let open = self.open_this_window;
         let asked =

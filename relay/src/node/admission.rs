@@ -27,7 +27,7 @@ const MIN_HANDSHAKE_RATE: f64 = 20.0;
 /// away is still outside, trying again (QUIC resends a dropped Initial after 1, 2, 4 s; a
 /// patient client tries a new connection within 8 s). When the line of a 50x wave ran empty,
 /// the door opened completely to tens of thousands; message p50 reached 0.8–1.9 s for three
-/// seconds and 163 newcomers lost their connections (docs/PERFORMANCE.md, "Fourth pass").
+/// seconds and 163 newcomers lost their connections (docs/PERFORMANCE-LOG.md, "Fourth pass").
 const DOOR_RELEASE: Duration = Duration::from_secs(10);
 
 /// What to do with a registration.

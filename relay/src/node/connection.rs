@@ -460,7 +460,7 @@ impl Connection {
         // A returning ticket holder is answered from the ticket first (an HMAC, bound to
         // its key), and the signature is checked only if it enters: in a 10x wave Ed25519
         // checks were 8.6% of a quarter-core node's CPU samples, two in three for returns
-        // that only got a fresh ticket (docs/PERFORMANCE.md, "Fourth pass"). Nobody gains:
+        // that only got a fresh ticket (docs/PERFORMANCE-LOG.md, "Fourth pass"). Nobody gains:
         // the ticket was issued to a proven key, and entering still needs the proof.
         let mut entered = false;
         if purpose == Purpose::Register

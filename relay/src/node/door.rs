@@ -4,7 +4,7 @@
 //! Why not refuse them: a refusal is cheap next to a handshake, but not free. QUIC must
 //! decrypt the Initial packet, set up an `Incoming`, then build, encrypt and send a
 //! CONNECTION_CLOSE; measured on this machine, about 50 µs of the node's CPU per refused
-//! attempt (docs/PERFORMANCE.md, "Signup wave"), against about 740 µs for a whole
+//! attempt (docs/PERFORMANCE-LOG.md, "Signup wave"), against about 740 µs for a whole
 //! registration. A signup wave at ten times what the node absorbs, with every refused
 //! newcomer trying again, costs more in refusals than the node has. Worse, every datagram
 //! goes through the one socket and the one endpoint task: while that task works through a
@@ -16,7 +16,7 @@
 //! destination id is not one this node issued opens a new connection; those pass at the
 //! rate admission control sets ([`Door::set_rate`]) and the rest are dropped before QUIC
 //! decrypts anything (in a profile of a quarter-core node dropping 3,000–6,000 a second,
-//! receiving was under 4% of its CPU; docs/PERFORMANCE.md). Everything else passes
+//! receiving was under 4% of its CPU; docs/PERFORMANCE-LOG.md). Everything else passes
 //! untouched: packets of established connections, and handshakes already under way (after
 //! the node's first answer, the client addresses it by an id the node issued, which
 //! [`IssuedIds`] recognises without keeping any state). The client's QUIC stack sends a
