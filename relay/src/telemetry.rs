@@ -12,7 +12,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::admission::RequestClass;
+use crate::admission::{RequestClass, TicketError};
 use crate::cluster::Taking;
 
 const ADMITTED: &str = "levee_admission_admitted_total";
@@ -358,6 +358,8 @@ pub(crate) struct NodeMetrics {
     handoffs_in: Counter,
     handoffs_out: Counter,
     lease_takes: [Counter; 4],
+    /// By [`TicketError`], registered at zero so the series exist before the first refusal.
+    tickets_rejected: [Counter; 4],
     leases_fenced: Counter,
     leases_held: Gauge,
     batches_abandoned: Counter,
@@ -417,6 +419,9 @@ impl NodeMetrics {
                 counter!(LEASE_TAKES, "node" => node.to_owned(), "how" => how.as_str())
             }),
             leases_fenced: counter!(LEASES_FENCED, &[n()]),
+            tickets_rejected: TicketError::ALL.map(|why| {
+                counter!(TICKETS_REJECTED, "node" => node.to_owned(), "reason" => why.reason())
+            }),
             leases_held: gauge!(LEASES_HELD, &[n()]),
             batches_abandoned: counter!(BATCHES_ABANDONED, &[n()]),
             guests: gauge!(GUESTS, &[n()]),
@@ -454,9 +459,8 @@ impl NodeMetrics {
         self.line_wait.set(estimated_wait.as_secs_f64());
     }
 
-    /// Rare, so the series is looked up per call.
-    pub(crate) fn ticket_rejected(&self, reason: &'static str) {
-        counter!(TICKETS_REJECTED, "reason" => reason, "node" => self.node.clone()).increment(1);
+    pub(crate) fn ticket_rejected(&self, why: TicketError) {
+        self.tickets_rejected[why as usize].increment(1);
     }
 
     pub(crate) fn delivery_lag(&self, records: u64) {

@@ -171,6 +171,12 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
         "levee_waiting_room_length",
         "levee_queue_wait_seconds_bucket",
         "# HELP levee_queue_wait_seconds",
+        // Registered at zero: present before the first refusal of each kind.
+        "# HELP levee_tickets_rejected_total",
+        "reason=\"malformed\"",
+        "reason=\"bad_signature\"",
+        "reason=\"expired\"",
+        "reason=\"wrong_key\"",
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }

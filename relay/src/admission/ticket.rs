@@ -36,6 +36,14 @@ pub enum TicketError {
 }
 
 impl TicketError {
+    /// Every kind, in declaration order: each has its metric series from the start.
+    pub const ALL: [TicketError; 4] = [
+        TicketError::Malformed,
+        TicketError::BadSignature,
+        TicketError::Expired,
+        TicketError::WrongKey,
+    ];
+
     /// A short label for metrics.
     pub fn reason(self) -> &'static str {
         match self {

@@ -359,7 +359,7 @@ impl Admission {
             Some(bytes) => match self.tickets.open(bytes, key, now_ms) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    self.metrics.ticket_rejected(e.reason());
+                    self.metrics.ticket_rejected(e);
                     return RegistrationDecision::Rejected(e);
                 }
             },
