@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod inbox;
 
-use inbox::{Inbox, InboxSender, Overflow};
+use inbox::{Inbox, InboxSender, Overflow, Taken};
 
 use crate::admission::solve_work;
 use crate::identity::{AccountId, Identity, Purpose, transcript};
@@ -289,12 +289,30 @@ pub struct Deliveries {
 impl Deliveries {
     /// The next envelope; `None` once the connection has closed.
     pub async fn next(&mut self) -> Option<Delivery> {
-        self.inbox.next().await
+        self.inbox.next(false).await
+    }
+
+    /// The next envelope of the backlog — what was in the mailbox when the subscription
+    /// started — or `None` once the node says the backlog is drained (`BacklogDone`; at
+    /// once for an empty mailbox, without waiting for quiet) or the connection closed.
+    /// [`next`](Self::next) then goes on with live deliveries:
+    ///
+    /// ```no_run
+    /// # async fn f(mut inbox: levee_relay::client::Deliveries) {
+    /// while let Some(d) = inbox.backlog().await { /* what waited while offline */ }
+    /// while let Some(d) = inbox.next().await { /* live */ }
+    /// # }
+    /// ```
+    pub async fn backlog(&mut self) -> Option<Delivery> {
+        self.inbox.next(true).await
     }
 
     /// An envelope that has already arrived, without waiting; for batching acks.
     pub fn try_next(&mut self) -> Option<Delivery> {
-        self.inbox.pop().ok().flatten()
+        match self.inbox.take(false) {
+            Taken::Delivery(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
@@ -1345,6 +1363,11 @@ async fn read_loop(
                              closing"
                         );
                         break 'read;
+                    }
+                }
+                Some(pb::server_frame::Body::BacklogDone(_)) => {
+                    if let Some(inbox) = locked(&link.deliveries).as_ref() {
+                        inbox.backlog_done();
                     }
                 }
                 Some(pb::server_frame::Body::Moved(redirect)) => {

@@ -610,3 +610,48 @@ async fn a_subscriber_is_sent_at_most_its_window_until_it_acknowledges() {
     }
     node.stop().await;
 }
+
+/// `BacklogDone`: a subscriber learns its backlog is drained without waiting for quiet —
+/// after the envelopes that waited for it, and at once for an empty mailbox — and live
+/// deliveries follow on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_ends_with_a_marker_and_live_deliveries_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, alice, bob_id, bob) = alice_and_bob(dir.path()).await;
+    // Three envelopes stored (seen by a first session) and not acknowledged.
+    let mut first = bob.subscribe().await.unwrap();
+    for i in 0..3 {
+        alice
+            .send(&bob.account(), format!("old{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(receive(&mut first, 3, QUIET).await.len(), 3);
+    bob.close().await;
+
+    let (bob, mut inbox) = node.resume(&bob_id).await;
+    let mut backlog = Vec::new();
+    loop {
+        match tokio::time::timeout(QUIET, inbox.backlog()).await {
+            Ok(Some(d)) => backlog.push(String::from_utf8(d.ciphertext.to_vec()).unwrap()),
+            Ok(None) => break,
+            Err(_) => panic!("no end of the backlog after {backlog:?}"),
+        }
+    }
+    assert_eq!(backlog, ["old0", "old1", "old2"]);
+    alice.send(&bob.account(), b"live".to_vec()).await.unwrap();
+    let live = receive(&mut inbox, 1, QUIET).await;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].ciphertext.as_ref(), b"live");
+    assert_eq!(
+        tokio::time::timeout(QUIET, inbox.backlog()).await,
+        Ok(None),
+        "the backlog stays drained"
+    );
+
+    // An empty mailbox says so at once.
+    let carol = node.new_user().await;
+    let mut empty = carol.subscribe().await.unwrap();
+    assert_eq!(tokio::time::timeout(QUIET, empty.backlog()).await, Ok(None));
+    node.stop().await;
+}

@@ -12,6 +12,9 @@
 //! of a newer connection arrives, what the older one left here is dropped (it comes again),
 //! and anything the older one still sends is ignored: the buffer holds one connection's
 //! deliveries, within that connection's window.
+//!
+//! The node's `BacklogDone` marker takes its place in the queue, after the backlog's
+//! deliveries, and takes no room in the window: `Deliveries::backlog` ends there.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,9 +32,33 @@ pub(super) struct Inbox {
     changed: Notify,
 }
 
+/// What waits in the queue.
+#[derive(Debug)]
+enum Item {
+    Delivery(Delivery),
+    /// Everything before this was the subscription's backlog.
+    BacklogDone,
+}
+
+/// What a look at the queue found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    Delivery(Delivery),
+    /// The backlog is drained (asked for by `stop_at_backlog_end` only).
+    BacklogDone,
+    /// Nothing waits now.
+    Nothing,
+    /// Nothing waits and no connection is left to deliver more.
+    Ended,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Item>,
+    /// Deliveries in `queue`: what the window bounds.
+    held: usize,
+    /// The backlog marker has been reached.
+    backlog_done: bool,
     /// The connection whose deliveries `queue` holds.
     link: u64,
     /// The number the next connection gets.
@@ -67,26 +94,37 @@ impl Inbox {
         }
     }
 
-    /// The oldest delivery waiting; `Err(Ended)` once nothing waits and no connection is
-    /// left to deliver more.
-    pub(super) fn pop(&self) -> Result<Option<Delivery>, Ended> {
+    /// The oldest delivery waiting, passing over the backlog marker (noting it) unless
+    /// `stop_at_backlog_end`, which also answers [`Taken::BacklogDone`] for good once the
+    /// marker has been reached.
+    pub(super) fn take(&self, stop_at_backlog_end: bool) -> Taken {
         let mut state = self.lock();
-        match state.queue.pop_front() {
-            Some(d) => Ok(Some(d)),
-            None if state.senders == 0 => Err(Ended),
-            None => Ok(None),
+        loop {
+            if stop_at_backlog_end && state.backlog_done {
+                return Taken::BacklogDone;
+            }
+            match state.queue.pop_front() {
+                Some(Item::Delivery(d)) => {
+                    state.held -= 1;
+                    return Taken::Delivery(d);
+                }
+                Some(Item::BacklogDone) => state.backlog_done = true,
+                None if state.senders == 0 => return Taken::Ended,
+                None => return Taken::Nothing,
+            }
         }
     }
 
-    /// Waits for the next delivery; `None` once the stream has ended.
-    pub(super) async fn next(&self) -> Option<Delivery> {
+    /// Waits for the next delivery; `None` once the stream has ended. With
+    /// `stop_at_backlog_end`, also `None` once the backlog is drained.
+    pub(super) async fn next(&self, stop_at_backlog_end: bool) -> Option<Delivery> {
         loop {
             // Registered before looking, so a delivery that lands in between still wakes.
             let changed = self.changed.notified();
-            match self.pop() {
-                Ok(Some(d)) => return Some(d),
-                Ok(None) => changed.await,
-                Err(Ended) => return None,
+            match self.take(stop_at_backlog_end) {
+                Taken::Delivery(d) => return Some(d),
+                Taken::Nothing => changed.await,
+                Taken::BacklogDone | Taken::Ended => return None,
             }
         }
     }
@@ -96,10 +134,6 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// No delivery waits and none can come.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct Ended;
 
 /// One connection's way into an [`Inbox`]; dropping the last one ends the stream.
 #[derive(Debug)]
@@ -118,20 +152,34 @@ impl InboxSender {
     /// older than the queue's is dropped (the newer one delivers it again); the first from
     /// a newer one drops what the older left.
     pub(super) fn push(&self, d: Delivery) -> Result<(), Overflow> {
+        self.queue(Item::Delivery(d))
+    }
+
+    /// Queues the node's word that the backlog is drained (after what came before it).
+    pub(super) fn backlog_done(&self) {
+        // The marker takes no room, so it never overflows.
+        let _ = self.queue(Item::BacklogDone);
+    }
+
+    fn queue(&self, item: Item) -> Result<(), Overflow> {
         let mut state = self.inbox.lock();
         if self.link < state.link {
             return Ok(());
         }
         if self.link > state.link {
             state.queue.clear();
+            state.held = 0;
             state.link = self.link;
         }
-        if state.queue.len() >= self.inbox.capacity {
-            return Err(Overflow {
-                window: self.inbox.capacity,
-            });
+        if let Item::Delivery(_) = item {
+            if state.held >= self.inbox.capacity {
+                return Err(Overflow {
+                    window: self.inbox.capacity,
+                });
+            }
+            state.held += 1;
         }
-        state.queue.push_back(d);
+        state.queue.push_back(item);
         drop(state);
         // One reader at most (`Deliveries` takes `&mut self`); a permit keeps the news.
         self.inbox.changed.notify_one();
@@ -170,9 +218,11 @@ mod tests {
     }
 
     fn ids(inbox: &Inbox) -> Vec<u64> {
-        std::iter::from_fn(|| inbox.pop().ok().flatten())
-            .map(|d| d.envelope_id)
-            .collect()
+        std::iter::from_fn(|| match inbox.take(false) {
+            Taken::Delivery(d) => Some(d.envelope_id),
+            _ => None,
+        })
+        .collect()
     }
 
     #[test]
@@ -210,11 +260,11 @@ mod tests {
         let second = first.next_link();
         second.push(delivery(7)).unwrap();
         drop(first);
-        assert_eq!(inbox.pop(), Ok(Some(delivery(7))));
-        assert_eq!(inbox.pop(), Ok(None), "one connection is left");
+        assert_eq!(inbox.take(false), Taken::Delivery(delivery(7)));
+        assert_eq!(inbox.take(false), Taken::Nothing, "one connection is left");
         let waiting = tokio::spawn({
             let inbox = inbox.clone();
-            async move { inbox.next().await }
+            async move { inbox.next(false).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(second);
@@ -223,6 +273,32 @@ mod tests {
             .expect("woken when the last sender went")
             .unwrap();
         assert_eq!(next, None);
-        assert_eq!(inbox.pop(), Err(Ended));
+        assert_eq!(inbox.take(false), Taken::Ended);
+    }
+
+    #[tokio::test]
+    async fn the_backlog_ends_at_the_marker_and_the_marker_takes_no_room() {
+        let inbox = Inbox::new(2);
+        let tx = inbox.sender();
+        tx.push(delivery(1)).unwrap();
+        tx.push(delivery(2)).unwrap();
+        tx.backlog_done();
+        assert_eq!(inbox.next(true).await, Some(delivery(1)));
+        // Room for one more delivery (the marker counts for nothing), a live one.
+        tx.push(delivery(3)).unwrap();
+        assert_eq!(inbox.next(true).await, Some(delivery(2)));
+        assert_eq!(inbox.next(true).await, None, "the backlog is drained");
+        assert_eq!(inbox.next(true).await, None, "and stays drained");
+        assert_eq!(inbox.next(false).await, Some(delivery(3)));
+    }
+
+    #[test]
+    fn taking_live_deliveries_passes_over_the_marker() {
+        let inbox = Inbox::new(4);
+        let tx = inbox.sender();
+        tx.backlog_done();
+        tx.push(delivery(5)).unwrap();
+        assert_eq!(inbox.take(false), Taken::Delivery(delivery(5)));
+        assert_eq!(inbox.take(true), Taken::BacklogDone, "noted on the way");
     }
 }

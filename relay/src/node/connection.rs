@@ -789,7 +789,8 @@ async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> p
 /// Sends `owner`'s backlog, oldest first, then every envelope stored after it, until the
 /// connection ends. One code path for both: read everything after the cursor, then wait for
 /// the delivery worker to say there is more. Never more than `window` unacknowledged at
-/// once: a full window waits for acks.
+/// once: a full window waits for acks. The first time a read finds nothing, the backlog is
+/// drained: `BacklogDone` says so, once.
 ///
 /// A guest session (`poll` set) also reads every `poll`: the delivery worker that stores its
 /// envelopes runs on the owner, which wakes only its own sessions.
@@ -808,6 +809,7 @@ async fn pump(
     // Present from the line above until the guard drops.
     let more = watching.more.as_mut().expect("just set");
     let mut cursor = None;
+    let mut backlog_done = false;
     'pump: loop {
         more.borrow_and_update();
         let batch = match shared
@@ -823,6 +825,15 @@ async fn pump(
             }
         };
         if batch.is_empty() {
+            if !backlog_done {
+                backlog_done = true;
+                let done = pb::ServerFrame {
+                    body: Some(pb::server_frame::Body::BacklogDone(pb::BacklogDone {})),
+                };
+                if outbox.send(done).await.is_err() {
+                    break 'pump;
+                }
+            }
             tokio::select! {
                 changed = more.changed() => if changed.is_err() { break 'pump },
                 () = outbox.closed() => break 'pump,
