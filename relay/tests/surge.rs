@@ -246,7 +246,9 @@ async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluste
     let forged = c.register_once(Some(altered.into())).await.unwrap_err();
     assert_eq!(forged.code(), Some(ErrorCode::TicketRejected));
 
-    // Another node with the same cluster key honours the ticket: the place is kept.
+    // Another process of the same node (same name, so the same line id, and the same
+    // cluster key: a restart) honours the ticket: the place is kept. A node of another
+    // name would accept the ticket but place it anew in its own line.
     let node_b = TestNode::start_with(levee_relay::NodeConfig {
         data_dir: dir_b.path().to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
