@@ -1046,16 +1046,7 @@ async fn placements(shared: &Shared, nodes: &[NodeSummary]) -> Vec<NodePlacement
     let mut views = Vec::with_capacity(nodes.len());
     for n in nodes {
         let Some(admin) = n.admin else { continue };
-        let answer = levee_relay::admin_client::request(
-            admin,
-            None,
-            "GET",
-            "/admin/cluster",
-            Duration::from_millis(500),
-        )
-        .await;
-        if let Ok((200, body)) = answer
-            && let Ok(view) = serde_json::from_str::<serde_json::Value>(&body)
+        if let Ok(view) = admin_json(admin, "/admin/cluster", Duration::from_millis(500)).await
             && let Some(p) = NodePlacement::from_admin(t, &view)
         {
             views.push(p);
@@ -1139,26 +1130,13 @@ async fn lease_history(cluster: &dyn Target) -> Verdict {
     }
     let mut answers = Vec::new();
     for admin in admins {
-        let answer = levee_relay::admin_client::request(
-            admin,
-            None,
-            "GET",
-            "/admin/leases",
-            Duration::from_secs(10),
-        )
-        .await;
-        let (status, body) = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                answers.push(format!("{admin}: {e}"));
-                continue;
-            }
-        };
-        let takes = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| crate::leases::from_admin(&v));
+        let takes = admin_json(admin, "/admin/leases", Duration::from_secs(10))
+            .await
+            .and_then(|v| {
+                crate::leases::from_admin(&v).ok_or_else(|| format!("{admin}: not a lease history"))
+            });
         match takes {
-            Some(takes) if status == 200 => {
+            Ok(takes) => {
                 let outcome = crate::leases::one_holder_per_epoch(&takes);
                 return Verdict {
                     name,
@@ -1166,10 +1144,7 @@ async fn lease_history(cluster: &dyn Target) -> Verdict {
                     detail: outcome.unwrap_or_else(|problem| problem),
                 };
             }
-            _ => {
-                let said: String = body.chars().take(120).collect();
-                answers.push(format!("{admin} answered {status}: {}", said.trim()));
-            }
+            Err(why) => answers.push(why),
         }
     }
     Verdict {
@@ -1177,6 +1152,22 @@ async fn lease_history(cluster: &dyn Target) -> Verdict {
         pass: false,
         detail: format!("no node reported its lease history: {}", answers.join("; ")),
     }
+}
+
+/// `GET path` on a node's admin port, as JSON; if not, why, for a person.
+async fn admin_json(
+    admin: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let (status, body) = levee_relay::admin_client::request(admin, None, "GET", path, timeout)
+        .await
+        .map_err(|e| format!("{admin}: {e}"))?;
+    if status != 200 {
+        let said: String = body.chars().take(120).collect();
+        return Err(format!("{admin} answered {status}: {}", said.trim()));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("{admin}: {e}"))
 }
 
 /// The lowest value of a metric on a node's admin page, if it answers within 200 ms.

@@ -11,20 +11,31 @@ use levee_relay::Identity;
 use levee_relay::identity::{Purpose, transcript};
 use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 
+/// `Register` or `Authenticate` (as `purpose` says) for `me`, carrying `signature`.
+fn proof(purpose: Purpose, me: &Identity, signature: &[u8]) -> Body {
+    let public_key = bytes(me.account().as_bytes());
+    let signature = bytes(signature);
+    match purpose {
+        Purpose::Register => Body::Register(pb::Register {
+            public_key,
+            signature,
+            ..Default::default()
+        }),
+        Purpose::Authenticate => Body::Authenticate(pb::Authenticate {
+            public_key,
+            signature,
+            unreachable: String::new(),
+        }),
+    }
+}
+
 /// A raw connection authenticated as a newly registered `me`.
 async fn registered(node: &TestNode, me: &Identity) -> RawConnection {
     let mut raw = RawConnection::open(node).await;
     let nonce = raw.hello().await;
     let signature = me.sign(&transcript(Purpose::Register, &raw.exporter, &nonce));
-    raw.request(
-        2,
-        Body::Register(pb::Register {
-            public_key: bytes(me.account().as_bytes()),
-            signature: bytes(&signature),
-            ..Default::default()
-        }),
-    )
-    .await;
+    raw.request(2, proof(Purpose::Register, me, &signature))
+        .await;
     let r = raw.response().await.unwrap();
     assert!(
         matches!(r.result, Some(R::Authenticated(_))),
@@ -70,15 +81,8 @@ async fn before_hello() {
             (id, Some(ErrorCode::Unauthenticated))
         );
     }
-    raw.request(
-        5,
-        Body::Authenticate(pb::Authenticate {
-            public_key: bytes(me.account().as_bytes()),
-            signature: bytes(&[0; 64]),
-            unreachable: String::new(),
-        }),
-    )
-    .await;
+    raw.request(5, proof(Purpose::Authenticate, &me, &[0; 64]))
+        .await;
     let r = raw.response().await.unwrap();
     assert_eq!(error_code(&r), Some(ErrorCode::ProtocolViolation));
     node.stop().await;
@@ -93,13 +97,7 @@ async fn a_failed_proof_uses_up_the_challenge() {
     let me = Identity::generate().unwrap();
     let mut raw = RawConnection::open(&node).await;
     let nonce = raw.hello().await;
-    let register = |signature: &[u8]| {
-        Body::Register(pb::Register {
-            public_key: bytes(me.account().as_bytes()),
-            signature: bytes(signature),
-            ..Default::default()
-        })
-    };
+    let register = |signature: &[u8]| proof(Purpose::Register, &me, signature);
     raw.request(2, register(&[7; 64])).await;
     assert_eq!(
         error_code(&raw.response().await.unwrap()),
@@ -190,15 +188,8 @@ async fn ids_from_zero_resends_and_the_order_of_a_subscription() {
     let mut raw = RawConnection::open(&node).await;
     let nonce = raw.hello().await;
     let signature = me.sign(&transcript(Purpose::Authenticate, &raw.exporter, &nonce));
-    raw.request(
-        30,
-        Body::Authenticate(pb::Authenticate {
-            public_key: bytes(me.account().as_bytes()),
-            signature: bytes(&signature),
-            unreachable: String::new(),
-        }),
-    )
-    .await;
+    raw.request(30, proof(Purpose::Authenticate, &me, &signature))
+        .await;
     assert_eq!(error_code(&raw.response().await.unwrap()), None);
     // The delivery worker may still be storing them, so `BacklogDone` may come before
     // them: read until both deliveries and the marker are in.

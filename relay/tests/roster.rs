@@ -40,6 +40,17 @@ async fn session() -> Arc<scylla::client::session::Session> {
     session
 }
 
+/// A roster handle on `cluster` in the test keyspace; rows live `failure_timeout`.
+async fn roster(
+    session: &Arc<scylla::client::session::Session>,
+    cluster: &str,
+    failure_timeout: Duration,
+) -> CqlRoster {
+    CqlRoster::connect(session.clone(), "levee_dist", cluster, failure_timeout)
+        .await
+        .unwrap()
+}
+
 /// An active roster row for `name`.
 fn row(name: &str) -> NodeInfo {
     NodeInfo {
@@ -61,18 +72,11 @@ fn row(name: &str) -> NodeInfo {
 async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
     let session = session().await;
     let cluster = unique("roster");
-    let open = || {
-        CqlRoster::connect(
-            session.clone(),
-            "levee_dist",
-            &cluster,
-            Duration::from_secs(60),
-        )
-    };
-    let stable = open().await.unwrap();
+    let open = || roster(&session, &cluster, Duration::from_secs(60));
+    let stable = open().await;
     stable.join(row("stable")).await.unwrap();
 
-    let churner = open().await.unwrap();
+    let churner = open().await;
     let stop = Arc::new(AtomicBool::new(false));
     let churning = tokio::spawn({
         let stop = stop.clone();
@@ -91,7 +95,7 @@ async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
     });
     let mut observers = tokio::task::JoinSet::new();
     for _ in 0..3 {
-        let roster = open().await.unwrap();
+        let roster = open().await;
         observers.spawn(async move {
             let (mut seen, mut unsettled, mut failed) = (Vec::new(), 0u32, 0u32);
             let until = Instant::now() + Duration::from_secs(8);
@@ -141,14 +145,7 @@ async fn roster_snapshots_during_churn_pair_each_epoch_with_one_set_of_rows() {
 async fn a_row_that_does_not_parse_is_left_out_and_counted() {
     let session = session().await;
     let cluster = unique("roster-bad-row");
-    let roster = CqlRoster::connect(
-        session.clone(),
-        "levee_dist",
-        &cluster,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let roster = roster(&session, &cluster, Duration::from_secs(60)).await;
     roster.join(row("good")).await.unwrap();
     session
         .query_unpaged(
@@ -275,16 +272,9 @@ async fn racing_takers_get_one_holder_per_epoch() {
 async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
     let session = session().await;
     let cluster = unique("roster-name");
-    let open = || {
-        CqlRoster::connect(
-            session.clone(),
-            "levee_dist",
-            &cluster,
-            Duration::from_secs(1),
-        )
-    };
+    let open = || roster(&session, &cluster, Duration::from_secs(1));
     let row = row("node-2");
-    let first = Arc::new(open().await.unwrap());
+    let first = Arc::new(open().await);
     first.join(row.clone()).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let beating = tokio::spawn({
@@ -296,7 +286,7 @@ async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
             }
         }
     });
-    let second = open().await.unwrap();
+    let second = open().await;
     match second.join(row.clone()).await {
         Err(RosterError::NameInUse { name, .. }) => assert_eq!(name, "node-2"),
         other => panic!("a second process joined under a live name: {other:?}"),
@@ -304,7 +294,7 @@ async fn a_name_in_use_by_a_live_process_is_refused_and_freed_when_it_stops() {
     stop.store(true, Ordering::Relaxed);
     beating.await.unwrap();
     // The first process is gone (no goodbye, as after SIGKILL): its row lapses.
-    let restarted = open().await.unwrap();
+    let restarted = open().await;
     let started = Instant::now();
     restarted.join(row).await.unwrap();
     let names: Vec<String> = restarted
@@ -329,9 +319,7 @@ async fn a_row_outlives_the_failure_timeout_however_late_in_its_second_it_was_wr
     let session = session().await;
     let cluster = unique("roster-ttl");
     let timeout = Duration::from_secs(1);
-    let roster = CqlRoster::connect(session, "levee_dist", &cluster, timeout)
-        .await
-        .unwrap();
+    let roster = roster(&session, &cluster, timeout).await;
     // Late in a wall-clock second (the database's clock is this machine's).
     loop {
         let subsec = std::time::SystemTime::now()
