@@ -19,7 +19,7 @@ NODES=3
 cd "$ROOT"
 "$ROOT/scripts/services.sh" status >/dev/null 2>&1 ||
     { echo "distributed.sh: the services are not up; run scripts/services.sh up first" >&2; exit 1; }
-cargo build --release --locked -q -p levee-relay -p levee-bench
+cargo build --release --locked -q -p levee -p levee-bench
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }

@@ -24,7 +24,7 @@ SCENARIO="$1"
 shift
 
 cd "$ROOT"
-cargo build --release --locked -q -p levee-relay -p levee-chaos
+cargo build --release --locked -q -p levee -p levee-chaos
 
 STARTED_SERVICES=0
 if ! scripts/services.sh status >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Messaging throughput through `levee up --nodes N` as a separate process, N = 1 and 3, in one
-# run (docs/PERFORMANCE.md). Build first: cargo build --release -p levee-relay -p levee-bench
+# run (docs/PERFORMANCE.md). Build first: cargo build --release -p levee -p levee-bench
 set -e
 for n in 1 3; do
   d=$(mktemp -d)

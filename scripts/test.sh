@@ -38,8 +38,8 @@ echo "== tests against the real services"
 # Every #[ignore]d test in these files needs the services, and nothing else is ignored there.
 cargo test --locked -p levee-queue --test kafka -- --ignored 2>&1 | tee -a "$log"
 cargo test --locked -p levee-sharding --test scylla -- --ignored 2>&1 | tee -a "$log"
-cargo test --locked -p levee-relay --test distributed -- --ignored 2>&1 | tee -a "$log"
-cargo test --locked -p levee-relay --test roster -- --ignored 2>&1 | tee -a "$log"
+cargo test --locked -p levee --test distributed -- --ignored 2>&1 | tee -a "$log"
+cargo test --locked -p levee --test roster -- --ignored 2>&1 | tee -a "$log"
 
 # One closing line for the whole run, summed over every test binary above.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

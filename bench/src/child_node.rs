@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 use anyhow::{Context, bail};
-use levee_relay::client::ClientConfig;
-use levee_relay::tls::{Fingerprint, Trust};
+use levee_client::ClientConfig;
+use levee_client::{Fingerprint, Trust};
 
 use crate::LocalNode;
 

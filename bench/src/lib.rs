@@ -6,8 +6,8 @@ pub mod cpu_budget;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use levee_relay::client::ClientConfig;
-use levee_relay::tls::Trust;
+use levee_client::ClientConfig;
+use levee_client::Trust;
 use levee_relay::{Node, NodeConfig};
 
 /// A relay node run inside the tool's process, on loopback, with its data in a temporary

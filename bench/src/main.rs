@@ -15,9 +15,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
+use levee_client::{Client, ClientConfig};
+use levee_client::{Fingerprint, Trust};
 use levee_relay::Identity;
-use levee_relay::client::{Client, ClientConfig};
-use levee_relay::tls::{Fingerprint, Trust};
 use tokio::sync::Mutex;
 
 #[derive(Parser, Debug)]
@@ -50,7 +50,7 @@ struct Args {
     warmup: f64,
     /// Deliveries a recipient may hold unacknowledged (the client's `delivery_window`, and
     /// the in-process node's limit); to compare flow-control settings.
-    #[arg(long, default_value_t = levee_relay::client::DEFAULT_DELIVERY_WINDOW)]
+    #[arg(long, default_value_t = levee_client::DEFAULT_DELIVERY_WINDOW)]
     delivery_window: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -186,11 +186,7 @@ async fn send_loop(
 }
 
 /// Receives, records latency, acknowledges whatever has arrived in one request.
-async fn receive(
-    client: Arc<Client>,
-    mut inbox: levee_relay::client::Deliveries,
-    shared: Arc<Shared>,
-) {
+async fn receive(client: Arc<Client>, mut inbox: levee_client::Deliveries, shared: Arc<Shared>) {
     while let Some(first) = inbox.next().await {
         let mut batch = vec![first];
         while batch.len() < 512 {

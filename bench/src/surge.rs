@@ -35,8 +35,8 @@ use hdrhistogram::Histogram;
 use levee_bench::child_node::{self, ChildNode, CpuMeter};
 use levee_bench::cpu_budget::{self, CpuBudget};
 use levee_bench::{latency_histogram, quantile_ms, record};
-use levee_relay::client::{Client, ClientConfig, ClientError, Connector};
-use levee_relay::tls::{Fingerprint, Trust};
+use levee_client::{Client, ClientConfig, ClientError, Connector};
+use levee_client::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity};
 use tokio::sync::Mutex;
 
@@ -478,7 +478,7 @@ impl Baseline {
                         batch.push(d);
                     }
                     let now = epoch.elapsed().as_nanos() as u64;
-                    let took = |d: &levee_relay::client::Delivery| {
+                    let took = |d: &levee_client::Delivery| {
                         let sent =
                             u64::from_be_bytes(d.ciphertext[..8].try_into().unwrap_or_default());
                         Duration::from_nanos(now.saturating_sub(sent))

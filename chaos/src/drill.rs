@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use levee_client::Trust;
+use levee_client::{ClientConfig, ClientError, Connector, Registration};
+use levee_protocol::wire::pb::ErrorCode;
 use levee_relay::admission::TicketKey;
-use levee_relay::client::{ClientConfig, ClientError, Connector, Registration};
-use levee_relay::cluster::NodeSummary;
-use levee_relay::tls::Trust;
-use levee_relay::wire::pb::ErrorCode;
+use levee_relay::local_cluster::NodeSummary;
 use levee_relay::{AccountId, Identity};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -262,7 +262,7 @@ struct User {
     account: AccountId,
     contacts: Vec<AccountId>,
     /// The session sends go through, while there is one.
-    current: Mutex<Option<Arc<levee_relay::client::Client>>>,
+    current: Mutex<Option<Arc<levee_client::Client>>>,
 }
 
 /// Plays `scenario` once against `target`, with admission control on or off (embedded
@@ -605,7 +605,7 @@ async fn session_loop(shared: Arc<Shared>, user: Arc<User>) {
 }
 
 /// Ledger and latency for deliveries that arrived on `session`.
-fn take(shared: &Shared, user: &User, batch: &[levee_relay::client::Delivery], session: u64) {
+fn take(shared: &Shared, user: &User, batch: &[levee_client::Delivery], session: u64) {
     let now = shared.timeline.epoch().elapsed().as_nanos() as u64;
     let mut ledger = lock(&shared.ledger);
     for d in batch {
@@ -747,7 +747,7 @@ async fn newcomer(shared: Arc<Shared>, established: Vec<Arc<User>>) {
 
 /// The registration part of [`newcomer`]; records the ending in the ledger and returns the
 /// client if admitted.
-async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
+async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
     let identity = Identity::generate().ok()?;
     let account = identity.account();
     let storm = shared
@@ -769,7 +769,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_relay::client::Client> {
     // The node whose line `place` is in (the one that answered, after any redirect).
     let mut line_server: Option<SocketAddr> = None;
     let mut last_told_to_wait = None;
-    let mut client: Option<levee_relay::client::Client> = None;
+    let mut client: Option<levee_client::Client> = None;
     let ending = loop {
         if shared.over() {
             break None;

@@ -20,9 +20,9 @@ use levee_chaos::proxy::Proxy;
 use levee_chaos::record::{DrillRecord, EventKind, RunRecord};
 use levee_chaos::report;
 use levee_chaos::scenario::Scenario;
-use levee_relay::client::{Client, ClientConfig, ClientError};
-use levee_relay::cluster::LocalCluster;
-use levee_relay::tls::Trust;
+use levee_client::Trust;
+use levee_client::{Client, ClientConfig, ClientError};
+use levee_relay::local_cluster::LocalCluster;
 use levee_relay::{Identity, NodeConfig};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

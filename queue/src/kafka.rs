@@ -36,8 +36,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
+use crate::KafkaConfig;
 use crate::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped};
 
 /// Longest a broker request made while opening or assigning may take.
@@ -55,37 +55,6 @@ const STALL_LIMIT: Duration = Duration::from_secs(10);
 fn backend(e: KafkaError) -> LogError {
     LogError::Backend(format!("kafka: {e}"))
 }
-
-/// Where the log lives in Kafka.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
-    pub brokers: String,
-    /// The topic (created with `shards` partitions if missing).
-    pub topic: String,
-    /// Replication factor when creating the topic.
-    pub replication: i32,
-    /// How long Kafka keeps a record (`retention.ms` of a topic Levee creates), in
-    /// milliseconds. A record must be delivered into its mailbox within this time, or it is
-    /// lost (counted, see the module docs): keep it well above the longest outage of the
-    /// mailbox store you want to ride out. Default 7 days.
-    pub retention_ms: u64,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".into(),
-            topic: "levee-delivery".into(),
-            replication: 1,
-            retention_ms: DEFAULT_RETENTION_MS,
-        }
-    }
-}
-
-/// Kafka's own default retention, written out so that it is a decision, not an accident.
-const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// The delivery log in Kafka; see the module docs.
 #[derive(Clone)]

@@ -10,13 +10,18 @@
 //!   a Kafka consumer with manual partition assignment, which is the distributed backend.
 //! - [`EmbeddedLog`]: the default backend, in the embedded fjall database shared with the
 //!   mailbox store.
-//! - [`KafkaLog`]: the distributed backend, one Kafka partition per shard.
+//! - [`KafkaLog`]: the distributed backend, one Kafka partition per shard. Built with the
+//!   `kafka` feature (on by default); [`KafkaConfig`] is always built.
 #![warn(missing_docs)]
 
 mod embedded;
+#[cfg(feature = "kafka")]
 mod kafka;
+mod kafka_config;
 mod log;
 
 pub use embedded::EmbeddedLog;
-pub use kafka::{KafkaConfig, KafkaLog};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaLog;
+pub use kafka_config::KafkaConfig;
 pub use log::{DeliveryLog, LogConsumer, LogError, LogPosition, LogRecord, LoggedRecord, Skipped};

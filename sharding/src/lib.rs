@@ -15,21 +15,27 @@
 //!   database so that one fsync covers log appends and mailbox writes alike.
 //! - [`ScyllaMailboxStore`]: the distributed backend, mailboxes in ScyllaDB or any
 //!   Cassandra-compatible CQL cluster ([`ScyllaConfig`], [`Replication`]); how it avoids the
-//!   tombstone trap of queues in such stores is in its module documentation.
+//!   tombstone trap of queues in such stores is in its module documentation. Built with the
+//!   `cql` feature (on by default); [`ScyllaConfig`] and [`schema`] are always built.
 #![warn(missing_docs)]
 
+#[cfg(feature = "cql")]
 mod cql;
+mod cql_config;
 mod embedded;
 mod envelope;
-mod mailbox;
 mod placement;
 mod shard;
 mod store;
 
-pub use cql::{Replication, ScyllaConfig, ScyllaMailboxStore, schema};
+#[cfg(feature = "cql")]
+pub use cql::ScyllaMailboxStore;
+pub use cql_config::{Replication, ScyllaConfig, schema};
 pub use embedded::{EmbeddedMailboxStore, EmbeddedStore};
 pub use envelope::{EnvelopeId, NewEnvelope, StoredEnvelope};
-pub use mailbox::{MailboxId, ParseMailboxIdError};
+/// A mailbox is named by its owner's account key.
+pub use levee_protocol::AccountId as MailboxId;
+pub use levee_protocol::ParseAccountIdError as ParseMailboxIdError;
 pub use placement::{Member, Membership, MembershipError, Placement, PlacementConfig, Unavailable};
 pub use shard::{ShardId, shard_of};
 pub use store::{AckOutcome, InsertOutcome, MailboxStore, MailboxUsage, StoreError};

@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
 use levee_relay::NodeConfig;
 use levee_relay::admission::TicketKey;
-use levee_relay::cluster::{LocalCluster, NodeSummary};
+use levee_relay::local_cluster::{LocalCluster, NodeSummary};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{Target, stall_through_admin};

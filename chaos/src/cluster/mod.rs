@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use async_trait::async_trait;
 use levee_relay::admission::TicketKey;
-use levee_relay::cluster::NodeSummary;
+use levee_relay::local_cluster::NodeSummary;
 
 pub use embedded::Embedded;
 pub use remote::Remote;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use async_trait::async_trait;
 use levee_relay::admission::TicketKey;
-use levee_relay::cluster::NodeSummary;
+use levee_relay::local_cluster::NodeSummary;
 use serde_json::Value;
 
 use super::{ADMIN_TIMEOUT, Target, admin_post, numbered, stall_through_admin};

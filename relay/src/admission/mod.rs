@@ -32,7 +32,6 @@ mod headroom;
 mod line;
 mod pass;
 mod ticket;
-mod work;
 
 pub use backend::BackendHealth;
 pub use cohort::{COHORTS, Cohort, CohortSalt};
@@ -40,7 +39,7 @@ pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
 };
 pub use headroom::Headroom;
+pub use levee_protocol::work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};
 pub use line::WaitingLine;
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};
-pub use work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};

@@ -22,8 +22,8 @@ use crate::admission::RequestClass;
 use crate::clock::now_ms;
 use crate::cluster::{NodeInfo, Route};
 use crate::identity::{AccountId, Purpose};
+use crate::log_record::LoggedEnvelope;
 use crate::session::{Refusal, Session};
-use crate::wire::internal::LoggedEnvelope;
 use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, MAX_ACK_IDS, encode_frame};
 

@@ -17,7 +17,7 @@ use super::holdings::Holdings;
 use super::tokio_util_shim::CancelToken;
 use crate::clock::now_ms;
 use crate::cluster::{Claim, ClusterView, LeaseError, Taking, claim};
-use crate::wire::internal::LoggedEnvelope;
+use crate::log_record::LoggedEnvelope;
 
 /// Consumer group of the delivery workers.
 const DELIVERY_GROUP: &str = "levee-delivery";

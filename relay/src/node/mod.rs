@@ -6,7 +6,8 @@ mod admin;
 mod admission;
 mod connection;
 mod delivery;
-pub(crate) mod door;
+mod door;
+mod endpoint;
 mod fault;
 mod guard;
 mod holdings;
@@ -232,10 +233,12 @@ impl Node {
             None => leases,
         };
         let door = Arc::new(door::Door::new(crate::admission::PassKey::new(&secret)));
-        let endpoint = crate::udp::endpoint(config.listen, Some(server_config), Some(door.clone()))
-            .map_err(|source| NodeError::Bind {
-                addr: config.listen,
-                source,
+        let endpoint =
+            endpoint::endpoint(config.listen, server_config, door.clone()).map_err(|source| {
+                NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let address = match config.advertise_address {
             Some(a) => a,

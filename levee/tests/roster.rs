@@ -5,7 +5,7 @@
 //! beside it. `./scripts/test.sh` runs it; by hand:
 //!
 //! ```sh
-//! scripts/services.sh up && cargo test -p levee-relay --test roster -- --ignored
+//! scripts/services.sh up && cargo test -p levee --test roster -- --ignored
 //! ```
 //!
 //! `LEVEE_CQL` overrides the database's address (127.0.0.1:19042).
@@ -56,7 +56,7 @@ fn row(name: &str) -> NodeInfo {
     NodeInfo {
         name: name.to_owned(),
         address: "127.0.0.1:4433".parse().unwrap(),
-        fingerprint: levee_relay::tls::Fingerprint([7; 32]),
+        fingerprint: levee_client::Fingerprint([7; 32]),
         region: "local".to_owned(),
         weight: 1,
         state: NodeState::Active,

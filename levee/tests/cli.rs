@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{NodeProcess, PrintedNode, levee, levee_bin};
-use levee_relay::tls::Trust;
+use levee_client::Trust;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{admin_request, test_config};
-use levee_relay::client::{Client, ClientConfig, ClientError};
-use levee_relay::cluster::{LocalCluster, NodeSummary};
-use levee_relay::tls::Trust;
-use levee_relay::wire::pb::ErrorCode;
+use levee_client::Trust;
+use levee_client::{Client, ClientConfig, ClientError};
+use levee_protocol::wire::pb::ErrorCode;
+use levee_relay::local_cluster::{LocalCluster, NodeSummary};
 use levee_relay::{AccountId, Identity, NodeConfig, RegionPin};
 use levee_sharding::{Member, Membership, Placement, shard_of};
 

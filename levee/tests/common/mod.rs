@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use levee_relay::client::{Client, ClientConfig, Deliveries, Delivery};
-use levee_relay::tls::{Fingerprint, Trust, quic_client_config};
-use levee_relay::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame, pb};
+use levee_client::{Client, ClientConfig, Deliveries, Delivery};
+use levee_client::{Fingerprint, Trust, tls::quic_client_config};
+use levee_protocol::wire::{EXPORTER_LABEL, FrameDecoder, encode_frame, pb};
 use levee_relay::{Identity, Node, NodeConfig};
 use prost::Message;
 use tokio::sync::oneshot;

@@ -4,7 +4,7 @@
 //! starts the services and runs these; by hand:
 //!
 //! ```sh
-//! scripts/services.sh up && cargo test -p levee-relay --test distributed -- --ignored
+//! scripts/services.sh up && cargo test -p levee --test distributed -- --ignored
 //! ```
 //!
 //! `LEVEE_CQL` and `LEVEE_KAFKA` override the addresses (127.0.0.1:19042, 127.0.0.1:19092).
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{NodeProcess, PrintedNode, admin_request, assert_nothing_arrives, unique};
-use levee_relay::client::{Client, ClientConfig, ClientError};
+use levee_client::{Client, ClientConfig, ClientError};
 use levee_relay::{AccountId, Identity};
 
 const SHARDS: u32 = 16;
@@ -509,7 +509,7 @@ async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
 async fn the_core_messaging_contract_holds_across_processes() {
-    use levee_relay::wire::pb::ErrorCode;
+    use levee_protocol::wire::pb::ErrorCode;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), "mailbox_max_envelopes = 4");

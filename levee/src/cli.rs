@@ -1,21 +1,25 @@
-//! Flag parsing and output for the `levee` binary. All behaviour lives in the library.
+//! Flag parsing and output for the `levee` binary. All behaviour lives in the libraries:
+//! the node in `levee-relay`, the client commands in `levee-client`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use levee_client::{
+    AccountId, Client, ClientConfig, ClientError, Delivery, Fingerprint, Identity, Trust,
+};
+#[cfg(all(feature = "kafka", feature = "cql"))]
 use levee_queue::KafkaLog;
-use levee_relay::Node;
-use levee_relay::client::{Client, ClientConfig, ClientError, Delivery};
-use levee_relay::cluster::{CqlLeases, CqlRoster, LocalCluster, NodeSummary};
-use levee_relay::tls::{Fingerprint, Trust};
-use levee_relay::{AccountId, Identity, NodeConfig};
+use levee_relay::NodeConfig;
+#[cfg(all(feature = "kafka", feature = "cql"))]
+use levee_relay::cluster::{CqlLeases, CqlRoster};
+use levee_relay::local_cluster::{LocalCluster, NodeSummary};
+#[cfg(all(feature = "kafka", feature = "cql"))]
 use levee_sharding::ScyllaMailboxStore;
 use serde_json::json;
 
@@ -348,7 +352,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `levee node` without the backends it needs.
+#[cfg(not(all(feature = "kafka", feature = "cql")))]
+async fn run_node(_: ConfigArgs) -> anyhow::Result<()> {
+    Err(anyhow!(
+        "this levee was built without the `kafka` and `cql` features, and levee node keeps \
+         mailboxes in CQL and the delivery log in Kafka: build it with the default features \
+         (`cargo build -p levee`); `levee up` runs a node with embedded storage"
+    ))
+}
+
 /// `levee node --config FILE`: one relay process of a distributed cluster.
+#[cfg(all(feature = "kafka", feature = "cql"))]
 async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
     const EXAMPLE: &str = "see docs/levee.distributed.example.toml";
     if args.config.is_none() {
@@ -390,12 +405,12 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
     )
     .await
     .context("opening the shard leases")?;
-    let node = Node::in_cluster(
+    let node = levee_relay::Node::in_cluster(
         config.clone(),
-        Arc::new(store),
-        Arc::new(log),
-        Arc::new(roster),
-        Arc::new(leases),
+        std::sync::Arc::new(store),
+        std::sync::Arc::new(log),
+        std::sync::Arc::new(roster),
+        std::sync::Arc::new(leases),
     )
     .context("starting the node")?;
     let summary = NodeSummary::of(&node, &config.region);
@@ -425,6 +440,7 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
 
 /// Ctrl-C or SIGTERM (what service managers send). If a handler cannot be installed the
 /// node runs until killed, which is what a service manager would do anyway.
+#[cfg(all(feature = "kafka", feature = "cql"))]
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -657,7 +673,7 @@ async fn register(args: ClientArgs) -> Result<(), Failure> {
 /// Authenticates, turning "unknown account" into advice, and keeps the new door pass.
 async fn login(client: &Client, pass: &DoorPassFile) -> Result<(), Failure> {
     let result = match client.authenticate().await {
-        Err(e) if e.code() == Some(levee_relay::wire::pb::ErrorCode::UnknownAccount) => {
+        Err(e) if e.code() == Some(levee_protocol::wire::pb::ErrorCode::UnknownAccount) => {
             Err(anyhow::Error::from(e)
                 .context("this identity is not registered; run `levee register` first")
                 .into())

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{NodeProcess, assert_nothing_arrives, receive};
+use levee_client::Client;
 use levee_relay::Identity;
-use levee_relay::client::Client;
 
 /// What each side was told.
 #[derive(Default)]
@@ -63,7 +63,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_envelope() {
             let (alice, ledger, to) = (alice.clone(), ledger.clone(), bob.account());
             let start = next;
             tokio::spawn(async move {
-                let mut tasks: tokio::task::JoinSet<Result<(), levee_relay::client::ClientError>> =
+                let mut tasks: tokio::task::JoinSet<Result<(), levee_client::ClientError>> =
                     tokio::task::JoinSet::new();
                 for i in start.. {
                     if tasks.len() >= 32 && tasks.join_next().await.unwrap().unwrap().is_err() {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TestNode, receive};
+use levee_client::Client;
 use levee_relay::Identity;
-use levee_relay::client::Client;
 
 /// Registrations the waiting line starts letting in per second.
 const LINE_RATE: f64 = 20.0;
@@ -33,7 +33,7 @@ struct Newcomer {
 async fn register_at_once(
     node: &TestNode,
     n: usize,
-) -> Vec<Result<levee_relay::client::Registration, levee_relay::client::ClientError>> {
+) -> Vec<Result<levee_client::Registration, levee_client::ClientError>> {
     let mut newcomers = Vec::new();
     for _ in 0..n {
         newcomers.push(node.connect(&Identity::generate().unwrap()).await);
@@ -186,8 +186,8 @@ async fn established_users_keep_messaging_while_newcomers_wait_in_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluster_key() {
-    use levee_relay::client::Registration;
-    use levee_relay::wire::pb::ErrorCode;
+    use levee_client::Registration;
+    use levee_protocol::wire::pb::ErrorCode;
 
     let key = "ab".repeat(32);
     let tune = |c: &mut levee_relay::NodeConfig| {
@@ -288,9 +288,9 @@ async fn a_ticket_keeps_its_place_across_reconnects_and_nodes_sharing_the_cluste
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
     use common::{RawConnection, bytes, error_code};
+    use levee_protocol::identity::{Purpose, transcript};
+    use levee_protocol::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
     use levee_relay::admission::{solve_work, verify_work};
-    use levee_relay::identity::{Purpose, transcript};
-    use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 
     let dir = tempfile::tempdir().unwrap();
     let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
@@ -319,7 +319,7 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
     let queued = register_at_once(&node, OTHERS)
         .await
         .into_iter()
-        .filter(|o| matches!(o, Ok(levee_relay::client::Registration::Queued(_))))
+        .filter(|o| matches!(o, Ok(levee_client::Registration::Queued(_))))
         .count();
     // At 1/s, at most the banked place and a few more enter while twelve register at once;
     // the line is still there when this test looks, however slow the machine.
@@ -370,8 +370,8 @@ async fn while_people_wait_a_new_place_in_line_costs_proof_of_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_alone_answers_a_return_while_waiting_but_entering_needs_the_proof() {
     use common::{RawConnection, bytes, error_code};
-    use levee_relay::identity::{Purpose, transcript};
-    use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+    use levee_protocol::identity::{Purpose, transcript};
+    use levee_protocol::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 
     let dir = tempfile::tempdir().unwrap();
     let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
@@ -441,7 +441,7 @@ async fn a_ticket_alone_answers_a_return_while_waiting_but_entering_needs_the_pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_place_due_within_the_hold_is_waited_for_and_admitted_in_one_request() {
-    use levee_relay::client::Registration;
+    use levee_client::Registration;
 
     let dir = tempfile::tempdir().unwrap();
     let (node, _first, _second) = TestNode::with_pair(dir.path(), |c| {
@@ -490,7 +490,7 @@ async fn a_place_due_within_the_hold_is_waited_for_and_admitted_in_one_request()
 /// `admission::pass`'s unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() {
-    use levee_relay::client::{ClientError, Registration};
+    use levee_client::{ClientError, Registration};
 
     let dir = tempfile::tempdir().unwrap();
     let (node, _first, bob) = TestNode::with_pair(dir.path(), |c| {

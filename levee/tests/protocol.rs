@@ -1,5 +1,5 @@
 //! Conformance: the protocol's rules that a third-party client relies on (the header of
-//! `relay/proto/levee/v1/levee.proto`), each checked over real QUIC against a real node
+//! `protocol/proto/levee/v1/levee.proto`), each checked over real QUIC against a real node
 //! with raw frames (no client library), so a change in what the node answers shows up here
 //! before it surprises an implementer.
 #![allow(clippy::unwrap_used)]
@@ -7,9 +7,9 @@
 mod common;
 
 use common::{RawConnection, TestNode, bytes, error_code};
+use levee_protocol::identity::{Purpose, transcript};
+use levee_protocol::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 use levee_relay::Identity;
-use levee_relay::identity::{Purpose, transcript};
-use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
 
 /// `Register` or `Authenticate` (as `purpose` says) for `me`, carrying `signature`.
 fn proof(purpose: Purpose, me: &Identity, signature: &[u8]) -> Body {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{RawConnection, TestNode, assert_nothing_arrives, bytes, error_code, receive};
+use levee_client::{Client, Delivery};
+use levee_protocol::identity::{Purpose, transcript};
+use levee_protocol::wire::pb::{self, ErrorCode, client_frame::Body};
 use levee_relay::Identity;
-use levee_relay::client::{Client, Delivery};
-use levee_relay::identity::{Purpose, transcript};
-use levee_relay::wire::pb::{self, ErrorCode, client_frame::Body};
 
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -53,7 +53,7 @@ async fn send_numbered(
 /// Receives `n` envelopes, acknowledging them in batches as an application would.
 async fn drain_and_ack(
     client: &Client,
-    inbox: &mut levee_relay::client::Deliveries,
+    inbox: &mut levee_client::Deliveries,
     n: usize,
 ) -> Vec<Delivery> {
     let mut got = Vec::new();
@@ -312,7 +312,7 @@ async fn bad_requests_get_typed_errors_and_the_node_keeps_serving() {
     let pong = raw.response().await.unwrap();
     assert_eq!((pong.request_id, error_code(&pong)), (7, None));
     // An empty request body.
-    raw.write_bytes(&levee_relay::wire::encode_frame(&pb::ClientFrame {
+    raw.write_bytes(&levee_protocol::wire::encode_frame(&pb::ClientFrame {
         request_id: 8,
         body: None,
     }))
@@ -479,19 +479,19 @@ async fn pipelined_requests_are_answered_by_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_connection_gives_up_at_its_deadline() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut config = levee_relay::client::ClientConfig::new(
+    let mut config = levee_client::ClientConfig::new(
         silent.local_addr().unwrap(),
-        levee_relay::tls::Trust::Fingerprint(levee_relay::tls::Fingerprint([0; 32])),
+        levee_client::Trust::Fingerprint(levee_client::Fingerprint([0; 32])),
     );
     config.connect_timeout = Duration::from_secs(5);
-    let connector = levee_relay::client::Connector::new(&config).unwrap();
+    let connector = levee_client::Connector::new(&config).unwrap();
     let give_up = std::time::Instant::now() + Duration::from_millis(300);
     let mut refused = 0;
     let result = connector
         .connect_patiently(Identity::generate().unwrap(), give_up, || refused += 1)
         .await;
     match result {
-        Err(levee_relay::client::ClientError::Unreachable { reason, .. }) => {
+        Err(levee_client::ClientError::Unreachable { reason, .. }) => {
             assert_eq!(reason, "no answer before the deadline");
         }
         Err(e) => panic!("expected the deadline, got {e}"),
@@ -508,7 +508,7 @@ async fn a_patient_connection_gives_up_at_its_deadline() {
 /// receipt adds up the parts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_over_the_id_cap_is_refused_and_the_client_splits_long_lists() {
-    use levee_relay::wire::MAX_ACK_IDS;
+    use levee_protocol::wire::MAX_ACK_IDS;
     let dir = tempfile::tempdir().unwrap();
     let (node, alice, bob) = TestNode::with_pair(dir.path(), |_| {}).await;
     let mut inbox = bob.subscribe().await.unwrap();
@@ -544,8 +544,8 @@ async fn an_ack_over_the_id_cap_is_refused_and_the_client_splits_long_lists() {
 /// window asked above the node's limit is cut to it; asking 0 gets the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_is_sent_at_most_its_window_until_it_acknowledges() {
-    use levee_relay::client::ClientConfig;
-    use levee_relay::wire::pb::response::Result as R;
+    use levee_client::ClientConfig;
+    use levee_protocol::wire::pb::response::Result as R;
     let dir = tempfile::tempdir().unwrap();
     let (node, alice, dave) = TestNode::with_pair(dir.path(), |c| c.delivery_window = 5).await;
     let user_asking = |window: u32| {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
-pub use levee_sharding::MailboxId as AccountId;
+pub use crate::account::AccountId;
 
 /// What a signature authorises; part of the signed transcript so a registration signature
 /// cannot be replayed as a login or the other way round.

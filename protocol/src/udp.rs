@@ -1,4 +1,4 @@
-//! The UDP sockets under QUIC endpoints, with large kernel buffers.
+//! The UDP sockets under QUIC endpoints, at both ends, with large kernel buffers.
 //!
 //! Linux gives a UDP socket about 208 KiB of receive buffer by default. A node taking a
 //! burst of connection attempts (or a load tool making them) overflows that within
@@ -10,54 +10,20 @@
 //! those on a production host (the README's operating notes say how).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
-
-use crate::node::door::{Door, DoorSocket};
 
 /// Kernel buffer size asked for, each way.
 const BUFFER_BYTES: usize = 8 << 20;
 
-/// A bound UDP socket with buffers as large as the kernel allows up to [`BUFFER_BYTES`].
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A bound UDP socket with buffers as large as the kernel allows up to 8 MiB each way.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // A smaller buffer than asked is not an error: the kernel's limit is the operator's.
     let _ = socket.set_recv_buffer_size(BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(BUFFER_BYTES);
     socket.bind(&addr.into())?;
     Ok(socket.into())
-}
-
-/// A QUIC endpoint on a socket from [`bind`], with `door` in front of it when given (a
-/// node's; see `node::door`). The door recognises the connection ids the endpoint issues.
-pub(crate) fn endpoint(
-    addr: SocketAddr,
-    server: Option<quinn::ServerConfig>,
-    door: Option<Arc<Door>>,
-) -> std::io::Result<quinn::Endpoint> {
-    let runtime = quinn::default_runtime()
-        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    let bound = bind(addr)?;
-    if let Some(door) = &door {
-        // A duplicate descriptor of the same socket: a filter set through it applies to
-        // what the endpoint receives.
-        door.sieve(bound.try_clone()?);
-    }
-    let socket = runtime.wrap_udp_socket(bound)?;
-    let mut config = quinn::EndpointConfig::default();
-    let socket: Arc<dyn quinn::AsyncUdpSocket> = match door {
-        Some(door) => {
-            let ids = door.issued_ids();
-            config.cid_generator(move || Box::new(ids.clone()));
-            Arc::new(DoorSocket {
-                inner: socket,
-                door,
-            })
-        }
-        None => socket,
-    };
-    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
 }
 
 #[cfg(test)]

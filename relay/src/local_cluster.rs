@@ -12,8 +12,7 @@ use levee_sharding::{EmbeddedMailboxStore, EmbeddedStore, MailboxStore};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::lease::LocalLeases;
-use super::roster::LocalRoster;
+use crate::cluster::{LocalLeases, LocalRoster};
 use crate::config::NodeConfig;
 use crate::node::{ClusterAdmin, DrainHandle, Node, NodeError};
 use crate::tls::Fingerprint;

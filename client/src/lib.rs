@@ -1,10 +1,9 @@
 //! The Levee client library: connect, register or log in, send, receive, acknowledge.
 //!
 //! ```no_run
-//! # async fn demo(fingerprint: levee_relay::tls::Fingerprint, friend: levee_relay::AccountId)
-//! #     -> Result<(), levee_relay::client::ClientError> {
-//! use levee_relay::client::{Client, ClientConfig};
-//! use levee_relay::{Identity, tls::Trust};
+//! # async fn demo(fingerprint: levee_client::Fingerprint, friend: levee_client::AccountId)
+//! #     -> Result<(), levee_client::ClientError> {
+//! use levee_client::{Client, ClientConfig, Identity, Trust};
 //!
 //! let config = ClientConfig::new("127.0.0.1:4433".parse().unwrap(), Trust::Fingerprint(fingerprint));
 //! let client = Client::connect(&config, Identity::generate().unwrap()).await?;
@@ -32,14 +31,17 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod inbox;
+pub mod tls;
 
 use inbox::{Inbox, InboxSender, Overflow, Taken};
+use levee_protocol::identity::{Purpose, transcript};
+use levee_protocol::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
+use levee_protocol::wire::{EXPORTER_LABEL, FrameDecoder, MAX_ACK_IDS, encode_frame};
+use levee_protocol::work::solve_work;
+use tls::{MismatchFlag, quic_client_config};
 
-use crate::admission::solve_work;
-use crate::identity::{AccountId, Identity, Purpose, transcript};
-use crate::tls::{Fingerprint, MismatchFlag, Trust, quic_client_config};
-use crate::wire::pb::{self, ErrorCode, client_frame::Body, response::Result as R};
-use crate::wire::{EXPORTER_LABEL, FrameDecoder, MAX_ACK_IDS, encode_frame};
+pub use levee_protocol::{AccountId, Fingerprint, Identity};
+pub use tls::{Trust, TrustError};
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -116,11 +118,10 @@ impl Connector {
         }
         .parse()
         .expect("a literal socket address");
-        let endpoint =
-            crate::udp::endpoint(bind, None, None).map_err(|e| ClientError::Unreachable {
-                server: config.server,
-                reason: format!("cannot open a UDP socket: {e}"),
-            })?;
+        let endpoint = endpoint(bind).map_err(|e| ClientError::Unreachable {
+            server: config.server,
+            reason: format!("cannot open a UDP socket: {e}"),
+        })?;
         Ok(Self {
             endpoint,
             config: config.clone(),
@@ -298,7 +299,7 @@ impl Deliveries {
     /// [`next`](Self::next) then goes on with live deliveries:
     ///
     /// ```no_run
-    /// # async fn f(mut inbox: levee_relay::client::Deliveries) {
+    /// # async fn f(mut inbox: levee_client::Deliveries) {
     /// while let Some(d) = inbox.backlog().await { /* what waited while offline */ }
     /// while let Some(d) = inbox.next().await { /* live */ }
     /// # }
@@ -442,6 +443,14 @@ impl std::fmt::Debug for Client {
             .field("server", &self.server())
             .finish_non_exhaustive()
     }
+}
+
+/// A client QUIC endpoint on a socket with large kernel buffers (see `levee_protocol::udp`).
+fn endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    let socket = levee_protocol::udp::bind(bind)?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
 }
 
 /// The quinn configuration for `trust`, and the flag that tells a fingerprint mismatch.
@@ -989,7 +998,7 @@ impl Inner {
     /// registration without a ticket.
     async fn challenge_on(&self, link: &Link) -> Result<([u8; 32], u32), ClientError> {
         let hello = Body::Hello(pb::Hello {
-            client: format!("levee-relay/{}", env!("CARGO_PKG_VERSION")),
+            client: format!("levee-client/{}", env!("CARGO_PKG_VERSION")),
         });
         match self.request_on(link, hello).await? {
             R::Challenge(c) => {

@@ -1,6 +1,6 @@
 //! The wire protocol: generated protobuf types and the length-delimited frame codec.
 //!
-//! The schema is `relay/proto/levee/v1/levee.proto`; its header comment is the protocol
+//! The schema is `protocol/proto/levee/v1/levee.proto`; `docs/PROTOCOL.md` is the protocol
 //! specification.
 
 mod frame;
@@ -11,12 +11,6 @@ pub use frame::{FrameDecoder, FrameError, encode_frame};
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/levee.v1.rs"));
-}
-
-/// Generated from `levee/internal/v1/log.proto`.
-#[allow(missing_docs, clippy::all)]
-pub(crate) mod internal {
-    include!(concat!(env!("OUT_DIR"), "/levee.internal.v1.rs"));
 }
 
 /// The ALPN protocol id of this protocol version.
