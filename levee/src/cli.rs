@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use levee::config_file;
 use levee_client::{
     AccountId, Client, ClientConfig, ClientError, Delivery, Fingerprint, Identity, Trust,
 };
@@ -266,23 +265,8 @@ async fn run(command: Command) -> Result<(), Failure> {
 
 /// Defaults, then the file, then `LEVEE_<FIELD>` variables, then flags.
 fn node_config(args: &ConfigArgs) -> anyhow::Result<NodeConfig> {
-    let defaults = Serialized::defaults(NodeConfig::default());
-    // Only variables named after config fields: LEVEE_IDENTITY and friends belong to the
-    // client commands and must not trip `deny_unknown_fields`.
-    let fields: Vec<String> = match toml::Value::try_from(NodeConfig::default()) {
-        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
-        _ => Vec::new(),
-    };
-    let mut figment = Figment::from(defaults);
-    if let Some(path) = &args.config {
-        if !path.exists() {
-            return Err(anyhow!("config file {} does not exist", path.display()));
-        }
-        figment = figment.merge(Toml::file(path));
-    }
-    figment = figment
-        .merge(Env::prefixed("LEVEE_").filter(move |k| fields.iter().any(|f| k == f.as_str())));
-    let mut config: NodeConfig = figment.extract().context("reading configuration")?;
+    let mut config =
+        config_file::layered(args.config.as_deref()).context("reading configuration")?;
     if let Some(data) = &args.data {
         config.data_dir = data.clone();
     }
