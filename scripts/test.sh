@@ -8,7 +8,8 @@
 #
 # Tests that need those services are #[ignore]d (so a plain `cargo test` works without
 # them) and run here by name, after the rest. Slow stress/soak tests are #[ignore]d too,
-# outside those test files, and are run by hand (see docs/PERFORMANCE.md).
+# outside those test files, and are run by hand (see docs/PERFORMANCE.md). The fuzz targets
+# get a short run here (cargo-fuzz is installed if missing); the long one is by hand too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== workspace structure (scripts/check-structure.sh)"
+scripts/check-structure.sh
+
 echo "== benchmarks, once each in test mode (checks they run, measures nothing)"
 cargo test --workspace --benches --locked
 
@@ -25,6 +29,9 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+echo "== fuzzing, a short run of every target (scripts/fuzz.sh --quick)"
+scripts/fuzz.sh --quick
 
 echo "== real Kafka and Cassandra (scripts/services.sh)"
 trap 'scripts/services.sh down || true; rm -f "$log"' EXIT
