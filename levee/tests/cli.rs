@@ -349,3 +349,71 @@ fn server_args(node: &PrintedNode) -> Vec<String> {
         node.fingerprint.to_string(),
     ]
 }
+
+/// The identity file of docs/PROTOCOL.md §5.7: `levee keygen` writes exactly the two
+/// documented lines with mode 0600, and a file written by hand to the spec (upper-case hex,
+/// trailing blank line) is read as the account its seed derives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_file_is_the_documented_two_lines() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    let account_of = |seed: &[u8]| -> String {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).unwrap();
+        pair.public_key()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    let made = levee(d, &["keygen", "--out", "made.key"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let text = std::fs::read_to_string(d.join("made.key")).unwrap();
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert!(text.ends_with('\n'));
+    assert_eq!(lines[0], "levee-identity-v1");
+    assert_eq!(lines[1].len(), 64);
+    assert!(
+        lines[1]
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    );
+    let mode = std::fs::metadata(d.join("made.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let seed: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&lines[1][2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(stdout(&made).trim(), account_of(&seed));
+
+    let seed = [7u8; 32];
+    let hand = format!("levee-identity-v1\n{}\n\n", "07".repeat(32).to_uppercase());
+    std::fs::write(d.join("hand.key"), hand).unwrap();
+    std::fs::set_permissions(d.join("hand.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let node = common::TestNode::start(&d.join("data"));
+    let registered = levee(
+        d,
+        &[
+            "register",
+            "--identity",
+            "hand.key",
+            "--server",
+            &node.addr.to_string(),
+            "--fingerprint",
+            &node.fingerprint.to_string(),
+        ],
+    );
+    assert!(registered.status.success(), "{}", stderr(&registered));
+    assert_eq!(
+        stdout(&registered).trim(),
+        format!("registered {}", account_of(&seed))
+    );
+    node.stop().await;
+}

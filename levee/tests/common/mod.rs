@@ -165,7 +165,13 @@ pub struct RawConnection {
 }
 
 impl RawConnection {
-    pub async fn open(node: &TestNode) -> Self {
+    /// A QUIC connection to `node` with the handshake done and no stream opened. The
+    /// endpoint lives as long as the connection.
+    pub async fn connect_only(node: &TestNode) -> quinn::Connection {
+        Self::handshake(node).await.0
+    }
+
+    async fn handshake(node: &TestNode) -> (quinn::Connection, quinn::Endpoint) {
         let (crypto, _) = quic_client_config(&Trust::Fingerprint(node.fingerprint)).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
@@ -174,6 +180,11 @@ impl RawConnection {
             .unwrap()
             .await
             .unwrap();
+        (conn, endpoint)
+    }
+
+    pub async fn open(node: &TestNode) -> Self {
+        let (conn, endpoint) = Self::handshake(node).await;
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
             .unwrap();
@@ -185,6 +196,25 @@ impl RawConnection {
             recv,
             decoder: FrameDecoder::new(1 << 24),
             _endpoint: endpoint,
+        }
+    }
+
+    /// Ends the client's direction of the session stream (FIN).
+    pub fn finish(&mut self) {
+        self.send.finish().unwrap();
+    }
+
+    /// The QUIC application close code and reason the server closed the connection with.
+    pub async fn closed_by_server(&self) -> (u64, String) {
+        let closed = tokio::time::timeout(Duration::from_secs(20), self.conn.closed())
+            .await
+            .expect("the server closes the connection");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => (
+                close.error_code.into_inner(),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ),
+            other => panic!("expected an application close, got {other:?}"),
         }
     }
 
