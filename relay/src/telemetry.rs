@@ -33,6 +33,7 @@ const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
 const BACKEND_LATENCY_LIMIT: &str = "levee_backend_write_latency_limit_seconds";
 const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
+const SEND_SECONDS: &str = "levee_send_seconds";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
 const LOG_SKIPPED: &str = "levee_delivery_log_skipped_total";
 const SHARDS_OWNED: &str = "levee_shards_owned";
@@ -68,6 +69,8 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), QUEUE_WAIT_BUCKETS)
                 .ok()?
                 .set_buckets_for_metric(Matcher::Full(SCHEDULING_LAG.into()), QUEUE_WAIT_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(SEND_SECONDS.into()), QUEUE_WAIT_BUCKETS)
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();
@@ -244,6 +247,12 @@ fn describe() {
         Unit::Count,
         "Envelopes made durable in the delivery log and acknowledged to senders"
     );
+    describe_histogram!(
+        SEND_SECONDS,
+        Unit::Seconds,
+        "Time from a Send's arrival to its SendOk (the envelope durable in the delivery log), \
+         accepted sends only"
+    );
     describe_counter!(
         LOG_SKIPPED,
         Unit::Count,
@@ -345,6 +354,7 @@ pub(crate) struct NodeMetrics {
     passed_at_door: Counter,
     door_kernel_share: Gauge,
     envelopes_accepted: Counter,
+    send_seconds: Histogram,
     envelopes_stored: Counter,
     log_skipped_corrupt: Counter,
     log_skipped_lost: Counter,
@@ -397,6 +407,7 @@ impl NodeMetrics {
             passed_at_door: counter!(DOOR_PASSES, &[n()]),
             door_kernel_share: gauge!(DOOR_KERNEL_SHARE, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
+            send_seconds: histogram!(SEND_SECONDS, &[n()]),
             envelopes_stored: counter!(ENVELOPES_STORED, &[n()]),
             log_skipped_corrupt: counter!(LOG_SKIPPED, "node" => node.to_owned(), "reason" => "corrupt"),
             log_skipped_lost: counter!(LOG_SKIPPED, "node" => node.to_owned(), "reason" => "lost"),
@@ -485,8 +496,10 @@ impl NodeMetrics {
         self.door_kernel_share.set(kernel_share);
     }
 
-    pub(crate) fn envelope_accepted(&self) {
+    /// An envelope made durable and acknowledged, `took` after its `Send` arrived.
+    pub(crate) fn envelope_accepted(&self, took: Duration) {
         self.envelopes_accepted.increment(1);
+        self.send_seconds.record(took.as_secs_f64());
     }
 
     pub(crate) fn envelopes_stored(&self, n: usize) {

@@ -320,7 +320,7 @@ impl Connection {
                         .admitted(id, RequestClass::Messaging, sender.as_bytes())
                         .await
                     {
-                        self.spawn(arrived, move |shared| send(shared, id, sender, s))
+                        self.spawn(arrived, move |shared| send(shared, id, sender, s, arrived))
                             .await
                     }
                 }
@@ -687,7 +687,14 @@ fn dedupe_key(sender: &MailboxId, client_message_id: &[u8; 16]) -> [u8; 16] {
 }
 
 /// `Send`: validate, check the recipient and its quota, append durably, answer.
-async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) -> pb::Response {
+/// A `Send`, from its arrival (`arrived`, for the send-latency histogram) to its answer.
+async fn send(
+    shared: Arc<Shared>,
+    id: u64,
+    sender: MailboxId,
+    req: pb::Send,
+    arrived: Instant,
+) -> pb::Response {
     let err = |code, msg: &str| pb::Response::error(id, code, msg);
     let Some(recipient) = MailboxId::from_slice(&req.recipient) else {
         return err(ErrorCode::Malformed, "recipient must be 32 bytes");
@@ -749,7 +756,7 @@ async fn send(shared: Arc<Shared>, id: u64, sender: MailboxId, req: pb::Send) ->
     match appended {
         Ok(positions) => match positions.first() {
             Some(p) => {
-                shared.metrics.envelope_accepted();
+                shared.metrics.envelope_accepted(arrived.elapsed());
                 pb::Response::ok(
                     id,
                     R::SendOk(pb::SendOk {
