@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== workspace structure (scripts/check-structure.sh)"
 scripts/check-structure.sh
 
+echo "== operators' files (scripts/check-ops.sh)"
+scripts/check-ops.sh
+
 echo "== benchmarks, once each in test mode (checks they run, measures nothing)"
 cargo test --workspace --benches --locked
 
