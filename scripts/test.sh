@@ -19,6 +19,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== API docs (cargo doc, warnings are errors: broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q \
+  -p levee-protocol -p levee-client -p levee-relay -p levee-sharding -p levee-queue -p levee
+
 echo "== workspace structure (scripts/check-structure.sh)"
 scripts/check-structure.sh
 

@@ -172,7 +172,7 @@ impl BackendHealth {
     }
 
     /// The latency above which writes are slow: the configured limit, raised to four times
-    /// the usual latency (at most [`MAX_RAISE`] times).
+    /// the usual latency (at most `MAX_RAISE` times).
     pub fn latency_limit(&self) -> Duration {
         let configured = self.latency_limit.as_secs_f64();
         let usual = self.usual.ms().map_or(0.0, |ms| ms / 1000.0);

@@ -119,7 +119,7 @@ impl WaitingLine {
     }
 
     /// How many newcomers per second may come through the node's door: the rate the head
-    /// moves, plus as much again while the line is shorter than [`CONNECTED_LINE_SECS`] of
+    /// moves, plus as much again while the line is shorter than `CONNECTED_LINE_SECS` of
     /// its learnt rate, tapering to nothing extra at that length. A newcomer through the door
     /// has already cost a handshake; one let in beyond what the line seats soon waits
     /// connected, comes back with its ticket again and again, and at a wave's end gives up
@@ -128,7 +128,7 @@ impl WaitingLine {
     /// when they gave up (`levee-surge --trace`). Outside the door, a crowd costs the node
     /// only dropped datagrams, most of them dropped by the kernel (`node::sieve`).
     ///
-    /// And never more than [`DOOR_GROWTH`] times what the node measurably absorbed in recent
+    /// And never more than `DOOR_GROWTH` times what the node measurably absorbed in recent
     /// windows. The learnt rate only ever rises while calm, so after a line empties it can
     /// stand far above what the node takes: in 50x waves it reached 620–750/s on a node
     /// admitting 100–300/s, the door let twice that in, and the handshakes stalled the node

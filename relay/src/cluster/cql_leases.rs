@@ -242,7 +242,7 @@ impl ShardLeases for CqlLeases {
         }
     }
 
-    /// Kept a week ([`HISTORY_TTL_SECS`]).
+    /// Kept a week (`HISTORY_TTL_SECS`).
     async fn history(&self, shard: ShardId) -> Result<Vec<(u64, String)>, LeaseError> {
         let rows = self
             .session

@@ -89,7 +89,7 @@ impl CqlRoster {
     /// Creates the roster tables in `keyspace` if missing (the keyspace must exist: the
     /// mailbox store creates it) and prepares the statements. Rows live at least
     /// `failure_timeout` after their last heartbeat, and at most a second or two more
-    /// ([`row_ttl_secs`]). `cluster` names the cluster within the keyspace.
+    /// (`row_ttl_secs`). `cluster` names the cluster within the keyspace.
     pub async fn connect(
         session: Arc<Session>,
         keyspace: &str,

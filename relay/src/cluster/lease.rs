@@ -159,7 +159,7 @@ pub fn claim(
 
 /// Leases in memory, for the nodes of one process (the embedded cluster). Positions are
 /// left to the log's own committed offsets, which the process shares. The history keeps
-/// each shard's last [`LOCAL_HISTORY`] takes.
+/// each shard's last `LOCAL_HISTORY` takes.
 #[derive(Debug, Default)]
 pub struct LocalLeases {
     rows: Mutex<HashMap<ShardId, LeaseRow>>,
