@@ -446,16 +446,10 @@ async fn the_server_closes_with_the_documented_codes() {
 
     // A handshake with no stream after it: close 1 with its reason, after 10 s.
     let idle = RawConnection::connect_only(&node).await;
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), idle.closed())
-        .await
-        .expect("closed within 20 s");
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code.into_inner(), 1);
-            assert_eq!(&close.reason[..], b"open the session stream first");
-        }
-        other => panic!("expected an application close, got {other:?}"),
-    }
+    assert_eq!(
+        common::server_close(&idle).await,
+        (1, "open the session stream first".to_owned())
+    );
 
     // The node shuts down: close 0, `node shutting down`.
     let mut raw = RawConnection::open(&node).await;

@@ -52,9 +52,9 @@ const BATCHES_ABANDONED: &str = "levee_delivery_batches_abandoned_total";
 const GUESTS: &str = "levee_guest_sessions";
 const UNREACHABLE_REPORTS: &str = "levee_owner_unreachable_reports_total";
 
-/// Queue-wait buckets: dense around the 5 ms / 20 ms admission thresholds, up to the
-/// seconds a badly overloaded node shows.
-const QUEUE_WAIT_BUCKETS: &[f64] = &[
+/// Buckets of the latency histograms (queue wait, scheduling lag, sends): dense around the
+/// 5 ms / 20 ms admission thresholds, up to the seconds a badly overloaded node shows.
+const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
@@ -66,11 +66,11 @@ pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), QUEUE_WAIT_BUCKETS)
+                .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), LATENCY_BUCKETS)
                 .ok()?
-                .set_buckets_for_metric(Matcher::Full(SCHEDULING_LAG.into()), QUEUE_WAIT_BUCKETS)
+                .set_buckets_for_metric(Matcher::Full(SCHEDULING_LAG.into()), LATENCY_BUCKETS)
                 .ok()?
-                .set_buckets_for_metric(Matcher::Full(SEND_SECONDS.into()), QUEUE_WAIT_BUCKETS)
+                .set_buckets_for_metric(Matcher::Full(SEND_SECONDS.into()), LATENCY_BUCKETS)
                 .ok()?;
             let handle = builder.install_recorder().ok()?;
             describe();

@@ -206,16 +206,7 @@ impl RawConnection {
 
     /// The QUIC application close code and reason the server closed the connection with.
     pub async fn closed_by_server(&self) -> (u64, String) {
-        let closed = tokio::time::timeout(Duration::from_secs(20), self.conn.closed())
-            .await
-            .expect("the server closes the connection");
-        match closed {
-            quinn::ConnectionError::ApplicationClosed(close) => (
-                close.error_code.into_inner(),
-                String::from_utf8_lossy(&close.reason).into_owned(),
-            ),
-            other => panic!("expected an application close, got {other:?}"),
-        }
+        server_close(&self.conn).await
     }
 
     pub async fn write_bytes(&mut self, bytes: &[u8]) {
@@ -268,6 +259,20 @@ impl RawConnection {
             Some(pb::response::Result::Challenge(c)) => c,
             other => panic!("expected a challenge, got {other:?}"),
         }
+    }
+}
+
+/// The QUIC application close code and reason the server closes `conn` with, within 20 s.
+pub async fn server_close(conn: &quinn::Connection) -> (u64, String) {
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("the server closes the connection");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => (
+            close.error_code.into_inner(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => panic!("expected an application close, got {other:?}"),
     }
 }
 
