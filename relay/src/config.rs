@@ -90,6 +90,14 @@ pub struct NodeConfig {
     /// Registrations per second the waiting line starts at; from then on it follows what
     /// the node measurably absorbs.
     pub registration_initial_rate: f64,
+    /// Most registrations per second this node seats, however much more it could absorb
+    /// (0, the default: no ceiling). For when something behind the node limits sign-ups
+    /// (account writes to a shared store, a verification service's quota): the cluster's
+    /// registration capacity then grows with its node count.
+    pub registration_max_per_s: f64,
+    /// The waiting-line wait at which `levee_load_ratio`'s line part reads 1.0 — the
+    /// longest a newcomer should wait once the autoscaler has caught up, in seconds.
+    pub load_target_wait_s: f64,
     /// Longest the node holds a registration's answer while its place comes due, instead
     /// of answering `Queued` at once (0: never holds). A held registration costs the node a
     /// timer; a return costs a challenge, a request and a ticket, and the client one more
@@ -178,6 +186,8 @@ impl Default for NodeConfig {
             admission_backend_latency_ms: 25,
             admission_backend_lag: 2_000,
             registration_initial_rate: 500.0,
+            registration_max_per_s: 0.0,
+            load_target_wait_s: 30.0,
             registration_hold_ms: 5_000,
             registration_work_max_bits: 0,
             node_name: "node-1".into(),
@@ -235,6 +245,14 @@ impl NodeConfig {
         }
         if !(self.registration_initial_rate.is_finite() && self.registration_initial_rate >= 1.0) {
             return Err("registration_initial_rate must be at least 1".into());
+        }
+        if !(self.registration_max_per_s.is_finite()
+            && (self.registration_max_per_s == 0.0 || self.registration_max_per_s >= 1.0))
+        {
+            return Err("registration_max_per_s must be 0 (no ceiling) or at least 1".into());
+        }
+        if !(self.load_target_wait_s.is_finite() && self.load_target_wait_s > 0.0) {
+            return Err("load_target_wait_s must be greater than 0".into());
         }
         if self.registration_hold_ms > MAX_REGISTRATION_HOLD_MS {
             return Err(format!(

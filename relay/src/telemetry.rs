@@ -23,6 +23,7 @@ const SCHEDULING_LAG: &str = "levee_scheduling_lag_seconds";
 const LINE_LENGTH: &str = "levee_waiting_room_length";
 const LINE_RATE: &str = "levee_waiting_room_admission_rate";
 const LINE_WAIT: &str = "levee_waiting_room_estimated_wait_seconds";
+const LOAD_RATIO: &str = "levee_load_ratio";
 const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
@@ -197,7 +198,16 @@ fn describe() {
     describe_gauge!(
         LINE_WAIT,
         Unit::Seconds,
-        "Estimated wait of the last place handed out"
+        "How long a newcomer joining the waiting line now would wait (0 while places are \
+         free), by node"
+    );
+    describe_gauge!(
+        LOAD_RATIO,
+        Unit::Count,
+        "The autoscaling signal: the largest of queueing delay over the overload limit, the \
+         inverse of the share served while anything is shed, and the waiting line's wait \
+         over load_target_wait_s; 1.0 = at target, for desired = ceil(nodes × mean ratio), \
+         by node"
     );
     describe_counter!(
         QUEUED,
@@ -345,6 +355,7 @@ pub(crate) struct NodeMetrics {
     line_length: Gauge,
     line_rate: Gauge,
     line_wait: Gauge,
+    load_ratio: Gauge,
     queued: Counter,
     delivery_lag: Gauge,
     backend_latency: Gauge,
@@ -398,6 +409,7 @@ impl NodeMetrics {
             line_length: gauge!(LINE_LENGTH, &[n()]),
             line_rate: gauge!(LINE_RATE, &[n()]),
             line_wait: gauge!(LINE_WAIT, &[n()]),
+            load_ratio: gauge!(LOAD_RATIO, &[n()]),
             queued: counter!(QUEUED, &[n()]),
             delivery_lag: gauge!(DELIVERY_LAG, &[n()]),
             backend_latency: gauge!(BACKEND_LATENCY, &[n()]),
@@ -465,9 +477,14 @@ impl NodeMetrics {
         self.line_rate.set(line_rate);
     }
 
-    pub(crate) fn queued(&self, estimated_wait: Duration) {
+    pub(crate) fn queued(&self) {
         self.queued.increment(1);
-        self.line_wait.set(estimated_wait.as_secs_f64());
+    }
+
+    /// The waiting line's wait for a newcomer joining now, and the load ratio.
+    pub(crate) fn load(&self, line_wait: Duration, ratio: f64) {
+        self.line_wait.set(line_wait.as_secs_f64());
+        self.load_ratio.set(ratio);
     }
 
     pub(crate) fn ticket_rejected(&self, why: TicketError) {

@@ -18,7 +18,7 @@ pub enum RequestClass {
 /// Classes that can be shed, in the order they give way.
 const SHEDDABLE: u32 = 3;
 /// Priority slots: one per (sheddable class, cohort).
-const SLOTS: u32 = SHEDDABLE * COHORTS as u32;
+pub(super) const SLOTS: u32 = SHEDDABLE * COHORTS as u32;
 
 /// How much is admitted: the number of (class, cohort) priority slots served, counted from
 /// the most important (messaging, cohort 0) down to the least (registration, last cohort).
@@ -29,6 +29,12 @@ pub struct AdmissionLevel(u32);
 impl AdmissionLevel {
     /// Everything admitted.
     pub const ALL: Self = Self(SLOTS);
+
+    /// This level with `n` more slots shed (for tests of what reads levels).
+    #[cfg(test)]
+    pub(crate) fn lowered(self, n: u32) -> Self {
+        Self(self.0.saturating_sub(n))
+    }
 
     /// Admitted slots out of all sheddable slots, 0.0..=1.0.
     pub fn fraction(self) -> f64 {
@@ -164,6 +170,8 @@ pub struct AdmissionController {
     /// The last scheduling lag reports, smoothed over about the last two.
     recent_lag: Duration,
     backend_overloaded: bool,
+    /// The average queueing delay of the last closed window (see [`delay`](Self::delay)).
+    last_delay: Duration,
     /// Slots requests were offered for in this window, admitted or not.
     offered: Offered,
 }
@@ -181,6 +189,7 @@ impl AdmissionController {
             lag_samples: 0,
             recent_lag: Duration::ZERO,
             backend_overloaded: false,
+            last_delay: Duration::ZERO,
             offered: Offered::default(),
         }
     }
@@ -188,6 +197,12 @@ impl AdmissionController {
     /// The current level.
     pub fn level(&self) -> AdmissionLevel {
         self.level
+    }
+
+    /// The queueing delay the last closed window judged by: the larger of its requests'
+    /// average wait and its scheduling lag probes' average.
+    pub fn delay(&self) -> Duration {
+        self.last_delay
     }
 
     /// Whether to serve a request now.
@@ -262,6 +277,7 @@ impl AdmissionController {
             self.wait_total / self.samples
         }
         .max(self.lag_total / self.lag_samples.max(1));
+        self.last_delay = average;
         let level = self.level.0;
         let verdict = if self.backend_overloaded || average > self.config.overload_wait {
             Verdict::Overloaded

@@ -38,6 +38,9 @@ pub struct WaitingLine {
     open_this_window: f64,
     /// The share of recent windows the line was open (smoothed over about two).
     open_share: f64,
+    /// The most the rate may be (`f64::INFINITY`: no ceiling); see
+    /// [`with_ceiling`](Self::with_ceiling).
+    ceiling: f64,
     /// Registrations sent on to another node in the current window.
     redirected_this_window: u64,
     /// Registrations decided in the current window (entered or not).
@@ -63,10 +66,23 @@ impl WaitingLine {
             entered_this_window: 0,
             open_this_window: 0.0,
             open_share: 1.0,
+            ceiling: f64::INFINITY,
             redirected_this_window: 0,
             asked_this_window: 0,
             absorbed: rate,
         }
+    }
+
+    /// The same line, never seating more than `per_s` a second however much the node could
+    /// absorb. Operators cap registrations per node when something behind the node limits
+    /// them (account writes to a shared store, verification SMS); cluster capacity then
+    /// grows with the node count, which is what lets an autoscaler shorten the line.
+    pub fn with_ceiling(mut self, per_s: f64) -> Self {
+        self.ceiling = per_s.max(MIN_RATE);
+        self.rate = self.rate.min(self.ceiling);
+        self.head = self.head.min(self.rate * BURST_SECS);
+        self.absorbed = self.absorbed.min(self.rate);
+        self
     }
 
     /// Moves the head for the time passed. It runs at most a second's worth of positions
@@ -219,6 +235,12 @@ impl WaitingLine {
         Duration::from_secs_f64(ahead / rate)
     }
 
+    /// How long a newcomer joining now would wait: [`wait_for`](Self::wait_for) the next
+    /// position. 0 while the line is empty and the head has places banked.
+    pub fn tail_wait(&self) -> Duration {
+        self.wait_for(self.next)
+    }
+
     /// Adapts the rate once per admission window, from what the window showed: overloaded →
     /// down to what actually entered while the line was open (what the node absorbed while
     /// it was overloaded, so more was too much), by at least 10% and at most half; calm →
@@ -256,7 +278,7 @@ impl WaitingLine {
                 .min(2.0 * m + MIN_RATE)
                 .max(self.rate),
         }
-        .max(MIN_RATE);
+        .clamp(MIN_RATE, self.ceiling);
         if measured.is_some() {
             let handled = self.entered_this_window + self.redirected_this_window;
             let m = handled as f64 / open.max(1e-3);
@@ -552,5 +574,35 @@ mod tests {
             "{estimate} vs {}",
             at_learnt_rate / open_share
         );
+    }
+
+    #[test]
+    fn a_ceiling_holds_the_rate_however_calm_the_node() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut line = WaitingLine::new(500.0, t0).with_ceiling(5.0);
+        assert_eq!(line.rate(), 5.0, "starts at the ceiling, not above");
+        for _ in 0..20 {
+            let r = window(&mut line, &mut now, Verdict::Calm, 5, 0);
+            assert!(r <= 5.0, "calm windows raise it to the ceiling only: {r}");
+        }
+        // Twenty join at once: the last waits about 20 / 5 s, and the estimate says so.
+        let last = (0..20).map(|_| line.join()).last().expect("twenty joined");
+        let wait = line.wait_for(last).as_secs_f64();
+        assert!((3.0..=4.2).contains(&wait), "{wait}");
+        assert!(
+            line.tail_wait() >= line.wait_for(last),
+            "whoever joins next waits longest"
+        );
+        let r = window(&mut line, &mut now, Verdict::Overloaded, 1, 0);
+        assert!(r < 5.0, "overload still lowers it: {r}");
+    }
+
+    #[test]
+    fn an_idle_line_has_no_tail_wait() {
+        let t0 = Instant::now();
+        let mut line = WaitingLine::new(10.0, t0);
+        line.advance(t0 + Duration::from_secs(5));
+        assert_eq!(line.tail_wait(), Duration::ZERO);
     }
 }

@@ -16,6 +16,8 @@
 //!   so newcomers enter only as fast as established users do not feel them.
 //! - [`WaitingLine`]: registrations that cannot be served now get positions in arrival
 //!   order; the head advances at the rate the node has shown it absorbs.
+//! - [`Load`]: the autoscaling signal, `levee_load_ratio` — the largest of queueing delay,
+//!   shedding and the waiting line's wait, each against its limit.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
 //!   the cluster key) that any node can verify without shared state.
 //! - [`PassKey`]: door passes, which let a known account's new connection past the node's
@@ -30,6 +32,7 @@ mod cohort;
 mod controller;
 mod headroom;
 mod line;
+mod load;
 mod pass;
 mod ticket;
 
@@ -41,5 +44,6 @@ pub use controller::{
 pub use headroom::Headroom;
 pub use levee_protocol::work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};
 pub use line::WaitingLine;
+pub use load::{Load, LoadTargets};
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

@@ -9,7 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
     AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, Headroom,
-    RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
+    Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
@@ -99,6 +99,8 @@ impl State {
 pub(crate) struct Admission {
     enabled: bool,
     work_max_bits: u32,
+    /// What `levee_load_ratio`'s parts are measured against.
+    load_targets: LoadTargets,
     window: Duration,
     state: Mutex<State>,
     salt: CohortSalt,
@@ -167,7 +169,14 @@ impl Admission {
             window: Duration::from_millis(config.admission_window_ms),
             state: Mutex::new(State {
                 controller,
-                line: WaitingLine::new(config.registration_initial_rate, now),
+                line: {
+                    let line = WaitingLine::new(config.registration_initial_rate, now);
+                    if config.registration_max_per_s > 0.0 {
+                        line.with_ceiling(config.registration_max_per_s)
+                    } else {
+                        line
+                    }
+                },
                 backend: BackendHealth::new(
                     Duration::from_millis(config.admission_backend_latency_ms),
                     config.admission_backend_lag,
@@ -178,6 +187,10 @@ impl Admission {
                 pressed_at: None,
             }),
             work_max_bits: config.registration_work_max_bits,
+            load_targets: LoadTargets {
+                delay: Duration::from_millis(config.admission_overload_wait_ms),
+                line_wait: Duration::from_secs_f64(config.load_target_wait_s),
+            },
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
             node_id,
@@ -332,11 +345,18 @@ impl Admission {
             state.window_closed(closed, now);
         }
         state.line.advance(now);
+        let load = Load {
+            delay: state.controller.delay(),
+            level: state.controller.level(),
+            line_wait: state.line.tail_wait(),
+        };
         self.metrics.admission_state(
             state.controller.level().fraction(),
             state.line.len(),
             state.line.served_rate(),
         );
+        self.metrics
+            .load(load.line_wait, load.ratio(self.load_targets));
     }
 
     /// Counts a newcomer through this node's door sent on to its mailbox's owner: handled
@@ -394,7 +414,7 @@ impl Admission {
             key_hash: key_hash(key),
             node_id: self.node_id,
         });
-        self.metrics.queued(wait);
+        self.metrics.queued();
         let retry_after = wait
             .min(MAX_RETRY_AFTER)
             .mul_f64(self.jitter())
