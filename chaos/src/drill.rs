@@ -25,6 +25,7 @@ use levee_relay::local_cluster::NodeSummary;
 use levee_relay::{AccountId, Identity};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::autoscale::{Autoscale, Drained, Hpa, ScalePoint};
 use crate::cluster::{Target, TargetSpec};
 use crate::ledger::{Ending, Ledger, MessageId, Newcomer};
 use crate::placement::NodePlacement;
@@ -326,11 +327,6 @@ async fn play(
         timeline: Timeline::start(),
         ..Arc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("setup tasks still running"))?
     });
-    let mut events = vec![Event {
-        at_s: 0.0,
-        kind: EventKind::Phase,
-        label: Phase::Baseline.name().into(),
-    }];
     let mut tasks = tokio::task::JoinSet::new();
     for user in &users {
         tasks.spawn(session_loop(shared.clone(), user.clone()));
@@ -340,48 +336,19 @@ async fn play(
         tasks.spawn(arrivals(shared.clone(), users.clone()));
     }
 
-    // The conductor: faults on time, a sample a second, phase changes, the end.
-    let mut faults = scenario.faults.clone();
-    faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    let mut faults = faults.into_iter().peekable();
-    let total = scenario.duration_s + scenario.drain_s;
-    let mut phase = Phase::Baseline;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut last_sample = -1i64;
-    let mut not_applied = Vec::new();
-    loop {
-        tick.tick().await;
-        let t = shared.timeline.now();
-        let now_phase = scenario.phase(t);
-        if now_phase != phase {
-            phase = now_phase;
-            events.push(Event {
-                at_s: t,
-                kind: EventKind::Phase,
-                label: phase.name().into(),
-            });
-            if phase == Phase::Drain {
-                shared.play_over.store(true, Ordering::SeqCst);
-            }
+    // The conductor: faults on time, a sample a second, phase changes, the end. Beside
+    // it, the autoscaler, if the scenario has one; it stops when the conductor does.
+    let conductor = conduct(&shared, cluster, watcher.as_deref());
+    let scaler = async {
+        match &scenario.autoscale {
+            Some(config) => autoscaler(&shared, cluster, config.clone()).await,
+            None => Scaling::default(),
         }
-        while let Some(f) = faults.next_if(|f| f.at_s <= t) {
-            if let Err(e) = inject(&shared, cluster, &f.action, t, &mut events).await {
-                not_applied.push(format!("{} at {:.0} s: {e:#}", f.action.label(), f.at_s));
-            }
-        }
-        if t as i64 > last_sample {
-            last_sample = t as i64;
-            sample(&shared, cluster, phase, watcher.as_deref(), total).await;
-        }
-        let settled = shared.in_progress.load(Ordering::SeqCst) == 0
-            && lock(&shared.ledger).undelivered() == 0;
-        if t >= total || (phase == Phase::Drain && settled) {
-            break;
-        }
-    }
-    let ended_at = shared.timeline.now();
-    shared.stop.stop();
+    };
+    let ((mut events, not_applied, ended_at), scaling) = tokio::join!(conductor, scaler);
     while tasks.join_next().await.is_some() {}
+    events.extend(scaling.events);
+    events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let settled = settled_placement(&shared, cluster).await;
     // Nothing acknowledged may come back: a fresh session for every user, through any
     // node, must bring only what was never acknowledged.
@@ -395,6 +362,17 @@ async fn play(
     let mut record = judge(&shared, admission, events);
     record.verdicts.push(settled);
     record.verdicts.push(leases);
+    if let Some(config) = &scenario.autoscale {
+        let wave_start = scenario.wave.as_ref().map(|w| w.start_s);
+        record.verdicts.extend(crate::autoscale::judge(
+            config,
+            &scaling.points,
+            wave_start,
+            &scaling.drained,
+        ));
+        record.autoscale = scaling.points;
+        record.drained = scaling.drained;
+    }
     record.placement = std::mem::take(&mut *lock(&shared.placement));
     if unchecked > 0 {
         // Their undelivered envelopes count as lost, but may be waiting in a mailbox
@@ -425,6 +403,166 @@ async fn play(
         );
     }
     Ok(record)
+}
+
+/// The conductor: faults on time, a sample a second, phase changes; stops every client
+/// task at the end. Returns the events, the faults that could not be applied, and when
+/// play ended.
+async fn conduct(
+    shared: &Arc<Shared>,
+    cluster: &dyn Target,
+    watcher: Option<&dyn Watcher>,
+) -> (Vec<Event>, Vec<String>, f64) {
+    let scenario = &shared.scenario;
+    let mut events = vec![Event {
+        at_s: 0.0,
+        kind: EventKind::Phase,
+        label: Phase::Baseline.name().into(),
+    }];
+    let mut faults = scenario.faults.clone();
+    faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let mut faults = faults.into_iter().peekable();
+    let total = scenario.duration_s + scenario.drain_s;
+    let mut phase = Phase::Baseline;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_sample = -1i64;
+    let mut not_applied = Vec::new();
+    loop {
+        tick.tick().await;
+        let t = shared.timeline.now();
+        let now_phase = scenario.phase(t);
+        if now_phase != phase {
+            phase = now_phase;
+            events.push(Event {
+                at_s: t,
+                kind: EventKind::Phase,
+                label: phase.name().into(),
+            });
+            if phase == Phase::Drain {
+                shared.play_over.store(true, Ordering::SeqCst);
+            }
+        }
+        while let Some(f) = faults.next_if(|f| f.at_s <= t) {
+            if let Err(e) = inject(shared, cluster, &f.action, t, &mut events).await {
+                not_applied.push(format!("{} at {:.0} s: {e:#}", f.action.label(), f.at_s));
+            }
+        }
+        if t as i64 > last_sample {
+            last_sample = t as i64;
+            sample(shared, cluster, phase, watcher, total).await;
+        }
+        let settled = shared.in_progress.load(Ordering::SeqCst) == 0
+            && lock(&shared.ledger).undelivered() == 0;
+        if t >= total || (phase == Phase::Drain && settled) {
+            break;
+        }
+    }
+    let ended_at = shared.timeline.now();
+    shared.stop.stop();
+    (events, not_applied, ended_at)
+}
+
+/// What the autoscaler did.
+#[derive(Default)]
+struct Scaling {
+    points: Vec<ScalePoint>,
+    drained: Vec<Drained>,
+    events: Vec<Event>,
+}
+
+/// Plays the autoscaler until the run stops: once a period, reads `levee_load_ratio` and
+/// the line's estimated wait from every node's admin port, asks [`Hpa`] how many nodes
+/// there should be, then starts nodes or drains the newest, as a StatefulSet scales.
+async fn autoscaler(shared: &Shared, cluster: &dyn Target, config: Autoscale) -> Scaling {
+    let mut hpa = Hpa::new(config);
+    let mut scaling = Scaling::default();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(hpa.period_s()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.stop.stopped() => break,
+        }
+        let t = shared.timeline.now();
+        let mut nodes = cluster.nodes();
+        let (mut ratios, mut waits) = (Vec::new(), Vec::new());
+        for n in &nodes {
+            let Some(admin) = n.admin else { continue };
+            if let Some(r) = scrape(admin, "levee_load_ratio").await {
+                ratios.push(r);
+            }
+            if let Some(w) = scrape(admin, "levee_waiting_room_estimated_wait_seconds").await {
+                waits.push(w);
+            }
+        }
+        let current = nodes.len() as u32;
+        let desired = hpa.decide(t, current, &ratios);
+        scaling.points.push(ScalePoint {
+            t,
+            nodes: current,
+            ratio: mean(&ratios),
+            wait_s: mean(&waits),
+            desired,
+        });
+        for _ in current..desired {
+            let started = cluster.start().await;
+            let at_s = shared.timeline.now();
+            match started.and_then(|node| {
+                let label = format!("{} up (autoscaler)", node.name);
+                add_entry(shared, node).map(|()| label)
+            }) {
+                Ok(label) => scaling.events.push(Event {
+                    at_s,
+                    kind: EventKind::NodeUp,
+                    label,
+                }),
+                Err(e) => scaling.events.push(Event {
+                    at_s,
+                    kind: EventKind::Fault,
+                    label: format!("scale-out failed: {e:#}"),
+                }),
+            }
+        }
+        // The newest first, as a StatefulSet removes its highest ordinal.
+        nodes.sort_by_key(|n| node_number(&n.name));
+        for node in nodes.iter().rev().take(current.saturating_sub(desired) as usize) {
+            // New clients stop choosing it now; those connected are told to move.
+            lock(&shared.entries)
+                .nodes
+                .retain(|(n, _)| n.name != node.name);
+            let asked = shared.timeline.now();
+            let result = cluster.drain(&node.name).await;
+            let left = shared.timeline.now();
+            scaling.events.push(Event {
+                at_s: left,
+                kind: EventKind::NodeDown,
+                label: format!("{} drained (autoscaler)", node.name),
+            });
+            scaling.drained.push(Drained {
+                t: asked,
+                name: node.name.clone(),
+                took_s: result.is_ok().then_some(left - asked),
+                error: result.err().map(|e| format!("{e:#}")),
+            });
+        }
+    }
+    scaling
+}
+
+/// The number in a node's name (`node-12` → 12), for ordering by age; names without one
+/// sort first, so they are drained last.
+fn node_number(name: &str) -> u64 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn add_entry(shared: &Shared, node: NodeSummary) -> anyhow::Result<()> {
@@ -1408,5 +1546,7 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         summary,
         verdicts,
         placement: Vec::new(),
+        autoscale: Vec::new(),
+        drained: Vec::new(),
     }
 }

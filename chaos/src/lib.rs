@@ -8,9 +8,12 @@
 //! - [`ledger`]: what clients were told, and the invariants over it, pure.
 //! - [`placement`]: whether the nodes agree on who owns which shard, pure; [`leases`]:
 //!   whether each shard's lease had one holder per epoch, pure.
+//! - [`autoscale`]: the drill's autoscaler (the Kubernetes HPA's algorithm on
+//!   `levee_load_ratio`) and the checks on what it did, pure.
 //! - [`timeline`]: per-second counts and latencies.
 //! - [`record`]: the result as data (JSON); [`report`]: the same as one HTML page.
 
+pub mod autoscale;
 pub mod cluster;
 pub mod drill;
 pub mod leases;

@@ -46,6 +46,12 @@ pub struct RunRecord {
     /// once more when the cluster settled: the evidence behind a placement failure.
     #[serde(default)]
     pub placement: Vec<crate::placement::NodePlacement>,
+    /// The autoscaler's decisions, once a period (autoscaled scenarios only).
+    #[serde(default)]
+    pub autoscale: Vec<crate::autoscale::ScalePoint>,
+    /// The nodes the autoscaler drained, and how long each took.
+    #[serde(default)]
+    pub drained: Vec<crate::autoscale::Drained>,
 }
 
 /// What happened in one second of a run (counts are of things that *ended* in it, except

@@ -572,6 +572,48 @@ fn class_series(
 /// with the same index correspond across runs.
 fn run_charts(run: &RunRecord) -> Vec<ChartSpec> {
     let s = &run.seconds;
+    let mut charts = base_charts(s);
+    if !run.autoscale.is_empty() {
+        charts.extend(autoscale_charts(&run.autoscale));
+    }
+    charts
+}
+
+/// The autoscaler's view, once a period: what it read and what it decided.
+fn autoscale_charts(points: &[crate::autoscale::ScalePoint]) -> Vec<ChartSpec> {
+    let series = |name, color, value: fn(&crate::autoscale::ScalePoint) -> f64| Series {
+        name,
+        color,
+        right: false,
+        step: false,
+        points: points.iter().map(|p| (p.t, Some(value(p)))).collect(),
+    };
+    vec![
+        ChartSpec {
+            title: "Autoscaler: mean load ratio and nodes",
+            left: AxisKind::Linear,
+            right: Some(AxisKind::Count),
+            series: vec![
+                series("mean levee_load_ratio (left)", SHED, |p| p.ratio),
+                series("nodes (right)", NODES, |p| f64::from(p.nodes))
+                    .on_right()
+                    .stepped(),
+                series("desired (right)", OFFERED, |p| f64::from(p.desired))
+                    .on_right()
+                    .stepped(),
+            ],
+        },
+        ChartSpec {
+            title: "Autoscaler: the nodes' mean estimated wait (s)",
+            left: AxisKind::Linear,
+            right: None,
+            series: vec![series("estimated wait, s", FAILED, |p| p.wait_s)],
+        },
+    ]
+}
+
+/// The charts every run has.
+fn base_charts(s: &[Second]) -> Vec<ChartSpec> {
     let mut registrations = class_series(
         s,
         |x| &x.registration,

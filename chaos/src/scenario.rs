@@ -35,6 +35,8 @@ pub struct Scenario {
     /// What must hold for the drill to pass, beyond the invariants that always must.
     #[serde(default)]
     pub thresholds: Thresholds,
+    /// The drill plays the autoscaler (see [`crate::autoscale`]), if given.
+    pub autoscale: Option<crate::autoscale::Autoscale>,
 }
 
 fn default_drain() -> f64 {
@@ -49,6 +51,13 @@ pub struct ClusterShape {
     pub nodes: u32,
     /// Shards (a power of two; fewer than production's 256 keeps a small drill quick).
     pub shards: u32,
+    /// Each node's `registration_max_per_s` (0: no ceiling). The embedded cluster's nodes
+    /// share one machine's CPU, so adding one adds no capacity of its own; a ceiling per
+    /// node gives each the fixed registration capacity a node of its own would have, which
+    /// is what an autoscaling drill needs.
+    pub registration_max_per_s: f64,
+    /// Each node's `load_target_wait_s`.
+    pub load_target_wait_s: f64,
 }
 
 impl Default for ClusterShape {
@@ -56,6 +65,8 @@ impl Default for ClusterShape {
         Self {
             nodes: 3,
             shards: 64,
+            registration_max_per_s: 0.0,
+            load_target_wait_s: 30.0,
         }
     }
 }
@@ -509,6 +520,9 @@ impl Scenario {
             if w.max_in_progress == 0 {
                 return Err("wave.max_in_progress must be at least 1".into());
             }
+        }
+        if let Some(a) = &self.autoscale {
+            a.validate(self.cluster.nodes)?;
         }
         let mut started = self.cluster.nodes;
         let mut faults: Vec<&Fault> = self.faults.iter().collect();

@@ -27,13 +27,13 @@ const SHARDS: u32 = 16;
 const USERS: usize = 6;
 const MESSAGES_PER_USER: u64 = 40;
 
-/// Three node configurations of one fresh cluster (its own roster partition and Kafka
-/// topic, in a keyspace shared by test runs).
-fn write_configs(dir: &Path, extra: &str) -> Vec<PathBuf> {
+/// `n` node configurations of one fresh cluster (its own roster partition and Kafka topic,
+/// in a keyspace shared by test runs).
+fn write_configs(dir: &Path, extra: &str, n: usize) -> Vec<PathBuf> {
     let cql = std::env::var("LEVEE_CQL").unwrap_or_else(|_| "127.0.0.1:19042".into());
     let kafka = std::env::var("LEVEE_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let (cluster, topic) = (unique("dist"), unique("levee-dist"));
-    (1..=3)
+    (1..=n)
         .map(|k| {
             let data = dir.join(format!("node-{k}"));
             let text = format!(
@@ -79,11 +79,19 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Three nodes.
     fn start(dir: &Path, extra: &str) -> Self {
-        let configs = write_configs(dir, extra);
+        Self::with_spares(dir, extra, 0)
+    }
+
+    /// Three nodes, and configurations for `spares` more (nodes 4, 5, ...) that
+    /// [`restart`](Self::restart) starts later, as an autoscaler would.
+    fn with_spares(dir: &Path, extra: &str, spares: usize) -> Self {
+        let configs = write_configs(dir, extra, 3 + spares);
         let nodes = configs
             .iter()
-            .map(|c| Some(NodeProcess::start_distributed(c)))
+            .enumerate()
+            .map(|(i, c)| (i < 3).then(|| NodeProcess::start_distributed(c)))
             .collect();
         Self { configs, nodes }
     }
@@ -105,6 +113,7 @@ impl Cluster {
         process.sigkill();
     }
 
+    /// Starts node `k` (again, after a kill; or for the first time, a spare).
     fn restart(&mut self, k: usize) {
         self.nodes[k - 1] = Some(NodeProcess::start_distributed(&self.configs[k - 1]));
     }
@@ -400,6 +409,67 @@ async fn three_processes_lose_nothing_acknowledged_when_one_is_killed_mid_stream
     let got = common::receive(&mut inbox, 1, Duration::from_secs(15)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].ciphertext[..], b"after the restart");
+}
+
+/// Scale-out and scale-in as an autoscaler does them: a fourth `levee node` process with
+/// the cluster's pre-shared key joins the running cluster and takes shards; then, while
+/// everyone sends, it gets SIGTERM — what Kubernetes and systemd send — drains (shards
+/// handed over, clients told to move) and exits cleanly within the bound the deployment
+/// gives it (60 s: `TimeoutStopSec`, `terminationGracePeriodSeconds`). Nothing acknowledged
+/// is lost or delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn a_joining_node_takes_shards_and_sigterm_drains_it_within_the_bound() {
+    const BOUND: Duration = Duration::from_secs(60);
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::with_spares(dir.path(), "", 1);
+    let before = cluster.settle().await;
+    cluster.restart(4);
+    let joined = cluster.settle().await;
+    assert!(joined > before, "epoch {joined} after {before}");
+    let fourth = cluster.live()[3].clone();
+    assert_eq!(fourth.name, "node-4");
+    let (status, body) = admin_request(fourth.admin.unwrap(), "GET", "/admin/cluster").await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let owned = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-4")
+        .and_then(|n| n["shards"].as_u64())
+        .unwrap_or_default();
+    assert!(owned > 0, "node-4 owns shards once it joined: {view}");
+    let (users, _) = register_users(&cluster).await;
+
+    let (tx, exited) = std::sync::mpsc::channel();
+    let acked = send_through(&mut cluster, &users, |c| {
+        let (mut process, _) = c.nodes[3].take().unwrap();
+        std::thread::spawn(move || {
+            let pid = process.child.id().to_string();
+            let asked = Instant::now();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            let status = process.child.wait();
+            let _ = tx.send((sent, status, asked.elapsed()));
+        });
+        std::future::ready(())
+    })
+    .await;
+    let (sent, status, took) = exited.recv_timeout(BOUND).expect("node-4 exits on SIGTERM");
+    assert!(sent.unwrap().success(), "kill -TERM ran");
+    assert!(
+        status.unwrap().success(),
+        "a drained node exits with status 0"
+    );
+    assert!(took < BOUND, "drained in {took:?}");
+    eprintln!("node-4 drained and exited {took:?} after SIGTERM");
+
+    let epoch = cluster.settle().await;
+    assert!(epoch > joined, "epoch {epoch} after {joined}");
+    assert_delivered_once(&cluster, &users, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,8 @@ impl Embedded {
             // networks, so the per-prefix connection limit would measure the wrong thing.
             connections_per_prefix_per_sec: 1_000_000,
             fault_injection: true,
+            registration_max_per_s: scenario.cluster.registration_max_per_s,
+            load_target_wait_s: scenario.cluster.load_target_wait_s,
             ..NodeConfig::default()
         };
         let cluster = LocalCluster::open(base).context("opening the drill's cluster")?;
@@ -116,6 +118,17 @@ impl Target for Embedded {
             proxies.remove(&name);
         }
         Ok(name)
+    }
+
+    async fn drain(&self, name: &str) -> anyhow::Result<()> {
+        self.cluster
+            .drain(name)
+            .await
+            .with_context(|| format!("draining {name}"))?;
+        if let Some(mut proxies) = self.proxies() {
+            proxies.remove(name);
+        }
+        Ok(())
     }
 
     async fn start(&self) -> anyhow::Result<NodeSummary> {

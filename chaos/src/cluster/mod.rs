@@ -105,6 +105,10 @@ pub trait Target: Send + Sync {
     /// Starts one more node.
     async fn start(&self) -> anyhow::Result<NodeSummary>;
 
+    /// Drains node `name` as a scale-in does: its shards go to the others, its clients are
+    /// told to move, and it leaves. Returns once it has left.
+    async fn drain(&self, name: &str) -> anyhow::Result<()>;
+
     /// Holds `backend` (`store`, `log` or `all`) on node `node`, or on every node, for `d`;
     /// the names of the nodes stalled.
     async fn stall(

@@ -18,8 +18,8 @@ pub struct Remote {
     token: Option<String>,
     /// Shell command that starts one more node process (`{node}`: its number), if given.
     start_command: Option<String>,
-    /// The node processes started through it; killed when the drill ends.
-    started: Mutex<Vec<std::process::Child>>,
+    /// The node processes started through it, by name; killed when the drill ends.
+    started: Mutex<Vec<(String, std::process::Child)>>,
     key: TicketKey,
     /// Every node known, in scenario numbering (the given ones, then those started).
     known: Mutex<Vec<NodeSummary>>,
@@ -151,7 +151,7 @@ impl Target for Remote {
             let (child, node) = tokio::task::spawn_blocking(move || spawn_node(&command))
                 .await
                 .context("starting a node process")??;
-            lock(&self.started).push(child);
+            lock(&self.started).push((node.name.clone(), child));
             lock(&self.known).push(node.clone());
             return Ok(node);
         }
@@ -167,6 +167,52 @@ impl Target for Remote {
         let node = summary(&row, None)?;
         lock(&self.known).push(node.clone());
         Ok(node)
+    }
+
+    /// A node process the drill started is sent SIGTERM, as Kubernetes stops a pod
+    /// (`levee node` drains on it); any other node is asked through `POST /admin/drain`.
+    /// Either way, returns once the node has left: its process exited, or its admin port
+    /// stopped answering.
+    async fn drain(&self, name: &str) -> anyhow::Result<()> {
+        let child = {
+            let mut started = lock(&self.started);
+            started
+                .iter()
+                .position(|(n, _)| n == name)
+                .map(|i| started.remove(i).1)
+        };
+        if let Some(mut child) = child {
+            let pid = child.id();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .context("running kill -TERM")?;
+            if !sent.success() {
+                bail!("kill -TERM {pid} failed ({sent})");
+            }
+            let waited = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .context("waiting for the node process")??;
+            lock(&self.down).insert(name.to_owned());
+            if !waited.success() {
+                bail!("{name} exited with {waited} after SIGTERM");
+            }
+            return Ok(());
+        }
+        let node = lock(&self.known)
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| anyhow!("drain: no node {name}"))?;
+        let admin = node
+            .admin
+            .ok_or_else(|| anyhow!("{name} has no admin port"))?;
+        admin_post(admin, self.token.as_deref(), "/admin/drain").await?;
+        while whoami(admin, self.token.as_deref()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lock(&self.down).insert(name.to_owned());
+        Ok(())
     }
 
     async fn stall(
@@ -202,7 +248,7 @@ impl Target for Remote {
 
     async fn shutdown(&self) -> anyhow::Result<()> {
         // The cluster is not ours to stop; node processes the drill started are.
-        for mut child in std::mem::take(&mut *lock(&self.started)) {
+        for (_, mut child) in std::mem::take(&mut *lock(&self.started)) {
             let _ = child.kill();
             let _ = child.wait();
         }

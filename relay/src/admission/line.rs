@@ -38,6 +38,11 @@ pub struct WaitingLine {
     open_this_window: f64,
     /// The share of recent windows the line was open (smoothed over about two).
     open_share: f64,
+    /// Places handed out in the current window: newcomers arriving.
+    joined_this_window: u64,
+    /// Places handed out per second over recent windows (smoothed over about two): the
+    /// demand, whether or not the node could seat it.
+    demand: f64,
     /// The most the rate may be (`f64::INFINITY`: no ceiling); see
     /// [`with_ceiling`](Self::with_ceiling).
     ceiling: f64,
@@ -66,6 +71,8 @@ impl WaitingLine {
             entered_this_window: 0,
             open_this_window: 0.0,
             open_share: 1.0,
+            joined_this_window: 0,
+            demand: 0.0,
             ceiling: f64::INFINITY,
             redirected_this_window: 0,
             asked_this_window: 0,
@@ -193,7 +200,16 @@ impl WaitingLine {
     pub fn join(&mut self) -> u64 {
         let p = self.next;
         self.next += 1;
+        self.joined_this_window += 1;
         p
+    }
+
+    /// Newcomers arriving per second over recent windows, over the rate the line seats
+    /// them: above 1 the line grows, however short it is now. The learnt rate (or the
+    /// ceiling) is the capacity, not the served rate: a line held back or paused for a
+    /// moment is not a node with less room.
+    pub fn demand_ratio(&self) -> f64 {
+        self.demand / self.rate.max(MIN_RATE)
     }
 
     /// Whether the holder of `position` may register now.
@@ -284,6 +300,9 @@ impl WaitingLine {
             let m = handled as f64 / open.max(1e-3);
             self.absorbed = 0.5 * self.absorbed + 0.5 * m;
         }
+        let joined = self.joined_this_window as f64 / window.as_secs_f64().max(1e-3);
+        self.demand = 0.5 * self.demand + 0.5 * joined;
+        self.joined_this_window = 0;
         self.redirected_this_window = 0;
         self.asked_this_window = 0;
         let open_share = (open / window.as_secs_f64().max(1e-3)).min(1.0);
@@ -604,5 +623,24 @@ mod tests {
         let mut line = WaitingLine::new(10.0, t0);
         line.advance(t0 + Duration::from_secs(5));
         assert_eq!(line.tail_wait(), Duration::ZERO);
+    }
+
+    #[test]
+    fn demand_over_the_ceiling_reads_above_one_before_the_line_is_long() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut line = WaitingLine::new(500.0, t0).with_ceiling(4.0);
+        for _ in 0..2 {
+            (0..10).for_each(|_| {
+                line.join();
+            });
+            window(&mut line, &mut now, Verdict::Calm, 4, 0);
+        }
+        let r = line.demand_ratio();
+        assert!((r - 10.0 * 0.75 / 4.0).abs() < 1e-9, "10/s against 4/s, smoothed: {r}");
+        for _ in 0..20 {
+            window(&mut line, &mut now, Verdict::Calm, 0, 0);
+        }
+        assert!(line.demand_ratio() < 0.01, "nobody arriving: {}", line.demand_ratio());
     }
 }

@@ -15,10 +15,15 @@
 //! - **shedding**: while the admission level turns any slot away, the inverse of the share
 //!   it still serves (1.5 with every registration cohort shed, 3 with only messaging left);
 //!   0 while everything is served. Anything shed means the node is past its capacity.
-//! - **line**: how long a newcomer joining the waiting line now would wait, over the wait
-//!   the operator accepts (`load_target_wait_s`). The line is how Levee survives a wave
-//!   without scaling; this part says how much more capacity would make it as short as
-//!   asked.
+//! - **line**: the larger of how long a newcomer joining the waiting line now would wait,
+//!   over the wait the operator accepts (`load_target_wait_s`), and newcomers arriving per
+//!   second over the rate the line seats them. The line is how Levee survives a wave
+//!   without scaling; the wait says how much more capacity would make it as short as asked,
+//!   the arrival rate how much would stop it growing. The wait alone is late and low: it
+//!   reaches its target only after the line has built up, and while arrivals outrun the
+//!   seats it reads the backlog, not the shortfall. In the `autoscale` drill (20 arrivals a
+//!   second against nodes seating 4) the wait alone asked for a third node 17 s into the
+//!   wave and never for the fifth the wave needed; the line grew until the wave ebbed.
 
 use std::time::Duration;
 
@@ -34,6 +39,9 @@ pub struct Load {
     pub level: AdmissionLevel,
     /// How long a newcomer joining the line now would wait.
     pub line_wait: Duration,
+    /// Newcomers arriving per second over the rate the line seats them
+    /// ([`WaitingLine::demand_ratio`](super::WaitingLine::demand_ratio)).
+    pub line_demand: f64,
 }
 
 /// The limits each part of [`Load::ratio`] is measured against.
@@ -58,7 +66,7 @@ impl Load {
         } else {
             0.0
         };
-        let line = over(self.line_wait, targets.line_wait);
+        let line = over(self.line_wait, targets.line_wait).max(self.line_demand);
         queueing.max(shedding).max(line)
     }
 }
@@ -77,6 +85,7 @@ mod tests {
             delay: Duration::from_millis(delay_ms),
             level,
             line_wait: Duration::from_secs(line_s),
+            line_demand: 0.0,
         }
     }
 
@@ -98,6 +107,15 @@ mod tests {
         assert!((r - 3.0).abs() < 1e-9, "{r}");
         let nothing = AdmissionLevel::ALL.lowered(u32::MAX);
         assert!(load(0, nothing, 0).ratio(TARGETS).is_finite());
+    }
+
+    #[test]
+    fn arrivals_outrunning_the_seats_count_before_the_wait_builds_up() {
+        let arriving = Load {
+            line_demand: 2.5,
+            ..load(0, AdmissionLevel::ALL, 1)
+        };
+        assert!((arriving.ratio(TARGETS) - 2.5).abs() < 1e-9);
     }
 
     #[test]

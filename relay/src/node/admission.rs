@@ -349,6 +349,7 @@ impl Admission {
             delay: state.controller.delay(),
             level: state.controller.level(),
             line_wait: state.line.tail_wait(),
+            line_demand: state.line.demand_ratio(),
         };
         self.metrics.admission_state(
             state.controller.level().fraction(),
