@@ -30,7 +30,9 @@ echo "== operators' files (scripts/check-ops.sh)"
 scripts/check-ops.sh
 
 echo "== benchmarks, once each in test mode (checks they run, measures nothing)"
-cargo test --workspace --benches --locked
+# `--bench '*'`, not `--benches`: that also runs every library's unit tests, which the
+# next step runs anyway.
+cargo test --workspace --bench '*' --locked
 
 echo "== cargo test"
 log="$(mktemp)"

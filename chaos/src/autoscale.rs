@@ -244,7 +244,12 @@ pub fn judge(
             pass,
             detail: first_out.map_or_else(
                 || "the autoscaler never asked for more nodes".to_owned(),
-                |t| format!("first asked at {t:.0} s, {:.0} s after the wave began", t - start),
+                |t| {
+                    format!(
+                        "first asked at {t:.0} s, {:.0} s after the wave began",
+                        t - start
+                    )
+                },
             ),
         });
     }
@@ -370,7 +375,11 @@ mod tests {
     #[test]
     fn scaling_up_is_limited_per_period_and_by_the_maximum() {
         let mut hpa = Hpa::new(config());
-        assert_eq!(hpa.decide(0.0, 2, &[5.0, 5.0]), 4, "10 wanted, 2 per period");
+        assert_eq!(
+            hpa.decide(0.0, 2, &[5.0, 5.0]),
+            4,
+            "10 wanted, 2 per period"
+        );
         assert_eq!(hpa.decide(5.0, 4, &[5.0; 4]), 6);
         assert_eq!(hpa.decide(10.0, 6, &[5.0; 6]), 8);
         assert_eq!(hpa.decide(15.0, 8, &[5.0; 8]), 8, "max_nodes");

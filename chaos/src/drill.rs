@@ -532,7 +532,11 @@ async fn autoscaler(shared: &Shared, cluster: &dyn Target, config: Autoscale) ->
         }
         // The newest first, as a StatefulSet removes its highest ordinal.
         nodes.sort_by_key(|n| node_number(&n.name));
-        for node in nodes.iter().rev().take(current.saturating_sub(desired) as usize) {
+        for node in nodes
+            .iter()
+            .rev()
+            .take(current.saturating_sub(desired) as usize)
+        {
             // New clients stop choosing it now; those connected are told to move.
             lock(&shared.entries)
                 .nodes

@@ -1148,6 +1148,8 @@ mod tests {
                 },
             ],
             placement: Vec::new(),
+            autoscale: Vec::new(),
+            drained: Vec::new(),
         }
     }
 
@@ -1237,6 +1239,29 @@ mod tests {
         assert!(
             page.contains("&lt;script&gt;alert(&#39;x&#39; &amp; &quot;y&quot;)&lt;/script&gt;")
         );
+    }
+
+    #[test]
+    fn an_autoscaled_run_charts_what_the_autoscaler_read_and_did() {
+        let plain = html(&record(vec![run("plain", 80, true)]));
+        assert!(!plain.contains("Autoscaler"));
+        let mut scaled = run("scaled", 80, true);
+        scaled.autoscale = (0..10)
+            .map(|i| crate::autoscale::ScalePoint {
+                t: f64::from(i) * 3.0,
+                nodes: 2 + i / 4,
+                ratio: 0.5 + f64::from(i % 4) * 0.3,
+                wait_s: f64::from(i % 4) * 4.0,
+                desired: 2 + (i + 1) / 4,
+            })
+            .collect();
+        let page = html(&record(vec![scaled]));
+        assert!(page.contains("Autoscaler: mean load ratio and nodes"));
+        assert!(
+            page.contains("Autoscaler: the nodes&#39; mean estimated wait (s)")
+                || page.contains("Autoscaler: the nodes' mean estimated wait (s)")
+        );
+        assert!(page.contains("mean levee_load_ratio"));
     }
 
     #[test]

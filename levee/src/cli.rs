@@ -401,7 +401,17 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
     // "ready" once the node is in the roster and has its first view: printed earlier, a
     // script that connects on seeing it could find a node owning nothing yet.
     let (joined, is_in) = tokio::sync::oneshot::channel();
-    let run = node.run_announcing(shutdown_signal(), joined);
+    // SIGTERM (or Ctrl-C) drains: the node hands its shards over, tells its clients where
+    // to go, and leaves once they have or `drain_grace_ms` is over — what a service manager
+    // or Kubernetes stopping a pod should get. A second signal stops it at once.
+    let drain = node.drain_handle();
+    let stop = async move {
+        shutdown_signal().await;
+        eprintln!("levee: draining (a second Ctrl-C or SIGTERM stops at once)");
+        drain.drain();
+        shutdown_signal().await;
+    };
+    let run = node.run_announcing(stop, joined);
     tokio::pin!(run);
     tokio::select! {
         stopped = &mut run => {
@@ -416,7 +426,7 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
         "  cluster:     {} (keyspace {}, topic {})",
         config.cluster_name, scylla.keyspace, kafka.topic
     );
-    println!("stop with Ctrl-C or SIGTERM");
+    println!("stop with Ctrl-C or SIGTERM (drains first)");
     run.await.context("the node stopped with an error")?;
     println!("levee stopped");
     Ok(())

@@ -36,8 +36,11 @@ fn extract(file: Option<Data<Toml>>, environment: bool) -> Result<NodeConfig, Bo
     if environment {
         // Only variables named after config fields: LEVEE_IDENTITY and friends belong to
         // the client commands and must not trip `deny_unknown_fields`.
-        let fields: Vec<String> = match toml::Value::try_from(NodeConfig::default()) {
-            Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        // JSON, not TOML: TOML has no null, so the fields unset by default (cluster_key,
+        // admin_token, advertise_address, ...) would be missing from the list and their
+        // variables silently ignored.
+        let fields: Vec<String> = match serde_json::to_value(NodeConfig::default()) {
+            Ok(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
             _ => Vec::new(),
         };
         figment = figment

@@ -212,6 +212,33 @@ fn help_and_configuration_errors() {
         "{}",
         stderr(&invalid)
     );
+    // Fields unset by default are read from the environment too (a container's secrets
+    // arrive that way): a key too short, an address that is none, are refused.
+    for (var, value, said) in [
+        (
+            "LEVEE_CLUSTER_KEY",
+            "abcd",
+            "cluster_key must be at least 32 hex characters",
+        ),
+        (
+            "LEVEE_ADVERTISE_ADDRESS",
+            "not-an-address",
+            "ADVERTISE_ADDRESS",
+        ),
+    ] {
+        let refused = Command::new(levee_bin())
+            .current_dir(dir.path())
+            .args(["up"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{var}");
+        assert!(
+            stderr(&refused).contains(said),
+            "{var}: {}",
+            stderr(&refused)
+        );
+    }
 }
 
 /// `levee up --nodes 3`, then the cluster commands: list, add, drain; clients of the CLI are

@@ -637,10 +637,17 @@ mod tests {
             window(&mut line, &mut now, Verdict::Calm, 4, 0);
         }
         let r = line.demand_ratio();
-        assert!((r - 10.0 * 0.75 / 4.0).abs() < 1e-9, "10/s against 4/s, smoothed: {r}");
+        assert!(
+            (r - 10.0 * 0.75 / 4.0).abs() < 1e-9,
+            "10/s against 4/s, smoothed: {r}"
+        );
         for _ in 0..20 {
             window(&mut line, &mut now, Verdict::Calm, 0, 0);
         }
-        assert!(line.demand_ratio() < 0.01, "nobody arriving: {}", line.demand_ratio());
+        assert!(
+            line.demand_ratio() < 0.01,
+            "nobody arriving: {}",
+            line.demand_ratio()
+        );
     }
 }

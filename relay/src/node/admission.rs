@@ -9,7 +9,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::admission::{
     AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, Headroom,
-    Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
+    Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine,
+    key_hash, work_bits,
 };
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
