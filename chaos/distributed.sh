@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A chaos drill against a local distributed cluster: three `levee node` processes on the
+# A chaos drill against a local distributed cluster: `levee node` processes (as many as the
+# scenario's cluster.nodes, 3 by default) on the
 # real Kafka and Cassandra of scripts/services.sh, with fault injection on, played by
 # `levee-chaos run --admin ...` (every fault through the nodes' admin API; start_node
 # starts one more `levee node` process).
@@ -15,7 +16,6 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NODES=3
 if [[ $# -lt 1 || "$1" == -* ]]; then
     sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
@@ -36,10 +36,23 @@ RUN="$(mktemp -d)"
 
 STAMP="chaos-$(date +%s%N)"
 TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# The scenario's [cluster]: how many nodes to start, and the node settings a drill gives
+# its embedded cluster (the autoscale drill's registration ceiling and wait target).
+SCENARIO_FILE="$SCENARIO"
+[[ -f "$SCENARIO_FILE" ]] || SCENARIO_FILE="$ROOT/chaos/scenarios/$SCENARIO.toml"
+read -r NODES CLUSTER_EXTRA < <(python3 - "$SCENARIO_FILE" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    c = tomllib.load(f).get("cluster", {})
+extra = [f"{k} = {float(c[k])}" for k in ("registration_max_per_s", "load_target_wait_s") if k in c]
+print(c.get("nodes", 3), "\\n".join(extra))
+PY
+)
 # The waves come from one address; the per-prefix limit would measure the wrong thing.
 NODE_EXTRA="fault_injection = true
 admin_token = \"$TOKEN\"
-connections_per_prefix_per_sec = 1000000"
+connections_per_prefix_per_sec = 1000000
+$(printf '%b' "$CLUSTER_EXTRA")"
 # shellcheck source=../scripts/lib/nodes.sh
 source "$ROOT/scripts/lib/nodes.sh"
 cleanup() {

@@ -215,15 +215,17 @@ pub struct Drained {
     pub error: Option<String>,
 }
 
-/// How long after a node is added its effect on the wait is looked for.
+/// How long after a node is asked for its effect on the wait is looked for.
 const WAIT_EFFECT_S: f64 = 20.0;
 
 /// The checks on an autoscaled run: `points` once a period, `wave_start_s` when the wave
-/// began (`None`: no wave), `drains` every scale-in.
+/// began (`None`: no wave), `target_wait_s` the nodes' `load_target_wait_s`, `drains` every
+/// scale-in.
 pub fn judge(
     config: &Autoscale,
     points: &[ScalePoint],
     wave_start_s: Option<f64>,
+    target_wait_s: f64,
     drains: &[Drained],
 ) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
@@ -253,41 +255,47 @@ pub fn judge(
             ),
         });
     }
-    // After each added node, the wait must fall below what it was when the node was asked
-    // for, before the next change or WAIT_EFFECT_S.
+    // After each scale-out, within WAIT_EFFECT_S, the wait must fall below what it was when
+    // the nodes were asked for, or stay within the target wait throughout: once arrivals
+    // and seats are even (the HPA's aim at a ratio of 1) the line stops growing without
+    // shrinking, and a node started while the wave still ramps may only slow its growth.
+    // A node takes seconds to start and take its shards, so the window runs on past
+    // further scale-outs. Judging each one only up to the next, by the fall alone, failed a
+    // distributed run that did what it should (`chaos/distributed.sh autoscale`: 1.5 s when
+    // the third node was asked for as the wave peaked, 2.2–3.7 s with five nodes seating
+    // exactly the 20 a second arriving, against a 10 s target).
     let mut outs = Vec::new();
     let mut failed = Vec::new();
-    for (i, p) in points.iter().enumerate() {
-        if p.desired <= p.nodes {
-            continue;
-        }
-        let until = points[i + 1..]
+    for p in points.iter().filter(|p| p.desired > p.nodes) {
+        let window: Vec<f64> = points
             .iter()
-            .find(|q| q.desired != q.nodes)
-            .map_or(p.t + WAIT_EFFECT_S, |q| q.t.min(p.t + WAIT_EFFECT_S));
-        let after = points[i + 1..]
-            .iter()
-            .filter(|q| q.t <= until.max(p.t + 2.0 * config.period_s))
+            .filter(|q| q.t > p.t && q.t <= p.t + WAIT_EFFECT_S.max(2.0 * config.period_s))
             .map(|q| q.wait_s)
-            .fold(f64::INFINITY, f64::min);
+            .collect();
+        let lowest = window.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = window.iter().copied().fold(0.0, f64::max);
+        let fell = lowest < p.wait_s || (p.wait_s == 0.0 && lowest == 0.0);
+        let held = !window.is_empty() && highest <= target_wait_s;
         outs.push(format!(
             "{:.0} s: {}→{} nodes, wait {:.1} s → {}",
             p.t,
             p.nodes,
             p.desired,
             p.wait_s,
-            if after.is_finite() {
-                format!("{after:.1} s")
-            } else {
+            if window.is_empty() {
                 "not measured".into()
+            } else {
+                format!("{lowest:.1}–{highest:.1} s")
             }
         ));
-        if !(after < p.wait_s || (p.wait_s == 0.0 && after == 0.0)) {
+        if !(fell || held) {
             failed.push(p.t);
         }
     }
     verdicts.push(Verdict {
-        name: "the line's estimated wait fell after each scale-out".into(),
+        name: format!(
+            "after each scale-out the line's estimated wait fell, or stayed within the {target_wait_s} s target"
+        ),
         pass: !outs.is_empty() && failed.is_empty(),
         detail: if outs.is_empty() {
             "no scale-out".into()
@@ -455,8 +463,33 @@ mod tests {
             point(45.0, 3, 2, 0.0),
             point(50.0, 2, 2, 0.0),
         ];
-        let v = judge(&config(), &points, Some(5.0), &[drained(3.0), drained(4.0)]);
+        let v = judge(
+            &config(),
+            &points,
+            Some(5.0),
+            10.0,
+            &[drained(3.0), drained(4.0)],
+        );
         assert_eq!(passed(&v), [true; 4], "{v:?}");
+    }
+
+    #[test]
+    fn a_wait_that_levels_off_within_the_target_passes_and_one_past_it_fails() {
+        let level = [
+            point(0.0, 2, 3, 1.5),
+            point(5.0, 3, 3, 3.0),
+            point(10.0, 3, 3, 3.5),
+            point(15.0, 3, 3, 3.7),
+        ];
+        let v = judge(&config(), &level, None, 10.0, &[drained(1.0)]);
+        assert!(v[0].pass, "{v:?}");
+        let past = [
+            point(0.0, 2, 3, 1.5),
+            point(5.0, 3, 3, 6.0),
+            point(10.0, 3, 3, 12.0),
+        ];
+        let v = judge(&config(), &past, None, 10.0, &[drained(1.0)]);
+        assert!(!v[0].pass, "{v:?}");
     }
 
     #[test]
@@ -469,7 +502,7 @@ mod tests {
             point(55.0, 2, 3, 50.0),
             point(60.0, 3, 3, 60.0),
         ];
-        let v = judge(&config(), &points, Some(5.0), &[drained(45.0)]);
+        let v = judge(&config(), &points, Some(5.0), 10.0, &[drained(45.0)]);
         assert_eq!(passed(&v), [false; 4], "{v:?}");
     }
 }

@@ -368,6 +368,7 @@ async fn play(
             config,
             &scaling.points,
             wave_start,
+            scenario.cluster.load_target_wait_s,
             &scaling.drained,
         ));
         record.autoscale = scaling.points;
