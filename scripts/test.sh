@@ -10,6 +10,8 @@
 # them) and run here by name, after the rest. Slow stress/soak tests are #[ignore]d too,
 # outside those test files, and are run by hand (see docs/PERFORMANCE.md). The fuzz targets
 # get a short run here (cargo-fuzz is installed if missing); the long one is by hand too.
+# The Terraform code is checked offline (scripts/check-terraform.sh needs go and python3:
+# it builds OpenTofu and the kubernetes provider, and installs checkov, under .cache/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,11 @@ scripts/check-structure.sh
 
 echo "== operators' files (scripts/check-ops.sh)"
 scripts/check-ops.sh
+
+echo "== Terraform (scripts/check-terraform.sh: tofu fmt, validate, test; checkov)"
+# The first run on a machine builds OpenTofu and the kubernetes provider from their Go
+# modules and installs checkov (about 10 minutes on 2 cores); later runs take seconds.
+scripts/check-terraform.sh
 
 echo "== benchmarks, once each in test mode (checks they run, measures nothing)"
 # `--bench '*'`, not `--benches`: that also runs every library's unit tests, which the

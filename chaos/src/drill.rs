@@ -71,6 +71,8 @@ const PAYLOAD: usize = 64;
 const SEND_PATIENCE: Duration = Duration::from_secs(10);
 /// How long an entry node that a login could not reach is passed over.
 const AVOID_UNREACHABLE: Duration = Duration::from_secs(10);
+/// How long an established user, registering before play starts, keeps trying to connect.
+const ESTABLISH_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a newcomer keeps trying to connect to one node before it tries the next.
 const PATIENCE_PER_NODE: Duration = Duration::from_secs(30);
 
@@ -590,7 +592,12 @@ async fn establish(shared: &Arc<Shared>) -> anyhow::Result<Vec<Arc<User>>> {
         let (shared, id) = (shared.clone(), id.clone());
         registering.spawn(async move {
             let connector = shared.connector().context("no node is up")?;
-            let client = connector.connect(id).await?;
+            // Patiently: they register as newcomers, and a node whose registrations are
+            // capped (`registration_max_per_s`) lets only so many through its door at once;
+            // an impatient connect gave up on a dropped attempt in 5 s and the drill could
+            // not start (1 of 4 `chaos/distributed.sh autoscale` runs).
+            let give_up = Instant::now() + ESTABLISH_PATIENCE;
+            let client = connector.connect_patiently(id, give_up, || {}).await?;
             client.register().await?;
             client.close().await;
             anyhow::Ok(())

@@ -3,11 +3,13 @@
 //! - the short mass migration against the embedded local cluster (a signup wave, a node
 //!   killed and a fresh one started);
 //! - backend stalls and a partition, shortened, against the embedded cluster;
+//! - the autoscale drill, shortened: one node, a wave, the HPA adding a second and draining
+//!   it after;
 //! - faults through the admin API against a cluster the drill did not start (the
 //!   "running cluster" target), and refused when the nodes do not allow fault injection.
 //!
 //! The full drills are documented commands (`cargo run --release -p levee-chaos -- run
-//! mass-migration`, `... run backend-stall`, `... run partition`). Drills run one at a
+//! mass-migration`, `... run backend-stall`, `... run partition`, `... run autoscale`). Drills run one at a
 //! time: two at once on a small CI machine would measure each other.
 #![allow(clippy::unwrap_used)]
 
@@ -126,6 +128,66 @@ kind = "partition"
 node = 2
 for_s = 4
 "#;
+
+/// The `autoscale` drill in half a minute: one node seating 2 registrations a second, a
+/// wave of 4, the HPA between 1 and 2 nodes with 1 s periods.
+const AUTOSCALE: &str = r#"
+name = "autoscale-short"
+description = "A short wave against one node, autoscaled to two and back."
+duration_s = 35
+drain_s = 10
+
+[cluster]
+nodes = 1
+shards = 16
+registration_max_per_s = 2.0
+load_target_wait_s = 5.0
+
+[population]
+established = 6
+contacts = 2
+send_interval_s = 1.0
+newcomer_messages = 1
+
+[wave]
+start_s = 3
+ramp_s = 2
+hold_s = 8
+decay_s = 4
+base_per_s = 0.2
+capacity_per_s = 2
+peak_multiplier = 2
+
+[autoscale]
+min_nodes = 1
+max_nodes = 2
+period_s = 1
+down_window_s = 4
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_adds_a_node_in_a_wave_and_drains_it_after() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let scenario = Scenario::parse(AUTOSCALE).unwrap();
+    let run = play_embedded(&scenario).await;
+    assert_all_pass(&run);
+    let most = run.autoscale.iter().map(|p| p.nodes).max().unwrap();
+    assert_eq!(most, 2, "scaled out: {:?}", run.autoscale);
+    assert_eq!(run.autoscale.last().unwrap().nodes, 1, "and back in");
+    assert!(
+        run.drained.iter().all(|d| d.took_s.is_some()),
+        "{:?}",
+        run.drained
+    );
+    // The verdicts above include the autoscaler's own.
+    assert!(
+        run.verdicts
+            .iter()
+            .any(|v| v.name.contains("scale-out began")),
+        "{:?}",
+        run.verdicts
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_backends_and_a_partition_lose_nothing() {

@@ -655,9 +655,10 @@ resource "kubernetes_pod_disruption_budget_v1" "levee" {
 }
 
 # desired = ceil(current × mean(levee_load_ratio) / load_target): the ratio is each node's
-# load against its own targets (queueing delay, shedding, the waiting line's wait), so the
-# Pods metric's average over the pods is what the formula wants. The metric reaches the
-# HPA through the custom metrics API (prometheus-adapter; see README for the rule).
+# load against its own targets (queueing delay, shedding, the waiting line's wait or its
+# arrivals over its seats), so the Pods metric's average over the pods is what the formula
+# wants. The metric reaches the HPA through the custom metrics API (prometheus-adapter; see
+# README for the rule).
 resource "kubernetes_horizontal_pod_autoscaler_v2" "levee" {
   count = var.autoscaling ? 1 : 0
 
