@@ -54,7 +54,7 @@ pub struct LoadTargets {
 }
 
 impl Load {
-    /// The ratio (see the [module docs](self)): 0 idle, 1.0 at target.
+    /// The ratio the module docs define: 0 idle, 1.0 at target.
     pub fn ratio(&self, targets: LoadTargets) -> f64 {
         let over = |x: Duration, limit: Duration| {
             x.as_secs_f64() / limit.as_secs_f64().max(f64::MIN_POSITIVE)
