@@ -19,9 +19,9 @@
 
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::record::Verdict;
+use crate::record::{Drained, ScalePoint, Verdict};
 
 /// The `[autoscale]` section of a scenario: the drill plays the autoscaler.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -184,35 +184,6 @@ impl Hpa {
             .max(current.saturating_sub(c.max_down_per_period))
             .clamp(c.min_nodes, c.max_nodes)
     }
-}
-
-/// One autoscaler period, for the report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ScalePoint {
-    /// Seconds into the run.
-    pub t: f64,
-    /// Nodes running when the decision was taken.
-    pub nodes: u32,
-    /// The mean `levee_load_ratio` over the nodes that answered.
-    pub ratio: f64,
-    /// The mean `levee_waiting_room_estimated_wait_seconds` (what a newcomer joining the
-    /// line now would wait) over the nodes that answered.
-    pub wait_s: f64,
-    /// What the autoscaler decided.
-    pub desired: u32,
-}
-
-/// A node the autoscaler drained, for the report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Drained {
-    /// When the drain was asked for, s into the run.
-    pub t: f64,
-    /// The node.
-    pub name: String,
-    /// How long until it had left, s; `None` if it failed.
-    pub took_s: Option<f64>,
-    /// Why it failed, if it did.
-    pub error: Option<String>,
 }
 
 /// How long after a node is asked for its effect on the wait is looked for.

@@ -25,11 +25,11 @@ use levee_relay::local_cluster::NodeSummary;
 use levee_relay::{AccountId, Identity};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::autoscale::{Autoscale, Drained, Hpa, ScalePoint};
+use crate::autoscale::{Autoscale, Hpa};
 use crate::cluster::{Target, TargetSpec};
 use crate::ledger::{Ending, Ledger, MessageId, Newcomer};
 use crate::placement::NodePlacement;
-use crate::record::{Event, EventKind, RunRecord, Summary, Verdict};
+use crate::record::{Drained, Event, EventKind, RunRecord, ScalePoint, Summary, Verdict};
 use crate::scenario::{FaultAction, Phase, Scenario};
 use crate::timeline::{Class, Timeline};
 

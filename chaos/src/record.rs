@@ -48,10 +48,10 @@ pub struct RunRecord {
     pub placement: Vec<crate::placement::NodePlacement>,
     /// The autoscaler's decisions, once a period (autoscaled scenarios only).
     #[serde(default)]
-    pub autoscale: Vec<crate::autoscale::ScalePoint>,
+    pub autoscale: Vec<ScalePoint>,
     /// The nodes the autoscaler drained, and how long each took.
     #[serde(default)]
-    pub drained: Vec<crate::autoscale::Drained>,
+    pub drained: Vec<Drained>,
 }
 
 /// What happened in one second of a run (counts are of things that *ended* in it, except
@@ -173,4 +173,33 @@ pub struct Verdict {
     pub pass: bool,
     /// The numbers behind it (`12,345 of 12,345`).
     pub detail: String,
+}
+
+/// One autoscaler period, for the report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScalePoint {
+    /// Seconds into the run.
+    pub t: f64,
+    /// Nodes running when the decision was taken.
+    pub nodes: u32,
+    /// The mean `levee_load_ratio` over the nodes that answered.
+    pub ratio: f64,
+    /// The mean `levee_waiting_room_estimated_wait_seconds` (what a newcomer joining the
+    /// line now would wait) over the nodes that answered.
+    pub wait_s: f64,
+    /// What the autoscaler decided.
+    pub desired: u32,
+}
+
+/// A node the autoscaler drained, for the report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Drained {
+    /// When the drain was asked for, s into the run.
+    pub t: f64,
+    /// The node.
+    pub name: String,
+    /// How long until it had left, s; `None` if it failed.
+    pub took_s: Option<f64>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }

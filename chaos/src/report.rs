@@ -580,8 +580,8 @@ fn run_charts(run: &RunRecord) -> Vec<ChartSpec> {
 }
 
 /// The autoscaler's view, once a period: what it read and what it decided.
-fn autoscale_charts(points: &[crate::autoscale::ScalePoint]) -> Vec<ChartSpec> {
-    let series = |name, color, value: fn(&crate::autoscale::ScalePoint) -> f64| Series {
+fn autoscale_charts(points: &[crate::record::ScalePoint]) -> Vec<ChartSpec> {
+    let series = |name, color, value: fn(&crate::record::ScalePoint) -> f64| Series {
         name,
         color,
         right: false,
@@ -1247,7 +1247,7 @@ mod tests {
         assert!(!plain.contains("Autoscaler"));
         let mut scaled = run("scaled", 80, true);
         scaled.autoscale = (0..10)
-            .map(|i| crate::autoscale::ScalePoint {
+            .map(|i| crate::record::ScalePoint {
                 t: f64::from(i) * 3.0,
                 nodes: 2 + i / 4,
                 ratio: 0.5 + f64::from(i % 4) * 0.3,
