@@ -324,6 +324,9 @@ async fn play(
         add_entry(&shared, node)?;
     }
     let users = establish(&shared).await?;
+    if scenario.autoscale.is_some() {
+        settle_load(cluster).await;
+    }
     // The clock of the run starts now; setting up the population is not part of it.
     let shared = Arc::new(Shared {
         timeline: Timeline::start(),
@@ -498,10 +501,11 @@ async fn autoscaler(shared: &Shared, cluster: &dyn Target, config: Autoscale) ->
         let (mut ratios, mut waits) = (Vec::new(), Vec::new());
         for n in &nodes {
             let Some(admin) = n.admin else { continue };
-            if let Some(r) = scrape(admin, "levee_load_ratio").await {
+            if let Some(r) = scrape(admin, &n.name, "levee_load_ratio").await {
                 ratios.push(r);
             }
-            if let Some(w) = scrape(admin, "levee_waiting_room_estimated_wait_seconds").await {
+            let wait = "levee_waiting_room_estimated_wait_seconds";
+            if let Some(w) = scrape(admin, &n.name, wait).await {
                 waits.push(w);
             }
         }
@@ -561,6 +565,28 @@ async fn autoscaler(shared: &Shared, cluster: &dyn Target, config: Autoscale) ->
         }
     }
     scaling
+}
+
+/// Waits (up to 20 s) until no node's `levee_load_ratio` reads above 1, so the autoscaler
+/// starts on a settled cluster. Registering the established users is a burst of
+/// registrations against nodes that seat only so many a second; its demand still read 1.35
+/// when the run's clock started, the autoscaler added a node before the wave and removed
+/// it as the wave began, and the short CI drill failed its flapping check (4 changes).
+async fn settle_load(cluster: &dyn Target) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < give_up {
+        let mut busy = false;
+        for n in cluster.nodes() {
+            let Some(admin) = n.admin else { continue };
+            busy |= scrape(admin, &n.name, "levee_load_ratio")
+                .await
+                .is_some_and(|r| r > 1.0);
+        }
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The number in a node's name (`node-12` → 12), for ordering by age; names without one
@@ -1163,7 +1189,7 @@ async fn sample(
     let mut level: Option<f64> = None;
     for n in &nodes {
         if let Some(admin) = n.admin
-            && let Some(v) = scrape(admin, "levee_admission_level").await
+            && let Some(v) = scrape(admin, &n.name, "levee_admission_level").await
         {
             level = Some(level.map_or(v, |l: f64| l.min(v)));
         }
@@ -1320,16 +1346,34 @@ async fn admin_json(
     serde_json::from_str(&body).map_err(|e| format!("{admin}: {e}"))
 }
 
-/// The lowest value of a metric on a node's admin page, if it answers within 200 ms.
-async fn scrape(admin: SocketAddr, series: &str) -> Option<f64> {
+/// The value of a metric for node `name` on its admin page, if it answers within 200 ms.
+///
+/// Only the node's own series (`node="name"`) counts: nodes sharing a process (the embedded
+/// cluster) share its metrics page, which keeps the last value of every node that ever ran
+/// there — drained ones, and those of earlier drills in the same test process. Taking the
+/// lowest value on the page read such a frozen series: after a scale-in the autoscaler saw
+/// the drained node's 0.01 through a whole wave, and a CI run in which earlier drills had
+/// left their nodes' series behind never scaled out.
+async fn scrape(admin: SocketAddr, name: &str, series: &str) -> Option<f64> {
     let timeout = Duration::from_millis(200);
     let (status, page) =
         levee_relay::admin_client::request(admin, None, "GET", "/metrics", timeout)
             .await
             .ok()?;
     (status == 200).then_some(())?;
+    series_value(&page, name, series)
+}
+
+/// The value of `series` labelled `node="name"` in a Prometheus text page (the lowest, if
+/// it has several label sets).
+fn series_value(page: &str, name: &str, series: &str) -> Option<f64> {
+    let label = format!("node=\"{name}\"");
     page.lines()
-        .filter(|l| l.starts_with(series))
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(f64::min)
 }
@@ -1560,5 +1604,27 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         placement: Vec::new(),
         autoscale: Vec::new(),
         drained: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_reads_only_the_named_nodes_series() {
+        let page = "\
+# TYPE levee_load_ratio gauge
+levee_load_ratio{node=\"node-2\"} 0.0097
+levee_load_ratio{node=\"node-1\"} 1.5
+levee_load_ratio_other{node=\"node-1\"} 0.1
+";
+        assert_eq!(series_value(page, "node-1", "levee_load_ratio"), Some(1.5));
+        assert_eq!(
+            series_value(page, "node-2", "levee_load_ratio"),
+            Some(0.0097)
+        );
+        assert_eq!(series_value(page, "node-3", "levee_load_ratio"), None);
+        assert_eq!(series_value(page, "node-1", "levee_load"), None);
     }
 }

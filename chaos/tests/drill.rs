@@ -170,6 +170,10 @@ async fn the_autoscaler_adds_a_node_in_a_wave_and_drains_it_after() {
     let _one_at_a_time = SERIAL.lock().await;
     let scenario = Scenario::parse(AUTOSCALE).unwrap();
     let run = play_embedded(&scenario).await;
+    // What the autoscaler read, for a failure's sake.
+    for p in &run.autoscale {
+        println!("{p:?}");
+    }
     assert_all_pass(&run);
     let most = run.autoscale.iter().map(|p| p.nodes).max().unwrap();
     assert_eq!(most, 2, "scaled out: {:?}", run.autoscale);

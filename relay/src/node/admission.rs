@@ -334,8 +334,9 @@ impl Admission {
         }
     }
 
-    /// Closes idle windows; called periodically.
-    pub(crate) fn tick(&self) {
+    /// Closes idle windows; called periodically with the door's pressure
+    /// ([`Door::pressure`](super::door::Door::pressure)) for the load signal.
+    pub(crate) fn tick(&self, door_pressure: f64) {
         if !self.enabled {
             return;
         }
@@ -351,6 +352,7 @@ impl Admission {
             level: state.controller.level(),
             line_wait: state.line.tail_wait(),
             line_demand: state.line.demand_ratio(),
+            door_pressure,
         };
         self.metrics.admission_state(
             state.controller.level().fraction(),
@@ -514,7 +516,7 @@ mod tests {
         let a = admission(100.0);
         let slow = a.backend_write();
         std::thread::sleep(Duration::from_millis(1100));
-        a.tick();
+        a.tick(1.0);
         assert!(a.shedding(), "a write hanging for a second is overload");
         drop(slow);
         let b = admission(100.0);
@@ -522,7 +524,7 @@ mod tests {
             drop(b.backend_write());
         }
         std::thread::sleep(Duration::from_millis(1100));
-        b.tick();
+        b.tick(1.0);
         assert!(!b.shedding());
     }
 
@@ -531,13 +533,13 @@ mod tests {
         let a = admission(100.0);
         a.record_lag(1_000_000);
         std::thread::sleep(Duration::from_millis(1100));
-        a.tick();
+        a.tick(1.0);
         assert!(a.shedding());
         a.record_lag(0);
         // Calm windows climb back 1% of all slots each; the first already helps.
         let before = a.lock().controller.level();
         std::thread::sleep(Duration::from_millis(1100));
-        a.tick();
+        a.tick(1.0);
         assert!(a.lock().controller.level() > before);
     }
 
@@ -609,8 +611,8 @@ mod tests {
             a.register(b"newcomer", None);
         }
         std::thread::sleep(Duration::from_millis(1100));
-        strict.tick();
-        lax.tick();
+        strict.tick(1.0);
+        lax.tick(1.0);
         assert!(
             !strict.shedding() && !lax.shedding(),
             "nobody is shed for 8 ms"

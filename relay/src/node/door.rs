@@ -176,6 +176,50 @@ impl HandshakeRate {
     }
 }
 
+/// New connections arriving at the door per second, whether they pass or not: the
+/// demand the door sees, for the autoscaling signal (`admission::Load::door_pressure`).
+#[derive(Debug)]
+pub(crate) struct DoorArrivals {
+    last: Instant,
+    counted_at_last: u64,
+    per_sec: f64,
+}
+
+impl DoorArrivals {
+    /// How often the rate is re-estimated: often enough to follow a wave's front, seldom
+    /// enough that a handful of connections is a rate.
+    const INTERVAL: Duration = Duration::from_millis(500);
+
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            counted_at_last: 0,
+            per_sec: 0.0,
+        }
+    }
+
+    /// Takes `counted`, the door's running count of new connections without a pass that
+    /// reached it, and `kernel_share`, the share of them the kernel let reach it; smooths
+    /// over about two intervals.
+    pub(crate) fn update(&mut self, counted: u64, kernel_share: f64, now: Instant) {
+        let dt = now.saturating_duration_since(self.last);
+        if dt < Self::INTERVAL {
+            return;
+        }
+        let reached = counted.saturating_sub(self.counted_at_last) as f64 / dt.as_secs_f64();
+        let arriving = reached / kernel_share.max(f64::MIN_POSITIVE);
+        self.per_sec = 0.5 * self.per_sec + 0.5 * arriving;
+        self.last = now;
+        self.counted_at_last = counted;
+    }
+
+    /// New connections arriving per second over `rate`, the most the door lets through
+    /// (`None`: no limit); 1.0 when the door is not limited or has room to spare.
+    pub(crate) fn pressure(&self, rate: Option<f64>) -> f64 {
+        rate.map_or(1.0, |r| (self.per_sec / r.max(f64::MIN_POSITIVE)).max(1.0))
+    }
+}
+
 /// How many new connections the door lets through: the node-wide handshake rate admission
 /// control asks for (`None`: no limit), as a token bucket — except those carrying a door
 /// pass (`admission::PassKey`), known accounts logging in again, which go through whatever
@@ -193,6 +237,7 @@ pub(crate) struct Door {
     passed: AtomicU64,
     /// The kernel's share of the work, once the endpoint's socket is known.
     sieve: Mutex<Option<Sieve>>,
+    arrivals: Mutex<DoorArrivals>,
 }
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -209,6 +254,7 @@ impl Door {
             dropped: AtomicU64::new(0),
             passed: AtomicU64::new(0),
             sieve: Mutex::new(None),
+            arrivals: Mutex::new(DoorArrivals::new(Instant::now())),
         }
     }
 
@@ -244,14 +290,34 @@ impl Door {
     pub(crate) fn set_rate(&self, rate: Option<f64>) {
         let bits = rate.map_or(NO_LIMIT, f64::to_bits);
         self.rate.store(bits, Ordering::Relaxed);
+        let now = Instant::now();
+        // Read before the sieve changes it: the share in force while these arrived.
+        let share = self.kernel_share();
+        let judged = self.judged.load(Ordering::Relaxed);
+        let newcomers = judged.saturating_sub(self.passed.load(Ordering::Relaxed));
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(newcomers, share, now);
         if let Some(sieve) = self
             .sieve
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            sieve.update(self.judged.load(Ordering::Relaxed), rate, Instant::now());
+            sieve.update(judged, rate, now);
         }
+    }
+
+    /// New connections without a pass arriving per second over the rate the door lets
+    /// through ([`DoorArrivals::pressure`]).
+    pub(crate) fn pressure(&self) -> f64 {
+        let bits = self.rate.load(Ordering::Relaxed);
+        let rate = (bits != NO_LIMIT).then(|| f64::from_bits(bits));
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pressure(rate)
     }
 
     /// New connections dropped so far.
@@ -357,6 +423,26 @@ impl AsyncUdpSocket for DoorSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_is_what_arrives_over_what_the_door_lets_through() {
+        let t0 = Instant::now();
+        let mut a = DoorArrivals::new(t0);
+        assert_eq!(a.pressure(Some(10.0)), 1.0, "nothing arrived yet");
+        // 40 a second reach the door for two seconds, a quarter of those the kernel saw.
+        let mut counted = 0;
+        for i in 1..=4 {
+            counted += 5;
+            a.update(counted, 0.25, t0 + Duration::from_millis(500 * i));
+        }
+        let p = a.pressure(Some(10.0));
+        assert!(p > 3.5 && p <= 4.0, "{p}");
+        assert_eq!(a.pressure(None), 1.0, "an open door holds nobody back");
+        assert_eq!(a.pressure(Some(100.0)), 1.0, "room to spare");
+        // Updates closer together than the interval change nothing.
+        a.update(counted + 1000, 1.0, t0 + Duration::from_millis(2100));
+        assert_eq!(a.pressure(Some(10.0)), p);
+    }
 
     /// A QUIC v1 long-header packet of `kind` (0 = Initial) to `dcid`, padded as clients pad.
     fn long_packet(kind: u8, version: u32, dcid: &[u8]) -> Vec<u8> {

@@ -489,7 +489,7 @@ async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
                 shared.door.passed(),
                 shared.door.kernel_share(),
             );
-            shared.admission.tick();
+            shared.admission.tick(shared.door.pressure());
         }
         if n % 1000 == 0 {
             shared.guard.forget_idle();
