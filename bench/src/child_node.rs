@@ -152,7 +152,7 @@ impl CpuMeter {
 
 /// CPU time process `pid` has used so far, all its threads together (Linux:
 /// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
-fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+pub fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         // A thread that ended between listing and reading is simply not counted.

@@ -10,6 +10,13 @@ use levee_client::ClientConfig;
 use levee_client::Trust;
 use levee_relay::{Node, NodeConfig};
 
+/// The `levee` binary's allocator, for every binary and bench of this package (levee-load,
+/// levee-surge), so the nodes measured here allocate as a deployed one does; built without
+/// it (`--no-default-features`) to compare with the system allocator.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A relay node run inside the tool's process, on loopback, with its data in a temporary
 /// directory that is removed when it stops.
 pub struct LocalNode {

@@ -5,6 +5,18 @@
 //! answered the recipient's acknowledgement, so one count is the whole path: send → durable
 //! in the delivery log → stored in the mailbox → pushed → acknowledged (deleted durably).
 //! Latency is from the start of the send to the push arriving at the recipient.
+//!
+//! Two ways to offer load:
+//! - closed loop (the default): W sends in flight per connection, each slot sending again
+//!   once the last send was answered. Finds the most the node sustains, but its latency is
+//!   flattered: a slow answer also delays the sends behind it (coordinated omission).
+//! - open loop (`--rate R`): R sends per second in all, each started at its scheduled time
+//!   whatever happened to the ones before, and its latency counted from that time. This is
+//!   the latency a user sees at a given load.
+//!
+//! With `--node-process` the in-process node runs in a child process instead, so the node's
+//! CPU time is measured apart from the load's (`node_cpu_s`, `load_cpu_s`): on a shared
+//! machine, envelopes per CPU-second compare where envelopes per second cannot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +26,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use levee_bench::child_node::{self, ChildNode, process_cpu_time};
 use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
 use levee_client::{Client, ClientConfig};
 use levee_client::{Fingerprint, Trust};
 use levee_relay::Identity;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
+
+/// Sends one connection may have started and not yet had answered in open-loop mode. A
+/// node that falls this far behind is overloaded; further sends are counted as missed
+/// rather than piling up in the load tool's memory.
+const OPEN_LOOP_OUTSTANDING: usize = 20_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,9 +70,29 @@ struct Args {
     /// the in-process node's limit); to compare flow-control settings.
     #[arg(long, default_value_t = levee_client::DEFAULT_DELIVERY_WINDOW)]
     delivery_window: u32,
+    /// Open loop: offer this many envelopes per second in all (spread evenly over the
+    /// connections), each send started on schedule and timed from its scheduled start.
+    /// Without it, the load is closed-loop with --window sends in flight per connection.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run the node in a child process, to measure its CPU time apart from the load's.
+    #[arg(long, conflicts_with = "server")]
+    node_process: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Role {
+    /// The node of `--node-process`, in the child.
+    #[command(hide = true)]
+    Node {
+        #[arg(long)]
+        delivery_window: u32,
+    },
 }
 
 struct Shared {
@@ -63,11 +101,28 @@ struct Shared {
     stop: AtomicBool,
     completed: AtomicU64,
     sent: AtomicU64,
+    /// Open loop: sends not started because the connection had too many outstanding.
+    missed: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
+}
+
+/// Where the node under load runs.
+enum Target {
+    Remote,
+    InProcess(LocalNode),
+    Child(ChildNode),
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Role::Node { delivery_window }) = args.role {
+        return tokio::runtime::Runtime::new()?.block_on(child_node::serve(|c| {
+            c.delivery_window = delivery_window;
+        }));
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of envelopes per second");
+    }
     if args.connections < 2 || args.window == 0 || args.size < 8 || args.delivery_window == 0 {
         bail!("need --connections >= 2, --window >= 1, --size >= 8 and --delivery-window >= 1");
     }
@@ -75,15 +130,31 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut local = None;
-    let mut config = match (args.server, args.fingerprint) {
-        (Some(server), Some(fp)) => ClientConfig::new(server, Trust::Fingerprint(fp)),
+    let (target, mut config) = match (args.server, args.fingerprint) {
+        (Some(server), Some(fp)) => (
+            Target::Remote,
+            ClientConfig::new(server, Trust::Fingerprint(fp)),
+        ),
+        _ if args.node_process => {
+            let mut command = std::process::Command::new(std::env::current_exe()?);
+            command.args([
+                "node",
+                "--delivery-window",
+                &args.delivery_window.to_string(),
+            ]);
+            let node = ChildNode::start(command).await?;
+            let config = node.client.clone();
+            (Target::Child(node), config)
+        }
         _ => {
             let node = LocalNode::start(|c| c.delivery_window = args.delivery_window)?;
             let config = node.client.clone();
-            local = Some(node);
-            config
+            (Target::InProcess(node), config)
         }
+    };
+    let node_pid = match &target {
+        Target::Child(node) => Some(node.pid()?),
+        _ => None,
     };
     config.delivery_window = args.delivery_window;
 
@@ -101,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
         completed: AtomicU64::new(0),
         sent: AtomicU64::new(0),
+        missed: AtomicU64::new(0),
         latency_us: Mutex::new(latency_histogram()),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -108,19 +180,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let inbox = client.subscribe().await?;
         tasks.spawn(receive(client.clone(), inbox, shared.clone()));
         let to = clients[(i + 1) % clients.len()].account();
-        for _ in 0..args.window {
-            tasks.spawn(send_loop(client.clone(), to, args.size, shared.clone()));
+        if let Some(rate) = args.rate {
+            let per_connection = rate / args.connections as f64;
+            tasks.spawn(open_loop(
+                client.clone(),
+                to,
+                args.size,
+                per_connection,
+                shared.clone(),
+            ));
+        } else {
+            for _ in 0..args.window {
+                tasks.spawn(send_loop(client.clone(), to, args.size, shared.clone()));
+            }
         }
     }
 
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let start_completed = shared.completed.load(Ordering::Relaxed);
+    let start_missed = shared.missed.load(Ordering::Relaxed);
+    let cpu = CpuReading::take(node_pid);
     shared.measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     let completed = shared.completed.load(Ordering::Relaxed) - start_completed;
+    let missed = shared.missed.load(Ordering::Relaxed) - start_missed;
+    let (node_cpu, load_cpu) = cpu.since(node_pid);
     shared.stop.store(true, Ordering::Relaxed);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -133,16 +220,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "connections": args.connections, "window": args.window, "size": args.size,
-                "delivery_window": args.delivery_window,
+                "delivery_window": args.delivery_window, "offered_per_sec": args.rate,
                 "seconds": elapsed, "envelopes": completed, "envelopes_per_sec": rate,
+                "missed": missed,
                 "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
+                "node_cpu_s": node_cpu, "load_cpu_s": load_cpu,
             })
         );
     } else {
-        println!(
-            "connections {} × window {} × {} B envelopes, {:.1} s measured",
-            args.connections, args.window, args.size, elapsed
-        );
+        match args.rate {
+            Some(offered) => println!(
+                "connections {} × {} B envelopes, open loop at {offered:.0}/s, {:.1} s measured",
+                args.connections, args.size, elapsed
+            ),
+            None => println!(
+                "connections {} × window {} × {} B envelopes, {:.1} s measured",
+                args.connections, args.window, args.size, elapsed
+            ),
+        }
         println!(
             "end-to-end (send → durable → pushed → acked): {completed} envelopes, {rate:.0} envelopes/s"
         );
@@ -153,6 +248,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ms(0.999),
             h.max() as f64 / 1000.0
         );
+        if missed > 0 {
+            println!(
+                "missed: {missed} sends not started ({OPEN_LOOP_OUTSTANDING} outstanding on a connection)"
+            );
+        }
+        if let Some(node_cpu) = node_cpu {
+            println!(
+                "CPU: node {node_cpu:.2} s ({:.0} envelopes per node CPU-second), load {load_cpu:.2} s",
+                completed as f64 / node_cpu.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     drop(h);
     for c in clients {
@@ -160,10 +266,77 @@ async fn run(args: Args) -> anyhow::Result<()> {
             c.close().await;
         }
     }
-    if let Some(node) = local {
-        node.stop().await?;
+    match target {
+        Target::Remote => {}
+        Target::InProcess(node) => node.stop().await?,
+        Target::Child(node) => node.stop().await?,
     }
     Ok(())
+}
+
+/// CPU time used so far by the node's process (when it has its own) and by this one.
+struct CpuReading {
+    node: Option<Duration>,
+    load: Duration,
+}
+
+impl CpuReading {
+    fn take(node_pid: Option<u32>) -> Self {
+        Self {
+            node: node_pid.and_then(|pid| process_cpu_time(pid).ok()),
+            load: process_cpu_time(std::process::id()).unwrap_or_default(),
+        }
+    }
+
+    /// Seconds of CPU the node and this process used since `self`.
+    fn since(&self, node_pid: Option<u32>) -> (Option<f64>, f64) {
+        let now = Self::take(node_pid);
+        let node = now
+            .node
+            .zip(self.node)
+            .map(|(b, a)| b.saturating_sub(a).as_secs_f64());
+        (node, now.load.saturating_sub(self.load).as_secs_f64())
+    }
+}
+
+/// One connection's open-loop sender: starts a send every `1 / rate` seconds, each stamped
+/// with (and later timed from) its scheduled start, however late the ones before are.
+async fn open_loop(
+    client: Arc<Client>,
+    to: levee_relay::AccountId,
+    size: usize,
+    rate: f64,
+    shared: Arc<Shared>,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let outstanding = Arc::new(Semaphore::new(OPEN_LOOP_OUTSTANDING));
+    // Dropping the set (this task aborted) aborts the sends it still holds.
+    let mut sends = tokio::task::JoinSet::new();
+    let begin = tokio::time::Instant::now();
+    for k in 0u32.. {
+        let due = begin + period * k;
+        tokio::time::sleep_until(due).await;
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        while sends.try_join_next().is_some() {}
+        let Ok(permit) = outstanding.clone().try_acquire_owned() else {
+            shared.missed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let scheduled = due.into_std().saturating_duration_since(shared.epoch);
+        let mut payload = vec![0u8; size];
+        payload[..8].copy_from_slice(&(scheduled.as_nanos() as u64).to_be_bytes());
+        let (client, shared) = (client.clone(), shared.clone());
+        sends.spawn(async move {
+            // A refused send is not retried: the schedule moves on, and the envelope never
+            // reaches the recipient, so it is simply not counted.
+            if client.send(&to, payload).await.is_ok() {
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// One send slot: sends, waits for the durable answer, sends again.

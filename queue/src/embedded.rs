@@ -1,6 +1,6 @@
 //! The delivery log inside the embedded database.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -159,12 +159,14 @@ impl DeliveryLog for EmbeddedLog {
                     offset,
                 });
             }
-            for r in &records {
-                let head = heads[r.shard as usize];
+            // One head per shard the batch touched (not one per record: each insert is a
+            // memtable write, and a batch is mostly one shard's records).
+            let touched: BTreeSet<ShardId> = records.iter().map(|r| r.shard).collect();
+            for shard in touched {
                 batch.insert(
                     &self.inner.heads,
-                    r.shard.to_be_bytes().to_vec(),
-                    head.to_be_bytes().to_vec(),
+                    shard.to_be_bytes().to_vec(),
+                    heads[shard as usize].to_be_bytes().to_vec(),
                 );
             }
             self.inner.store.commit(batch)?;

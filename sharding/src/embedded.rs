@@ -287,9 +287,11 @@ impl MailboxStore for EmbeddedMailboxStore {
             for e in &envelopes {
                 let ekey = envelope_key(&e.mailbox, e.id);
                 let dkey = dedupe_key(&e.mailbox, &e.dedupe_key);
-                let duplicate = !seen.insert(dkey)
-                    || self.mailboxes.contains_key(ekey)?
-                    || self.dedupe.contains_key(dkey)?;
+                // The dedupe record alone decides: it is written in the same batch as its
+                // envelope and removed only with it (`expire`), and a replayed log record
+                // (same id) carries its message's dedupe key. A second lookup, by id, was
+                // a measurable share of the node's CPU (docs/PERFORMANCE.md).
+                let duplicate = !seen.insert(dkey) || self.dedupe.contains_key(dkey)?;
                 if duplicate {
                     outcomes.push(InsertOutcome::Duplicate);
                     continue;

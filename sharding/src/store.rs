@@ -58,8 +58,10 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// Current quota usage of a mailbox.
     async fn usage(&self, mailbox: &MailboxId) -> Result<MailboxUsage, StoreError>;
 
-    /// Stores envelopes, skipping any whose id or dedupe key the mailbox has already seen
-    /// (within the expiry window). The outcomes are in the order of `envelopes`.
+    /// Stores envelopes, skipping any whose dedupe key the mailbox has already seen
+    /// (within the expiry window). A replayed log record is skipped by the same check: it
+    /// carries its message's dedupe key, and ids (log positions) are never given to two
+    /// messages. The outcomes are in the order of `envelopes`.
     async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError>;
 
     /// Up to `max` unexpired envelopes of `mailbox` with ids greater than `after` (all, if
