@@ -23,7 +23,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== API docs (cargo doc, warnings are errors: broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q \
-  -p levee-protocol -p levee-client -p levee-relay -p levee-sharding -p levee-queue -p levee
+  -p levee-protocol -p levee-client -p levee-relay -p levee-sharding -p levee-queue -p levee \
+  -p levee-bench -p levee-chaos
 
 echo "== workspace structure (scripts/check-structure.sh)"
 scripts/check-structure.sh

@@ -1,6 +1,6 @@
 //! The ledger: what the drill's clients were told, and what the invariants say about it.
 //!
-//! Pure bookkeeping, fed by the drill's clients as things happen; [`Ledger::check`] turns
+//! Pure bookkeeping, fed by the drill's clients as things happen; [`Ledger::invariants`] turns
 //! it into PASS/FAIL lines at the end. Kept apart from the networking so the judgement can
 //! be tested on its own.
 
