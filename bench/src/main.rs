@@ -103,6 +103,9 @@ struct Shared {
     sent: AtomicU64,
     /// Open loop: sends not started because the connection had too many outstanding.
     missed: AtomicU64,
+    /// Sends the node refused or that failed (not retried in open loop; the slot waits
+    /// 10 ms and sends again in closed loop).
+    refused: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -173,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         completed: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         missed: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
         latency_us: Mutex::new(latency_histogram()),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -199,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let start_completed = shared.completed.load(Ordering::Relaxed);
     let start_missed = shared.missed.load(Ordering::Relaxed);
+    let start_refused = shared.refused.load(Ordering::Relaxed);
     let cpu = CpuReading::take(node_pid);
     shared.measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -207,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let completed = shared.completed.load(Ordering::Relaxed) - start_completed;
     let missed = shared.missed.load(Ordering::Relaxed) - start_missed;
+    let refused = shared.refused.load(Ordering::Relaxed) - start_refused;
     let (node_cpu, load_cpu) = cpu.since(node_pid);
     shared.stop.store(true, Ordering::Relaxed);
     tasks.abort_all();
@@ -222,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "connections": args.connections, "window": args.window, "size": args.size,
                 "delivery_window": args.delivery_window, "offered_per_sec": args.rate,
                 "seconds": elapsed, "envelopes": completed, "envelopes_per_sec": rate,
-                "missed": missed,
+                "missed": missed, "refused": refused,
                 "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
                 "node_cpu_s": node_cpu, "load_cpu_s": load_cpu,
             })
@@ -248,6 +254,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ms(0.999),
             h.max() as f64 / 1000.0
         );
+        if refused > 0 {
+            println!("refused: {refused} sends refused by the node or failed");
+        }
         if missed > 0 {
             println!(
                 "missed: {missed} sends not started ({OPEN_LOOP_OUTSTANDING} outstanding on a connection)"
@@ -330,9 +339,11 @@ async fn open_loop(
         let (client, shared) = (client.clone(), shared.clone());
         sends.spawn(async move {
             // A refused send is not retried: the schedule moves on, and the envelope never
-            // reaches the recipient, so it is simply not counted.
+            // reaches the recipient; it is counted as refused.
             if client.send(&to, payload).await.is_ok() {
                 shared.sent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
         });
@@ -351,6 +362,7 @@ async fn send_loop(
         let t = shared.epoch.elapsed().as_nanos() as u64;
         payload[..8].copy_from_slice(&t.to_be_bytes());
         if client.send(&to, payload.clone()).await.is_err() {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
