@@ -206,8 +206,13 @@ pub fn judge(
         .filter(|w| w[1].nodes != w[0].nodes)
         .map(|w| (w[1].t, w[0].nodes, w[1].nodes))
         .collect();
-    let first_out = points.iter().find(|p| p.desired > p.nodes).map(|p| p.t);
     if let Some(start) = wave_start_s {
+        // Only a scale-out the wave could have caused: one asked for before it began (the
+        // set-up's own registrations can ask) used to pass as a reaction 0 s or less after it.
+        let first_out = points
+            .iter()
+            .find(|p| p.t >= start && p.desired > p.nodes)
+            .map(|p| p.t);
         let pass = first_out.is_some_and(|t| t - start <= config.react_within_s);
         verdicts.push(Verdict {
             name: format!(
@@ -475,5 +480,18 @@ mod tests {
         ];
         let v = judge(&config(), &points, Some(5.0), 10.0, &[drained(45.0)]);
         assert_eq!(passed(&v), [false; 4], "{v:?}");
+    }
+
+    #[test]
+    fn a_scale_out_before_the_wave_is_no_reaction_to_it() {
+        let points = [
+            point(0.0, 2, 3, 0.0),
+            point(5.0, 3, 3, 0.0),
+            point(10.0, 3, 3, 0.0),
+            point(50.0, 3, 3, 0.0),
+        ];
+        let v = judge(&config(), &points, Some(10.0), 10.0, &[]);
+        assert!(!v[0].pass, "{v:?}");
+        assert!(v[0].detail.contains("never asked"), "{v:?}");
     }
 }
