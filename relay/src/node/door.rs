@@ -237,6 +237,9 @@ pub(crate) struct Door {
     passed: AtomicU64,
     /// The kernel's share of the work, once the endpoint's socket is known.
     sieve: Mutex<Option<Sieve>>,
+    /// New connections arriving, for the load signal's door pressure. Pass holders are
+    /// told apart only while the door is limited, so just after it closes, logins from
+    /// before count as newcomers for about a second.
     arrivals: Mutex<DoorArrivals>,
 }
 
