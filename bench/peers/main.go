@@ -222,16 +222,13 @@ func steady(o options, b broker, h *harness) (result, error) {
 		}
 	}
 	sleep(o.warmup)
-	select {
-	case err := <-errs:
-		return result{}, fmt.Errorf("publishing during warm-up: %w", err)
-	default:
+	if err := failed(errs, "publishing during warm-up"); err != nil {
+		return result{}, err
 	}
-	cpu0, err := cpuSeconds(o.serverPid)
+	cpu, err := markCPU(o.serverPid)
 	if err != nil {
 		return result{}, err
 	}
-	self0 := selfCPUSeconds()
 	before := h.completed.Load()
 	h.measuring.Store(true)
 	start := time.Now()
@@ -239,24 +236,18 @@ func steady(o options, b broker, h *harness) (result, error) {
 	h.measuring.Store(false)
 	elapsed := time.Since(start).Seconds()
 	n := h.completed.Load() - before
-	cpu1, err := cpuSeconds(o.serverPid)
-	if err != nil {
+	r := result{Seconds: elapsed, Messages: n, PerSec: float64(n) / elapsed}
+	if err := cpu.since(o.serverPid, &r); err != nil {
 		return result{}, err
 	}
-	self1 := selfCPUSeconds()
 	h.stop.Store(true)
 	cancel()
 	wg.Wait()
-	select {
-	case err := <-errs:
-		return result{}, fmt.Errorf("publishing: %w", err)
-	default:
+	if err := failed(errs, "publishing"); err != nil {
+		return result{}, err
 	}
-	return result{
-		Seconds: elapsed, Messages: n, PerSec: float64(n) / elapsed,
-		P50Ms: h.quantileMs(0.5), P99Ms: h.quantileMs(0.99),
-		ServerCPUSeconds: cpu1 - cpu0, ClientCPUSeconds: self1 - self0,
-	}, nil
+	r.P50Ms, r.P99Ms = h.quantileMs(0.5), h.quantileMs(0.99)
+	return r, nil
 }
 
 // drain stores -prefill messages, then times the consumers taking and acknowledging all.
@@ -284,16 +275,13 @@ func drain(o options, b broker, h *harness) (result, error) {
 		}
 	}
 	wg.Wait()
-	select {
-	case err := <-errs:
-		return result{}, fmt.Errorf("filling: %w", err)
-	default:
+	if err := failed(errs, "filling"); err != nil {
+		return result{}, err
 	}
-	cpu0, err := cpuSeconds(o.serverPid)
+	cpu, err := markCPU(o.serverPid)
 	if err != nil {
 		return result{}, err
 	}
-	self0 := selfCPUSeconds()
 	done := make(chan struct{})
 	var once sync.Once
 	start := time.Now()
@@ -313,17 +301,41 @@ func drain(o options, b broker, h *harness) (result, error) {
 		return result{}, fmt.Errorf("drained %d of %d in 10 minutes", h.completed.Load(), o.prefill)
 	}
 	elapsed := time.Since(start).Seconds()
-	cpu1, err := cpuSeconds(o.serverPid)
-	if err != nil {
+	r := result{Seconds: elapsed, Messages: uint64(o.prefill), PerSec: float64(o.prefill) / elapsed}
+	if err := cpu.since(o.serverPid, &r); err != nil {
 		return result{}, err
 	}
-	return result{
-		Seconds: elapsed, Messages: uint64(o.prefill), PerSec: float64(o.prefill) / elapsed,
-		ServerCPUSeconds: cpu1 - cpu0, ClientCPUSeconds: selfCPUSeconds() - self0,
-	}, nil
+	return r, nil
 }
 
 func sleep(seconds float64) { time.Sleep(time.Duration(seconds * float64(time.Second))) }
+
+// failed returns the first error a publisher reported, wrapped with what was being done,
+// or nil if none has.
+func failed(errs <-chan error, doing string) error {
+	select {
+	case err := <-errs:
+		return fmt.Errorf("%s: %w", doing, err)
+	default:
+		return nil
+	}
+}
+
+// cpuMark is the CPU time the broker (by pid; 0: none) and this process had used at a
+// moment.
+type cpuMark struct{ server, self float64 }
+
+func markCPU(serverPid int) (cpuMark, error) {
+	server, err := cpuSeconds(serverPid)
+	return cpuMark{server, selfCPUSeconds()}, err
+}
+
+// since fills in the CPU time used since m.
+func (m cpuMark) since(serverPid int, r *result) error {
+	now, err := markCPU(serverPid)
+	r.ServerCPUSeconds, r.ClientCPUSeconds = now.server-m.server, now.self-m.self
+	return err
+}
 
 // cpuSeconds is the CPU time a process's threads have used, summed from
 // /proc/<pid>/task/*/schedstat (nanoseconds on a CPU: the measure levee-load uses for its

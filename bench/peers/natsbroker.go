@@ -22,11 +22,7 @@ type natsBroker struct {
 
 func newNats(o options) (broker, error) {
 	b := &natsBroker{url: o.url}
-	nc, err := b.connect()
-	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
+	js, err := b.jetStream()
 	if err != nil {
 		return nil, err
 	}
@@ -55,6 +51,15 @@ func newNats(o options) (broker, error) {
 	return b, nil
 }
 
+// jetStream opens a connection of its own (closed with the broker) and its JetStream API.
+func (b *natsBroker) jetStream() (jetstream.JetStream, error) {
+	nc, err := b.connect()
+	if err != nil {
+		return nil, err
+	}
+	return jetstream.New(nc)
+}
+
 func (b *natsBroker) connect() (*nats.Conn, error) {
 	nc, err := nats.Connect(b.url)
 	if err != nil {
@@ -67,11 +72,7 @@ func (b *natsBroker) connect() (*nats.Conn, error) {
 }
 
 func (b *natsBroker) publisher(to int) (func(context.Context, []byte) error, error) {
-	nc, err := b.connect()
-	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
+	js, err := b.jetStream()
 	if err != nil {
 		return nil, err
 	}
@@ -83,11 +84,7 @@ func (b *natsBroker) publisher(to int) (func(context.Context, []byte) error, err
 }
 
 func (b *natsBroker) consume(i int, handle func([]byte)) error {
-	nc, err := b.connect()
-	if err != nil {
-		return err
-	}
-	js, err := jetstream.New(nc)
+	js, err := b.jetStream()
 	if err != nil {
 		return err
 	}

@@ -139,20 +139,32 @@ impl CpuMeter {
     /// The share of `cores` the process used since the last reading (1.0: all of them), and
     /// takes a new reading; `None` if either reading failed or no time has passed.
     pub fn busy(&mut self) -> Option<f64> {
+        let (wall, cpu) = self.since_last()?;
+        let wall = wall.as_secs_f64();
+        (wall > 1e-3).then(|| cpu.as_secs_f64() / (wall * self.cores))
+    }
+
+    /// The CPU time the process used since the last reading, and takes a new reading;
+    /// `None` if either reading failed.
+    pub fn used(&mut self) -> Option<std::time::Duration> {
+        self.since_last().map(|(_, cpu)| cpu)
+    }
+
+    /// Wall time and CPU time since the last reading; takes a new one.
+    fn since_last(&mut self) -> Option<(std::time::Duration, std::time::Duration)> {
         let now = process_cpu_time(self.pid)
             .ok()
             .map(|t| (std::time::Instant::now(), t));
         let (before, after) = (self.last, now);
         self.last = now;
         let ((t0, cpu0), (t1, cpu1)) = (before?, after?);
-        let wall = (t1 - t0).as_secs_f64();
-        (wall > 1e-3).then(|| (cpu1.saturating_sub(cpu0)).as_secs_f64() / (wall * self.cores))
+        Some((t1 - t0, cpu1.saturating_sub(cpu0)))
     }
 }
 
 /// CPU time process `pid` has used so far, all its threads together (Linux:
 /// `/proc/<pid>/task/*/schedstat`, nanoseconds on a CPU).
-pub fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+fn process_cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
     let mut total = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         // A thread that ended between listing and reading is simply not counted.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use levee_bench::child_node::{self, ChildNode, process_cpu_time};
+use levee_bench::child_node::{self, ChildNode, CpuMeter};
 use levee_bench::{LocalNode, latency_histogram, quantile_ms, record};
 use levee_client::{Client, ClientConfig};
 use levee_client::{Fingerprint, Trust};
@@ -204,7 +204,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let start_completed = shared.completed.load(Ordering::Relaxed);
     let start_missed = shared.missed.load(Ordering::Relaxed);
     let start_refused = shared.refused.load(Ordering::Relaxed);
-    let cpu = CpuReading::take(node_pid);
+    // The node's CPU when it has a process of its own, and this process's.
+    let mut node_cpu = node_pid.map(|pid| CpuMeter::new(pid, 1.0));
+    let mut load_cpu = CpuMeter::new(std::process::id(), 1.0);
     shared.measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
@@ -213,7 +215,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let completed = shared.completed.load(Ordering::Relaxed) - start_completed;
     let missed = shared.missed.load(Ordering::Relaxed) - start_missed;
     let refused = shared.refused.load(Ordering::Relaxed) - start_refused;
-    let (node_cpu, load_cpu) = cpu.since(node_pid);
+    let node_cpu = node_cpu
+        .as_mut()
+        .and_then(CpuMeter::used)
+        .map(|d| d.as_secs_f64());
+    let load_cpu = load_cpu.used().unwrap_or_default().as_secs_f64();
     shared.stop.store(true, Ordering::Relaxed);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -281,31 +287,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Target::Child(node) => node.stop().await?,
     }
     Ok(())
-}
-
-/// CPU time used so far by the node's process (when it has its own) and by this one.
-struct CpuReading {
-    node: Option<Duration>,
-    load: Duration,
-}
-
-impl CpuReading {
-    fn take(node_pid: Option<u32>) -> Self {
-        Self {
-            node: node_pid.and_then(|pid| process_cpu_time(pid).ok()),
-            load: process_cpu_time(std::process::id()).unwrap_or_default(),
-        }
-    }
-
-    /// Seconds of CPU the node and this process used since `self`.
-    fn since(&self, node_pid: Option<u32>) -> (Option<f64>, f64) {
-        let now = Self::take(node_pid);
-        let node = now
-            .node
-            .zip(self.node)
-            .map(|(b, a)| b.saturating_sub(a).as_secs_f64());
-        (node, now.load.saturating_sub(self.load).as_secs_f64())
-    }
 }
 
 /// One connection's open-loop sender: starts a send every `1 / rate` seconds, each stamped

@@ -294,20 +294,16 @@ impl Door {
         let bits = rate.map_or(NO_LIMIT, f64::to_bits);
         self.rate.store(bits, Ordering::Relaxed);
         let now = Instant::now();
-        // Read before the sieve changes it: the share in force while these arrived.
-        let share = self.kernel_share();
         let judged = self.judged.load(Ordering::Relaxed);
         let newcomers = judged.saturating_sub(self.passed.load(Ordering::Relaxed));
+        let mut sieve = self.sieve.lock().unwrap_or_else(|p| p.into_inner());
+        // Read before the sieve changes it: the share in force while these arrived.
+        let share = sieve.as_ref().map_or(1.0, Sieve::share);
         self.arrivals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .update(newcomers, share, now);
-        if let Some(sieve) = self
-            .sieve
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(sieve) = sieve.as_mut() {
             sieve.update(judged, rate, now);
         }
     }
