@@ -337,35 +337,33 @@ func (m cpuMark) since(serverPid int, r *result) error {
 	return err
 }
 
-// cpuSeconds is the CPU time a process's threads have used, summed from
-// /proc/<pid>/task/*/schedstat (nanoseconds on a CPU: the measure levee-load uses for its
-// node, so both sides are read alike); 0 without a pid.
+// cpuSeconds is the CPU time a process has used, all its threads together, including
+// ended ones: user and system time from /proc/<pid>/stat, in clock ticks (USER_HZ, 100 on
+// Linux) — the measure levee-load uses for its node, so both sides are read alike; 0
+// without a pid.
 func cpuSeconds(pid int) (float64, error) {
 	if pid == 0 {
 		return 0, nil
 	}
-	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, fmt.Errorf("reading the broker's CPU time: %w", err)
 	}
-	var total float64
-	for _, t := range tasks {
-		// A thread that ended between listing and reading is not counted.
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(raw))
-		if len(fields) == 0 {
-			continue
-		}
-		ns, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("unexpected schedstat for %d: %q", pid, raw)
-		}
-		total += ns / 1e9
+	// The command name is in parentheses and may hold spaces: count from after it.
+	end := strings.LastIndexByte(string(raw), ')')
+	fields := strings.Fields(string(raw)[end+1:])
+	if end < 0 || len(fields) < 13 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat: %q", pid, raw)
 	}
-	return total, nil
+	var ticks float64
+	for _, f := range fields[11:13] { // utime, stime (fields 14 and 15)
+		t, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return 0, fmt.Errorf("unexpected /proc/%d/stat: %q", pid, raw)
+		}
+		ticks += t
+	}
+	return ticks / 100, nil
 }
 
 func selfCPUSeconds() float64 {

@@ -2,7 +2,7 @@
 //!
 //! Runs the real `levee up` binary, kills it with SIGKILL while envelopes are in flight in
 //! both directions (sends and acknowledgements), restarts it on the same data directory and
-//! checks the ledger.
+//! checks the ledger. And a restarted node tells the clients of its lost connections so.
 #![allow(clippy::unwrap_used)]
 #![cfg(unix)]
 
@@ -149,5 +149,36 @@ async fn sigkill_mid_stream_loses_no_acknowledged_envelope() {
     bob.authenticate().await.unwrap();
     let mut inbox = bob.subscribe().await.unwrap();
     assert_nothing_arrives(&mut inbox).await;
+    node.sigkill();
+}
+
+/// A node killed and restarted on the same address tells each client of a connection it
+/// lost at the client's next keep-alive (10 s), with a QUIC stateless reset under a key kept
+/// across restarts; the client no longer waits out the idle timeout (30 s) in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resets_the_connections_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Identity::generate().unwrap();
+    let node = NodeProcess::start(dir.path());
+    let addr = node.config.server;
+    let client = node.login(&id).await;
+    let mut inbox = client.subscribe().await.unwrap();
+    node.sigkill();
+    let node = NodeProcess::start_on(dir.path(), addr);
+    // Bounded below the idle timeout: ending at it would be the failure this is about.
+    let ended = tokio::time::timeout(Duration::from_secs(25), inbox.next()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the subscription should end before the idle timeout"
+    );
+    let err = client.ping().await.unwrap_err().to_string();
+    assert!(
+        err.contains("reset"),
+        "the node reset the connection: {err}"
+    );
+    // The account carries on over a new connection, its pass in hand.
+    let again = Client::connect(&node.config, id.clone()).await.unwrap();
+    again.authenticate().await.unwrap();
+    again.ping().await.unwrap();
     node.sigkill();
 }

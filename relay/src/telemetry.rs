@@ -28,6 +28,7 @@ const QUEUED: &str = "levee_registrations_queued_total";
 const TICKETS_REJECTED: &str = "levee_tickets_rejected_total";
 const CONNECTIONS: &str = "levee_connections";
 const DROPPED_AT_DOOR: &str = "levee_connections_dropped_at_door_total";
+const DROPPED_BUDGET_SPENT: &str = "levee_connections_dropped_handshakes_full_total";
 const DOOR_KERNEL_SHARE: &str = "levee_door_kernel_share";
 const DOOR_PASSES: &str = "levee_connections_passed_at_door_total";
 const BACKEND_LATENCY: &str = "levee_backend_write_latency_seconds";
@@ -223,7 +224,14 @@ fn describe() {
     describe_counter!(
         DROPPED_AT_DOOR,
         Unit::Count,
-        "New connection attempts dropped before QUIC, over the node-wide handshake rate"
+        "New connection attempts dropped before QUIC, over the node-wide handshake rate or \
+         while the handshake budget was spent"
+    );
+    describe_counter!(
+        DROPPED_BUDGET_SPENT,
+        Unit::Count,
+        "Of the connection attempts dropped at the door, those dropped because max_handshakes \
+         handshakes were under way (pass holders included: a mass reconnect)"
     );
     describe_counter!(
         DOOR_PASSES,
@@ -362,6 +370,7 @@ pub(crate) struct NodeMetrics {
     backend_latency_limit: Gauge,
     connections: Gauge,
     dropped_at_door: Counter,
+    dropped_budget_spent: Counter,
     passed_at_door: Counter,
     door_kernel_share: Gauge,
     envelopes_accepted: Counter,
@@ -416,6 +425,7 @@ impl NodeMetrics {
             backend_latency_limit: gauge!(BACKEND_LATENCY_LIMIT, &[n()]),
             connections: gauge!(CONNECTIONS, &[n()]),
             dropped_at_door: counter!(DROPPED_AT_DOOR, &[n()]),
+            dropped_budget_spent: counter!(DROPPED_BUDGET_SPENT, &[n()]),
             passed_at_door: counter!(DOOR_PASSES, &[n()]),
             door_kernel_share: gauge!(DOOR_KERNEL_SHARE, &[n()]),
             envelopes_accepted: counter!(ENVELOPES_ACCEPTED, &[n()]),
@@ -505,10 +515,12 @@ impl NodeMetrics {
         self.connections.set(open as f64);
     }
 
-    /// The door's running totals of connection attempts dropped and let through on a pass,
-    /// and the share of attempts the kernel passes to it.
-    pub(crate) fn door(&self, dropped: u64, passed: u64, kernel_share: f64) {
-        self.dropped_at_door.absolute(dropped);
+    /// The door's running totals of connection attempts dropped (all, and those while the
+    /// handshake budget was spent) and let through on a pass, and the share of attempts the
+    /// kernel passes to it.
+    pub(crate) fn door(&self, dropped: (u64, u64), passed: u64, kernel_share: f64) {
+        self.dropped_at_door.absolute(dropped.0);
+        self.dropped_budget_spent.absolute(dropped.1);
         self.passed_at_door.absolute(passed);
         self.door_kernel_share.set(kernel_share);
     }

@@ -328,10 +328,24 @@ impl NodeProcess {
         Self::start_cluster(data, 1, &[]).0
     }
 
+    /// `levee up` listening on `listen` (to restart a node where it was).
+    pub fn start_on(data: &Path, listen: SocketAddr) -> Self {
+        Self::start_listening(data, &listen.to_string(), 1, &[]).0
+    }
+
     /// `levee up --nodes N` with `extra` flags; every node it printed.
     pub fn start_cluster(data: &Path, nodes: usize, extra: &[&str]) -> (Self, Vec<PrintedNode>) {
+        Self::start_listening(data, "127.0.0.1:0", nodes, extra)
+    }
+
+    fn start_listening(
+        data: &Path,
+        listen: &str,
+        nodes: usize,
+        extra: &[&str],
+    ) -> (Self, Vec<PrintedNode>) {
         let mut child = Command::new(levee_bin())
-            .args(["up", "--listen", "127.0.0.1:0", "--data"])
+            .args(["up", "--listen", listen, "--data"])
             .arg(data)
             .args(["--nodes", &nodes.to_string()])
             .args(extra)

@@ -31,6 +31,13 @@ use crate::wire::{EXPORTER_LABEL, FrameDecoder, FrameError, MAX_ACK_IDS, encode_
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for the writer before producers wait (backpressure to the pumps).
 const OUTBOX: usize = 1024;
+
+/// Where a connection's answers and deliveries queue for its writer. Frames are boxed: a
+/// tokio channel allocates its slots 32 at a time, up front, so unboxed frames (about 80
+/// bytes each) cost every connection 2.6 KiB before it has sent anything; boxed, 256 bytes.
+/// At 100,000 connections a node holds mostly idle ones; see docs/PERFORMANCE.md,
+/// "Connections at scale".
+type Outbox = mpsc::Sender<Box<pb::ServerFrame>>;
 /// Envelopes read from the store per pump round.
 const PUMP_BATCH: usize = 256;
 /// Suggested back-off when storage fails.
@@ -114,20 +121,30 @@ pub(super) async fn serve(
 }
 
 /// Writes queued frames to the session stream, coalescing bursts into one write.
-async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<pb::ServerFrame>) {
-    let mut buf = BytesMut::new();
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Box<pb::ServerFrame>>) {
     while let Some(frame) = rx.recv().await {
-        buf.extend_from_slice(&encode_frame(&frame));
+        let first = encode_frame(&frame);
+        let Ok(next) = rx.try_recv() else {
+            // The common case when a connection is quiet: one frame, handed over as is.
+            if send.write_chunk(first).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&first);
+        buf.extend_from_slice(&encode_frame(&next));
         while buf.len() < 64 * 1024 {
             match rx.try_recv() {
                 Ok(frame) => buf.extend_from_slice(&encode_frame(&frame)),
                 Err(_) => break,
             }
         }
-        if send.write_all(&buf).await.is_err() {
+        // Handed to QUIC without a copy, and not kept: a connection gone quiet after a
+        // burst holds no buffer sized for the burst.
+        if send.write_chunk(buf.freeze()).await.is_err() {
             return;
         }
-        buf.clear();
     }
     let _ = send.finish();
     let _ = send.stopped().await;
@@ -138,7 +155,7 @@ struct Connection {
     remote: std::net::IpAddr,
     shared: Arc<Shared>,
     session: Session,
-    outbox: mpsc::Sender<pb::ServerFrame>,
+    outbox: Outbox,
     /// Requests in progress and the mailbox pump; aborted when the connection ends.
     tasks: JoinSet<()>,
     in_flight: Arc<Semaphore>,
@@ -159,7 +176,11 @@ impl Connection {
         loop {
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => self.dispatch(frame, arrived).await,
+                    // Boxed, so that this task rests (awaiting the next chunk, which is
+                    // where an idle connection's task spends its life) at the size of
+                    // the read loop, not at that of the largest request handler: a
+                    // few KiB less per held connection, for an allocation per request.
+                    Ok(Some(frame)) => Box::pin(self.dispatch(frame, arrived)).await,
                     Ok(None) => break,
                     Err(e) => {
                         let code = match e {
@@ -220,13 +241,13 @@ impl Connection {
         let frame = pb::ServerFrame {
             body: Some(pb::server_frame::Body::Moved(redirect)),
         };
-        let _ = self.outbox.send(frame).await;
+        let _ = self.outbox.send(Box::new(frame)).await;
         true
     }
 
     async fn respond(&self, response: pb::Response) {
         // A closed outbox means the connection is going away; nothing left to tell.
-        let _ = self.outbox.send(response.into()).await;
+        let _ = self.outbox.send(Box::new(response.into())).await;
     }
 
     async fn refuse(&self, request_id: u64, refusal: Refusal) {
@@ -596,7 +617,7 @@ impl Connection {
         self.tasks.spawn(async move {
             shared.admission.record_wait(arrived.elapsed());
             let response = fut.await;
-            let _ = outbox.send(response.into()).await;
+            let _ = outbox.send(Box::new(response.into())).await;
             drop(permit);
         });
     }
@@ -804,7 +825,7 @@ async fn ack(shared: Arc<Shared>, id: u64, owner: MailboxId, ids: Vec<u64>) -> p
 async fn pump(
     shared: Arc<Shared>,
     owner: MailboxId,
-    outbox: mpsc::Sender<pb::ServerFrame>,
+    outbox: Outbox,
     window: Arc<DeliveryWindow>,
     poll: Option<Duration>,
 ) {
@@ -837,7 +858,7 @@ async fn pump(
                 let done = pb::ServerFrame {
                     body: Some(pb::server_frame::Body::BacklogDone(pb::BacklogDone {})),
                 };
-                if outbox.send(done).await.is_err() {
+                if outbox.send(Box::new(done)).await.is_err() {
                     break 'pump;
                 }
             }
@@ -863,7 +884,7 @@ async fn pump(
             let frame = pb::ServerFrame {
                 body: Some(pb::server_frame::Body::Delivery(delivery)),
             };
-            if outbox.send(frame).await.is_err() {
+            if outbox.send(Box::new(frame)).await.is_err() {
                 break 'pump;
             }
         }

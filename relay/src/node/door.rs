@@ -27,7 +27,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::io::{self, IoSliceMut};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -224,6 +224,14 @@ impl DoorArrivals {
 /// control asks for (`None`: no limit), as a token bucket — except those carrying a door
 /// pass (`admission::PassKey`), known accounts logging in again, which go through whatever
 /// the rate.
+///
+/// And none, pass or not, while the node's handshake budget is spent
+/// ([`limit_handshakes`](Self::limit_handshakes)): the case of a mass reconnect, where
+/// every client holds a pass. The accept gate would refuse them (`node::guard`), but a
+/// refusal costs QUIC a decrypted Initial and an encrypted answer, and 100,000 clients
+/// coming back after a crash try several times a second between them: refusing was most
+/// of what the node did, and the handshakes it had accepted starved. Dropped here they
+/// cost a glance at two bytes, and the clients' QUIC stacks send again after 1 s, then 2 s.
 pub(crate) struct Door {
     issued: IssuedIds,
     passes: PassKey,
@@ -237,6 +245,10 @@ pub(crate) struct Door {
     passed: AtomicU64,
     /// The kernel's share of the work, once the endpoint's socket is known.
     sieve: Mutex<Option<Sieve>>,
+    /// Handshakes in progress on the node and the most it takes at once, once known.
+    handshakes: std::sync::OnceLock<(Arc<AtomicUsize>, usize)>,
+    /// New connections dropped because the handshake budget was spent.
+    dropped_full: AtomicU64,
     /// New connections arriving, for the load signal's door pressure. Pass holders are
     /// told apart only while the door is limited, so just after it closes, logins from
     /// before count as newcomers for about a second.
@@ -257,8 +269,29 @@ impl Door {
             dropped: AtomicU64::new(0),
             passed: AtomicU64::new(0),
             sieve: Mutex::new(None),
+            handshakes: std::sync::OnceLock::new(),
+            dropped_full: AtomicU64::new(0),
             arrivals: Mutex::new(DoorArrivals::new(Instant::now())),
         }
+    }
+
+    /// Drops every new connection while `in_progress` (the node's count of handshakes under
+    /// way) is at `max`. Set once; later calls change nothing.
+    pub(crate) fn limit_handshakes(&self, in_progress: Arc<AtomicUsize>, max: usize) {
+        let _ = self.handshakes.set((in_progress, max));
+    }
+
+    /// Whether the handshake budget is spent.
+    fn handshakes_full(&self) -> bool {
+        self.handshakes
+            .get()
+            .is_some_and(|(n, max)| n.load(Ordering::Relaxed) >= *max)
+    }
+
+    /// New connections dropped because the handshake budget was spent, so far (also
+    /// counted in [`dropped`](Self::dropped)).
+    pub(crate) fn dropped_full(&self) -> u64 {
+        self.dropped_full.load(Ordering::Relaxed)
     }
 
     /// A pass for a client at `ip` that has just proved its account, honoured from now
@@ -336,6 +369,11 @@ impl Door {
             return true;
         }
         self.judged.fetch_add(1, Ordering::Relaxed);
+        if self.handshakes_full() {
+            self.dropped_full.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let bits = self.rate.load(Ordering::Relaxed);
         let rate = (bits != NO_LIMIT).then(|| f64::from_bits(bits));
         // Checked only while the door is limited: one HMAC, against a handshake's cost.
@@ -584,5 +622,30 @@ mod tests {
             "some other token"
         );
         assert_eq!((door.passed(), door.dropped()), (100, 6));
+    }
+
+    #[test]
+    fn a_spent_handshake_budget_drops_every_new_connection_even_with_a_pass() {
+        let door = door();
+        let t0 = Instant::now();
+        let in_progress = Arc::new(AtomicUsize::new(0));
+        door.limit_handshakes(in_progress.clone(), 2);
+        let pass = door.pass_for(CLIENT, NOW);
+        let returning = initial_with_token(0, 1, &[0x22; 8], &pass);
+        let new = long_packet(0, 1, &[0x11; 8]);
+        assert!(door.admits(&returning, CLIENT, t0, NOW) && door.admits(&new, CLIENT, t0, NOW));
+        in_progress.store(2, Ordering::Relaxed);
+        assert!(
+            !door.admits(&returning, CLIENT, t0, NOW),
+            "a pass does not help"
+        );
+        assert!(!door.admits(&new, CLIENT, t0, NOW));
+        // Established connections go on: the budget is about new ones.
+        let mut ids = door.issued_ids();
+        assert!(door.admits(&long_packet(0, 1, &ids.generate_cid()), CLIENT, t0, NOW));
+        assert!(door.admits(&[0x41u8; 64], CLIENT, t0, NOW));
+        assert_eq!((door.dropped_full(), door.dropped()), (2, 2));
+        in_progress.store(1, Ordering::Relaxed);
+        assert!(door.admits(&returning, CLIENT, t0, NOW), "room again");
     }
 }

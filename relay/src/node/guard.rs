@@ -103,6 +103,12 @@ impl Guard {
         Handshaking(self.handshaking.clone())
     }
 
+    /// The count of handshakes in progress and the most the node takes at once, for the
+    /// door to drop new connections while the budget is spent.
+    pub(crate) fn handshake_budget(&self) -> (Arc<AtomicUsize>, usize) {
+        (self.handshaking.clone(), self.max_handshakes)
+    }
+
     /// Whether `account` is within its request rate.
     pub(crate) fn account_within_rate(&self, account: &MailboxId) -> bool {
         self.per_account.check_key(account).is_ok()

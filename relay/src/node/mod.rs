@@ -233,13 +233,22 @@ impl Node {
             None => leases,
         };
         let door = Arc::new(door::Door::new(crate::admission::PassKey::new(&secret)));
-        let endpoint =
-            endpoint::endpoint(config.listen, server_config, door.clone()).map_err(|source| {
-                NodeError::Bind {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
+        let guard = guard::Guard::new(&config);
+        {
+            let (in_progress, max) = guard.handshake_budget();
+            door.limit_handshakes(in_progress, max);
+        }
+        let endpoint = endpoint::endpoint(
+            config.listen,
+            server_config,
+            door.clone(),
+            &secret,
+            &config.node_name,
+        )
+        .map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let address = match config.advertise_address {
             Some(a) => a,
             None => endpoint.local_addr().map_err(|source| NodeError::Bind {
@@ -287,7 +296,7 @@ impl Node {
             generated_cert,
             shared: Arc::new(Shared {
                 admission,
-                guard: guard::Guard::new(&config),
+                guard,
                 door,
                 config,
                 store,
@@ -485,7 +494,7 @@ async fn tick_admission(shared: Arc<Shared>, stop: CancelToken) {
         shared.door.set_rate(shared.admission.handshake_rate());
         if n % 10 == 0 {
             shared.metrics.door(
-                shared.door.dropped(),
+                (shared.door.dropped(), shared.door.dropped_full()),
                 shared.door.passed(),
                 shared.door.kernel_share(),
             );
