@@ -6,13 +6,15 @@
 //! node's resident memory. With all of them held it measures the node's idle CPU and the
 //! latency of a trickle of messages across them, the same trickle it first measured with
 //! only `--baseline` connections. Then it kills the node (SIGKILL) and restarts it on the
-//! same port and data: every client reconnects at once, as after a crash, and the driver
-//! reports how long until 99% and all are back, the node's peak memory meanwhile, and the
-//! trickle's latency afterwards.
+//! same port and data: every client reconnects, as after a crash (at most
+//! `--reconnect-concurrency` under way per worker: see `worker`), and the driver reports
+//! how long until 99% and all are back, the node's and the clients' CPU and the node's peak
+//! memory meanwhile, and the trickle's latency afterwards.
 //!
-//! QUIC needs no file descriptor per connection (one UDP socket carries them all on each
-//! side), so no descriptor limits need raising: each worker opens one socket per
-//! 5,000 connections.
+//! The workers run under `nice -n 10`: on one machine they stand for devices elsewhere,
+//! and must not take the node's cores. QUIC needs no file descriptor per connection (one
+//! UDP socket carries them all on each side), so no descriptor limits need raising: each
+//! worker opens one socket per 5,000 connections.
 
 mod worker;
 
@@ -644,4 +646,28 @@ fn mib(bytes: u64) -> f64 {
 /// Memory the connections added, per connection.
 fn per_connection_kib(rss: u64, empty: u64, connections: usize) -> f64 {
     rss.saturating_sub(empty) as f64 / 1024.0 / connections.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_ranked_without_a_ceiling() {
+        let outages: Vec<u64> = (1..=100).map(|s| s * 1_000).collect();
+        assert_eq!(outage_quantiles(&outages), (50.0, 99.0, 100.0));
+        assert_eq!(outage_quantiles(&[90_000]), (90.0, 90.0, 90.0));
+        assert_eq!(outage_quantiles(&[]), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn memory_per_connection_is_what_the_connections_added() {
+        let empty = 20 * 1024 * 1024;
+        assert_eq!(
+            per_connection_kib(empty + 1_000 * 37 * 1024, empty, 1_000),
+            37.0
+        );
+        // Less than with none (the allocator gave memory back) reads as nothing added.
+        assert_eq!(per_connection_kib(empty - 1, empty, 1_000), 0.0);
+    }
 }

@@ -228,10 +228,10 @@ impl DoorArrivals {
 /// And none, pass or not, while the node's handshake budget is spent
 /// ([`limit_handshakes`](Self::limit_handshakes)): the case of a mass reconnect, where
 /// every client holds a pass. The accept gate would refuse them (`node::guard`), but a
-/// refusal costs QUIC a decrypted Initial and an encrypted answer, and 100,000 clients
-/// coming back after a crash try several times a second between them: refusing was most
-/// of what the node did, and the handshakes it had accepted starved. Dropped here they
-/// cost a glance at two bytes, and the clients' QUIC stacks send again after 1 s, then 2 s.
+/// refusal costs QUIC a decrypted Initial and an encrypted answer (about 50 µs, see the
+/// module notes) for each attempt of a crowd that tries again within a second or two.
+/// Dropped here they cost a glance at a few bytes, and the clients' QUIC stacks send again
+/// after 1 s, then 2 s.
 pub(crate) struct Door {
     issued: IssuedIds,
     passes: PassKey,

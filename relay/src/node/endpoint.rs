@@ -9,10 +9,9 @@
 //! (30 s) in silence. A client's keep-alives already pace such a crowd: resets go out as
 //! the packets arrive, at most one per `MIN_RESET_INTERVAL`.
 
-use std::time::Duration;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::door::{Door, DoorSocket};
 
