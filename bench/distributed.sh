@@ -48,14 +48,43 @@ FP="$(awk '/fingerprint:/ {print $2; exit}' "$RUN/node-1.out")"
 sleep 3
 
 if [[ $# -eq 0 ]]; then set -- -c 8 -w 64 --duration 10; fi
+# The whole system's CPU over the load run: the three nodes, Kafka, Cassandra and the load
+# tool, so that envelopes per CPU-second mean something on a shared machine.
+system_cpu() {
+    local total=0 pid
+    for pid in "${NODE_PIDS[@]}" $(cat "$SERVICES"/kafka.pid "$SERVICES"/cassandra.pid 2>/dev/null); do
+        total="$(awk -v t="$total" -v c="$(cpu "$pid")" 'BEGIN {print t + c}')"
+    done
+    echo "$total"
+}
+declare -A NODE_CPU0
+for k in $(seq "$NODES"); do NODE_CPU0[$k]="$(cpu "${NODE_PIDS[$((k - 1))]}")"; done
+for s in "${!SERVICE_CPU0[@]}"; do SERVICE_CPU0[$s]="$(cpu "$(cat "$SERVICES/$s.pid")")"; done
+CPU0="$(system_cpu)"
+T0="$(date +%s.%N)"
+OUT="$RUN/load.out"
 TIMEFORMAT="levee-load CPU seconds: %U user + %S system in %R s"
-time target/release/levee-load --server 127.0.0.1:4533 --fingerprint "$FP" "$@"
-echo "node CPU seconds (user+system) since each started:" >&2
+{ time target/release/levee-load --server 127.0.0.1:4533 --fingerprint "$FP" "$@" | tee "$OUT"; } 2> "$RUN/load.time"
+cat "$RUN/load.time" >&2
+T1="$(date +%s.%N)"
+CPU1="$(system_cpu)"
+echo "CPU seconds (user+system) over the load run:" >&2
 for k in $(seq "$NODES"); do
-    echo "  node-$k: $(cpu "${NODE_PIDS[$((k - 1))]}")" >&2
+    awk -v k="$k" -v a="$(cpu "${NODE_PIDS[$((k - 1))]}")" -v b="${NODE_CPU0[$k]}" 'BEGIN {printf "  node-%s: %.1f\n", k, a - b}' >&2
 done
-echo "service CPU seconds since this script started:" >&2
 for s in "${!SERVICE_CPU0[@]}"; do
     pid="$(cat "$SERVICES/$s.pid")"
     awk -v s="$s" -v a="$(cpu "$pid")" -v b="${SERVICE_CPU0[$s]}" 'BEGIN {printf "  %s: %.1f\n", s, a - b}' >&2
 done
+# The load tool's own CPU, from `time`.
+LOAD_CPU="$(awk '/levee-load CPU seconds/ {print $4 + $7}' "$RUN/load.time")"
+RATE="$(grep -o '"envelopes_per_sec":[0-9.]*' "$OUT" | cut -d: -f2 || true)"
+if [[ -z "$RATE" ]]; then
+    RATE="$(awk '/envelopes\/s$/ {print $(NF-1)}' "$OUT")"
+fi
+# Envelopes per CPU-second of the whole system: the measured rate over the CPU the system
+# used per second of the run (set-up and warm-up included, so a little low).
+awk -v rate="$RATE" -v c0="$CPU0" -v c1="$CPU1" -v l="$LOAD_CPU" -v t0="$T0" -v t1="$T1" 'BEGIN {
+    cores = (c1 - c0 + l) / (t1 - t0)
+    printf "whole system (3 nodes, Kafka, Cassandra, load tool): %.2f cores busy; %.0f envelopes per CPU-second\n", cores, rate / cores
+}' >&2
