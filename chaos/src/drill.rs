@@ -1361,21 +1361,7 @@ async fn scrape(admin: SocketAddr, name: &str, series: &str) -> Option<f64> {
             .await
             .ok()?;
     (status == 200).then_some(())?;
-    series_value(&page, name, series)
-}
-
-/// The value of `series` labelled `node="name"` in a Prometheus text page (the lowest, if
-/// it has several label sets).
-fn series_value(page: &str, name: &str, series: &str) -> Option<f64> {
-    let label = format!("node=\"{name}\"");
-    page.lines()
-        .filter(|l| {
-            l.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with('{'))
-        })
-        .filter(|l| l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .reduce(f64::min)
+    levee_relay::admin_client::series_value(&page, name, series)
 }
 
 /// A fresh session per established user after the run: whatever arrives now is either
@@ -1604,27 +1590,5 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
         placement: Vec::new(),
         autoscale: Vec::new(),
         drained: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_scrape_reads_only_the_named_nodes_series() {
-        let page = "\
-# TYPE levee_load_ratio gauge
-levee_load_ratio{node=\"node-2\"} 0.0097
-levee_load_ratio{node=\"node-1\"} 1.5
-levee_load_ratio_other{node=\"node-1\"} 0.1
-";
-        assert_eq!(series_value(page, "node-1", "levee_load_ratio"), Some(1.5));
-        assert_eq!(
-            series_value(page, "node-2", "levee_load_ratio"),
-            Some(0.0097)
-        );
-        assert_eq!(series_value(page, "node-3", "levee_load_ratio"), None);
-        assert_eq!(series_value(page, "node-1", "levee_load"), None);
     }
 }

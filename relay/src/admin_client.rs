@@ -1,5 +1,6 @@
-//! Talking to a node's admin port from a tool (`levee node ...`, `levee-chaos`): one
-//! HTTP/1.1 request per connection, as the port serves them.
+//! Talking to a node's admin port from a tool (`levee node ...`, `levee-chaos`,
+//! `levee-conns`): one HTTP/1.1 request per connection, as the port serves them, and one
+//! node's series read from its metrics page.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,4 +72,40 @@ pub async fn request(
         .and_then(|s| s.parse().ok())
         .ok_or(AdminError::NotHttp { admin })?;
     Ok((status, body.to_owned()))
+}
+
+/// The value of `series` labelled `node="name"` in a Prometheus text page (the lowest, if
+/// it has several label sets).
+pub fn series_value(page: &str, name: &str, series: &str) -> Option<f64> {
+    let label = format!("node=\"{name}\"");
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_reads_only_the_named_nodes_series() {
+        let page = "\
+# TYPE levee_load_ratio gauge
+levee_load_ratio{node=\"node-2\"} 0.0097
+levee_load_ratio{node=\"node-1\"} 1.5
+levee_load_ratio_other{node=\"node-1\"} 0.1
+";
+        assert_eq!(series_value(page, "node-1", "levee_load_ratio"), Some(1.5));
+        assert_eq!(
+            series_value(page, "node-2", "levee_load_ratio"),
+            Some(0.0097)
+        );
+        assert_eq!(series_value(page, "node-3", "levee_load_ratio"), None);
+        assert_eq!(series_value(page, "node-1", "levee_load"), None);
+    }
 }

@@ -33,6 +33,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use worker::{Command, Reply, Status, Trickle};
 
+/// The node's name, by which its series are found on its metrics page.
+const NODE_NAME: &str = "node-1";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "levee-conns",
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             c.listen = listen;
             c.max_connections = max_connections;
             c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            c.node_name = NODE_NAME.into();
         })),
         Some(Role::Worker {
             server,
@@ -549,12 +553,8 @@ async fn door_counts(node: &ChildNode) -> (u64, u64) {
             .await
             .map(|(_, body)| body)
             .unwrap_or_default();
-    let value = |name: &str| {
-        page.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+    let value = |series| {
+        levee_relay::admin_client::series_value(&page, NODE_NAME, series).unwrap_or(0.0) as u64
     };
     (
         value("levee_connections_dropped_handshakes_full_total"),

@@ -115,7 +115,7 @@ struct Worker {
     /// process simulates 25,000 clients on a share of two cores, and with all of them
     /// handshaking at once each handshake took longer than the client's 5 s connect
     /// timeout, every one was abandoned and tried again, and almost none came back (the
-    /// load generator's own collapse, with the node 40% idle).
+    /// load generator's own collapse, with the node at 40–60% of one core).
     reconnecting: Semaphore,
     live: AtomicUsize,
     failed: AtomicUsize,

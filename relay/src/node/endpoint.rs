@@ -18,8 +18,8 @@ use super::door::{Door, DoorSocket};
 /// The shortest gap between two stateless resets. quinn's default (20 ms: 50 a second for
 /// the whole endpoint) would take over half an hour to tell 100,000 clients of a crashed
 /// node that their connections are gone. A reset costs one HMAC and one datagram no larger
-/// than the packet that caused it, so 10,000 a second bound both the node's work (under 5%
-/// of a core) and what a forged flood could reflect.
+/// than the packet that caused it, so 10,000 a second bound both the node's work and what
+/// a forged flood could reflect.
 const MIN_RESET_INTERVAL: Duration = Duration::from_micros(100);
 /// Separates the reset key from every other key derived from the node's secret.
 const RESET_KEY_LABEL: &[u8] = b"levee quic stateless reset v1";
