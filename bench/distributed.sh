@@ -60,6 +60,9 @@ system_cpu() {
 declare -A NODE_CPU0
 for k in $(seq "$NODES"); do NODE_CPU0[$k]="$(cpu "${NODE_PIDS[$((k - 1))]}")"; done
 for s in "${!SERVICE_CPU0[@]}"; do SERVICE_CPU0[$s]="$(cpu "$(cat "$SERVICES/$s.pid")")"; done
+# The three nodes' metrics pages, one after another.
+scrape() { for k in $(seq "$NODES"); do curl -sf "http://127.0.0.1:$((9199 + k))/metrics" || true; done; }
+scrape > "$RUN/metrics.0"
 CPU0="$(system_cpu)"
 T0="$(date +%s.%N)"
 OUT="$RUN/load.out"
@@ -68,6 +71,7 @@ TIMEFORMAT="levee-load CPU seconds: %U user + %S system in %R s"
 cat "$RUN/load.time" >&2
 T1="$(date +%s.%N)"
 CPU1="$(system_cpu)"
+scrape > "$RUN/metrics.1"
 echo "CPU seconds (user+system) over the load run:" >&2
 for k in $(seq "$NODES"); do
     awk -v k="$k" -v a="$(cpu "${NODE_PIDS[$((k - 1))]}")" -v b="${NODE_CPU0[$k]}" 'BEGIN {printf "  node-%s: %.1f\n", k, a - b}' >&2
@@ -88,3 +92,21 @@ awk -v rate="$RATE" -v c0="$CPU0" -v c1="$CPU1" -v l="$LOAD_CPU" -v t0="$T0" -v 
     cores = (c1 - c0 + l) / (t1 - t0)
     printf "whole system (3 nodes, Kafka, Cassandra, load tool): %.2f cores busy; %.0f envelopes per CPU-second\n", cores, rate / cores
 }' >&2
+# What an envelope cost the database: the CQL statements the three nodes ran over the load
+# run (levee_store_statements_total, a batch counting once) per envelope they stored.
+awk '
+    FNR == 1 { f++ }
+    /^levee_store_statements_total\{/ {
+        match($0, /statement="[^"]*"/)
+        kind = substr($0, RSTART + 11, RLENGTH - 12)
+        seen[kind] = 1
+        n[f, kind] += $NF
+    }
+    /^levee_envelopes_stored_total\{/ { stored[f] += $NF }
+    /^levee_envelopes_accepted_total\{/ { accepted[f] += $NF }
+    END {
+        envelopes = stored[2] - stored[1]
+        if (envelopes <= 0) { print "store statements: no envelopes stored over the run"; exit }
+        for (kind in seen) { d = n[2, kind] - n[1, kind]; total += d; if (d > 0) parts = parts sprintf(" %s %.3f", kind, d / envelopes) }
+        printf "store statements per envelope stored (%d stored, %d accepted): %.3f;%s\n", envelopes, accepted[2] - accepted[1], total / envelopes, parts
+    }' "$RUN/metrics.0" "$RUN/metrics.1" >&2

@@ -370,7 +370,8 @@ async fn run_node(args: ConfigArgs) -> anyhow::Result<()> {
     scylla.envelope_ttl_secs = config.envelope_ttl_secs;
     let store = ScyllaMailboxStore::connect(&scylla)
         .await
-        .with_context(|| format!("connecting to ScyllaDB at {}", scylla.nodes.join(", ")))?;
+        .with_context(|| format!("connecting to ScyllaDB at {}", scylla.nodes.join(", ")))?
+        .count_statements(levee_relay::store_statements(&config.node_name));
     let log = KafkaLog::open(kafka.clone(), config.shards)
         .await
         .with_context(|| format!("opening the delivery log in Kafka at {}", kafka.brokers))?;

@@ -35,6 +35,8 @@ mod log_record;
 mod node;
 pub mod session;
 mod telemetry;
+#[cfg(feature = "cql")]
+pub use telemetry::store_statements;
 pub mod tls;
 
 pub use config::{NodeConfig, RegionPin};

@@ -37,6 +37,8 @@ const DELIVERY_LAG: &str = "levee_delivery_lag_records";
 const ENVELOPES_ACCEPTED: &str = "levee_envelopes_accepted_total";
 const SEND_SECONDS: &str = "levee_send_seconds";
 const ENVELOPES_STORED: &str = "levee_envelopes_stored_total";
+#[cfg(feature = "cql")]
+const STORE_STATEMENTS: &str = "levee_store_statements_total";
 const LOG_SKIPPED: &str = "levee_delivery_log_skipped_total";
 const SHARDS_OWNED: &str = "levee_shards_owned";
 const PLACEMENT_EPOCH: &str = "levee_placement_epoch";
@@ -282,6 +284,23 @@ fn describe() {
         Unit::Count,
         "Envelopes moved from the delivery log into mailboxes"
     );
+    #[cfg(feature = "cql")]
+    describe_counter!(
+        STORE_STATEMENTS,
+        Unit::Count,
+        "CQL statements the mailbox store ran, by statement (a batch counts once); the \
+         distributed deployment only"
+    );
+}
+
+/// The counter of each kind of statement the CQL mailbox store of node `node` runs (for
+/// [`levee_sharding::ScyllaMailboxStore::count_statements`]). Installs the recorder first, so
+/// a store connected before the node starts is counted on its page all the same.
+#[cfg(feature = "cql")]
+pub fn store_statements(node: &str) -> impl Fn(levee_sharding::StoreStatement) -> Counter {
+    install();
+    let node = node.to_owned();
+    move |statement| counter!(STORE_STATEMENTS, "node" => node.clone(), "statement" => statement.as_str())
 }
 
 fn class_label(class: RequestClass) -> &'static str {

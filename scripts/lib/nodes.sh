@@ -4,7 +4,8 @@
 # Node k listens on 127.0.0.1:(4532 + k), its admin port on 127.0.0.1:(9199 + k), and keeps
 # its files in RUN/node-k. Set before calling: ROOT (the repository), RUN (a scratch
 # directory), STAMP (unique per cluster: its name and Kafka topic), and optionally
-# NODE_EXTRA (more TOML lines for every node's configuration).
+# NODE_EXTRA (more TOML lines for every node's configuration) and LEVEE_BIN (the `levee`
+# binary; default target/release/levee, e.g. another build to compare side by side).
 
 LEVEE_CQL="${LEVEE_CQL:-127.0.0.1:19042}"
 LEVEE_KAFKA="${LEVEE_KAFKA:-127.0.0.1:19092}"
@@ -60,7 +61,7 @@ TOML
 node_start() {
     local k="$1"
     node_config "$k"
-    RUST_LOG=warn "$ROOT/target/release/levee" node --config "$RUN/node-$k.toml" \
+    RUST_LOG=warn "${LEVEE_BIN:-$ROOT/target/release/levee}" node --config "$RUN/node-$k.toml" \
         >"$RUN/node-$k.out" 2>"$RUN/node-$k.err" &
     NODE_PID=$!
     NODE_PIDS+=("$NODE_PID")

@@ -53,6 +53,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::try_join_all;
+use metrics::Counter;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -71,11 +72,78 @@ use crate::{EnvelopeId, MailboxId, NewEnvelope, StoredEnvelope};
 
 /// How many statements of one insert run at once against the cluster.
 const CONCURRENCY: usize = 64;
+/// Most dedupe keys looked up in one read (`dedupe_key IN ?`): one partition's clustering
+/// keys, which Cassandra and ScyllaDB read as that many slices of the partition. A delivery
+/// batch rarely holds this many envelopes for one mailbox.
+const DEDUPE_KEYS_PER_LOOKUP: usize = 256;
 /// Rows fetched per page when reading a mailbox.
 const PAGE_ROWS: i32 = 256;
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
+}
+
+/// The statements the store runs, each counted on its own once a counter is attached
+/// ([`ScyllaMailboxStore::count_statements`]): what an envelope costs the database, by kind.
+/// A batch counts once, as one statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreStatement {
+    /// Registering an account (a lightweight transaction).
+    CreateAccount,
+    /// Whether an account exists.
+    AccountExists,
+    /// A mailbox's quota usage (an aggregate over its live envelopes).
+    Usage,
+    /// Which of a batch's dedupe keys one mailbox has seen (one per mailbox per batch).
+    DedupeLookup,
+    /// One mailbox's new envelopes and their dedupe records (a single-partition batch).
+    StoreBatch,
+    /// A mailbox's live-from hint read.
+    ReadHead,
+    /// A mailbox's live-from hint written.
+    WriteHead,
+    /// A slice of a mailbox read for delivery (counted per request, not per page).
+    Read,
+    /// The first live envelope at or after the hint (does an acknowledgement empty it?).
+    FirstLive,
+    /// Which acknowledged ids a mailbox holds.
+    FindIds,
+    /// An acknowledgement's deletes (a single-partition batch).
+    DeleteBatch,
+}
+
+impl StoreStatement {
+    /// Every kind, in the order of [`StoreStatement::as_str`]'s table.
+    pub const ALL: [StoreStatement; 11] = [
+        Self::CreateAccount,
+        Self::AccountExists,
+        Self::Usage,
+        Self::DedupeLookup,
+        Self::StoreBatch,
+        Self::ReadHead,
+        Self::WriteHead,
+        Self::Read,
+        Self::FirstLive,
+        Self::FindIds,
+        Self::DeleteBatch,
+    ];
+
+    /// Its name as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateAccount => "create_account",
+            Self::AccountExists => "account_exists",
+            Self::Usage => "usage",
+            Self::DedupeLookup => "dedupe_lookup",
+            Self::StoreBatch => "store_batch",
+            Self::ReadHead => "read_head",
+            Self::WriteHead => "write_head",
+            Self::Read => "read",
+            Self::FirstLive => "first_live",
+            Self::FindIds => "find_ids",
+            Self::DeleteBatch => "delete_batch",
+        }
+    }
 }
 
 struct Statements {
@@ -97,6 +165,9 @@ struct Statements {
 pub struct ScyllaMailboxStore {
     session: Arc<Session>,
     statements: Statements,
+    /// One per [`StoreStatement`], in [`StoreStatement::ALL`]'s order; no-ops until
+    /// [`ScyllaMailboxStore::count_statements`].
+    counters: [Counter; StoreStatement::ALL.len()],
 }
 
 /// Envelope ids are log offsets; CQL's `bigint` is signed.
@@ -158,7 +229,19 @@ impl ScyllaMailboxStore {
         Ok(Self {
             session: Arc::new(session),
             statements,
+            counters: StoreStatement::ALL.map(|_| Counter::noop()),
         })
+    }
+
+    /// Counts every statement the store runs from now on, by kind, on the counter
+    /// `counter` gives for it (called once per kind, here).
+    pub fn count_statements(mut self, counter: impl Fn(StoreStatement) -> Counter) -> Self {
+        self.counters = StoreStatement::ALL.map(counter);
+        self
+    }
+
+    fn count(&self, statement: StoreStatement) {
+        self.counters[statement as usize].increment(1);
     }
 
     /// The driver session, for other tables in the same keyspace (the relay's roster):
@@ -169,6 +252,7 @@ impl ScyllaMailboxStore {
 
     /// The live-from hint of `mailbox` (0 if none).
     async fn live_from(&self, mailbox: &MailboxId) -> Result<i64, StoreError> {
+        self.count(StoreStatement::ReadHead);
         let result = self
             .session
             .execute_unpaged(&self.statements.read_head, (mailbox.as_bytes().as_slice(),))
@@ -183,6 +267,7 @@ impl ScyllaMailboxStore {
     }
 
     async fn set_live_from(&self, mailbox: &MailboxId, from: i64) -> Result<(), StoreError> {
+        self.count(StoreStatement::WriteHead);
         self.session
             .execute_unpaged(
                 &self.statements.write_head,
@@ -201,18 +286,35 @@ impl ScyllaMailboxStore {
         Ok(())
     }
 
-    /// Whether the dedupe record of `e` exists: this message is already stored (or was, and
-    /// has been acknowledged).
-    async fn seen(&self, e: &NewEnvelope) -> Result<bool, StoreError> {
-        let result = self
+    /// Which of `keys` (dedupe keys of `mailbox`, at most [`DEDUPE_KEYS_PER_LOOKUP`]) have
+    /// a dedupe record: those messages are already stored (or were, and have been
+    /// acknowledged). One single-partition read for them all, not one per envelope: the
+    /// per-envelope reads were the largest share of the statements an envelope cost.
+    async fn seen(
+        &self,
+        mailbox: &MailboxId,
+        keys: &[&[u8]],
+    ) -> Result<HashSet<[u8; 16]>, StoreError> {
+        self.count(StoreStatement::DedupeLookup);
+        let rows: Vec<(Vec<u8>,)> = self
             .session
             .execute_unpaged(
                 &self.statements.dedupe_lookup,
-                (e.mailbox.as_bytes().as_slice(), e.dedupe_key.as_slice()),
+                (mailbox.as_bytes().as_slice(), keys),
             )
             .await
+            .map_err(engine)?
+            .into_rows_result()
+            .map_err(engine)?
+            .rows::<(Vec<u8>,)>()
+            .map_err(engine)?
+            .collect::<Result<_, _>>()
             .map_err(engine)?;
-        Ok(result.into_rows_result().map_err(engine)?.rows_num() > 0)
+        // A stored key of another length cannot be any envelope's: ignored.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key,)| <[u8; 16]>::try_from(key.as_slice()).ok())
+            .collect())
     }
 
     /// Writes one mailbox's new envelopes (`queue`, in id order) together with their dedupe
@@ -265,6 +367,7 @@ impl ScyllaMailboxStore {
                 )));
             }
             batch.set_is_idempotent(true);
+            self.count(StoreStatement::StoreBatch);
             self.session.batch(&batch, values).await.map_err(engine)?;
         }
         Ok(())
@@ -374,7 +477,7 @@ impl Statements {
             )
             .await?,
             dedupe_lookup: prepare(
-                format!("SELECT id FROM {ks}.dedupe WHERE mailbox = ? AND dedupe_key = ?"),
+                format!("SELECT dedupe_key FROM {ks}.dedupe WHERE mailbox = ? AND dedupe_key IN ?"),
                 true,
             )
             .await?,
@@ -432,6 +535,7 @@ impl Statements {
 #[async_trait]
 impl MailboxStore for ScyllaMailboxStore {
     async fn create_mailbox(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        self.count(StoreStatement::CreateAccount);
         let result = self
             .session
             .execute_unpaged(
@@ -455,6 +559,7 @@ impl MailboxStore for ScyllaMailboxStore {
     }
 
     async fn mailbox_exists(&self, mailbox: &MailboxId) -> Result<bool, StoreError> {
+        self.count(StoreStatement::AccountExists);
         let result = self
             .session
             .execute_unpaged(
@@ -470,6 +575,7 @@ impl MailboxStore for ScyllaMailboxStore {
     /// are already gone by TTL): a single-partition aggregate bounded by the quota.
     async fn usage(&self, mailbox: &MailboxId) -> Result<MailboxUsage, StoreError> {
         let from = self.live_from(mailbox).await?;
+        self.count(StoreStatement::Usage);
         let result = self
             .session
             .execute_unpaged(
@@ -492,17 +598,38 @@ impl MailboxStore for ScyllaMailboxStore {
 
     async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError> {
         let now = now_ms();
-        let mut seen = Vec::with_capacity(envelopes.len());
-        for chunk in envelopes.chunks(CONCURRENCY) {
-            seen.extend(try_join_all(chunk.iter().map(|e| self.seen(e))).await?);
+        // Each mailbox's envelopes, in the order given, so that dedupe records are read one
+        // mailbox at a time.
+        let mut arrived: HashMap<MailboxId, Vec<&NewEnvelope>> = HashMap::new();
+        for e in &envelopes {
+            arrived.entry(e.mailbox).or_default().push(e);
+        }
+        let lookups: Vec<(&MailboxId, &[&NewEnvelope])> = arrived
+            .iter()
+            .flat_map(|(mailbox, queue)| {
+                queue
+                    .chunks(DEDUPE_KEYS_PER_LOOKUP)
+                    .map(move |part| (mailbox, part))
+            })
+            .collect();
+        let mut seen: HashSet<(MailboxId, [u8; 16])> = HashSet::new();
+        for chunk in lookups.chunks(CONCURRENCY) {
+            let found = try_join_all(chunk.iter().map(|&(mailbox, part)| async move {
+                let keys: Vec<&[u8]> = part.iter().map(|e| e.dedupe_key.as_slice()).collect();
+                Ok::<_, StoreError>((mailbox, self.seen(mailbox, &keys).await?))
+            }))
+            .await?;
+            for (mailbox, keys) in found {
+                seen.extend(keys.into_iter().map(|key| (*mailbox, key)));
+            }
         }
         // Within the batch too: a re-send in the same batch as the original is a duplicate.
         let mut keys = HashSet::new();
         let outcomes: Vec<InsertOutcome> = envelopes
             .iter()
-            .zip(seen)
-            .map(|(e, seen)| {
-                if seen || !keys.insert((e.mailbox, e.dedupe_key)) {
+            .map(|e| {
+                let key = (e.mailbox, e.dedupe_key);
+                if seen.contains(&key) || !keys.insert(key) {
                     InsertOutcome::Duplicate
                 } else {
                     InsertOutcome::Stored
@@ -548,15 +675,18 @@ impl MailboxStore for ScyllaMailboxStore {
         max: usize,
         now_ms: u64,
     ) -> Result<Vec<StoredEnvelope>, StoreError> {
-        let live_from = self.live_from(mailbox).await?;
+        // A reader with a cursor starts right after it and needs no hint: the hint is only
+        // ever above a cursor when another session acknowledged past it, and then the
+        // slice merely steps over those tombstones once. A read from the start does.
         let start = match after {
             Some(id) if id >= i64::MAX as u64 => return Ok(Vec::new()),
-            Some(id) => (id as i64 + 1).max(live_from),
-            None => live_from,
+            Some(id) => id as i64 + 1,
+            None => self.live_from(mailbox).await?,
         };
         if max == 0 {
             return Ok(Vec::new());
         }
+        self.count(StoreStatement::Read);
         let limit = i32::try_from(max).unwrap_or(i32::MAX);
         type Columns = (i64, Vec<u8>, i64, i64, Vec<u8>);
         let rows: Vec<Columns> = self
@@ -609,6 +739,7 @@ impl MailboxStore for ScyllaMailboxStore {
             return Ok(outcome);
         }
         let key = mailbox.as_bytes().as_slice();
+        self.count(StoreStatement::FindIds);
         let found: Vec<(i64, i64)> = self
             .session
             .execute_unpaged(&self.statements.find_ids, (key, &wanted))
@@ -642,22 +773,26 @@ impl MailboxStore for ScyllaMailboxStore {
             values.push((stamp, key, *id));
         }
         batch.set_is_idempotent(true);
+        self.count(StoreStatement::DeleteBatch);
         self.session.batch(&batch, values).await.map_err(engine)?;
         outcome.deleted = found.len() as u32;
-        // Emptied: let reads from the start begin past the tombstones just written.
+        // Let reads from the start, and the quota's count, begin past the tombstones just
+        // written.
         let highest = found.iter().map(|(id, _)| *id).max().unwrap_or(0);
         let from = self.live_from(mailbox).await?;
-        let remaining = self
+        self.count(StoreStatement::FirstLive);
+        let first_live = self
             .session
             .execute_unpaged(&self.statements.first_live, (key, from))
             .await
             .map_err(engine)?
             .into_rows_result()
             .map_err(engine)?
-            .rows_num();
-        if remaining == 0 && highest >= from {
-            self.set_live_from(mailbox, highest.saturating_add(1))
-                .await?;
+            .maybe_first_row::<(i64,)>()
+            .map_err(engine)?
+            .map(|(id,)| id);
+        if let Some(to) = advanced_live_from(from, highest, first_live) {
+            self.set_live_from(mailbox, to).await?;
         }
         Ok(outcome)
     }
@@ -665,6 +800,25 @@ impl MailboxStore for ScyllaMailboxStore {
     /// Nothing to do: envelopes and dedupe records carry TTLs and the database drops them.
     async fn expire(&self, _now_ms: u64, _max: usize) -> Result<usize, StoreError> {
         Ok(0)
+    }
+}
+
+/// Where a mailbox's live-from hint moves after an acknowledgement whose highest id was
+/// `highest`, given the hint `from` and the first live envelope at or after it: past
+/// everything if the mailbox is empty, else up to that first live envelope — never below
+/// where it was, and never past a live envelope.
+///
+/// Moving it up to the first live envelope, not only when the mailbox empties, is what keeps
+/// the quota's count and a reconnecting reader off the acknowledgement tombstones of a
+/// mailbox that is never quite empty (a busy recipient): they start at the hint. It is as
+/// safe as moving it past an emptied mailbox: that envelope is stored, so the log (read in
+/// order, shard by shard) has already handed over everything below it.
+fn advanced_live_from(from: i64, highest: i64, first_live: Option<i64>) -> Option<i64> {
+    match first_live {
+        None if highest >= from => Some(highest.saturating_add(1)),
+        None => None,
+        Some(first) if first > from => Some(first),
+        Some(_) => None,
     }
 }
 
@@ -682,6 +836,19 @@ mod tests {
             expires_at_ms: 0,
             ciphertext: Bytes::from(vec![0; size]),
         }
+    }
+
+    #[test]
+    fn the_hint_moves_up_to_the_first_live_envelope_or_past_an_emptied_mailbox() {
+        // Emptied: past the highest id acknowledged.
+        assert_eq!(advanced_live_from(10, 14, None), Some(15));
+        // Emptied earlier, and this acknowledgement was of ids below the hint: no change.
+        assert_eq!(advanced_live_from(20, 14, None), None);
+        // Not empty: up to the first envelope still live, wherever the acknowledged ids were.
+        assert_eq!(advanced_live_from(10, 14, Some(15)), Some(15));
+        assert_eq!(advanced_live_from(10, 14, Some(12)), Some(12));
+        // An envelope at the hint is still live (acknowledged out of order): no change.
+        assert_eq!(advanced_live_from(10, 14, Some(10)), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod shard;
 mod store;
 
 #[cfg(feature = "cql")]
-pub use cql::ScyllaMailboxStore;
+pub use cql::{ScyllaMailboxStore, StoreStatement};
 pub use cql_config::{Replication, ScyllaConfig, schema};
 pub use embedded::{EmbeddedMailboxStore, EmbeddedStore};
 pub use envelope::{EnvelopeId, NewEnvelope, StoredEnvelope};

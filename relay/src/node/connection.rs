@@ -741,22 +741,30 @@ async fn send(
             }
         }
     }
-    // Quotas are approximate by design (in-flight envelopes are not counted). A store that
+    // Quotas are approximate by design (see `quota`): a recent reading of the recipient's
+    // usage, with what this node accepted for it since, answers most sends. A store that
     // does not answer quickly does not hold sends up: the log takes them, and the quota is
     // enforced again once the store answers.
-    match tokio::time::timeout(QUOTA_LOOKUP_LIMIT, shared.store.usage(&recipient)).await {
-        Ok(Ok(u))
-            if u.envelopes >= shared.config.mailbox_max_envelopes
-                || u.bytes + req.ciphertext.len() as u64 > shared.config.mailbox_max_bytes =>
-        {
-            return err(
-                ErrorCode::MailboxFull,
-                "the recipient's mailbox is full until it is drained",
-            );
+    let bytes = req.ciphertext.len() as u64;
+    if !shared.quota.take(&recipient, bytes, Instant::now()) {
+        match tokio::time::timeout(QUOTA_LOOKUP_LIMIT, shared.store.usage(&recipient)).await {
+            Ok(Ok(usage)) => {
+                if !shared.quota.read(recipient, usage, bytes, Instant::now()) {
+                    return err(
+                        ErrorCode::MailboxFull,
+                        "the recipient's mailbox is full until it is drained",
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "quota lookup failed; not enforced");
+                shared.quota.unanswered(recipient, Instant::now());
+            }
+            Err(_) => {
+                tracing::debug!("quota lookup too slow; not enforced");
+                shared.quota.unanswered(recipient, Instant::now());
+            }
         }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "quota lookup failed; not enforced"),
-        Err(_) => tracing::debug!("quota lookup too slow; not enforced"),
     }
     let accepted_at_ms = now_ms();
     let logged = LoggedEnvelope {

@@ -12,6 +12,7 @@ mod fault;
 mod guard;
 mod holdings;
 mod membership;
+mod quota;
 mod sieve;
 mod window;
 
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub held: std::sync::Mutex<Vec<levee_sharding::ShardId>>,
     pub presence: Presence,
     pub known_accounts: accounts::KnownAccounts,
+    /// Recipients' recent quota usage, so a send needs no store read (see `quota`).
+    pub quota: quota::QuotaBook,
     pub rng: SystemRandom,
     pub connections: AtomicUsize,
     /// Guest sessions open (clients whose owner they cannot reach; see `connection`).
@@ -289,6 +292,10 @@ impl Node {
             admission::node_id(&config.node_name),
             metrics.clone(),
         );
+        let quota = quota::QuotaBook::new(quota::Limits {
+            max_envelopes: config.mailbox_max_envelopes,
+            max_bytes: config.mailbox_max_bytes,
+        });
         Ok(Self {
             endpoint,
             admin,
@@ -305,6 +312,7 @@ impl Node {
                 held: std::sync::Mutex::default(),
                 presence: Presence::default(),
                 known_accounts: accounts::KnownAccounts::default(),
+                quota,
                 rng: SystemRandom::new(),
                 connections: AtomicUsize::new(0),
                 guests: AtomicUsize::new(0),

@@ -164,6 +164,67 @@ pub async fn drained_mailbox_misses_nothing(s: &impl MailboxStore) {
     assert_eq!(read_ids(s, &a, Some(5)).await, vec![25]);
 }
 
+/// A replayed batch, larger than one dedupe lookup takes, is recognised whole, and a batch
+/// mixing replays with new messages stores exactly the new ones.
+pub async fn a_replayed_batch_is_recognised_whole(s: &impl MailboxStore) {
+    use InsertOutcome::*;
+    let (a, b) = (random_mailbox(), random_mailbox());
+    let first: Vec<_> = numbered(a, 600).into_iter().chain(numbered(b, 3)).collect();
+    assert!(
+        s.insert(first.clone())
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| *o == Stored)
+    );
+    let replay = s.insert(first).await.unwrap();
+    assert_eq!(replay.len(), 603);
+    assert!(replay.iter().all(|o| *o == Duplicate), "{replay:?}");
+    // Half of a's old messages again (new log records: other ids, same dedupe keys), with
+    // new ones between them.
+    let mixed: Vec<_> = (0..600u64)
+        .step_by(2)
+        .flat_map(|i| {
+            let mut old = envelope(a, 1_000 + 2 * i, 0, in_an_hour());
+            old.dedupe_key = u128::from(i).to_be_bytes();
+            let mut new = envelope(a, 1_001 + 2 * i, 0, in_an_hour());
+            new.dedupe_key = u128::from(10_000 + i).to_be_bytes();
+            [old, new]
+        })
+        .collect();
+    let outcomes = s.insert(mixed).await.unwrap();
+    assert_eq!(
+        outcomes,
+        (0..300)
+            .flat_map(|_| [Duplicate, Stored])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.usage(&a).await.unwrap().envelopes, 900);
+}
+
+/// Acknowledgements out of order, in a mailbox that never empties: everything still
+/// unacknowledged is read from the start and counted, whatever the store does to start its
+/// reads past what was deleted.
+pub async fn acknowledgements_out_of_order_hide_nothing(s: &impl MailboxStore) {
+    let a = random_mailbox();
+    s.insert(numbered(a, 10)).await.unwrap();
+    assert_eq!(s.ack(&a, &[0, 1, 2, 3, 4]).await.unwrap().deleted, 5);
+    assert_eq!(read_ids(s, &a, None).await, vec![5, 6, 7, 8, 9]);
+    assert_eq!(s.ack(&a, &[7]).await.unwrap().deleted, 1);
+    assert_eq!(read_ids(s, &a, None).await, vec![5, 6, 8, 9]);
+    assert_eq!(s.ack(&a, &[5, 6]).await.unwrap().deleted, 2);
+    assert_eq!(read_ids(s, &a, None).await, vec![8, 9]);
+    assert_eq!(read_ids(s, &a, Some(3)).await, vec![8, 9]);
+    let mut later = envelope(a, 10, 0, in_an_hour());
+    later.dedupe_key = u128::from(10u64).to_be_bytes();
+    s.insert(vec![later]).await.unwrap();
+    assert_eq!(read_ids(s, &a, None).await, vec![8, 9, 10]);
+    assert_eq!(s.usage(&a).await.unwrap().envelopes, 3);
+    assert_eq!(s.ack(&a, &[9]).await.unwrap().deleted, 1);
+    assert_eq!(read_ids(s, &a, None).await, vec![8, 10]);
+    assert_eq!(s.usage(&a).await.unwrap().envelopes, 2);
+}
+
 /// A large backlog comes back in order, `max` at a time.
 pub async fn large_backlog_pages_in_order(s: &impl MailboxStore) {
     let a = random_mailbox();
@@ -254,6 +315,8 @@ pub async fn all(s: &impl MailboxStore) {
     insert_read_ack(s).await;
     expired_envelopes_are_not_read(s).await;
     drained_mailbox_misses_nothing(s).await;
+    a_replayed_batch_is_recognised_whole(s).await;
+    acknowledgements_out_of_order_hide_nothing(s).await;
     large_backlog_pages_in_order(s).await;
     a_reader_during_an_insert_sees_no_gaps(s).await;
     a_large_insert_for_one_mailbox_is_stored_whole(s).await;
