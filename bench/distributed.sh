@@ -5,7 +5,12 @@
 #   scripts/services.sh up
 #   bench/distributed.sh                      # default load: -c 8 -w 64 --duration 10
 #   bench/distributed.sh -c 32 -w 16 --json   # any levee-load flags
+#   LEVEE_BIN=/tmp/levee-other bench/distributed.sh   # the nodes run another build
 #   scripts/services.sh down
+#
+# Besides levee-load's report it prints the CPU each process used over the load run, the
+# whole system's envelopes per CPU-second, and the CQL statements the nodes ran per
+# envelope stored, by statement (levee_store_statements_total from their metrics pages).
 #
 # Each run uses a fresh keyspace-independent cluster name and Kafka topic, nodes listen on
 # 127.0.0.1:4533..4535 (admin 9200..9202), and everything it started is stopped when it
