@@ -2,6 +2,7 @@
 
 pub mod child_node;
 pub mod cpu_budget;
+pub mod slo;
 
 use std::time::Duration;
 
