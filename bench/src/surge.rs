@@ -494,7 +494,7 @@ struct SloProbe {
 /// carrying the baseline, the unloaded p99 over 5 s, then `--slo-probes` probes bisecting
 /// the rates below `upper` (the registration capacity), each an open-loop stream of
 /// newcomers for `--slo-probe-secs` (and 2 s for the last to finish), the users' p99
-/// measured over it.
+/// measured over it; a rate over the SLO is tried twice.
 async fn slo_capacity(
     args: &Args,
     nodes: &Nodes<'_>,
@@ -511,28 +511,38 @@ async fn slo_capacity(
     let mut probes = Vec::new();
     for _ in 0..args.slo_probes {
         let rate = search.next();
-        let counts = spawn_wave(
-            args,
-            &baseline.node.client,
-            WaveSpecRate::Open(rate),
-            args.slo_probe_secs,
-            2.0,
-            None,
-        )
-        .await?;
-        let p99_ms = quantile_ms(&baseline.next_period().await, 0.99);
-        let admitted_per_s = counts.admitted_in_wave as f64 / args.slo_probe_secs;
-        let within = probe_within(rate, admitted_per_s, p99_ms, slo_ms);
+        // A rate over the SLO is tried once more before the search takes it as beyond: on
+        // this shared machine one probe in a few saw a spike of hundreds of ms at a rate
+        // far below the others' limit, and one such spike sent a whole search down to a
+        // fifth of what its other probes found.
+        let mut within = false;
+        for _ in 0..2 {
+            let counts = spawn_wave(
+                args,
+                &baseline.node.client,
+                WaveSpecRate::Open(rate),
+                args.slo_probe_secs,
+                2.0,
+                None,
+            )
+            .await?;
+            let p99_ms = quantile_ms(&baseline.next_period().await, 0.99);
+            let admitted_per_s = counts.admitted_in_wave as f64 / args.slo_probe_secs;
+            within = probe_within(rate, admitted_per_s, p99_ms, slo_ms);
+            probes.push(SloProbe {
+                offered_per_s: rate,
+                admitted_per_s,
+                p99_ms,
+                within,
+            });
+            // Let the node settle before the next probe.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            baseline.next_period().await;
+            if within {
+                break;
+            }
+        }
         search.record(rate, within);
-        probes.push(SloProbe {
-            offered_per_s: rate,
-            admitted_per_s,
-            p99_ms,
-            within,
-        });
-        // Let the node settle before the next probe.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        baseline.next_period().await;
     }
     baseline.stop().await?;
     Ok(SloCapacity {
@@ -1227,7 +1237,12 @@ fn targets(r: &Row) -> [(&'static str, bool); 5] {
             r.goodput_of_slo_capacity >= 0.9,
         ),
         ("0 hard failures", r.hard_failures == 0),
-        ("≤ 2 requests per admitted", r.requests_per_admitted <= 2.0),
+        // Every request an admitted newcomer made, its connection attempts turned away at
+        // the door included; the crowd's requests that never got in are the "all" column.
+        (
+            "≤ 2 requests per admitted newcomer",
+            r.requests_per_admitted_newcomer <= 2.0,
+        ),
     ]
 }
 
