@@ -15,9 +15,10 @@
 //!
 //! A store that does not answer in time (or fails) is not asked about that recipient again
 //! for [`FRESH_FOR`]: its sends go ahead unenforced meanwhile, as the one that timed out
-//! did. Asking on every send instead made a slow store slower — measured in the distributed
-//! deployment, where the aggregate reads that timed out (and still ran to the end in the
-//! database) were most of the statements left per envelope.
+//! did. That is a safeguard, not a measured gain: a read that times out still runs to the
+//! end in the database, so asking again on every send would add load to a store already
+//! too slow (in the distributed runs the repeated reads turned out to come from stale
+//! readings, fixed above, not from timeouts; docs/PERFORMANCE-LOG.md).
 //!
 //! Quotas were already approximate (envelopes on their way through the log are not stored
 //! yet); what this adds is bounded: envelopes accepted by *other* nodes for the same
