@@ -598,13 +598,13 @@ impl MailboxStore for ScyllaMailboxStore {
 
     async fn insert(&self, envelopes: Vec<NewEnvelope>) -> Result<Vec<InsertOutcome>, StoreError> {
         let now = now_ms();
-        // Each mailbox's envelopes, in the order given, so that dedupe records are read one
-        // mailbox at a time.
-        let mut arrived: HashMap<MailboxId, Vec<&NewEnvelope>> = HashMap::new();
-        for e in &envelopes {
-            arrived.entry(e.mailbox).or_default().push(e);
+        // Each mailbox's envelopes (indexes into `envelopes`, in the order given): its
+        // dedupe records are read, and its new envelopes stored, one mailbox at a time.
+        let mut arrived: HashMap<MailboxId, Vec<usize>> = HashMap::new();
+        for (i, e) in envelopes.iter().enumerate() {
+            arrived.entry(e.mailbox).or_default().push(i);
         }
-        let lookups: Vec<(&MailboxId, &[&NewEnvelope])> = arrived
+        let lookups: Vec<(&MailboxId, &[usize])> = arrived
             .iter()
             .flat_map(|(mailbox, queue)| {
                 queue
@@ -614,9 +614,12 @@ impl MailboxStore for ScyllaMailboxStore {
             .collect();
         let mut seen: HashSet<(MailboxId, [u8; 16])> = HashSet::new();
         for chunk in lookups.chunks(CONCURRENCY) {
-            let found = try_join_all(chunk.iter().map(|&(mailbox, part)| async move {
-                let keys: Vec<&[u8]> = part.iter().map(|e| e.dedupe_key.as_slice()).collect();
-                Ok::<_, StoreError>((mailbox, self.seen(mailbox, &keys).await?))
+            let found = try_join_all(chunk.iter().map(|&(mailbox, part)| {
+                let keys: Vec<&[u8]> = part
+                    .iter()
+                    .map(|&i| envelopes[i].dedupe_key.as_slice())
+                    .collect();
+                async move { Ok::<_, StoreError>((mailbox, self.seen(mailbox, &keys).await?)) }
             }))
             .await?;
             for (mailbox, keys) in found {
@@ -636,22 +639,21 @@ impl MailboxStore for ScyllaMailboxStore {
                 }
             })
             .collect();
-        let fresh: Vec<&NewEnvelope> = envelopes
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o == InsertOutcome::Stored)
-            .map(|(e, _)| e)
+        // Each mailbox's new envelopes in id order, in batches that a reader sees whole or
+        // not at all (see `store_mailbox`); mailboxes in parallel.
+        let queues: Vec<Vec<&NewEnvelope>> = arrived
+            .values()
+            .map(|queue| {
+                let mut fresh: Vec<&NewEnvelope> = queue
+                    .iter()
+                    .filter(|&&i| outcomes[i] == InsertOutcome::Stored)
+                    .map(|&i| &envelopes[i])
+                    .collect();
+                fresh.sort_by_key(|e| e.id);
+                fresh
+            })
+            .filter(|fresh| !fresh.is_empty())
             .collect();
-        // Each mailbox's envelopes in id order, in batches that a reader sees whole or not
-        // at all (see `store_mailbox`); mailboxes in parallel.
-        let mut by_mailbox: HashMap<MailboxId, Vec<&NewEnvelope>> = HashMap::new();
-        for &e in &fresh {
-            by_mailbox.entry(e.mailbox).or_default().push(e);
-        }
-        let mut queues: Vec<Vec<&NewEnvelope>> = by_mailbox.into_values().collect();
-        for queue in &mut queues {
-            queue.sort_by_key(|e| e.id);
-        }
         // Then each mailbox's live-from hint, which must never hide a stored envelope. Log
         // order makes this a no-op (an acknowledged id is always above what was stored
         // before it), but one read per mailbox keeps it true whatever order envelopes come
