@@ -493,7 +493,11 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
     use levee_client::{ClientError, Registration};
 
     let dir = tempfile::tempdir().unwrap();
+    // Its own node name: metrics are per process, and another test's node exports the same
+    // counter under its own name.
+    let name = common::unique("door");
     let (node, _first, bob) = TestNode::with_pair(dir.path(), |c| {
+        c.node_name = name.clone();
         c.registration_initial_rate = 1.0;
         c.registration_hold_ms = 0;
         c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -600,10 +604,100 @@ async fn a_known_account_logs_in_again_past_the_door_while_newcomers_are_held() 
     );
 
     let (_, page) = node.admin_get("/metrics").await;
-    let passed = metric(&page, "levee_connections_passed_at_door_total");
+    let passed = metric(
+        &page,
+        &format!("levee_connections_passed_at_door_total{{node=\"{name}\"}}"),
+    );
     assert!(
         passed > LOGINS as f64,
         "{passed} connections went through on a pass, of {LOGINS} logins and one command"
+    );
+    node.stop().await;
+}
+
+/// Creating an account is a durable write like any other: one that hangs on a stalled store
+/// lowers the node's admission level (registrations first) while it hangs, and messaging,
+/// which the log carries, is not shed. Before it counted, a node whose store froze had no
+/// write in flight once its delivery worker stopped trying, and kept admitting
+/// registrations that would only hang behind the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_stuck_on_a_stalled_store_lowers_admission_but_not_messaging() {
+    let dir = tempfile::tempdir().unwrap();
+    // Metrics are per process and labelled by node name: a name of its own keeps the other
+    // tests' nodes out of this one's readings.
+    let name = common::unique("stalled");
+    let (node, alice, _) = TestNode::with_pair(dir.path(), |c| {
+        c.node_name = name.clone();
+        c.fault_injection = true;
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let admin = node.admin.unwrap();
+    let me = alice.account();
+    // The node learns that alice exists while the store answers, so a send to her needs
+    // no store read during the stall.
+    alice.send(&me, "before").await.unwrap();
+    let series = |metric: &str| format!("{metric}{{node=\"{name}\"}}");
+    let level = || async {
+        common::metric(admin, &series("levee_admission_level"))
+            .await
+            .unwrap()
+    };
+    // Other tests load the machine, and a late scheduler lowers the level too: start from a
+    // node back at 1.
+    let calm_by = std::time::Instant::now() + Duration::from_secs(20);
+    while level().await < 1.0 {
+        assert!(
+            std::time::Instant::now() < calm_by,
+            "the node never admitted everything"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (status, body) =
+        common::admin_request(admin, "POST", "/admin/faults/stall?backend=store&secs=6").await;
+    assert!(status.contains("202"), "{status} {body}");
+    let entry = node.client_config();
+    let newcomer = tokio::spawn(async move {
+        let c = Client::connect(&entry, Identity::generate().unwrap()).await?;
+        c.register().await
+    });
+    // Nothing else writes to the store meanwhile: only the hanging registration can lower
+    // the level.
+    let mut lowest = f64::MAX;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lowest = lowest.min(level().await);
+    }
+    assert!(lowest < 1.0, "the level stayed at {lowest}");
+    assert!(
+        lowest > 1.0 / 3.0,
+        "the level fell into messaging: {lowest}"
+    );
+    // Messaging goes on through the log while the store is stalled.
+    alice.send(&me, "during").await.unwrap();
+    let shed = common::metric(
+        admin,
+        &format!("levee_admission_shed_total{{class=\"messaging\",node=\"{name}\"}}"),
+    )
+    .await;
+    assert_eq!(
+        shed,
+        Some(0.0),
+        "messaging was shed (or the series is missing)"
+    );
+
+    // Once the stall ends the newcomer's registration completes (or, if the client gave up
+    // waiting, a second try does), and both of alice's messages arrive.
+    if newcomer.await.unwrap().is_err() {
+        node.new_user().await;
+    }
+    let mut inbox = alice.subscribe().await.unwrap();
+    let got = receive(&mut inbox, 2, Duration::from_secs(15)).await;
+    let texts: BTreeSet<Vec<u8>> = got.iter().map(|d| d.ciphertext.to_vec()).collect();
+    assert_eq!(
+        texts,
+        BTreeSet::from([b"before".to_vec(), b"during".to_vec()])
     );
     node.stop().await;
 }

@@ -129,6 +129,18 @@ pub async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> (Stri
     (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
+/// A metric's value on a node's admin port (summed over the series whose line starts with
+/// `series`), if the node exports it.
+pub async fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
+    let (_, page) = admin_request(admin, "GET", "/metrics").await;
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 pub fn test_config() -> NodeConfig {
     NodeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -516,7 +516,14 @@ impl Connection {
             return self.respond(answer).await;
         }
         let created = match purpose {
-            Purpose::Register => self.shared.store.create_mailbox(&account).await,
+            Purpose::Register => {
+                // A durable write like any other: one that hangs (a frozen database) is
+                // what tells admission to shed the registrations behind it.
+                let write = self.shared.admission.backend_write();
+                let created = self.shared.store.create_mailbox(&account).await;
+                drop(write);
+                created
+            }
             Purpose::Authenticate => match self.shared.store.mailbox_exists(&account).await {
                 Ok(true) => Ok(false),
                 Ok(false) => {
@@ -624,7 +631,6 @@ impl Connection {
     }
 }
 
-/// Where to find a mailbox's owner.
 /// Longest a send waits for the recipient's quota usage before going ahead without it.
 const QUOTA_LOOKUP_LIMIT: Duration = Duration::from_millis(250);
 
