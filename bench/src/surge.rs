@@ -21,7 +21,7 @@
 //! they wait (see `Row::left_by_baseline_per_s`). Then, for each multiplier and each mode,
 //! on a fresh node: the same baseline, `--warmup` seconds for the node to learn its usual
 //! write latency, 3 s unloaded, then a wave of new registrations offered at multiplier ×
-//! registration capacity for `--duration` seconds, then a drain period in which newcomers
+//! SLO capacity (below) for `--duration` seconds, then a drain period in which newcomers
 //! still in line may finish.
 //!
 //! Waves are offered in multiples of the node's **SLO capacity**, measured in the same run
@@ -30,6 +30,12 @@
 //! of `levee_bench::slo` (1.25 × the unloaded p99, or 20 ms over it, whichever is larger) and
 //! the node admits what is offered; found by bisection below the registration capacity,
 //! one probe of `--slo-probe-secs` at a time on one node carrying the baseline.
+//!
+//! Admissions in ticket order are judged by the chaos drills' rule
+//! (`levee_chaos::ledger::overtakes`): a newcomer admitted while someone with an earlier
+//! place was still being told to wait overtook them. The time an attempt told to wait was
+//! sent is taken at its earliest (the client's retry is due then), so an overtake within
+//! the client's own scheduling delay can be missed, never one that did not happen.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +49,7 @@ use levee_bench::child_node::{self, ChildNode, CpuMeter};
 use levee_bench::cpu_budget::{self, CpuBudget};
 use levee_bench::slo::{RateSearch, message_p99_slo_ms, probe_within};
 use levee_bench::{latency_histogram, quantile_ms, record};
+use levee_chaos::ledger::{Ending, Newcomer, overtakes};
 use levee_client::{Client, ClientConfig, ClientError, Connector};
 use levee_client::{Fingerprint, Trust};
 use levee_relay::{AccountId, Identity};
@@ -99,6 +106,12 @@ struct Args {
     /// setting that trades registration goodput for message latency.
     #[arg(long)]
     node_line_lag_ms: Option<u64>,
+    /// Admission-on waves' nodes seat at most the SLO capacity this run measured
+    /// (`registration_max_per_s`), as an operator who measured it would configure them:
+    /// what is left over the SLO then is the cost of the crowd itself, not of the
+    /// registrations the line seats.
+    #[arg(long)]
+    line_ceiling_at_slo: bool,
     /// Probes of the SLO-capacity search (each halves the interval).
     #[arg(long, default_value_t = 6)]
     slo_probes: usize,
@@ -137,6 +150,9 @@ enum Role {
         /// The node's `admission_line_lag_ms`.
         #[arg(long)]
         line_lag_ms: Option<u64>,
+        /// The node's `registration_max_per_s`.
+        #[arg(long)]
+        registration_max_per_s: Option<f64>,
         /// Runtime worker threads (default: one per CPU of the machine).
         #[arg(long)]
         workers: Option<usize>,
@@ -196,6 +212,7 @@ fn main() -> anyhow::Result<()> {
             metrics,
             backend_latency_ms,
             line_lag_ms,
+            registration_max_per_s,
             ..
         }) => runtime.block_on(child_node::serve(|c| {
             c.admission = admission;
@@ -207,6 +224,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(ms) = line_lag_ms {
                 c.admission_line_lag_ms = ms;
+            }
+            if let Some(per_s) = registration_max_per_s {
+                c.registration_max_per_s = per_s;
             }
         })),
         Some(Role::Wave(spec)) => {
@@ -224,11 +244,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let nodes = Nodes {
+    let mut nodes = Nodes {
         budget: budget.as_ref(),
         metrics: args.trace,
         backend_latency_ms: args.node_backend_latency_ms,
         line_lag_ms: args.node_line_lag_ms,
+        line_ceiling: None,
     };
     let cores = match &budget {
         Some(b) => b.cores(),
@@ -276,6 +297,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if slo.per_s < 1.0 {
         bail!("no registration rate probed kept the users' p99 within the SLO");
     }
+    if args.line_ceiling_at_slo {
+        nodes.line_ceiling = Some(slo.per_s.round());
+    }
     let yardsticks = Yardsticks {
         baseline_rate,
         cores,
@@ -309,6 +333,8 @@ struct Nodes<'a> {
     metrics: bool,
     backend_latency_ms: Option<u64>,
     line_lag_ms: Option<u64>,
+    /// `registration_max_per_s` of the nodes with admission on (`--line-ceiling-at-slo`).
+    line_ceiling: Option<f64>,
 }
 
 impl Nodes<'_> {
@@ -335,6 +361,9 @@ impl Nodes<'_> {
         }
         if let Some(ms) = self.line_lag_ms {
             command.arg(format!("--line-lag-ms={ms}"));
+        }
+        if let Some(per_s) = self.line_ceiling.filter(|_| admission) {
+            command.arg(format!("--registration-max-per-s={per_s}"));
         }
         ChildNode::start(command).await
     }
@@ -751,6 +780,9 @@ struct Counts {
     admitted_requests: u64,
     /// Of those, connection attempts turned away at the door.
     admitted_door_attempts: u64,
+    /// Newcomers admitted while someone earlier in line was still told to wait (the
+    /// drills' rule, `levee_chaos::ledger::overtakes`).
+    overtakes: u64,
 }
 
 /// The same, counted concurrently.
@@ -770,6 +802,9 @@ struct Wave {
     admitted_requests: AtomicU64,
     /// Of those, connection attempts turned away at the door.
     admitted_door_attempts: AtomicU64,
+    /// Every newcomer that was given a place in line: its place, when it was last told to
+    /// wait and when it was admitted, for the order check.
+    line: std::sync::Mutex<Vec<Newcomer>>,
 }
 
 impl Wave {
@@ -803,6 +838,7 @@ impl Wave {
             requests: get(&self.requests),
             admitted_requests: get(&self.admitted_requests),
             admitted_door_attempts: get(&self.admitted_door_attempts),
+            overtakes: overtakes(&self.line.lock().expect("not poisoned")),
         }
     }
 }
@@ -826,7 +862,7 @@ async fn play_wave(spec: WaveSpec) -> anyhow::Result<Counts> {
             newcomers.spawn(async move {
                 while Instant::now() < wave_end {
                     wave.offered.fetch_add(1, Ordering::Relaxed);
-                    newcomer(&connector, &wave, wave_end, wave_end).await;
+                    newcomer(&connector, &wave, start, wave_end, wave_end).await;
                 }
             });
         }
@@ -848,7 +884,7 @@ async fn play_wave(spec: WaveSpec) -> anyhow::Result<Counts> {
                 let connector = connectors[spawned as usize % connectors.len()].clone();
                 let (wave, in_flight) = (wave.clone(), in_flight.clone());
                 newcomers.spawn(async move {
-                    newcomer(&connector, &wave, wave_end, give_up).await;
+                    newcomer(&connector, &wave, start, wave_end, give_up).await;
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -889,6 +925,8 @@ struct Row {
     still_refused: u64,
     hard_failures: u64,
     hard_failures_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Newcomers admitted while someone earlier in line was still told to wait.
+    overtakes: u64,
     not_offered: u64,
     requests_per_admitted: f64,
     requests_per_admitted_newcomer: f64,
@@ -993,6 +1031,7 @@ async fn scenario(
         still_refused: counts.refused_at_end,
         hard_failures: counts.hard_failures,
         hard_failures_by_kind: counts.failures.clone(),
+        overtakes: counts.overtakes,
         not_offered: counts.not_offered,
         requests_per_admitted: counts.requests as f64 / admitted.max(1) as f64,
         requests_per_admitted_newcomer: counts.admitted_requests as f64 / admitted.max(1) as f64,
@@ -1100,7 +1139,13 @@ fn without_node_label(line: &str) -> String {
 /// line as told until `give_up`. Requests counted are what the node saw: each connection
 /// attempt it refused, and each registration request (the first, and every return with a
 /// ticket).
-async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up: Instant) {
+async fn newcomer(
+    connector: &Connector,
+    wave: &Wave,
+    epoch: Instant,
+    wave_end: Instant,
+    give_up: Instant,
+) {
     let Ok(identity) = Identity::generate() else {
         return;
     };
@@ -1132,15 +1177,38 @@ async fn newcomer(connector: &Connector, wave: &Wave, wave_end: Instant, give_up
     // The earliest the registration request in flight can have been sent: the first right
     // after connecting, each return no sooner than the node said.
     let mut in_flight_since = connected_at;
+    let at = |t: Instant| t.saturating_duration_since(epoch).as_secs_f64();
+    // For the order check: the first place given, and when the last attempt told to wait
+    // was sent — at the earliest (`in_flight_since`), so a newcomer told to wait just after
+    // a later one got in may be missed, never one told to wait before it.
+    let mut place = None;
+    let mut last_told_to_wait = None;
     let outcome = tokio::time::timeout_at(
         give_up.into(),
-        client.register_waiting(|place| {
+        client.register_waiting(|p| {
             held_ticket = true;
             requests += 1;
-            in_flight_since = Instant::now() + place.retry_after;
+            place = place.or(Some(p.position));
+            last_told_to_wait = Some(at(in_flight_since));
+            in_flight_since = Instant::now() + p.retry_after;
         }),
     )
     .await;
+    if let Some(position) = place {
+        let admitted = matches!(outcome, Ok(Ok(_)));
+        wave.line.lock().expect("not poisoned").push(Newcomer {
+            // One node, one line.
+            place: Some((0, position)),
+            last_told_to_wait,
+            admitted_at: admitted.then(|| at(Instant::now())),
+            admitted_from_line: true,
+            ending: if admitted {
+                Ending::Admitted
+            } else {
+                Ending::WaitingValid
+            },
+        });
+    }
     requests += 1; // the attempt that ended it
     wave.requests.fetch_add(requests, Ordering::Relaxed);
     if matches!(outcome, Ok(Ok(_))) {
@@ -1228,7 +1296,7 @@ fn of_what_is_left(r: &Row) -> String {
 /// The wave targets a row is judged by (admission on), each with whether it was met.
 /// Admissions in ticket order are not among them: this bench does not see tickets' order
 /// (the chaos drill's ledger checks it).
-fn targets(r: &Row) -> [(&'static str, bool); 5] {
+fn targets(r: &Row) -> [(&'static str, bool); 6] {
     [
         ("send success ≥ 99.9%", r.send_success >= 0.999),
         ("message p99 within the SLO", r.p99_within_slo),
@@ -1237,6 +1305,7 @@ fn targets(r: &Row) -> [(&'static str, bool); 5] {
             r.goodput_of_slo_capacity >= 0.9,
         ),
         ("0 hard failures", r.hard_failures == 0),
+        ("admissions in ticket order", r.overtakes == 0),
         // Every request an admitted newcomer made, its connection attempts turned away at
         // the door included; the crowd's requests that never got in are the "all" column.
         (

@@ -276,7 +276,7 @@ impl Ledger {
 /// attempt that was told to wait *after* `j` had learned it was admitted — so the node had
 /// admitted `j` before it turned `i` away. (Coming back later than one's turn is not being
 /// overtaken: the line lets in everyone whose turn has come, in whatever order they return.)
-fn overtakes(newcomers: &[Newcomer]) -> u64 {
+pub fn overtakes(newcomers: &[Newcomer]) -> u64 {
     let mut lines: BTreeMap<u32, Vec<&Newcomer>> = BTreeMap::new();
     for n in newcomers {
         if let Some((line, _)) = n.place {
