@@ -495,6 +495,43 @@ async fn a_joining_node_takes_shards_and_sigterm_drains_it_within_the_bound() {
     assert_delivered_once(&cluster, &users, &acked).await;
 }
 
+/// A send that the log cannot take (the broker frozen past the producer's timeout) is
+/// answered with the node's retryable `UNAVAILABLE` before the client stops waiting, not
+/// with silence; the same message sent again once the broker is back is acknowledged and
+/// delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
+async fn a_frozen_broker_is_answered_with_a_retryable_refusal_not_silence() {
+    use levee_protocol::wire::pb::ErrorCode;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), "");
+    cluster.settle().await;
+    let (users, _) = register_users(&cluster).await;
+    let entries = cluster.entries();
+    let (alice, bob) = (&users[0], &users[1]);
+    let sender = log_in(&entries, alice, false).await;
+    let id = [42u8; 16];
+    let frozen = Paused::freeze("kafka").await;
+    let refused = sender
+        .send_with_id(&bob.account(), "while the log is frozen", id)
+        .await
+        .expect_err("a send went through a frozen broker");
+    frozen.thaw().await;
+    assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
+    // The same message again, on the same connection, once the broker answers.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = sender
+        .send_with_id(&bob.account(), "while the log is frozen", id)
+        .await
+    {
+        assert!(Instant::now() < give_up, "the send kept failing: {e}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sender.close().await;
+    assert_delivered_once(&cluster, &users, &BTreeMap::from([(id, bob.account())])).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka and Cassandra: scripts/services.sh up"]
 async fn a_kafka_broker_restart_mid_stream_loses_nothing_acknowledged() {

@@ -119,7 +119,11 @@ impl KafkaLog {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
+            // Under the client's 30 s request timeout (levee-client's default), so that a
+            // send stuck in the producer (a broker paused or restarting) is answered with
+            // the node's retryable UNAVAILABLE before the client stops waiting; at 30 s the
+            // two raced and the client saw only silence.
+            .set("message.timeout.ms", "20000")
             .create()
             .map_err(backend)?;
         // A topic just created (or a broker just restarted) may show no partitions in the
