@@ -1194,8 +1194,8 @@ async fn newcomer(
         }),
     )
     .await;
+    let admitted = matches!(outcome, Ok(Ok(_)));
     if let Some(position) = place {
-        let admitted = matches!(outcome, Ok(Ok(_)));
         wave.line.lock().expect("not poisoned").push(Newcomer {
             // One node, one line.
             place: Some((0, position)),
@@ -1211,7 +1211,7 @@ async fn newcomer(
     }
     requests += 1; // the attempt that ended it
     wave.requests.fetch_add(requests, Ordering::Relaxed);
-    if matches!(outcome, Ok(Ok(_))) {
+    if admitted {
         wave.admitted_requests
             .fetch_add(requests, Ordering::Relaxed);
         wave.admitted_door_attempts

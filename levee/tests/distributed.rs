@@ -301,6 +301,15 @@ impl Drop for Paused {
     }
 }
 
+/// Three settled processes (no extra configuration) and `USERS` registered users: the
+/// start of most tests here.
+async fn settled_with_users(dir: &Path) -> (Cluster, Vec<Identity>) {
+    let cluster = Cluster::start(dir, "");
+    cluster.settle().await;
+    let (users, _) = register_users(&cluster).await;
+    (cluster, users)
+}
+
 /// Registers `USERS` users through different nodes; returns them and the nodes they ended on.
 async fn register_users(cluster: &Cluster) -> (Vec<Identity>, BTreeSet<SocketAddr>) {
     let users: Vec<Identity> = (0..USERS).map(|_| Identity::generate().unwrap()).collect();
@@ -505,9 +514,7 @@ async fn a_frozen_broker_is_answered_with_a_retryable_refusal_not_silence() {
     use levee_protocol::wire::pb::ErrorCode;
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), "");
-    cluster.settle().await;
-    let (users, _) = register_users(&cluster).await;
+    let (cluster, users) = settled_with_users(dir.path()).await;
     let entries = cluster.entries();
     let (alice, bob) = (&users[0], &users[1]);
     let sender = log_in(&entries, alice, false).await;
@@ -537,9 +544,7 @@ async fn a_frozen_broker_is_answered_with_a_retryable_refusal_not_silence() {
 async fn a_kafka_broker_restart_mid_stream_loses_nothing_acknowledged() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(dir.path(), "");
-    cluster.settle().await;
-    let (users, _) = register_users(&cluster).await;
+    let (mut cluster, users) = settled_with_users(dir.path()).await;
     let acked = send_through(&mut cluster, &users, |_| services(&["restart", "kafka"])).await;
     cluster.settle().await;
     assert_delivered_once(&cluster, &users, &acked).await;
@@ -565,9 +570,7 @@ async fn lowest_level(admins: Vec<SocketAddr>, watching: Arc<AtomicBool>) -> f64
 async fn a_frozen_store_is_buffered_by_the_log_and_admission_sheds_before_messaging() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), "");
-    cluster.settle().await;
-    let (users, _) = register_users(&cluster).await;
+    let (cluster, users) = settled_with_users(dir.path()).await;
     let entries = cluster.entries();
     let mut clients = Vec::new();
     for user in &users {
