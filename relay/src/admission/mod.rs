@@ -25,14 +25,22 @@
 //! - [`work_bits`] / [`verify_work`] / [`solve_work`]: the optional proof of work a new
 //!   place in line may have to carry, harder as the line grows.
 //!
-//! The node wires these to its clock, randomness and metrics in `crate::node::admission`.
+//! - [`HandshakeRate`]: the door's token bucket for new connections.
+//! - [`NodeAdmission`]: all of the above as one node uses them, time and randomness passed
+//!   in — what the node runs, and what the wave simulator (`levee-wave`) runs for each of
+//!   its simulated nodes.
+//!
+//! The node wires a [`NodeAdmission`] to its clock, randomness and metrics in
+//! `crate::node::admission`.
 
 mod backend;
 mod cohort;
 mod controller;
+mod handshake_rate;
 mod headroom;
 mod line;
 mod load;
+mod node_admission;
 mod pass;
 mod ticket;
 
@@ -41,9 +49,11 @@ pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
 };
+pub use handshake_rate::HandshakeRate;
 pub use headroom::Headroom;
 pub use levee_protocol::work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};
 pub use line::WaitingLine;
 pub use load::{Load, LoadTargets};
+pub use node_admission::{AdmissionGauges, NodeAdmission, RegistrationDecision};
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

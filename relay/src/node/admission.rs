@@ -1,5 +1,5 @@
-//! The node's admission state: the pure controller, waiting line and tickets of
-//! `crate::admission`, behind one lock, with the clock and randomness filled in.
+//! The node's admission state: `crate::admission::NodeAdmission` (the pure decisions)
+//! behind one lock, with the clock, randomness and metrics filled in.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -7,106 +7,18 @@ use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::admission::{
-    AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, Headroom,
-    Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine,
-    key_hash, work_bits,
-};
+#[cfg(test)]
+use crate::admission::AdmissionLevel;
+pub(crate) use crate::admission::RegistrationDecision;
+use crate::admission::{NodeAdmission, RequestClass};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::telemetry::NodeMetrics;
 
-/// How often cohorts are reshuffled.
-const COHORT_ROTATION: Duration = Duration::from_secs(3600);
-/// Shortest life of a ticket; longer waits get twice the expected wait.
-const MIN_TICKET_LIFE: Duration = Duration::from_secs(600);
-/// A queued client is asked back at least this often, to refresh its estimate.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// New connections per second a pressed node still takes, whatever its line does.
-const MIN_HANDSHAKE_RATE: f64 = 20.0;
-/// How long the door stays limited after the node was last pressed. The crowd it turned
-/// away is still outside, trying again (QUIC resends a dropped Initial after 1, 2, 4 s; a
-/// patient client tries a new connection within 8 s). When the line of a 50x wave ran empty,
-/// the door opened completely to tens of thousands; message p50 reached 0.8–1.9 s for three
-/// seconds and 163 newcomers lost their connections (docs/PERFORMANCE-LOG.md, "Fourth pass").
-const DOOR_RELEASE: Duration = Duration::from_secs(10);
-
-/// What to do with a registration.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RegistrationDecision {
-    /// Serve it now.
-    Enter,
-    /// Not yet: here is the (possibly refreshed) ticket.
-    Queued {
-        ticket: Vec<u8>,
-        position: u64,
-        ahead: u64,
-        retry_after_ms: u64,
-        estimated_wait_ms: u64,
-    },
-    /// The presented ticket is not valid.
-    Rejected(TicketError),
-}
-
-/// Backend evidence older than this many windows no longer counts.
-const EVIDENCE_WINDOWS: u32 = 2;
-
-struct State {
-    controller: AdmissionController,
-    line: WaitingLine,
-    /// Durable storage writes (delivery-log appends, mailbox inserts, acknowledgements)
-    /// and delivery lag.
-    backend: BackendHealth,
-    /// The line's own, stricter judge of the scheduler's lag; `None` when turned off
-    /// (`admission_line_lag_ms = 0`).
-    headroom: Option<Headroom>,
-    /// When the node was last pressed (shedding, congested, or people in line).
-    pressed_at: Option<Instant>,
-}
-
-impl State {
-    /// Hands the controller the backend's health now; call before anything that may close
-    /// a window, so the window is judged on current evidence.
-    fn judge_backend(&mut self, now: Instant) {
-        let overloaded = self.backend.overloaded(now);
-        self.controller.set_backend_overloaded(overloaded);
-    }
-
-    /// Whether the node is congested right now: its scheduler runs late, or its durable
-    /// writes are slow, stuck or behind. `levee-surge --trace` showed the second without
-    /// the first: in a wave's first seconds a quarter-core node's writes queued for seconds
-    /// while its scheduler kept time.
-    fn congested(&self, now: Instant) -> bool {
-        self.controller.congested() || self.backend.overloaded(now)
-    }
-
-    /// After a window: the line learns from it — from the level's verdict or its own
-    /// headroom's, whichever is worse — and is held back while the new level sheds
-    /// anything more important than registrations.
-    fn window_closed(&mut self, (verdict, window): (Verdict, Duration), now: Instant) {
-        let line_verdict = self
-            .headroom
-            .as_mut()
-            .map_or(verdict, |h| verdict.worst(h.end_window()));
-        self.line.advance(now);
-        self.line.end_window(line_verdict, window);
-        let level = self.controller.level();
-        self.line
-            .hold_back(level.share(RequestClass::Registration) == 0.0);
-    }
-}
-
 /// Admission control of one node.
 pub(crate) struct Admission {
     enabled: bool,
-    work_max_bits: u32,
-    /// What `levee_load_ratio`'s parts are measured against.
-    load_targets: LoadTargets,
-    window: Duration,
-    state: Mutex<State>,
-    salt: CohortSalt,
-    tickets: TicketKey,
-    node_id: u32,
+    state: Mutex<NodeAdmission>,
     rng: SystemRandom,
     metrics: NodeMetrics,
 }
@@ -155,59 +67,20 @@ impl Admission {
         node_id: u32,
         metrics: NodeMetrics,
     ) -> Self {
-        let now = Instant::now();
-        let controller = AdmissionController::new(
-            ControllerConfig {
-                window: Duration::from_millis(config.admission_window_ms),
-                overload_wait: Duration::from_millis(config.admission_overload_wait_ms),
-                recover_wait: Duration::from_millis(config.admission_recover_wait_ms),
-                ..ControllerConfig::default()
-            },
-            now,
-        );
         Self {
             enabled: config.admission,
-            window: Duration::from_millis(config.admission_window_ms),
-            state: Mutex::new(State {
-                controller,
-                line: {
-                    let line = WaitingLine::new(config.registration_initial_rate, now);
-                    if config.registration_max_per_s > 0.0 {
-                        line.with_ceiling(config.registration_max_per_s)
-                    } else {
-                        line
-                    }
-                },
-                backend: BackendHealth::new(
-                    Duration::from_millis(config.admission_backend_latency_ms),
-                    config.admission_backend_lag,
-                    Duration::from_millis(config.admission_window_ms) * EVIDENCE_WINDOWS,
-                ),
-                headroom: (config.admission_line_lag_ms > 0)
-                    .then(|| Headroom::new(Duration::from_millis(config.admission_line_lag_ms))),
-                pressed_at: None,
-            }),
-            work_max_bits: config.registration_work_max_bits,
-            load_targets: LoadTargets {
-                delay: Duration::from_millis(config.admission_overload_wait_ms),
-                line_wait: Duration::from_secs_f64(config.load_target_wait_s),
-            },
-            salt: CohortSalt::new(secret, COHORT_ROTATION),
-            tickets: TicketKey::new(secret),
-            node_id,
+            state: Mutex::new(NodeAdmission::new(config, secret, node_id, Instant::now())),
             rng: SystemRandom::new(),
             metrics,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, NodeAdmission> {
         // Only counters and timestamps inside; a panic elsewhere cannot corrupt them.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A uniform factor in [1.0, 1.2): spreads the returns of clients told the same thing,
-    /// never earlier than the estimate. A return before one's place is due is answered with
-    /// another ticket and comes back again; with [0.8, 1.2) a fifth of the waiting crowd did.
+    /// A uniform factor in [1.0, 1.2) (see [`NodeAdmission::register`]).
     fn jitter(&self) -> f64 {
         let mut b = [0u8; 2];
         let _ = self.rng.fill(&mut b);
@@ -219,118 +92,75 @@ impl Admission {
         if !self.enabled {
             return Ok(());
         }
-        let cohort = self.salt.cohort(key, since_epoch());
-        let mut state = self.lock();
-        state.controller.record_offered(class, cohort);
-        if state.controller.admits(class, cohort) {
-            self.metrics.admitted(class);
-            return Ok(());
+        let decided = self.lock().check(class, key, since_epoch());
+        match decided {
+            Ok(()) => {
+                self.metrics.admitted(class);
+                Ok(())
+            }
+            Err(window) => {
+                self.metrics.shed(class);
+                Err((window.as_millis() as f64 * self.jitter()) as u64)
+            }
         }
-        self.metrics.shed(class);
-        // One window is when the level can next change.
-        Err((self.window.as_millis() as f64 * self.jitter()) as u64)
     }
 
     /// A durable storage write starts; it counts until the returned guard is dropped
-    /// (however the write ends, including cancellation). While the smoothed latency is over
-    /// `admission_backend_latency_ms`, or a write hangs for several times that, every
-    /// window counts as overloaded: the storage behind the node is the bottleneck even if
-    /// its own queues are short.
+    /// (however the write ends, including cancellation). See
+    /// [`NodeAdmission::backend_started`].
     pub(crate) fn backend_write(&self) -> BackendWrite<'_> {
-        let ticket = self.lock().backend.started(Instant::now());
+        let ticket = self.lock().backend_started(Instant::now());
         BackendWrite {
             admission: self,
             ticket,
         }
     }
 
-    /// Records how many log records delivery has yet to store. Past
-    /// `admission_backend_lag`, every window counts as overloaded: accepting more sends
-    /// would only lengthen the time to deliver them.
+    /// Records how many log records delivery has yet to store (see
+    /// [`NodeAdmission::record_lag`]).
     pub(crate) fn record_lag(&self, records: u64) {
-        let now = Instant::now();
-        let mut state = self.lock();
-        state.backend.record_lag(records, now);
-        state.judge_backend(now);
+        self.lock().record_lag(records, Instant::now());
         self.metrics.delivery_lag(records);
     }
 
     /// Whether the node is shedding anything at all (the level is below everything).
     #[cfg(test)]
     fn shedding(&self) -> bool {
-        self.enabled && self.lock().controller.level() < AdmissionLevel::ALL
+        self.enabled && self.lock().level() < AdmissionLevel::ALL
     }
 
-    /// How many new connections per second to take, or `None` for no limit. While the
-    /// node sheds, is congested, or people wait in line, and for [`DOOR_RELEASE`] after:
-    /// what the line lets through ([`WaitingLine::door_rate`]: the newcomers it seats, and
-    /// a few seconds' worth more while it is short), at least [`MIN_HANDSHAKE_RATE`] for
-    /// existing users reconnecting. More would only hand out more tickets at a handshake
-    /// each, with CPU the users already connected need.
+    /// How many new connections per second to take, or `None` for no limit (see
+    /// [`NodeAdmission::handshake_rate`]).
     pub(crate) fn handshake_rate(&self) -> Option<f64> {
         if !self.enabled {
             return None;
         }
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.line.advance(now);
-        // Congested as the last lag probe judged it (the line is paused exactly then): the
-        // door's rate is set right after each probe, so judging again would repeat the work.
-        if state.controller.level() < AdmissionLevel::ALL
-            || state.line.is_paused()
-            || !state.line.is_empty()
-        {
-            state.pressed_at = Some(now);
-        }
-        let limited = state
-            .pressed_at
-            .is_some_and(|at| now.saturating_duration_since(at) < DOOR_RELEASE);
-        limited.then(|| state.line.door_rate().max(MIN_HANDSHAKE_RATE))
+        self.lock().handshake_rate(Instant::now())
     }
 
     /// The proof of work (leading zero bits) a registration without a ticket must carry
     /// now: rises with the line's length, 0 while nobody waits or when turned off.
     pub(crate) fn work_bits(&self) -> u32 {
-        if !self.enabled || self.work_max_bits == 0 {
+        if !self.enabled {
             return 0;
         }
-        let mut state = self.lock();
-        state.line.advance(Instant::now());
-        work_bits(state.line.len(), self.work_max_bits)
+        self.lock().work_bits(Instant::now())
     }
 
     /// Records how long a request waited in this node's queues before work on it started.
     pub(crate) fn record_wait(&self, wait: Duration) {
         self.metrics.queue_wait(wait);
-        if !self.enabled {
-            return;
-        }
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.judge_backend(now);
-        if let Some(closed) = state.controller.record_wait(wait, now) {
-            state.window_closed(closed, now);
+        if self.enabled {
+            self.lock().record_wait(wait, Instant::now());
         }
     }
 
     /// Records how late the scheduler ran the lag probe (see
-    /// [`AdmissionController::record_lag`]), and pauses the line while the node is
-    /// congested right now or its probes run later than the line's limit
-    /// ([`AdmissionController::lagging`]).
+    /// [`NodeAdmission::record_scheduling_lag`]).
     pub(crate) fn record_scheduling_lag(&self, lag: Duration) {
         self.metrics.scheduling_lag(lag);
         if self.enabled {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            state.controller.record_lag(lag);
-            let pressed = state.headroom.as_mut().is_some_and(|h| {
-                h.record(lag);
-                state.controller.lagging(h.limit())
-            });
-            let now = Instant::now();
-            state.line.advance(now);
-            let congested = state.congested(now);
-            state.line.pause(congested || pressed);
+            self.lock().record_scheduling_lag(lag, Instant::now());
         }
     }
 
@@ -340,36 +170,16 @@ impl Admission {
         if !self.enabled {
             return;
         }
-        let mut state = self.lock();
-        let now = Instant::now();
-        state.judge_backend(now);
-        if let Some(closed) = state.controller.tick(now) {
-            state.window_closed(closed, now);
-        }
-        state.line.advance(now);
-        let load = Load {
-            delay: state.controller.delay(),
-            level: state.controller.level(),
-            line_wait: state.line.tail_wait(),
-            line_demand: state.line.demand_ratio(),
-            door_pressure,
-        };
-        self.metrics.admission_state(
-            state.controller.level().fraction(),
-            state.line.len(),
-            state.line.served_rate(),
-        );
+        let gauges = self.lock().tick(door_pressure, Instant::now());
         self.metrics
-            .load(load.line_wait, load.ratio(self.load_targets));
+            .admission_state(gauges.level, gauges.line_len, gauges.served_rate);
+        self.metrics.load(gauges.line_wait, gauges.load_ratio);
     }
 
-    /// Counts a newcomer through this node's door sent on to its mailbox's owner: handled
-    /// here, to enter there (see [`WaitingLine::redirected`]).
+    /// Counts a newcomer through this node's door sent on to its mailbox's owner.
     pub(crate) fn registration_redirected(&self) {
         if self.enabled {
-            let mut state = self.lock();
-            state.line.advance(Instant::now());
-            state.line.redirected();
+            self.lock().registration_redirected(Instant::now());
         }
     }
 
@@ -378,58 +188,16 @@ impl Admission {
         if !self.enabled {
             return RegistrationDecision::Enter;
         }
-        let now_ms = now_ms();
-        let presented = match ticket {
-            Some(bytes) => match self.tickets.open(bytes, key, now_ms) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    self.metrics.ticket_rejected(e);
-                    return RegistrationDecision::Rejected(e);
-                }
-            },
-            None => None,
-        };
-        let cohort = self.salt.cohort(key, since_epoch());
-        let mut state = self.lock();
-        state
-            .controller
-            .record_offered(RequestClass::Registration, cohort);
-        state.line.advance(Instant::now());
-        state.line.asked();
-        // A ticket from another node holds a place in that node's line, which this node
-        // cannot see; it joins this line as a newcomer would.
-        let position = match &presented {
-            Some(t) if t.node_id == self.node_id => t.position,
-            _ => state.line.join(),
-        };
-        if state.line.may_enter(position) {
-            state.line.entered();
-            self.metrics.admitted(RequestClass::Registration);
-            return RegistrationDecision::Enter;
+        let jitter = self.jitter();
+        let decision = self
+            .lock()
+            .register(key, ticket, Instant::now(), now_ms(), jitter);
+        match &decision {
+            RegistrationDecision::Enter => self.metrics.admitted(RequestClass::Registration),
+            RegistrationDecision::Queued { .. } => self.metrics.queued(),
+            RegistrationDecision::Rejected(e) => self.metrics.ticket_rejected(*e),
         }
-        let wait = state.line.wait_for(position);
-        let ahead = (position as f64 - state.line.head()).max(0.0) as u64;
-        drop(state);
-        let life = (wait * 2).max(MIN_TICKET_LIFE);
-        let ticket = self.tickets.seal(&Ticket {
-            position,
-            issued_at_ms: presented.as_ref().map_or(now_ms, |t| t.issued_at_ms),
-            expires_at_ms: now_ms + life.as_millis() as u64,
-            key_hash: key_hash(key),
-            node_id: self.node_id,
-        });
-        self.metrics.queued();
-        let retry_after = wait
-            .min(MAX_RETRY_AFTER)
-            .mul_f64(self.jitter())
-            .max(Duration::from_millis(50));
-        RegistrationDecision::Queued {
-            ticket,
-            position,
-            ahead,
-            retry_after_ms: retry_after.as_millis() as u64,
-            estimated_wait_ms: wait.as_millis() as u64,
-        }
+        decision
     }
 }
 
@@ -441,13 +209,11 @@ pub(crate) struct BackendWrite<'a> {
 
 impl Drop for BackendWrite<'_> {
     fn drop(&mut self) {
-        let now = Instant::now();
-        let mut state = self.admission.lock();
-        state.backend.finished(self.ticket, now);
-        state.judge_backend(now);
-        self.admission
-            .metrics
-            .backend_latency(state.backend.smoothed(), state.backend.latency_limit());
+        let (smoothed, limit) = self
+            .admission
+            .lock()
+            .backend_finished(self.ticket, Instant::now());
+        self.admission.metrics.backend_latency(smoothed, limit);
     }
 }
 
@@ -458,6 +224,7 @@ fn since_epoch() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::TicketError;
 
     fn admission(rate: f64) -> Admission {
         let config = NodeConfig {
@@ -537,10 +304,10 @@ mod tests {
         assert!(a.shedding());
         a.record_lag(0);
         // Calm windows climb back 1% of all slots each; the first already helps.
-        let before = a.lock().controller.level();
+        let before = a.lock().level();
         std::thread::sleep(Duration::from_millis(1100));
         a.tick(1.0);
-        assert!(a.lock().controller.level() > before);
+        assert!(a.lock().level() > before);
     }
 
     #[test]
@@ -582,7 +349,7 @@ mod tests {
         // Half a second at 1,000/s and the line is empty; the crowd outside is not gone.
         std::thread::sleep(Duration::from_millis(700));
         let after = a.handshake_rate().expect("still limited just after");
-        assert!(a.lock().line.is_empty());
+        assert!(a.lock().line().is_empty());
         assert!(after <= 2000.0, "{after}");
     }
 
@@ -601,9 +368,9 @@ mod tests {
                 a.record_scheduling_lag(Duration::from_millis(8));
             }
         }
-        assert!(strict.lock().line.is_paused(), "newcomers wait a moment");
+        assert!(strict.lock().line().is_paused(), "newcomers wait a moment");
         assert!(strict.handshake_rate().is_some(), "and the door narrows");
-        assert!(!lax.lock().line.is_paused(), "turned off, nothing waits");
+        assert!(!lax.lock().line().is_paused(), "turned off, nothing waits");
         assert_eq!(lax.handshake_rate(), None);
         // Someone registers in the window (a window nobody asked in teaches the line
         // nothing; see `WaitingLine::end_window`).
@@ -617,7 +384,7 @@ mod tests {
             !strict.shedding() && !lax.shedding(),
             "nobody is shed for 8 ms"
         );
-        let (slowed, kept) = (strict.lock().line.rate(), lax.lock().line.rate());
+        let (slowed, kept) = (strict.lock().line().rate(), lax.lock().line().rate());
         assert!(
             slowed < 100.0,
             "a window of late probes slows the line: {slowed}"

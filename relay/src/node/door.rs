@@ -37,7 +37,7 @@ use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::sieve::{ISSUED_ID_LEN, Sieve};
-use crate::admission::{PASS_LIFETIME_SECS, PassKey};
+use crate::admission::{HandshakeRate, PASS_LIFETIME_SECS, PassKey};
 
 /// Random part of an issued connection id: enough entropy that ids of concurrent
 /// connections do not collide.
@@ -133,47 +133,6 @@ fn initial_token(datagram: &[u8]) -> Option<&[u8]> {
     }
     let start = length_at + width;
     datagram.get(start..start.checked_add(usize::try_from(len).ok()?)?)
-}
-
-/// A token bucket for new handshakes across the node, whose rate admission control sets
-/// while it is shedding or people are waiting in line. A handshake costs more CPU than
-/// anything a connected client asks for, and it comes before any admission decision: if
-/// the node kept taking handshakes as fast as they arrive, shedding requests would free
-/// nothing and the overload would spread to the users already connected. With the rate
-/// tied to how fast the waiting line moves, new connections arrive about as fast as the
-/// node can seat them.
-#[derive(Debug)]
-pub(crate) struct HandshakeRate {
-    tokens: f64,
-    last: Instant,
-}
-
-impl HandshakeRate {
-    pub(crate) fn new(now: Instant) -> Self {
-        Self {
-            tokens: 0.0,
-            last: now,
-        }
-    }
-
-    /// Takes a token if one is available at `rate` per second (banking at most a quarter
-    /// second's worth, and at least one); `None` means no limit.
-    pub(crate) fn take(&mut self, rate: Option<f64>, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        let Some(rate) = rate else {
-            self.tokens = 0.0;
-            return true;
-        };
-        let burst = (rate / 4.0).max(1.0);
-        self.tokens = (self.tokens + rate * dt).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// New connections arriving at the door per second, whether they pass or not: the
@@ -545,25 +504,6 @@ mod tests {
         assert!(!issued.recognises(&other.generate_cid()));
         let forged = [0x5a; NONCE_LEN + MARK_LEN];
         assert!(!issued.recognises(&forged));
-    }
-
-    #[test]
-    fn handshake_rate_limits_only_when_asked() {
-        let t0 = Instant::now();
-        let mut bucket = HandshakeRate::new(t0);
-        assert!((0..1000).all(|_| bucket.take(None, t0)), "no limit");
-        let at = |ms| t0 + std::time::Duration::from_millis(ms);
-        // 40/s: nothing banked from the unlimited time, then 40 over one second.
-        assert!(!bucket.take(Some(40.0), t0));
-        let taken = (1..=1000)
-            .filter(|&ms| bucket.take(Some(40.0), at(ms)))
-            .count();
-        assert_eq!(taken, 40);
-        // An idle bucket banks a quarter second's worth, no more.
-        let after_idle = (0..100)
-            .filter(|_| bucket.take(Some(40.0), at(60_000)))
-            .count();
-        assert_eq!(after_idle, 10);
     }
 
     #[test]
