@@ -31,6 +31,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod inbox;
+pub mod retry;
 pub mod tls;
 
 use inbox::{Inbox, InboxSender, Overflow, Taken};
@@ -141,7 +142,8 @@ impl Connector {
     /// newcomer during a signup wave: an attempt the node refused, or did not answer within
     /// `connect_timeout` (a node under a wave drops new connections beyond what it can take
     /// without a word, see the node's door), is followed by a back-off (0.5 s doubling to at
-    /// most 8 s, plus up to 100% jitter) and another attempt, until `give_up`. The growing
+    /// most 8 s, plus up to 100% jitter: [`retry::ConnectBackoff`]) and another attempt, until
+    /// `give_up`. The growing
     /// back-off keeps a crowd of patient clients from becoming a retry storm. `on_refused`
     /// is called for each attempt turned away either way. An attempt still under way at
     /// `give_up` is dropped then ([`ClientError::Unreachable`]; not counted as turned away).
@@ -161,7 +163,7 @@ impl Connector {
         give_up: Option<Instant>,
         mut on_refused: impl FnMut(),
     ) -> Result<Client, ClientError> {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = retry::ConnectBackoff::default();
         let mut refusals = 0;
         loop {
             let establish = Client::establish(
@@ -199,7 +201,7 @@ impl Connector {
             refusals += 1;
             let mut b = [0u8; 1];
             let _ = SystemRandom::new().fill(&mut b);
-            let pause = backoff.mul_f64(1.0 + f64::from(b[0]) / 255.0);
+            let pause = backoff.pause(b[0]);
             let out_of_patience = match give_up {
                 Some(t) => Instant::now() + pause >= t,
                 None => refusals > MAX_RETRIES,
@@ -208,7 +210,6 @@ impl Connector {
                 return attempt;
             }
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(Duration::from_secs(8));
         }
     }
 }
@@ -859,7 +860,7 @@ impl Inner {
     fn jittered(&self, wait: Duration) -> Duration {
         let mut b = [0u8; 1];
         let _ = self.rng.fill(&mut b);
-        wait.mul_f64(1.0 + f64::from(b[0]) / 1020.0)
+        retry::jittered(wait, b[0])
     }
 
     /// Runs `op`, and when the node sheds it (`RATE_LIMITED`), waits as told and tries
