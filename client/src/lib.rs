@@ -143,9 +143,8 @@ impl Connector {
     /// `connect_timeout` (a node under a wave drops new connections beyond what it can take
     /// without a word, see the node's door), is followed by a back-off (0.5 s doubling to at
     /// most 8 s, plus up to 100% jitter: [`retry::ConnectBackoff`]) and another attempt, until
-    /// `give_up`. The growing
-    /// back-off keeps a crowd of patient clients from becoming a retry storm. `on_refused`
-    /// is called for each attempt turned away either way. An attempt still under way at
+    /// `give_up`. The growing back-off keeps a crowd of patient clients from becoming a
+    /// retry storm. `on_refused` is called for each attempt turned away either way. An attempt still under way at
     /// `give_up` is dropped then ([`ClientError::Unreachable`]; not counted as turned away).
     pub async fn connect_patiently(
         &self,
