@@ -3,6 +3,7 @@
 pub mod child_node;
 pub mod cpu_budget;
 pub mod slo;
+pub mod wave;
 
 use std::time::Duration;
 

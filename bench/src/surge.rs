@@ -127,6 +127,15 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Role {
+    /// Measures what each kind of request costs a node in CPU time (on a node held to
+    /// --node-cpus, as the waves run): a handshake, a registration served, a registration
+    /// told to wait, an established user's envelope. Prints them as `levee-wave --costs`
+    /// reads them.
+    Costs {
+        /// Newcomers per measurement.
+        #[arg(long, default_value_t = 2000)]
+        newcomers: usize,
+    },
     /// Internal: the newcomers' side of a wave, run as a child process; prints its counts
     /// as one JSON object.
     #[command(hide = true)]
@@ -234,16 +243,22 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&counts)?);
             Ok(())
         }
+        Some(Role::Costs { newcomers }) => runtime.block_on(costs(&args, newcomers)),
         None => runtime.block_on(run(args)),
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let budget = if args.node_cpus > 0.0 {
+/// The CPU budget of the nodes under test, if any (`--node-cpus`).
+fn budget(args: &Args) -> anyhow::Result<Option<CpuBudget>> {
+    Ok(if args.node_cpus > 0.0 {
         Some(CpuBudget::create(args.node_cpus)?)
     } else {
         None
-    };
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let budget = budget(&args)?;
     let mut nodes = Nodes {
         budget: budget.as_ref(),
         metrics: args.trace,
@@ -383,6 +398,11 @@ async fn users(connector: &Connector, n: usize) -> anyhow::Result<Vec<Arc<Client
 /// Envelopes per second end to end (sent, delivered, acknowledged by the recipient), closed
 /// loop, 3 s: the same measure as `levee-load`.
 async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> {
+    Ok(messaging_capacity_and_cost(nodes, n).await?.0)
+}
+
+/// [`messaging_capacity`], and the node's CPU per envelope meanwhile (µs).
+async fn messaging_capacity_and_cost(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<(f64, f64)> {
     let node = nodes.start(false).await?;
     let connector = Connector::new(&node.client)?;
     let clients = users(&connector, n.max(2)).await?;
@@ -414,12 +434,181 @@ async fn messaging_capacity(nodes: &Nodes<'_>, n: usize) -> anyhow::Result<f64> 
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = done.load(Ordering::Relaxed);
+    let mut meter = CpuMeter::new(node.pid()?, 1.0);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rate = (done.load(Ordering::Relaxed) - start) as f64 / 3.0;
+    let envelopes = done.load(Ordering::Relaxed) - start;
+    let cpu = meter.used().unwrap_or_default();
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     node.stop().await?;
-    Ok(rate)
+    Ok((
+        envelopes as f64 / 3.0,
+        cpu.as_secs_f64() * 1e6 / envelopes.max(1) as f64,
+    ))
+}
+
+/// `levee-surge costs`: what each kind of request costs a node (see [`Role::Costs`]). The
+/// node's CPU is read from `/proc` around each step, less what it spends idle in as long.
+async fn costs(args: &Args, newcomers: usize) -> anyhow::Result<()> {
+    let budget = budget(args)?;
+    let mut nodes = Nodes {
+        budget: budget.as_ref(),
+        metrics: false,
+        backend_latency_ms: None,
+        line_lag_ms: None,
+        line_ceiling: None,
+    };
+    let mut costs = levee_bench::wave::Costs::default();
+    let node = nodes.start(false).await?;
+    let connector = Arc::new(Connector::new(&node.client)?);
+    let mut cpu = NodeCpu::new(node.pid()?).await;
+    let clients = for_each_newcomer(newcomers, {
+        let connector = connector.clone();
+        move |_| {
+            let connector = connector.clone();
+            async move {
+                let give_up = Instant::now() + Duration::from_secs(60);
+                let c = connector
+                    .connect_patiently(Identity::generate()?, give_up, || {})
+                    .await?;
+                Ok(Arc::new(c))
+            }
+        }
+    })
+    .await?;
+    costs.handshake_us = cpu.per(newcomers);
+    let clients = Arc::new(clients);
+    for_each_newcomer(newcomers, {
+        let clients = clients.clone();
+        move |i| {
+            let c = clients[i].clone();
+            async move { Ok(c.register().await?) }
+        }
+    })
+    .await?;
+    costs.register_us = cpu.per(newcomers);
+    drop(clients);
+    node.stop().await?;
+
+    // Told to wait: a line that seats almost nobody, every newcomer coming back with its
+    // ticket a few times. All connect first: once people wait, the door narrows.
+    nodes.line_ceiling = Some(1.0);
+    let node = nodes.start(true).await?;
+    let connector = Arc::new(Connector::new(&node.client)?);
+    let connected = Arc::new(
+        for_each_newcomer(newcomers, move |_| {
+            let connector = connector.clone();
+            async move {
+                let give_up = Instant::now() + Duration::from_secs(60);
+                let c = connector
+                    .connect_patiently(Identity::generate()?, give_up, || {})
+                    .await?;
+                Ok(Arc::new(c))
+            }
+        })
+        .await?,
+    );
+    let clients = Arc::new(
+        for_each_newcomer(newcomers, move |i| {
+            let c = connected[i].clone();
+            async move {
+                let first = c.register_once(None).await?;
+                Ok((c, first))
+            }
+        })
+        .await?,
+    );
+    const ROUNDS: usize = 3;
+    let mut cpu = NodeCpu::new(node.pid()?).await;
+    let answers = for_each_newcomer(newcomers, move |i| {
+        let (c, first) = clients[i].clone();
+        async move {
+            let levee_client::Registration::Queued(mut place) = first else {
+                return Ok(0);
+            };
+            for round in 0..ROUNDS {
+                match c.register_once(Some(place.ticket.clone())).await? {
+                    levee_client::Registration::Queued(p) => place = p,
+                    levee_client::Registration::Registered { .. } => return Ok(round + 1),
+                }
+            }
+            Ok(ROUNDS)
+        }
+    })
+    .await?;
+    costs.queued_us = cpu.per(answers.iter().sum());
+    node.stop().await?;
+
+    let (_, message_us) = messaging_capacity_and_cost(&nodes, args.established).await?;
+    costs.message_us = message_us;
+    println!("{}", serde_json::to_string(&costs)?);
+    eprintln!(
+        "node CPU per request ({}): handshake {:.0} µs, registration served {:.0} µs, told to wait {:.0} µs, envelope {:.1} µs",
+        match &budget {
+            Some(b) => format!("node held to {} cores", b.cores()),
+            None => "node on the whole machine".into(),
+        },
+        costs.handshake_us,
+        costs.register_us,
+        costs.queued_us,
+        costs.message_us,
+    );
+    Ok(())
+}
+
+/// A node's CPU time since the last reading, less its idle rate over as long.
+struct NodeCpu {
+    meter: CpuMeter,
+    idle_per_s: f64,
+    since: Instant,
+}
+
+impl NodeCpu {
+    /// Measures the node's idle CPU for 2 s, then starts counting.
+    async fn new(pid: u32) -> Self {
+        let mut meter = CpuMeter::new(pid, 1.0);
+        let since = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = meter.used().unwrap_or_default().as_secs_f64();
+        Self {
+            meter,
+            idle_per_s: idle / since.elapsed().as_secs_f64(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Busy CPU µs per one of `n` requests since the last reading.
+    fn per(&mut self, n: usize) -> f64 {
+        let used = self.meter.used().unwrap_or_default().as_secs_f64();
+        let idle = self.idle_per_s * self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        (used - idle).max(0.0) * 1e6 / n.max(1) as f64
+    }
+}
+
+/// Runs `f(i)` for every newcomer `i` in `0..n`, 64 at a time; their results in order.
+async fn for_each_newcomer<T, F, Fut>(n: usize, f: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let mut out = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let fut = f(i);
+            tasks.spawn(async move { (i, fut.await) });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let (i, r) = done?;
+            results.push((i, r?));
+        }
+        results.sort_by_key(|(i, _)| *i);
+        out.extend(results.into_iter().map(|(_, r)| r));
+    }
+    Ok(out)
 }
 
 /// The established users' send rate for the baseline: half the closed-loop capacity, or
@@ -1072,6 +1261,12 @@ async fn trace_metrics(
         "levee_admission_admitted_total",
         "levee_connections_dropped_at_door_total",
         "levee_door_kernel_share",
+        // Cumulative: the mean over a second is the difference of two lines' sums over
+        // that of their counts.
+        "levee_scheduling_lag_seconds_sum",
+        "levee_scheduling_lag_seconds_count",
+        "levee_queue_wait_seconds_sum",
+        "levee_queue_wait_seconds_count",
     ];
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

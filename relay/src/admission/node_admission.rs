@@ -54,6 +54,14 @@ pub enum RegistrationDecision {
     Rejected(TicketError),
 }
 
+/// Whether a node holding a registration that has waited `held` so far, told now to come
+/// back after `retry_after`, keeps holding it and decides again itself then, instead of
+/// answering: while the whole hold stays within `hold` (`registration_hold_ms`). A place
+/// that comes due soon is waited for on the node, and the client is answered once.
+pub fn keeps_holding(held: Duration, retry_after: Duration, hold: Duration) -> bool {
+    held + retry_after <= hold
+}
+
 /// What the node reports after [`NodeAdmission::tick`]: the gauges of its metrics page.
 #[derive(Clone, Copy, Debug)]
 pub struct AdmissionGauges {

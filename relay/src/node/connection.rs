@@ -18,7 +18,7 @@ use super::Shared;
 use super::admission::RegistrationDecision;
 use super::guard::Handshaking;
 use super::window::{self, DeliveryWindow};
-use crate::admission::RequestClass;
+use crate::admission::{RequestClass, keeps_holding};
 use crate::clock::now_ms;
 use crate::cluster::{NodeInfo, Route};
 use crate::identity::{AccountId, Purpose};
@@ -595,7 +595,7 @@ impl Connection {
                     ticket: place,
                     retry_after_ms,
                     ..
-                } if held + Duration::from_millis(retry_after_ms) <= hold => {
+                } if keeps_holding(held, Duration::from_millis(retry_after_ms), hold) => {
                     let wait = Duration::from_millis(retry_after_ms);
                     tokio::time::sleep(wait).await;
                     held += wait;
