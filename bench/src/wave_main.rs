@@ -59,13 +59,19 @@ struct Args {
     /// surges, 20 s after a steady wave).
     #[arg(long)]
     drain_s: Option<f64>,
+    /// Most registrations a node seats per second (the node's `registration_max_per_s`; 0:
+    /// no ceiling): what a shared account store or verification gateway behind the nodes
+    /// allows each, which the simulator does not otherwise model.
+    #[arg(long, default_value_t = 0.0)]
+    registration_max_per_s: f64,
     /// Run with admission control off (every node takes every connection and request).
     #[arg(long)]
     admission_off: bool,
-    /// Nodes that die during the wave, evenly spaced in time across it (node 0, 1, ...).
+    /// Nodes that die during the wave (node 0, 1, ...), evenly spaced in time across a steady
+    /// wave or across the two busiest hours of surges (around the first evening's peak).
     #[arg(long, default_value_t = 0)]
     failures: usize,
-    /// Per-request CPU costs, a JSON file as `levee-surge costs --json` writes (default:
+    /// Per-request CPU costs, a JSON file as `levee-surge costs` prints (default:
     /// the costs measured on the development machine, in docs/PERFORMANCE.md).
     #[arg(long)]
     costs: Option<std::path::PathBuf>,
@@ -77,6 +83,12 @@ struct Args {
     /// Multiply every cost (a node this many times slower per core).
     #[arg(long, default_value_t = 1.0)]
     cost_scale: f64,
+    /// Simulate this share of the cluster: nodes and newcomers both scaled by it (nodes
+    /// rounded, newcomers by the same ratio), so each node sees the same arrivals. Newcomers
+    /// pick nodes at random, so the waits, requests and shares come out the same at a tenth
+    /// of the cost; counts are of the part simulated. Node failures scale too.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
     /// Seed of every random choice; the same seed gives the same run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -84,13 +96,17 @@ struct Args {
     /// for a steady wave).
     #[arg(long)]
     series_every_s: Option<f64>,
-    /// Find the fewest nodes (from --nodes up) that keep the median wait within
-    /// --target-median-wait-s.
+    /// Find the fewest nodes (from --nodes up) that keep the wait (--target-percentile,
+    /// the median by default) within --target-wait-s.
     #[arg(long)]
     plan: bool,
-    /// The median wait --plan aims for, seconds.
+    /// The wait --plan aims for, seconds.
     #[arg(long, default_value_t = 600.0)]
-    target_median_wait_s: f64,
+    target_wait_s: f64,
+    /// Which wait --plan holds to the target: the median (50), or the 90th or 99th
+    /// percentile of the time to admission.
+    #[arg(long, default_value_t = 50, value_parser = parse_percentile)]
+    target_percentile: u8,
     /// Simulate the development machine's `levee-surge` run instead: one node of
     /// --node-cores (0.25 unless given), its SLO capacity found by the same bisection, then
     /// waves of 10× and 50× of it with admission on and off.
@@ -99,6 +115,15 @@ struct Args {
     /// Print JSON lines instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_percentile(s: &str) -> Result<u8, String> {
+    match s {
+        "50" => Ok(50),
+        "90" => Ok(90),
+        "99" => Ok(99),
+        _ => Err(format!("`{s}`: expected 50, 90 or 99")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +145,9 @@ fn main() -> anyhow::Result<()> {
     if !(args.baseline >= 0.0 && args.baseline < 1.0) {
         bail!("--baseline must be in [0, 1)");
     }
+    if !(args.scale > 0.0 && args.scale <= 1.0) {
+        bail!("--scale must be in (0, 1]");
+    }
     if args.rig {
         return rig(&args, costs);
     }
@@ -127,15 +155,19 @@ fn main() -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     let scenario = scenario(&args, costs, args.nodes);
+    scenario
+        .node
+        .validate()
+        .map_err(|e| anyhow::anyhow!("node configuration: {e}"))?;
     if args.plan {
-        return plan(&args, scenario);
+        return plan(&args, costs);
     }
     let started = std::time::Instant::now();
     let outcome = simulate(&scenario);
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
-        print_outcome(&scenario, &outcome);
+        print_outcome(&args, &scenario, &outcome);
         eprintln!(
             "simulated in {:.1} s of wall time",
             started.elapsed().as_secs_f64()
@@ -144,20 +176,33 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scenario for `nodes` nodes, of which `--scale` is simulated.
 fn scenario(args: &Args, costs: Costs, nodes: usize) -> Scenario {
+    let simulated = ((nodes as f64 * args.scale).round() as usize).max(1);
+    let ratio = simulated as f64 / nodes as f64;
     let wave = match args.steady_per_s {
         Some(per_s) => Wave::Steady {
-            per_s,
+            per_s: per_s * ratio,
             secs: args.steady_secs,
         },
         None => Wave::Surges {
-            newcomers: args.newcomers,
+            newcomers: args.newcomers * ratio,
             hours: args.hours,
             peak: args.peak,
         },
     };
+    let nodes = simulated;
+    let failures = (args.failures as f64 * ratio).round() as usize;
     let steady = matches!(wave, Wave::Steady { .. });
     let secs = wave.secs();
+    // Nodes die through a steady wave, or through the two busiest hours of surges (around
+    // the first evening's peak), when their lines are longest.
+    let (failing_from, failing_for) = if steady {
+        (0.0, secs)
+    } else {
+        let peak = secs.min(86_400.0) * 20.0 / 24.0;
+        ((peak - 3600.0).max(0.0), 7200.0f64.min(secs))
+    };
     Scenario {
         nodes,
         node_cores: args.node_cores,
@@ -169,12 +214,13 @@ fn scenario(args: &Args, costs: Costs, nodes: usize) -> Scenario {
         wave,
         node: NodeConfig {
             admission: !args.admission_off,
+            registration_max_per_s: args.registration_max_per_s,
             ..NodeConfig::default()
         },
         costs,
-        failures: (0..args.failures.min(nodes.saturating_sub(1)))
+        failures: (0..failures.min(nodes.saturating_sub(1)))
             .map(|i| Failure {
-                at_s: secs * (i + 1) as f64 / (args.failures + 1) as f64,
+                at_s: failing_from + failing_for * (i + 1) as f64 / (failures + 1) as f64,
                 node: i,
             })
             .collect(),
@@ -186,8 +232,14 @@ fn scenario(args: &Args, costs: Costs, nodes: usize) -> Scenario {
     }
 }
 
-fn print_outcome(s: &Scenario, o: &Outcome) {
+fn print_outcome(args: &Args, s: &Scenario, o: &Outcome) {
     let w = o.admission_wait_s;
+    if s.nodes != args.nodes {
+        println!(
+            "simulated: {} of {} nodes and as large a share of the newcomers (--scale {})",
+            s.nodes, args.nodes, args.scale
+        );
+    }
     println!(
         "{} nodes × {} cores, users at {:.0}% of each ({:.0} messages/s per node); admission {}; {} node deaths",
         s.nodes,
@@ -290,34 +342,44 @@ fn duration(secs: f64) -> String {
     }
 }
 
-/// Doubles the node count until the median wait is within the target, then bisects.
-fn plan(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
-    let target = args.target_median_wait_s;
+/// Doubles the node count until the median wait is within the target, then bisects (to
+/// within 5%, or the node count one simulated node stands for at `--scale`).
+fn plan(args: &Args, costs: Costs) -> anyhow::Result<()> {
+    let target = args.target_wait_s;
+    let which = match args.target_percentile {
+        50 => 0,
+        90 => 1,
+        _ => 2,
+    };
     let mut tried: Vec<(usize, Outcome)> = Vec::new();
     let mut run = |nodes: usize| {
-        let outcome = simulate(&Scenario {
-            nodes,
-            ..scenario.clone()
-        });
-        let ok = outcome.admitted > 0 && outcome.admission_wait_s[0] <= target;
+        let outcome = simulate(&scenario(args, costs, nodes));
+        // Everyone must be admitted too: a wait measured over those admitted says nothing of
+        // those still waiting at the end.
+        let ok = outcome.admitted == outcome.arrived && outcome.admission_wait_s[which] <= target;
         eprintln!(
-            "{nodes} nodes: median wait {}, {} of {} admitted",
-            duration(outcome.admission_wait_s[0]),
+            "{nodes} nodes: p{} wait {}, {} of {} admitted",
+            args.target_percentile,
+            duration(outcome.admission_wait_s[which]),
             outcome.admitted,
             outcome.arrived
         );
         tried.push((nodes, outcome));
         ok
     };
-    let (mut low, mut high) = (0, scenario.nodes.max(1));
+    let (mut low, mut high) = (0, args.nodes.max(1));
+    let step = (1.0 / args.scale).ceil() as usize;
     while !run(high) {
         low = high;
         high *= 2;
         if high > 100_000 {
-            bail!("no node count up to 100,000 keeps the median wait within {target} s");
+            bail!(
+                "no node count up to 100,000 keeps the p{} wait within {target} s",
+                args.target_percentile
+            );
         }
     }
-    while high - low > (high / 20).max(1) {
+    while high - low > (high / 20).max(step) {
         let mid = (low + high) / 2;
         if run(mid) {
             high = mid;
@@ -333,22 +395,26 @@ fn plan(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "| nodes | median wait | p99 wait | admitted | requests per admitted: all (own) | users shed | users p99 |\n|---|---|---|---|---|---|---|"
+        "| nodes | wait p50 | p90 | p99 | admitted | requests per admitted: all (own) | overtakes: in a line / cluster-wide | users shed | users p99 |\n|---|---|---|---|---|---|---|---|---|"
     );
     for (n, o) in &tried {
         println!(
-            "| {n} | {} | {} | {:.1}% | {:.2} ({:.2}) | {:.3}% | {:.1} ms |",
+            "| {n} | {} | {} | {} | {:.1}% | {:.2} ({:.2}) | {} / {} | {:.3}% | {:.1} ms |",
             duration(o.admission_wait_s[0]),
+            duration(o.admission_wait_s[1]),
             duration(o.admission_wait_s[2]),
             100.0 * o.admitted as f64 / o.arrived.max(1) as f64,
             o.requests_per_admitted,
             o.own_requests_per_admitted,
+            o.overtakes,
+            o.cluster_overtakes,
             100.0 * o.users_shed,
             o.users_p99_ms
         );
     }
     println!(
-        "\nfewest nodes with the median wait within {}: {high} (to within 5%)",
+        "\nfewest nodes with the p{} wait within {}: {high} (to within 5%, or {step})",
+        args.target_percentile,
         duration(target)
     );
     Ok(())
@@ -391,13 +457,15 @@ fn rig(args: &Args, costs: Costs) -> anyhow::Result<()> {
         );
     }
     let slo = search.best();
-    println!(
+    eprintln!(
         "one node of {cores} cores, users at {:.0}% of it: registration capacity {capacity:.0}/s, SLO capacity {slo:.0}/s",
         100.0 * args.baseline
     );
-    println!(
-        "| wave | admission | offered/s | goodput/s (of SLO capacity) | admitted after wave | waiting with ticket | at the door | hard failures | requests per admitted: all (own) | users shed | users p99 (SLO) | overtakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    if !args.json {
+        println!(
+            "| wave | admission | offered/s | goodput/s (of SLO capacity) | admitted after wave | waiting with ticket | at the door | hard failures | requests per admitted: all (own) | users shed | users p99 (SLO) | overtakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+    }
     for multiplier in [10.0, 50.0] {
         for admission in [true, false] {
             let o = simulate(&base(slo * multiplier, 10.0, admission, 20.0));

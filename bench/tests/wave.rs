@@ -100,3 +100,32 @@ fn a_node_dying_mid_wave_loses_nobody_and_its_newcomers_start_over_elsewhere() {
     );
     assert_eq!(o.overtakes, 0, "within each node's line, order holds");
 }
+
+#[test]
+fn surges_bring_exactly_the_newcomers_asked_for_peaking_near_the_peak_asked_for() {
+    let wave = Wave::Surges {
+        newcomers: 1e6,
+        hours: 72.0,
+        peak: 20.0,
+    };
+    let profile = levee_bench::wave::Profile::new(&wave);
+    let step = 10.0;
+    let total: f64 = (0..(72.0 * 3600.0 / step) as usize)
+        .map(|i| profile.rate((i as f64 + 0.5) * step) * step)
+        .sum();
+    assert!((total - 1e6).abs() < 1e4, "{total}");
+    let mean = 1e6 / (72.0 * 3600.0);
+    let first_peak = profile.rate(20.0 * 3600.0);
+    assert!(
+        (18.0 * mean..22.0 * mean).contains(&first_peak),
+        "{first_peak} against a mean of {mean}"
+    );
+    assert!(
+        profile.rate(44.0 * 3600.0) < first_peak,
+        "the second day's is smaller"
+    );
+    assert!(
+        profile.rate(8.0 * 3600.0) < mean / 100.0,
+        "mornings are quiet"
+    );
+}

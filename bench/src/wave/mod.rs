@@ -50,9 +50,9 @@ pub enum Wave {
         secs: f64,
     },
     /// `newcomers` over `hours`, at random (Poisson), one surge a day in the evening, the
-    /// first day's peak at `peak` times the mean rate and each later day's smaller (0.6,
-    /// then 0.4 of the first): the shape of a messenger's signups after another one's
-    /// users leave in a weekend.
+    /// first day's peak at about `peak` times the mean rate and each later day's smaller
+    /// (0.6, then 0.4 of the first): the shape of a messenger's signups after another one's
+    /// users leave in a weekend. See [`Profile`] for the exact shape.
     Surges {
         /// Newcomers in all.
         newcomers: f64,
@@ -75,12 +75,12 @@ impl Wave {
 
 /// The arrival rate of a [`Wave`] over time, worked out once.
 #[derive(Clone, Debug)]
-pub(crate) struct Profile {
+pub struct Profile {
     /// (centre s, height /s) of each surge, and their common width (s).
     surges: Vec<(f64, f64)>,
     sigma: f64,
     steady: f64,
-    /// The highest rate.
+    /// The highest rate (a hair over it, as thinning needs).
     pub top: f64,
 }
 
