@@ -9,7 +9,7 @@ use levee_queue::KafkaConfig;
 use levee_sharding::{PlacementConfig, ScyllaConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::admission::MAX_WORK_BITS;
+use crate::admission::{AdmissionSettings, MAX_WORK_BITS};
 
 /// Most `registration_hold_ms` may be: well within the 30 s a client waits for an answer.
 const MAX_REGISTRATION_HOLD_MS: u64 = 10_000;
@@ -209,6 +209,22 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The admission part of this configuration, as `admission::NodeAdmission` takes it.
+    pub fn admission_settings(&self) -> AdmissionSettings {
+        AdmissionSettings {
+            window: Duration::from_millis(self.admission_window_ms),
+            overload_wait: Duration::from_millis(self.admission_overload_wait_ms),
+            recover_wait: Duration::from_millis(self.admission_recover_wait_ms),
+            initial_rate: self.registration_initial_rate,
+            max_per_s: self.registration_max_per_s,
+            backend_latency: Duration::from_millis(self.admission_backend_latency_ms),
+            backend_lag: self.admission_backend_lag,
+            line_lag: Duration::from_millis(self.admission_line_lag_ms),
+            work_max_bits: self.registration_work_max_bits,
+            load_target_wait: Duration::from_secs_f64(self.load_target_wait_s),
+        }
+    }
+
     /// Checks values that would otherwise fail later and less clearly.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [

@@ -6,7 +6,7 @@
 //! controller, waiting line, signed tickets, cohorts) and its door's token bucket
 //! ([`levee_relay::admission::HandshakeRate`]), fed as the node feeds them — a 10 ms probe
 //! of the scheduler's lag that also sets the door's rate, a window tick every 100 ms, each
-//! request's queueing delay — in front of a model of its CPU ([`node`]) whose costs per
+//! request's queueing delay — in front of a model of its CPU (`wave/node.rs`) whose costs per
 //! request were measured on a real node ([`Costs`]). Each newcomer follows the real
 //! client's rules ([`levee_client::retry`], the client's default timeouts): a connection
 //! attempt whose datagrams the door drops is resent by QUIC after 1 and 3 s and abandoned

@@ -99,7 +99,7 @@ impl SimNode {
         Self {
             admission: config
                 .admission
-                .then(|| NodeAdmission::new(config, secret, id, now)),
+                .then(|| NodeAdmission::new(&config.admission_settings(), secret, id, now)),
             door: HandshakeRate::new(now),
             door_rate: None,
             alive: true,

@@ -54,6 +54,8 @@ pub use headroom::Headroom;
 pub use levee_protocol::work::{MAX_WORK_BITS, solve_work, verify_work, work_bits};
 pub use line::WaitingLine;
 pub use load::{Load, LoadTargets};
-pub use node_admission::{AdmissionGauges, NodeAdmission, RegistrationDecision, keeps_holding};
+pub use node_admission::{
+    AdmissionGauges, AdmissionSettings, NodeAdmission, RegistrationDecision, keeps_holding,
+};
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

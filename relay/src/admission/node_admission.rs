@@ -13,7 +13,6 @@ use super::{
     Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine,
     key_hash, work_bits,
 };
-use crate::config::NodeConfig;
 
 /// How often cohorts are reshuffled.
 const COHORT_ROTATION: Duration = Duration::from_secs(3600);
@@ -77,6 +76,32 @@ pub struct AdmissionGauges {
     pub load_ratio: f64,
 }
 
+/// How a node's admission is tuned: the admission part of its configuration
+/// (`NodeConfig::admission_settings` reads it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionSettings {
+    /// The controller's window.
+    pub window: Duration,
+    /// Average queueing delay over which a window counts as overloaded.
+    pub overload_wait: Duration,
+    /// Average queueing delay under which the level may climb.
+    pub recover_wait: Duration,
+    /// The line's rate before it has learnt one, per second.
+    pub initial_rate: f64,
+    /// Most registrations seated per second (0: no ceiling).
+    pub max_per_s: f64,
+    /// Smoothed durable-write latency over which the backend counts as overloaded.
+    pub backend_latency: Duration,
+    /// Delivery lag (records) over which the backend counts as overloaded.
+    pub backend_lag: u64,
+    /// The line's own scheduling-lag limit (zero: off).
+    pub line_lag: Duration,
+    /// Most proof-of-work bits a place in line may cost (0: none).
+    pub work_max_bits: u32,
+    /// The line wait that counts as full load for `levee_load_ratio`.
+    pub load_target_wait: Duration,
+}
+
 /// One node's admission state. Pure: no clock, no randomness, no metrics; see the module
 /// docs. (Not `Debug`: it holds the cluster's ticket key.)
 pub struct NodeAdmission {
@@ -100,40 +125,38 @@ pub struct NodeAdmission {
 }
 
 impl NodeAdmission {
-    /// A node's admission as `config` sets it, signing tickets and salting cohorts with the
-    /// cluster `secret`, its tickets marked with `node_id`.
-    pub fn new(config: &NodeConfig, secret: &[u8], node_id: u32, now: Instant) -> Self {
-        let window = Duration::from_millis(config.admission_window_ms);
+    /// A node's admission as `settings` tune it, signing tickets and salting cohorts with
+    /// the cluster `secret`, its tickets marked with `node_id`.
+    pub fn new(settings: &AdmissionSettings, secret: &[u8], node_id: u32, now: Instant) -> Self {
         let controller = AdmissionController::new(
             ControllerConfig {
-                window,
-                overload_wait: Duration::from_millis(config.admission_overload_wait_ms),
-                recover_wait: Duration::from_millis(config.admission_recover_wait_ms),
+                window: settings.window,
+                overload_wait: settings.overload_wait,
+                recover_wait: settings.recover_wait,
                 ..ControllerConfig::default()
             },
             now,
         );
-        let line = WaitingLine::new(config.registration_initial_rate, now);
+        let line = WaitingLine::new(settings.initial_rate, now);
         Self {
             controller,
-            line: if config.registration_max_per_s > 0.0 {
-                line.with_ceiling(config.registration_max_per_s)
+            line: if settings.max_per_s > 0.0 {
+                line.with_ceiling(settings.max_per_s)
             } else {
                 line
             },
             backend: BackendHealth::new(
-                Duration::from_millis(config.admission_backend_latency_ms),
-                config.admission_backend_lag,
-                window * EVIDENCE_WINDOWS,
+                settings.backend_latency,
+                settings.backend_lag,
+                settings.window * EVIDENCE_WINDOWS,
             ),
-            headroom: (config.admission_line_lag_ms > 0)
-                .then(|| Headroom::new(Duration::from_millis(config.admission_line_lag_ms))),
+            headroom: (!settings.line_lag.is_zero()).then(|| Headroom::new(settings.line_lag)),
             pressed_at: None,
-            window,
-            work_max_bits: config.registration_work_max_bits,
+            window: settings.window,
+            work_max_bits: settings.work_max_bits,
             load_targets: LoadTargets {
-                delay: Duration::from_millis(config.admission_overload_wait_ms),
-                line_wait: Duration::from_secs_f64(config.load_target_wait_s),
+                delay: settings.overload_wait,
+                line_wait: settings.load_target_wait,
             },
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
@@ -225,9 +248,9 @@ impl NodeAdmission {
     }
 
     /// How many new connections per second to take, or `None` for no limit. While the
-    /// node sheds, is congested, or people wait in line, and for [`DOOR_RELEASE`] after:
+    /// node sheds, is congested, or people wait in line, and for `DOOR_RELEASE` (10 s) after:
     /// what the line lets through ([`WaitingLine::door_rate`]: the newcomers it seats, and
-    /// a few seconds' worth more while it is short), at least [`MIN_HANDSHAKE_RATE`] for
+    /// a few seconds' worth more while it is short), at least `MIN_HANDSHAKE_RATE` (20/s) for
     /// existing users reconnecting. More would only hand out more tickets at a handshake
     /// each, with CPU the users already connected need.
     pub fn handshake_rate(&mut self, now: Instant) -> Option<f64> {

@@ -69,7 +69,12 @@ impl Admission {
     ) -> Self {
         Self {
             enabled: config.admission,
-            state: Mutex::new(NodeAdmission::new(config, secret, node_id, Instant::now())),
+            state: Mutex::new(NodeAdmission::new(
+                &config.admission_settings(),
+                secret,
+                node_id,
+                Instant::now(),
+            )),
             rng: SystemRandom::new(),
             metrics,
         }
