@@ -1,4 +1,5 @@
-//! What each request costs a node, in CPU time: the simulator's only measured inputs.
+//! What each request costs a node, in CPU time: the simulator's measured inputs (and one
+//! chosen to match a trace, [`Costs::turn_us`]).
 //!
 //! A new connection's datagram dropped at the door has no cost here: most of a crowd's are
 //! dropped in the kernel by the node's sieve, off the node's CPU (`levee-surge --trace`
