@@ -11,8 +11,8 @@
 //!
 //! Why processor sharing and not one queue: on a real node in a 10× wave
 //! (`levee-surge --trace`, a quarter core 88–104% busy) the lag probe ran late by only
-//! 0.2–3 ms on average and requests waited 0.01–0.15 ms for a worker. A model in which
-//! every request waits for all the work queued ahead read 5–35 ms, and its line, judged by
+//! 0.2–3.2 ms on average and requests waited 0.00–0.15 ms for a worker. A model in which
+//! every request waits for all the work queued ahead read up to 41 ms, and its line, judged by
 //! that lag, stood still where the real one seated newcomers (docs/PERFORMANCE-LOG.md,
 //! "The wave simulator"). What admission measures — the probe's lag, a request's wait for a
 //! worker — is here a turn of the scheduler for each runnable task ([`Costs::turn_us`]);
