@@ -132,7 +132,7 @@ impl Tally {
         }
     }
 
-    pub fn arrived(&mut self, _now_us: u64) {
+    pub fn arrived(&mut self) {
         self.arrived += 1;
     }
 

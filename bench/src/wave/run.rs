@@ -230,7 +230,7 @@ impl Sim<'_> {
                     requests: 0,
                     failed: false,
                 });
-                self.tally.arrived(self.now_us);
+                self.tally.arrived();
                 self.attempt(who);
                 self.next_arrival();
             }
