@@ -52,6 +52,7 @@ use levee_bench::{latency_histogram, quantile_ms, record};
 use levee_chaos::ledger::{Ending, Newcomer, overtakes};
 use levee_client::{Client, ClientConfig, ClientError, Connector};
 use levee_client::{Fingerprint, Trust};
+use levee_relay::admission::{Place, TicketKey};
 use levee_relay::{AccountId, Identity};
 use tokio::sync::Mutex;
 
@@ -197,6 +198,17 @@ fn parse_mode(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The nodes' cluster key, known to the wave so that it can read newcomers' places from
+/// their tickets (for the order check).
+const SURGE_CLUSTER_KEY: &[u8; 32] = b"levee-surge bench cluster key 01";
+
+/// Now, ms since the Unix epoch (as tickets carry it).
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Role::Node {
@@ -225,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             ..
         }) => runtime.block_on(child_node::serve(|c| {
             c.admission = admission;
+            c.cluster_key = Some(hex::encode(SURGE_CLUSTER_KEY));
             if metrics {
                 c.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             }
@@ -1027,7 +1040,8 @@ impl Wave {
             requests: get(&self.requests),
             admitted_requests: get(&self.admitted_requests),
             admitted_door_attempts: get(&self.admitted_door_attempts),
-            overtakes: overtakes(&self.line.lock().expect("not poisoned")),
+            // One node: every two places are compared, however close.
+            overtakes: overtakes(&self.line.lock().expect("not poisoned"), 0),
         }
     }
 }
@@ -1344,6 +1358,7 @@ async fn newcomer(
     let Ok(identity) = Identity::generate() else {
         return;
     };
+    let account = identity.account();
     // What the node saw of this newcomer, added to the wave's total at the end.
     let mut door_attempts = 0u64;
     // An attempt under way at `give_up` is dropped then, and the newcomer counted as still
@@ -1378,25 +1393,26 @@ async fn newcomer(
     // a later one got in may be missed, never one told to wait before it.
     let mut place = None;
     let mut last_told_to_wait = None;
+    let tickets = TicketKey::new(SURGE_CLUSTER_KEY);
     let outcome = tokio::time::timeout_at(
         give_up.into(),
         client.register_waiting(|p| {
             held_ticket = true;
             requests += 1;
-            place = place.or(Some(p.position));
+            if let Ok(t) = tickets.open(&p.ticket, account.as_bytes(), now_unix_ms()) {
+                place = Some(Place::of(&t));
+            }
             last_told_to_wait = Some(at(in_flight_since));
             in_flight_since = Instant::now() + p.retry_after;
         }),
     )
     .await;
     let admitted = matches!(outcome, Ok(Ok(_)));
-    if let Some(position) = place {
+    if place.is_some() {
         wave.line.lock().expect("not poisoned").push(Newcomer {
-            // One node, one line.
-            place: Some((0, position)),
+            place,
             last_told_to_wait,
             admitted_at: admitted.then(|| at(Instant::now())),
-            admitted_from_line: true,
             ending: if admitted {
                 Ending::Admitted
             } else {

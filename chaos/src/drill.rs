@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use levee_client::Trust;
 use levee_client::{ClientConfig, ClientError, Connector, Registration};
 use levee_protocol::wire::pb::ErrorCode;
-use levee_relay::admission::TicketKey;
+use levee_relay::admission::{Place, TicketKey, key_hash};
 use levee_relay::local_cluster::NodeSummary;
 use levee_relay::{AccountId, Identity};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -941,9 +941,8 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
     shared.offered.fetch_add(1, Ordering::Relaxed);
     let arrived = Instant::now();
     let mut ticket: Option<bytes::Bytes> = None;
-    let mut place: Option<(u32, u64)> = None;
-    // The node whose line `place` is in (the one that answered, after any redirect).
-    let mut line_server: Option<SocketAddr> = None;
+    // Its place in the cluster's line, once it has a ticket.
+    let mut place: Option<Place> = None;
     let mut last_told_to_wait = None;
     let mut client: Option<levee_client::Client> = None;
     let ending = loop {
@@ -1021,11 +1020,14 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
                 if place.is_some() {
                     shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 }
+                // Admitted without a ticket: its place is when it got in (no earlier than
+                // when the node placed it, so the order check is, if anything, stricter).
+                let place =
+                    place.or_else(|| Some(Place::new(now_ms(), &key_hash(account.as_bytes()))));
                 lock(&shared.ledger).newcomer(Newcomer {
                     place,
                     last_told_to_wait,
                     admitted_at: Some(t),
-                    admitted_from_line: line_server == Some(c.server()),
                     ending: Ending::Admitted,
                 });
                 return Some(c);
@@ -1037,17 +1039,15 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
                 if place.is_none() {
                     shared.waiting.fetch_add(1, Ordering::SeqCst);
                 }
-                // The line is the ticket's node's; read it from the ticket itself.
+                // The place is the ticket's; read it from the ticket itself. One that does
+                // not open is reported at the end (`Ending::WaitingInvalid`).
                 if let Ok(t) = shared
                     .ticket_key
                     .open(&p.ticket, account.as_bytes(), now_ms())
                 {
-                    place = Some((t.node_id, t.position));
-                } else {
-                    place = place.or(Some((u32::MAX, p.position)));
+                    place = Some(Place::of(&t));
                 }
                 ticket = Some(p.ticket.clone());
-                line_server = Some(c.server());
                 client = Some(c);
                 let pause = match (kind, &shared.scenario.wave) {
                     (STORMER, Some(w)) => Duration::from_millis(w.storm_retry_ms),
@@ -1094,7 +1094,6 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
         place,
         last_told_to_wait,
         admitted_at: None,
-        admitted_from_line: false,
         ending,
     });
     None

@@ -56,8 +56,18 @@ pub struct ClusterShape {
     /// node gives each the fixed registration capacity a node of its own would have, which
     /// is what an autoscaling drill needs.
     pub registration_max_per_s: f64,
+    /// `registration_max_per_s` per node, in the order nodes start (embedded cluster
+    /// only); nodes past the list keep `registration_max_per_s`. Nodes of unequal speed
+    /// are what tells one line for the cluster from a line per node.
+    pub registration_max_per_s_by_node: Vec<f64>,
     /// Each node's `load_target_wait_s`.
     pub load_target_wait_s: f64,
+    /// Each node's `registration_hold_ms` (default: the node's default). 0 answers every
+    /// newcomer who must wait with its ticket at once, so the drill sees every place.
+    pub registration_hold_ms: Option<u64>,
+    /// Whether the nodes keep one registration line for the cluster (`false`: each
+    /// node's line on its own, `registration_line_sync_ms = 0`), for comparison.
+    pub one_line: bool,
 }
 
 impl Default for ClusterShape {
@@ -66,7 +76,10 @@ impl Default for ClusterShape {
             nodes: 3,
             shards: 64,
             registration_max_per_s: 0.0,
+            registration_max_per_s_by_node: Vec::new(),
             load_target_wait_s: 30.0,
+            registration_hold_ms: None,
+            one_line: true,
         }
     }
 }

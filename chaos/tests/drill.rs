@@ -93,6 +93,29 @@ async fn the_short_mass_migration_keeps_every_invariant() {
     assert!(html.contains("mass-migration-short") && html.contains("<svg"));
 }
 
+/// Issue 26 part 2: three nodes of unequal speed, a wave through all of them, one killed
+/// mid-wave. Admissions follow ticket order across the cluster (the ledger's invariant),
+/// and everyone who arrived is admitted by the end, the dead node's ticket holders too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_line_for_the_cluster_through_a_node_death() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/cluster-line.toml");
+    let scenario = Scenario::load(&path).unwrap();
+    let run = play_embedded(&scenario).await;
+
+    assert_all_pass(&run);
+    let s = &run.summary;
+    assert!(
+        run.seconds.iter().any(|second| second.waiting > 0),
+        "newcomers were told to wait: a line stood"
+    );
+    assert!(run.events.iter().any(|e| e.kind == EventKind::NodeDown));
+    assert_eq!(
+        s.registrations_admitted, s.registrations_offered,
+        "every newcomer admitted by the end: {s:?}"
+    );
+}
+
 /// A store stall, a log stall and a partition, short: what `backend-stall` and
 /// `partition` do, in one run.
 const FAULTS: &str = r#"

@@ -103,6 +103,13 @@ pub struct NodeConfig {
     /// timer; a return costs a challenge, a request and a ticket, and the client one more
     /// round trip.
     pub registration_hold_ms: u64,
+    /// How long after a node writes its line's front to the cluster's line board the
+    /// front counts (ms): every node must have read it by then, so that all agree on which
+    /// places the cluster's one line has reached. At least 2 × `heartbeat_ms` (nodes write
+    /// and read the board every heartbeat), at most `failure_timeout_ms`. A node's released
+    /// newcomers enter this much after its own line reached them while a line stands. 0
+    /// turns the cluster's line off: each node's line keeps its own order only.
+    pub registration_line_sync_ms: u64,
     /// Proof of work for registrations while a waiting line forms: the most leading zero
     /// bits asked (difficulty rises one bit per doubling of the line from 8 bits, up to
     /// this). 0, the default, turns it off; at most 28.
@@ -189,6 +196,7 @@ impl Default for NodeConfig {
             registration_max_per_s: 0.0,
             load_target_wait_s: 30.0,
             registration_hold_ms: 5_000,
+            registration_line_sync_ms: 1_000,
             registration_work_max_bits: 0,
             node_name: "node-1".into(),
             region: "local".into(),
@@ -294,6 +302,16 @@ impl NodeConfig {
         if self.heartbeat_ms == 0 || self.failure_timeout_ms < 3 * self.heartbeat_ms {
             return Err(
                 "heartbeat_ms must be above 0 and failure_timeout_ms at least 3 × heartbeat_ms"
+                    .into(),
+            );
+        }
+        if self.registration_line_sync_ms != 0
+            && (self.registration_line_sync_ms < 2 * self.heartbeat_ms
+                || self.registration_line_sync_ms > self.failure_timeout_ms)
+        {
+            return Err(
+                "registration_line_sync_ms must be 0 (off), or at least 2 × heartbeat_ms and \
+                 at most failure_timeout_ms"
                     .into(),
             );
         }

@@ -188,6 +188,9 @@ pub struct Scenario {
     pub costs: Costs,
     /// Node deaths.
     pub failures: Vec<Failure>,
+    /// Whether the nodes keep one line for the cluster through the line board, as real
+    /// nodes do (`false`: each node's line on its own, as before the cluster line).
+    pub one_line: bool,
     /// Client-to-node round trip.
     pub round_trip: Duration,
     /// Seed of every random choice.

@@ -47,12 +47,12 @@ pub struct Outcome {
     pub requests_per_admitted: f64,
     /// The admitted newcomers' own requests, per admitted newcomer.
     pub own_requests_per_admitted: f64,
-    /// Admissions out of ticket order within each node's line (the drills' rule,
-    /// `levee_chaos::ledger::overtakes`).
+    /// Newcomers turned away after someone later in the cluster's line got in, comparing
+    /// places at least the drills' resolution apart (`levee_chaos::ledger::overtakes`
+    /// with `ORDER_RESOLUTION_MS`): what the drills count.
     pub overtakes: u64,
-    /// The same rule across the cluster, by the order in which newcomers were first handed
-    /// a place anywhere: what a cluster-wide line would have to keep.
-    pub cluster_overtakes: u64,
+    /// The same, comparing every two places however close.
+    pub strict_overtakes: u64,
     /// The established users' messages shed, over those offered.
     pub users_shed: f64,
     /// The established users' message p99, ms (the unloaded p99 plus the p99 of the delay
@@ -168,7 +168,7 @@ impl Tally {
         waiting_with_ticket: u64,
         at_door: u64,
         overtakes: u64,
-        cluster_overtakes: u64,
+        strict_overtakes: u64,
     ) -> Outcome {
         let _ = self.user_wait.record_n(0, self.undelayed);
         let admitted = self.admitted.max(1) as f64;
@@ -186,7 +186,7 @@ impl Tally {
             requests_per_admitted: self.requests as f64 / admitted,
             own_requests_per_admitted: self.own_requests as f64 / admitted,
             overtakes,
-            cluster_overtakes,
+            strict_overtakes,
             users_shed: 1.0 - self.messages_admitted as f64 / self.messages_offered.max(1) as f64,
             users_p99_ms,
             users_slo_ms: message_p99_slo_ms(scenario.unloaded_p99_ms),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use levee_client::retry::{ConnectBackoff, jittered};
 use levee_client::{ClientConfig, Trust};
-use levee_relay::admission::{RegistrationDecision, keeps_holding};
+use levee_relay::admission::{ClusterLine, Place, RegistrationDecision, keeps_holding, key_hash};
 
 use super::node::{Done, SimNode};
 use super::report::{Outcome, SeriesPoint, Tally};
@@ -67,14 +67,12 @@ struct Newcomer {
     node: u32,
     backoff: ConnectBackoff,
     ticket: Option<Box<[u8]>>,
-    /// (node id, position) of the ticket held.
-    place: Option<(u32, u64)>,
-    /// Order of first being handed a place anywhere in the cluster.
-    first_place: Option<u64>,
+    /// Its place in the cluster's line (what its ticket holds: when it was first told to
+    /// wait, and its key); for one admitted at once, when it was.
+    place: Option<Place>,
     /// When it last sent a request that was told to wait, µs.
     last_told_to_wait_us: Option<u64>,
     admitted_us: Option<u64>,
-    admitted_from_line: bool,
     requests: u32,
     failed: bool,
 }
@@ -96,11 +94,12 @@ struct Sim<'a> {
     nodes: Vec<SimNode>,
     alive: Vec<u32>,
     people: Vec<Newcomer>,
-    next_first_place: u64,
     end_us: u64,
     wave_end_us: u64,
     /// The nodes' `registration_hold_ms`.
     hold: Duration,
+    /// How often nodes exchange with the line board: their heartbeat.
+    board_every_us: u64,
     /// Newcomers connected and not done: waiting in a line, or being registered.
     in_line: u64,
     /// When the time series' next point is due.
@@ -114,14 +113,22 @@ pub fn simulate(scenario: &Scenario) -> Outcome {
     let start = Instant::now();
     let nodes = (0..scenario.nodes)
         .map(|i| {
-            SimNode::new(
+            let mut node = SimNode::new(
                 &scenario.node,
                 SECRET,
                 i as u32 + 1,
                 (scenario.node_cores, scenario.baseline),
                 &scenario.costs,
                 start,
-            )
+            );
+            if let Some(a) = node.admission.as_mut().filter(|_| scenario.one_line) {
+                a.coordinate(ClusterLine::new(
+                    &node.id.to_string(),
+                    scenario.node.registration_line_sync_ms,
+                    scenario.node.failure_timeout_ms,
+                ));
+            }
+            node
         })
         .collect();
     let wave_end_us = (scenario.wave.secs() * 1e6) as u64;
@@ -136,10 +143,10 @@ pub fn simulate(scenario: &Scenario) -> Outcome {
         nodes,
         alive: (0..scenario.nodes as u32).collect(),
         people: Vec::new(),
-        next_first_place: 0,
         end_us: wave_end_us + (scenario.drain_s * 1e6) as u64,
         wave_end_us,
         hold: Duration::from_millis(scenario.node.registration_hold_ms),
+        board_every_us: scenario.node.heartbeat_ms.max(1) * 1000,
         profile: Profile::new(&scenario.wave),
         in_line: 0,
         next_series_us: 0,
@@ -223,10 +230,8 @@ impl Sim<'_> {
                     backoff: ConnectBackoff::default(),
                     ticket: None,
                     place: None,
-                    first_place: None,
                     last_told_to_wait_us: None,
                     admitted_us: None,
-                    admitted_from_line: false,
                     requests: 0,
                     failed: false,
                 });
@@ -326,6 +331,11 @@ impl Sim<'_> {
             return;
         }
         p.connected = false;
+        // The attempt that made this connection is over: its connect timeout, still
+        // pending if the connection was young, must not start a second attempt beside the
+        // one the client starts when it notices (it did, and counted one person twice in
+        // line, when a node died within 5 s of newcomers' connecting).
+        p.attempt += 1;
         self.in_line -= 1;
         self.tally.connections_lost += 1;
         let noticed = self.now_us + 2 * self.client.silence_timeout.as_micros() as u64;
@@ -535,20 +545,20 @@ impl Sim<'_> {
         };
         match decision {
             RegistrationDecision::Enter => {
-                p.admitted_from_line = p.place.is_some_and(|(id, _)| id == n.id);
+                if p.place.is_none() {
+                    p.place = Some(Place::new(unix_ms, &key_hash(&key)));
+                }
                 n.request_work(now as f64, costs.register_us, answered(None));
             }
             RegistrationDecision::Queued {
                 ticket,
-                position,
                 retry_after_ms,
                 ..
             } => {
                 p.ticket = Some(ticket.into_boxed_slice());
-                p.place = Some((n.id, position));
-                if p.first_place.is_none() {
-                    p.first_place = Some(self.next_first_place);
-                    self.next_first_place += 1;
+                // The ticket's place: the first ticket's issue time, kept by every refresh.
+                if p.place.is_none() {
+                    p.place = Some(Place::new(unix_ms, &key_hash(&key)));
                 }
                 let retry = Duration::from_millis(retry_after_ms);
                 let held = Duration::from_micros(held_us);
@@ -609,12 +619,37 @@ impl Sim<'_> {
                 self.settle(node);
             }
         }
+        if self.scenario.one_line && now.is_multiple_of(self.board_every_us) {
+            self.exchange_line_board();
+        }
         if now >= self.next_series_us {
             self.series_point();
             self.next_series_us += (self.scenario.series_every_s * 1e6).max(PROBE_US as f64) as u64;
         }
         if now + PROBE_US <= self.end_us {
             self.schedule(now + PROBE_US, Event::Probe);
+        }
+    }
+
+    /// What every live node does each heartbeat (`node::line_board`): writes its line's
+    /// samples to the board and reads everyone's. The simulated board is read the moment
+    /// it is written; a dead node's last samples stay in the others' memory, as they do.
+    fn exchange_line_board(&mut self) {
+        let (at, unix_ms) = (self.instant(self.now_us), self.unix_ms());
+        let mut board = Vec::new();
+        for n in self.nodes.iter_mut().filter(|n| n.alive) {
+            if let Some(a) = n.admission.as_mut() {
+                a.line_sample(at, unix_ms);
+                board.push((n.id.to_string(), a.line_report()));
+            }
+        }
+        for n in self.nodes.iter_mut().filter(|n| n.alive) {
+            if let Some(a) = n.admission.as_mut() {
+                a.heard(
+                    board.iter().map(|(id, r)| (id.as_str(), r.as_slice())),
+                    unix_ms,
+                );
+            }
         }
     }
 
@@ -645,7 +680,6 @@ impl Sim<'_> {
         let mut waiting_with_ticket = 0;
         let mut at_door = 0;
         let mut ledger = Vec::new();
-        let mut cluster_ledger = Vec::new();
         let secs = |us: u64| us as f64 / 1e6;
         for p in &people {
             if !p.done() {
@@ -656,31 +690,25 @@ impl Sim<'_> {
                 }
             }
             let Some(place) = p.place else { continue };
-            let newcomer = levee_chaos::ledger::Newcomer {
+            ledger.push(levee_chaos::ledger::Newcomer {
                 place: Some(place),
                 last_told_to_wait: p.last_told_to_wait_us.map(secs),
                 admitted_at: p.admitted_us.map(secs),
-                admitted_from_line: p.admitted_from_line,
                 ending: levee_chaos::ledger::Ending::Admitted,
-            };
-            cluster_ledger.push(levee_chaos::ledger::Newcomer {
-                place: p.first_place.map(|f| (0, f)),
-                admitted_from_line: p.admitted_us.is_some(),
-                ..newcomer.clone()
             });
-            ledger.push(newcomer);
         }
         drop(people);
-        let overtakes = levee_chaos::ledger::overtakes(&ledger);
+        let overtakes =
+            levee_chaos::ledger::overtakes(&ledger, levee_chaos::ledger::ORDER_RESOLUTION_MS);
+        let strict_overtakes = levee_chaos::ledger::overtakes(&ledger, 0);
         drop(ledger);
-        let cluster_overtakes = levee_chaos::ledger::overtakes(&cluster_ledger);
         self.tally.finish(
             self.scenario,
             self.wave_end_us,
             waiting_with_ticket,
             at_door,
             overtakes,
-            cluster_overtakes,
+            strict_overtakes,
         )
     }
 }

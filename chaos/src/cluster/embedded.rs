@@ -30,6 +30,11 @@ pub struct Embedded {
     /// Node name → the proxy clients reach it through, when the scenario cuts nodes off.
     proxies: Option<Mutex<BTreeMap<String, Proxy>>>,
     key: TicketKey,
+    /// `registration_max_per_s` of the nodes in the order they start, where the scenario
+    /// sets one per node (`ClusterShape::registration_max_per_s_by_node`).
+    ceilings: Vec<f64>,
+    /// Nodes started so far.
+    started: std::sync::atomic::AtomicUsize,
     _dir: tempfile::TempDir,
 }
 
@@ -55,6 +60,15 @@ impl Embedded {
             fault_injection: true,
             registration_max_per_s: scenario.cluster.registration_max_per_s,
             load_target_wait_s: scenario.cluster.load_target_wait_s,
+            registration_hold_ms: scenario
+                .cluster
+                .registration_hold_ms
+                .unwrap_or(NodeConfig::default().registration_hold_ms),
+            registration_line_sync_ms: if scenario.cluster.one_line {
+                NodeConfig::default().registration_line_sync_ms
+            } else {
+                0
+            },
             ..NodeConfig::default()
         };
         let cluster = LocalCluster::open(base).context("opening the drill's cluster")?;
@@ -62,6 +76,8 @@ impl Embedded {
             cluster,
             proxies: needs_proxies(scenario).then(Mutex::default),
             key: TicketKey::new(&key),
+            ceilings: scenario.cluster.registration_max_per_s_by_node.clone(),
+            started: std::sync::atomic::AtomicUsize::new(0),
             _dir: dir,
         };
         for _ in 0..scenario.cluster.nodes {
@@ -132,14 +148,30 @@ impl Target for Embedded {
     }
 
     async fn start(&self) -> anyhow::Result<NodeSummary> {
+        let index = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ceiling = self.ceilings.get(index).copied();
+        let tune = |c: &mut NodeConfig| {
+            if let Some(per_s) = ceiling {
+                c.registration_max_per_s = per_s;
+            }
+        };
         let Some(proxies) = &self.proxies else {
-            return self.cluster.add_node().await.context("starting a node");
+            return self
+                .cluster
+                .add_node_with(tune)
+                .await
+                .context("starting a node");
         };
         // The node advertises the proxy, so redirects lead clients through it too.
         let proxy = Proxy::bind().context("a proxy for the node")?;
         let node = self
             .cluster
-            .add_node_with(|c| c.advertise_address = Some(proxy.addr()))
+            .add_node_with(|c| {
+                tune(c);
+                c.advertise_address = Some(proxy.addr());
+            })
             .await
             .context("starting a node")?;
         proxy.forward_to(node.address);

@@ -14,8 +14,12 @@
 //!   write stuck now, delivery lag — from evidence that expires.
 //! - [`Headroom`]: the line's stricter judge — the share of scheduler probes that ran late,
 //!   so newcomers enter only as fast as established users do not feel them.
-//! - [`WaitingLine`]: registrations that cannot be served now get positions in arrival
-//!   order; the head advances at the rate the node has shown it absorbs.
+//! - [`WaitingLine`]: registrations that cannot be served now take places; the head
+//!   advances at the rate the node has shown it absorbs, and [`LineOrder`] releases places
+//!   earliest first by [`Place`] — first issue time, the same on every node.
+//! - [`ClusterLine`]: one line for the whole cluster — a place enters only once every
+//!   node's line has passed it, judged the same way by every node from the samples they
+//!   write to a shared board ([`LineSample`]).
 //! - [`Load`]: the autoscaling signal, `levee_load_ratio` — the largest of queueing delay,
 //!   shedding and the waiting line's wait, each against its limit.
 //! - [`Ticket`] / [`TicketKey`]: a signed place in the registration line (HMAC-SHA256 under
@@ -34,6 +38,7 @@
 //! `crate::node::admission`.
 
 mod backend;
+mod cluster_line;
 mod cohort;
 mod controller;
 mod handshake_rate;
@@ -41,10 +46,16 @@ mod headroom;
 mod line;
 mod load;
 mod node_admission;
+mod order;
 mod pass;
+mod place;
 mod ticket;
 
 pub use backend::BackendHealth;
+pub use cluster_line::{
+    ClusterFront, ClusterLine, LineSample, MalformedReport, REPORT_SAMPLES, decode_report,
+    encode_report,
+};
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{
     AdmissionController, AdmissionLevel, ControllerConfig, RequestClass, Verdict,
@@ -57,5 +68,7 @@ pub use load::{Load, LoadTargets};
 pub use node_admission::{
     AdmissionGauges, AdmissionSettings, NodeAdmission, RegistrationDecision, keeps_holding,
 };
+pub use order::LineOrder;
 pub use pass::{PASS_LIFETIME_SECS, PassKey};
+pub use place::Place;
 pub use ticket::{Ticket, TicketError, TicketKey, key_hash};

@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    AdmissionController, AdmissionLevel, BackendHealth, CohortSalt, ControllerConfig, Headroom,
-    Load, LoadTargets, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine,
-    key_hash, work_bits,
+    AdmissionController, AdmissionLevel, BackendHealth, ClusterFront, ClusterLine, CohortSalt,
+    ControllerConfig, Headroom, LineOrder, LineSample, Load, LoadTargets, Place, RequestClass,
+    Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
 };
 
 /// How often cohorts are reshuffled.
@@ -32,6 +32,12 @@ const MIN_HANDSHAKE_RATE: f64 = 20.0;
 const DOOR_RELEASE: Duration = Duration::from_secs(10);
 /// Backend evidence older than this many windows no longer counts.
 const EVIDENCE_WINDOWS: u32 = 2;
+/// How far back the cluster front's speed is measured, for the waits it sets.
+const FRONT_SPEED_WINDOW_MS: u64 = 5_000;
+/// Below this speed (ms of issue time per ms) the cluster's front counts as standing
+/// still — a dead node holding it — and those it has not reached are asked back once that
+/// can have passed, not after a wait computed from a speed of almost nothing.
+const FRONT_STANDING: f64 = 0.01;
 
 /// What to do with a registration.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,6 +125,11 @@ pub struct AdmissionSettings {
 pub struct NodeAdmission {
     controller: AdmissionController,
     line: WaitingLine,
+    /// The order the line releases places in: earliest place first.
+    order: LineOrder,
+    /// The cluster's one line, when this node is one of several (see
+    /// [`coordinate`](Self::coordinate)); `None`: this node's line decides alone.
+    cluster: Option<ClusterLine>,
     /// Durable storage writes (delivery-log appends, mailbox inserts, acknowledgements)
     /// and delivery lag.
     backend: BackendHealth,
@@ -157,6 +168,8 @@ impl NodeAdmission {
             } else {
                 line
             },
+            order: LineOrder::default(),
+            cluster: None,
             backend: BackendHealth::new(
                 settings.backend_latency,
                 settings.backend_lag,
@@ -174,6 +187,81 @@ impl NodeAdmission {
             tickets: TicketKey::new(secret),
             node_id,
         }
+    }
+
+    /// Makes this node's line part of the cluster's one line (see [`ClusterLine`]): from
+    /// now on a place enters only once the cluster's front has passed it, and the node
+    /// must write [`line_sample`](Self::line_sample) to the board and hand what it reads to
+    /// [`heard`](Self::heard), every heartbeat.
+    pub fn coordinate(&mut self, line: ClusterLine) {
+        self.cluster = Some(line);
+    }
+
+    /// This node's line now, for the board (and recorded as this node's own sample).
+    pub fn line_sample(&mut self, now: Instant, unix_ms: u64) -> LineSample {
+        self.release(now);
+        let sample = LineSample {
+            at_ms: unix_ms,
+            front: self
+                .order
+                .front()
+                .unwrap_or_else(|| Place::first_at(unix_ms)),
+            open: self.order.is_open(),
+        };
+        if let Some(cluster) = &mut self.cluster {
+            cluster.record(sample);
+        }
+        sample
+    }
+
+    /// This node's latest samples, oldest first: what it writes to the board.
+    pub fn line_report(&self) -> Vec<LineSample> {
+        self.cluster
+            .as_ref()
+            .map_or_else(Vec::new, ClusterLine::report)
+    }
+
+    /// Takes in every node's report as read from the board at `unix_ms`.
+    pub fn heard<'a>(
+        &mut self,
+        reports: impl IntoIterator<Item = (&'a str, &'a [LineSample])>,
+        unix_ms: u64,
+    ) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.heard(reports, unix_ms);
+        }
+    }
+
+    /// Moves the line's head for the time passed and releases the places it reached.
+    fn release(&mut self, now: Instant) {
+        self.line.advance(now);
+        self.order.release_to(self.line.head());
+    }
+
+    /// How far the cluster's line lets `place` in at `unix_ms`: whether anyone else
+    /// waits here counts for whether the cluster is open, not `place` itself.
+    fn cluster_front(&self, place: &Place, unix_ms: u64) -> ClusterFront {
+        self.cluster.as_ref().map_or(ClusterFront::Open, |c| {
+            c.front(unix_ms, self.order.is_open_but(place))
+        })
+    }
+
+    /// How long until the cluster's front reaches `place`, at the speed it has moved lately.
+    fn cluster_wait(&self, place: &Place, unix_ms: u64) -> Duration {
+        let (Some(cluster), ClusterFront::Before(front)) =
+            (&self.cluster, self.cluster_front(place, unix_ms))
+        else {
+            return Duration::ZERO;
+        };
+        if place < &front {
+            return Duration::ZERO;
+        }
+        let speed = cluster.speed(unix_ms, FRONT_SPEED_WINDOW_MS);
+        let behind = place.issued_ms.saturating_sub(front.issued_ms) as f64;
+        if speed < FRONT_STANDING {
+            return Duration::from_millis(cluster.lag_ms()).max(Duration::from_secs(1));
+        }
+        Duration::from_secs_f64(behind / speed / 1_000.0)
     }
 
     /// The controller's current level.
@@ -369,26 +457,50 @@ impl NodeAdmission {
         let cohort = self.salt.cohort(key, Duration::from_millis(unix_ms));
         self.controller
             .record_offered(RequestClass::Registration, cohort);
-        self.line.advance(now);
+        self.release(now);
         self.line.asked();
-        // A ticket from another node holds a place in that node's line, which this node
-        // cannot see; it joins this line as a newcomer would.
-        let position = match &presented {
-            Some(t) if t.node_id == self.node_id => t.position,
-            _ => self.line.join(),
+        let hash = key_hash(key);
+        let place = presented
+            .as_ref()
+            .map_or_else(|| Place::new(unix_ms, &hash), Place::of);
+        // Where the place stands in this node's line. A ticket of this node's whose place
+        // still waits here keeps the position it was given; a new place, or one from
+        // another node's line (a dead node's, or one whose mailboxes moved here) that this
+        // line has not released, is put in by its place: before everyone who joined later,
+        // wherever they joined.
+        let own_position = presented
+            .as_ref()
+            .filter(|t| t.node_id == self.node_id)
+            .map(|t| t.position);
+        let position = if self.order.holds(&place) {
+            own_position.unwrap_or_else(|| self.order.released_count() + self.order.rank(&place))
+        } else if presented.is_none() || !self.order.released(&place) {
+            let position = self.order.released_count() + self.order.insert(place);
+            self.line.join();
+            self.release(now);
+            position
+        } else {
+            0
         };
-        if self.line.may_enter(position) {
+        let front = self.cluster_front(&place, unix_ms);
+        let due_here = self.order.released(&place);
+        if due_here && front.admits(&place) {
             self.line.entered();
             return RegistrationDecision::Enter;
         }
-        let wait = self.line.wait_for(position);
+        let wait_here = if due_here {
+            Duration::ZERO
+        } else {
+            self.line.wait_for(position)
+        };
+        let wait = wait_here.max(self.cluster_wait(&place, unix_ms));
         let ahead = (position as f64 - self.line.head()).max(0.0) as u64;
         let life = (wait * 2).max(MIN_TICKET_LIFE);
         let ticket = self.tickets.seal(&Ticket {
             position,
-            issued_at_ms: presented.as_ref().map_or(unix_ms, |t| t.issued_at_ms),
+            issued_at_ms: place.issued_ms,
             expires_at_ms: unix_ms + life.as_millis() as u64,
-            key_hash: key_hash(key),
+            key_hash: hash,
             node_id: self.node_id,
         });
         let retry_after = return_after(wait)
@@ -426,5 +538,158 @@ mod tests {
             returns += 1;
         }
         assert!(returns <= 8, "{returns}");
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const UNIX_START: u64 = 1_800_000_000_000;
+
+    /// A node of a cluster: its own line at `rate` a second, coordinated through a board.
+    fn node(name: &str, rate: f64, now: Instant) -> NodeAdmission {
+        let settings = AdmissionSettings {
+            initial_rate: rate,
+            ..crate::config::NodeConfig::default().admission_settings()
+        };
+        let id = name.bytes().map(u32::from).sum();
+        let mut n = NodeAdmission::new(&settings, SECRET, id, now);
+        n.coordinate(ClusterLine::new(name, 1_000, 3_000));
+        n
+    }
+
+    /// One heartbeat of the line board among `nodes` (name, node).
+    fn exchange(nodes: &mut [(&str, &mut NodeAdmission)], now: Instant, unix_ms: u64) {
+        let reports: Vec<(String, Vec<LineSample>)> = nodes
+            .iter_mut()
+            .map(|(name, n)| {
+                n.line_sample(now, unix_ms);
+                (name.to_string(), n.line_report())
+            })
+            .collect();
+        for (_, n) in nodes.iter_mut() {
+            n.heard(
+                reports.iter().map(|(k, r)| (k.as_str(), r.as_slice())),
+                unix_ms,
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_cluster_lets_a_newcomer_straight_in() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (node("a", 10.0, t0), node("b", 10.0, t0));
+        exchange(&mut [("a", &mut a), ("b", &mut b)], t0, UNIX_START);
+        let decision = a.register(b"first", None, t0, UNIX_START + 1, 1.0);
+        assert_eq!(
+            decision,
+            RegistrationDecision::Enter,
+            "no waiting for the board"
+        );
+    }
+
+    #[test]
+    fn one_order_across_nodes_and_through_a_death() {
+        // a seats 2 a second, b 20; newcomers arrive at both, 10 a second each, for 10 s;
+        // (a holds 100, b holds 100);
+        // a dies at 10 s and its newcomers come back to b with their tickets 2 s later.
+        let t0 = Instant::now();
+        let (mut a, mut b) = (node("a", 2.0, t0), node("b", 20.0, t0));
+        let tickets = TicketKey::new(SECRET);
+        struct Person {
+            key: Vec<u8>,
+            started_on_a: bool,
+            on_a: bool,
+            next_ms: u64,
+            ticket: Option<Vec<u8>>,
+            place: Option<Place>,
+            admitted_ms: Option<u64>,
+        }
+        let mut people: Vec<Person> = Vec::new();
+        let mut told_to_wait: Vec<(Place, u64)> = Vec::new();
+        for ms in (0..60_000u64).step_by(50) {
+            let (now, unix) = (t0 + Duration::from_millis(ms), UNIX_START + ms);
+            let a_alive = ms < 10_000;
+            if ms < 10_000 && ms % 100 == 0 {
+                for on_a in [true, false] {
+                    people.push(Person {
+                        key: format!("n{}", people.len()).into_bytes(),
+                        started_on_a: on_a,
+                        on_a,
+                        next_ms: ms,
+                        ticket: None,
+                        place: None,
+                        admitted_ms: None,
+                    });
+                }
+            }
+            if ms % 250 == 0 {
+                if a_alive {
+                    exchange(&mut [("a", &mut a), ("b", &mut b)], now, unix);
+                } else {
+                    exchange(&mut [("b", &mut b)], now, unix);
+                }
+            }
+            for p in people
+                .iter_mut()
+                .filter(|p| p.admitted_ms.is_none() && p.next_ms <= ms)
+            {
+                if p.on_a && !a_alive {
+                    // It notices a's death and comes back to b, ticket in hand.
+                    p.on_a = false;
+                    p.next_ms = ms + 2_000;
+                    continue;
+                }
+                let n = if p.on_a { &mut a } else { &mut b };
+                match n.register(&p.key, p.ticket.as_deref(), now, unix, 1.0) {
+                    RegistrationDecision::Enter => {
+                        p.admitted_ms = Some(ms);
+                        p.place = p
+                            .place
+                            .or(Some(Place::new(unix, &crate::admission::key_hash(&p.key))));
+                    }
+                    RegistrationDecision::Queued {
+                        ticket,
+                        retry_after_ms,
+                        ..
+                    } => {
+                        let t = tickets.open(&ticket, &p.key, unix).expect("valid");
+                        p.place = Some(Place::of(&t));
+                        told_to_wait.push((Place::of(&t), ms));
+                        p.ticket = Some(ticket);
+                        p.next_ms = ms + retry_after_ms.max(50);
+                    }
+                    RegistrationDecision::Rejected(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert_eq!(people.len(), 200);
+        let admitted: Vec<(Place, u64)> = people
+            .iter()
+            .filter_map(|p| Some((p.place?, p.admitted_ms?)))
+            .collect();
+        assert_eq!(admitted.len(), people.len(), "every ticket holder admitted");
+        assert!(
+            told_to_wait.len() > 100,
+            "a line formed: {}",
+            told_to_wait.len()
+        );
+        // Nobody told to wait after someone whose place is a second or more later got in,
+        // on either node.
+        let overtaken = told_to_wait
+            .iter()
+            .filter(|(place, at)| {
+                admitted.iter().any(|(later, entered)| {
+                    later.issued_ms >= place.issued_ms + 1_000 && entered < at
+                })
+            })
+            .count();
+        assert_eq!(overtaken, 0);
+        // On its own, b (ten times faster) would have let all 100 of its own in within
+        // the 10 s; held to a's pace, it lets in about as many as a does.
+        let early = |on_a: bool| {
+            people
+                .iter()
+                .filter(|p| p.started_on_a == on_a && p.admitted_ms.is_some_and(|m| m < 10_000))
+                .count()
+        };
+        assert!(early(false) < 50, "b: {}, a: {}", early(false), early(true));
     }
 }

@@ -42,7 +42,7 @@ use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::cql;
-use super::roster::{NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
+use super::roster::{LINE_REPORT_LIFE, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
 use crate::tls::Fingerprint;
 
 /// How many times a snapshot tries to settle the epoch before giving up.
@@ -75,6 +75,9 @@ pub struct CqlRoster {
     epoch: PreparedStatement,
     first_epoch: PreparedStatement,
     next_epoch: PreparedStatement,
+    /// The line board (see [`Roster::publish_line`]): one row per node, with a TTL.
+    write_line: PreparedStatement,
+    lines: PreparedStatement,
 }
 
 impl std::fmt::Debug for CqlRoster {
@@ -107,6 +110,10 @@ impl CqlRoster {
                 "CREATE TABLE IF NOT EXISTS {ks}.roster_epoch (cluster text PRIMARY KEY, \
                  epoch bigint, digest blob)"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.line_board (cluster text, name text, \
+                 report blob, PRIMARY KEY ((cluster), name))"
+            ),
         ];
         cql::create_tables(&session, &ddl).await.map_err(backend)?;
         add_incarnation_column(&session, ks).await?;
@@ -126,6 +133,12 @@ impl CqlRoster {
         ))
         .await?;
         write.set_is_idempotent(true);
+        let mut write_line = prepare(format!(
+            "INSERT INTO {ks}.line_board (cluster, name, report) VALUES (?, ?, ?) USING TTL {}",
+            LINE_REPORT_LIFE.as_secs()
+        ))
+        .await?;
+        write_line.set_is_idempotent(true);
         let ttl_secs = row_ttl_secs(failure_timeout);
         Ok(Self {
             cluster: cluster.to_owned(),
@@ -160,6 +173,11 @@ impl CqlRoster {
             next_epoch: prepare(format!(
                 "UPDATE {ks}.roster_epoch SET epoch = ?, digest = ? WHERE cluster = ? \
                  IF epoch = ?"
+            ))
+            .await?,
+            write_line,
+            lines: prepare(format!(
+                "SELECT name, report FROM {ks}.line_board WHERE cluster = ?"
             ))
             .await?,
             session,
@@ -487,6 +505,29 @@ impl Roster for CqlRoster {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn publish_line(&self, name: &str, report: Vec<u8>) -> Result<(), RosterError> {
+        self.session
+            .execute_unpaged(&self.write_line, (&self.cluster, name, report))
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.lines, (&self.cluster,))
+            .await
+            .map_err(backend)?
+            .into_rows_result()
+            .map_err(backend)?;
+        result
+            .rows::<(String, Vec<u8>)>()
+            .map_err(backend)?
+            .map(|row| row.map_err(backend))
+            .collect()
     }
 
     fn rows_unreadable(&self) -> u64 {

@@ -20,5 +20,7 @@ pub use cql_leases::CqlLeases;
 #[cfg(feature = "cql")]
 pub use cql_roster::CqlRoster;
 pub use lease::{Claim, Lease, LeaseError, LeaseRow, LocalLeases, ShardLeases, Taking, claim};
-pub use roster::{LocalRoster, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot};
+pub use roster::{
+    LINE_REPORT_LIFE, LocalRoster, NodeInfo, NodeState, Roster, RosterError, RosterSnapshot,
+};
 pub use view::{ClusterView, Route};

@@ -106,6 +106,13 @@ pub trait Roster: Send + Sync + 'static {
     async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError>;
     /// The current rows and epoch.
     async fn snapshot(&self) -> Result<RosterSnapshot, RosterError>;
+    /// Writes `name`'s report to the cluster's line board: its line's latest samples,
+    /// encoded (`admission::encode_report`). A report stays readable for
+    /// [`LINE_REPORT_LIFE`] after it was written, longer than any node counts it, so a
+    /// node that starts reading knows what a node that died just before still holds.
+    async fn publish_line(&self, name: &str, report: Vec<u8>) -> Result<(), RosterError>;
+    /// Every report on the line board, by node name.
+    async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError>;
     /// Rows left out of the last snapshot because they could not be read (for metrics).
     fn rows_unreadable(&self) -> u64 {
         0
@@ -116,6 +123,9 @@ pub trait Roster: Send + Sync + 'static {
         None
     }
 }
+
+/// How long a line report stays on the board after it was written.
+pub const LINE_REPORT_LIFE: Duration = Duration::from_secs(60);
 
 /// The roster of the nodes of one process, in memory.
 pub struct LocalRoster {
@@ -136,6 +146,8 @@ impl Default for LocalRoster {
 struct Rows {
     epoch: u64,
     rows: BTreeMap<String, (NodeInfo, Instant)>,
+    /// The line board: each node's last report and when it was written.
+    lines: BTreeMap<String, (Vec<u8>, Instant)>,
 }
 
 impl std::fmt::Debug for LocalRoster {
@@ -226,6 +238,24 @@ impl Roster for LocalRoster {
             epoch: rows.epoch,
             nodes: rows.rows.values().map(|(info, _)| info.clone()).collect(),
         })
+    }
+
+    async fn publish_line(&self, name: &str, report: Vec<u8>) -> Result<(), RosterError> {
+        let mut rows = self.lock();
+        rows.lines.insert(name.to_owned(), (report, Instant::now()));
+        rows.lines
+            .retain(|_, (_, written)| written.elapsed() < LINE_REPORT_LIFE);
+        Ok(())
+    }
+
+    async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError> {
+        let rows = self.lock();
+        Ok(rows
+            .lines
+            .iter()
+            .filter(|(_, (_, written))| written.elapsed() < LINE_REPORT_LIFE)
+            .map(|(name, (report, _))| (name.clone(), report.clone()))
+            .collect())
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {

@@ -10,7 +10,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 #[cfg(test)]
 use crate::admission::AdmissionLevel;
 pub(crate) use crate::admission::RegistrationDecision;
-use crate::admission::{NodeAdmission, RequestClass};
+use crate::admission::{
+    ClusterLine, LineSample, NodeAdmission, RequestClass, decode_report, encode_report,
+};
 use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::telemetry::NodeMetrics;
@@ -24,8 +26,8 @@ pub(crate) struct Admission {
 }
 
 /// The id a node's tickets carry: derived from its name, so it is the same on every start
-/// and differs between the nodes of a cluster (a ticket keeps its position only in the line
-/// of the node that issued it).
+/// and differs between the nodes of a cluster (a ticket's position, the estimate's count,
+/// means something only to the node that issued it; its place counts everywhere).
 pub(crate) fn node_id(name: &str) -> u32 {
     let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
     u32::from_be_bytes(digest.as_ref()[..4].try_into().expect("4 bytes"))
@@ -204,6 +206,45 @@ impl Admission {
         }
         decision
     }
+
+    /// Makes this node's line part of the cluster's one line ([`ClusterLine`]), as node
+    /// `me` whose samples count `lag` after they were taken and who gives up a silent
+    /// node `silence` after that.
+    pub(crate) fn coordinate(&self, me: &str, lag: Duration, silence: Duration) {
+        self.lock().coordinate(ClusterLine::new(
+            me,
+            lag.as_millis() as u64,
+            silence.as_millis() as u64,
+        ));
+    }
+
+    /// Takes this node's line sample now; returns its report for the line board.
+    pub(crate) fn line_report(&self) -> Vec<u8> {
+        let mut state = self.lock();
+        state.line_sample(Instant::now(), now_ms());
+        encode_report(&state.line_report())
+    }
+
+    /// Takes in the line board as read just now. Reports that do not decode are left out
+    /// (returned, for the caller to warn about): a node's own line never waits on them.
+    pub(crate) fn heard(&self, board: &[(String, Vec<u8>)]) -> Vec<String> {
+        let mut bad = Vec::new();
+        let decoded: Vec<(&str, Vec<LineSample>)> = board
+            .iter()
+            .filter_map(|(node, bytes)| match decode_report(bytes) {
+                Ok(samples) => Some((node.as_str(), samples)),
+                Err(_) => {
+                    bad.push(node.clone());
+                    None
+                }
+            })
+            .collect();
+        self.lock().heard(
+            decoded.iter().map(|(node, s)| (*node, s.as_slice())),
+            now_ms(),
+        );
+        bad
+    }
 }
 
 /// A durable write in progress; see [`Admission::backend_write`].
@@ -262,11 +303,16 @@ mod tests {
             "one second's worth (5) enters, the rest waits: {}",
             queued.len()
         );
-        let positions: Vec<u64> = queued.iter().map(|q| q.2).collect();
-        assert!(
-            positions.windows(2).all(|w| w[0] < w[1]),
-            "positions in arrival order"
-        );
+        // Places in arrival order (ties within a millisecond broken by the key's hash).
+        let tickets = crate::admission::TicketKey::new(b"0123456789abcdef0123456789abcdef");
+        let issued: Vec<u64> = queued
+            .iter()
+            .map(|(i, t, _)| {
+                let t = tickets.open(t, &i.to_be_bytes(), now_ms()).expect("valid");
+                t.issued_at_ms
+            })
+            .collect();
+        assert!(issued.windows(2).all(|w| w[0] <= w[1]), "{issued:?}");
         // Presenting the ticket keeps the place (no new position).
         let (key, ticket, position) = &queued[30];
         match a.register(&key.to_be_bytes(), Some(ticket)) {

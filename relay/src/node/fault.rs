@@ -155,6 +155,14 @@ impl Roster for StallingRoster {
         self.writes.pass().await;
         self.inner.leave(name).await
     }
+    async fn publish_line(&self, name: &str, report: Vec<u8>) -> Result<(), RosterError> {
+        self.writes.pass().await;
+        self.inner.publish_line(name, report).await
+    }
+    async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError> {
+        self.reads.pass().await;
+        self.inner.line_board().await
+    }
     async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
         self.writes.pass().await;
         self.inner.expire(timeout).await

@@ -287,6 +287,21 @@ impl Membership {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Whether this node has left the roster for good (or gave way to another process).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
+    }
+
+    /// Writes this node's report to the cluster's line board (`node::line_board`).
+    pub async fn publish_line(&self, report: Vec<u8>) -> Result<(), RosterError> {
+        self.roster.publish_line(&self.name(), report).await
+    }
+
+    /// Every node's report on the line board.
+    pub async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError> {
+        self.roster.line_board().await
+    }
+
     /// Removes this node's row for good (no heartbeat brings it back).
     pub async fn leave(&self) -> Result<(), RosterError> {
         self.left.store(true, Ordering::Relaxed);
@@ -512,6 +527,12 @@ mod tests {
         }
         async fn expire(&self, timeout: Duration) -> Result<Vec<String>, RosterError> {
             self.inner.expire(timeout).await
+        }
+        async fn publish_line(&self, name: &str, report: Vec<u8>) -> Result<(), RosterError> {
+            self.inner.publish_line(name, report).await
+        }
+        async fn line_board(&self) -> Result<Vec<(String, Vec<u8>)>, RosterError> {
+            self.inner.line_board().await
         }
         async fn snapshot(&self) -> Result<RosterSnapshot, RosterError> {
             if self.hang.load(Ordering::Relaxed) {

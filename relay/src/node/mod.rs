@@ -11,6 +11,7 @@ mod endpoint;
 mod fault;
 mod guard;
 mod holdings;
+mod line_board;
 mod membership;
 mod quota;
 mod sieve;
@@ -380,6 +381,20 @@ impl Node {
     ) -> Result<(), NodeError> {
         let membership = self.shared.membership.clone();
         membership.join().await?;
+        let config = &self.shared.config;
+        let one_line = config.registration_line_sync_ms > 0;
+        if one_line {
+            self.shared.admission.coordinate(
+                &config.node_name,
+                Duration::from_millis(config.registration_line_sync_ms),
+                Duration::from_millis(config.failure_timeout_ms),
+            );
+            // Before serving anyone: until this node has read the board it lets nobody in
+            // from its line, since it cannot know whether a line stands elsewhere.
+            if let Err(e) = line_board::exchange(&self.shared).await {
+                tracing::warn!(error = %e, "cannot read the line board yet");
+            }
+        }
         let _ = joined.send(());
         let stop = CancelToken::default();
         let mut tasks = JoinSet::new();
@@ -391,6 +406,13 @@ impl Node {
         tasks.spawn(delivery::deliver(self.shared.clone(), stop.clone()));
         tasks.spawn(delivery::sweep_expired(self.shared.clone(), stop.clone()));
         tasks.spawn(tick_admission(self.shared.clone(), stop.clone()));
+        if one_line {
+            tasks.spawn(line_board::keep(
+                self.shared.clone(),
+                Duration::from_millis(self.shared.config.heartbeat_ms),
+                stop.clone(),
+            ));
+        }
         if let Some(listener) = self.admin.take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
