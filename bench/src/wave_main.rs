@@ -292,6 +292,10 @@ fn print_outcome(args: &Args, s: &Scenario, o: &Outcome) {
             format!("{} / {}", o.overtakes, o.strict_overtakes),
         ),
         (
+            "tickets refused (expired: the holder starts over at the back)",
+            o.tickets_rejected.to_string(),
+        ),
+        (
             "established users' messages shed",
             format!("{:.3}%", 100.0 * o.users_shed),
         ),

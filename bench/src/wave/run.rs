@@ -589,6 +589,8 @@ impl Sim<'_> {
                 // A ticket the node does not take (expired): the client starts over.
                 self.tally.tickets_rejected += 1;
                 p.ticket = None;
+                // It starts over: its next ticket is a new place.
+                p.place = None;
                 n.request_work(now as f64, costs.queued_us, answered(Some(0)));
             }
         }

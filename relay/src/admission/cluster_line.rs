@@ -221,22 +221,36 @@ impl ClusterLine {
             .filter_map(|(_, s)| s.back())
             .filter(|last| last.at_ms >= recent)
             .collect();
-        if others.is_empty() || (open_here && others.iter().all(|s| s.open)) {
+        // Open on the latest samples (a line forming anywhere closes it as soon as it is
+        // read) and on the lagged ones (so it opens again at the same instant on every
+        // node, and not while places released under the last line still wait for the
+        // front: in `levee-wave`, a cluster that opened on the latest samples while the
+        // lagged front still held such places, then closed again, let fresh newcomers in
+        // ahead of them — 5 in a million, with a node dying).
+        let open =
+            open_here && others.iter().all(|s| s.open) && self.lagged(now_ms).all(|s| s.open);
+        if others.is_empty() || open {
             return ClusterFront::Open;
         }
         ClusterFront::Before(self.lagged_front(now_ms))
+    }
+
+    /// The sample each node counting at `now_ms` took at or before `now_ms - lag`: every
+    /// node whose sample then was no older than `silence`.
+    fn lagged(&self, now_ms: u64) -> impl Iterator<Item = &LineSample> {
+        let then = now_ms.saturating_sub(self.lag_ms);
+        let alive_since = then.saturating_sub(self.silence_ms);
+        self.samples
+            .values()
+            .filter_map(move |s| s.iter().rev().find(|x| x.at_ms <= then))
+            .filter(move |x| x.at_ms >= alive_since)
     }
 
     /// The minimum over nodes of the last sample each took at or before `now_ms - lag`,
     /// over the nodes whose sample then was no older than `silence`: the same for every
     /// node that holds the same samples, whenever it asks.
     fn lagged_front(&self, now_ms: u64) -> Place {
-        let then = now_ms.saturating_sub(self.lag_ms);
-        let alive_since = then.saturating_sub(self.silence_ms);
-        self.samples
-            .values()
-            .filter_map(|s| s.iter().rev().find(|x| x.at_ms <= then))
-            .filter(|x| x.at_ms >= alive_since)
+        self.lagged(now_ms)
             .map(|x| x.front)
             .min()
             // Nobody counted yet (a cluster just formed): nobody is let in from a line

@@ -16,7 +16,7 @@ use super::{
 
 /// How often cohorts are reshuffled.
 const COHORT_ROTATION: Duration = Duration::from_secs(3600);
-/// Shortest life of a ticket; longer waits get twice the expected wait.
+/// Shortest life of a ticket; see [`NodeAdmission::register`] for longer ones.
 const MIN_TICKET_LIFE: Duration = Duration::from_secs(600);
 /// A queued client whose wait is short is asked back at least this often, to refresh its
 /// estimate; one with a longer wait comes back when half of it has passed (see
@@ -495,7 +495,17 @@ impl NodeAdmission {
         };
         let wait = wait_here.max(self.cluster_wait(&place, unix_ms));
         let ahead = (position as f64 - self.line.head()).max(0.0) as u64;
-        let life = (wait * 2).max(MIN_TICKET_LIFE);
+        // A place is not given up over one short estimate: the front standing still for a
+        // dead node estimates a second, and holders of its tickets who then took longer
+        // than 10 minutes to get back through the survivors' doors — which let in only as
+        // fast as the lines move — lost their places (`levee-wave`, 8 in a million). A
+        // ticket lives at least twice as long as a newcomer joining now would wait, and
+        // as long again as the place has been held.
+        let held = Duration::from_millis(unix_ms.saturating_sub(place.issued_ms));
+        let life = (wait * 2)
+            .max(MIN_TICKET_LIFE)
+            .max(held)
+            .max(self.line.tail_wait() * 2);
         let ticket = self.tickets.seal(&Ticket {
             position,
             issued_at_ms: place.issued_ms,
@@ -691,5 +701,40 @@ mod tests {
                 .count()
         };
         assert!(early(false) < 50, "b: {}, a: {}", early(false), early(true));
+    }
+
+    #[test]
+    fn a_place_held_long_gets_a_ticket_that_lives_as_long() {
+        let t0 = Instant::now();
+        let settings = AdmissionSettings {
+            initial_rate: 1.0,
+            ..crate::config::NodeConfig::default().admission_settings()
+        };
+        let mut n = NodeAdmission::new(&settings, SECRET, 1, t0);
+        let tickets = TicketKey::new(SECRET);
+        let min = |m: u64| m * 60_000;
+        assert_eq!(
+            n.register(b"first", None, t0, UNIX_START, 1.0),
+            RegistrationDecision::Enter
+        );
+        let queued = |d: RegistrationDecision| match d {
+            RegistrationDecision::Queued { ticket, .. } => ticket,
+            other => panic!("{other:?}"),
+        };
+        // The line's head does not move (no time passes for it): the place keeps waiting
+        // while the wall clock runs on, as when the line stands still.
+        let mut ticket = queued(n.register(b"second", None, t0, UNIX_START, 1.0));
+        for at in [min(9), min(18)] {
+            ticket = queued(n.register(b"second", Some(&ticket), t0, UNIX_START + at, 1.0));
+        }
+        let t = tickets
+            .open(&ticket, b"second", UNIX_START + min(18))
+            .expect("valid");
+        assert_eq!(t.issued_at_ms, UNIX_START, "the place is kept");
+        assert!(
+            t.expires_at_ms >= UNIX_START + min(36),
+            "held 18 minutes: another 18 at least, not 10 ({} min)",
+            (t.expires_at_ms - UNIX_START) / 60_000
+        );
     }
 }

@@ -40,10 +40,10 @@ impl LineOrder {
         self.waiting.range(..*place).count() as u64
     }
 
-    /// Releases the earliest waiting places until `head` places have been released in all.
+    /// Releases the earliest waiting places while fewer than `head` have been released:
+    /// the `k`th place (from 0) goes once the head has passed `k`, as a position did.
     pub fn release_to(&mut self, head: f64) {
-        let target = head.max(0.0).floor() as u64;
-        while self.released < target {
+        while (self.released as f64) < head {
             if self.waiting.pop_first().is_none() {
                 break;
             }
@@ -95,10 +95,10 @@ mod tests {
         assert_eq!(order.insert(at(40)), 1);
         // A place from a dead node's line, earlier than both.
         assert_eq!(order.insert(at(10)), 0);
-        order.release_to(1.0);
+        order.release_to(0.5);
         assert!(order.released(&at(10)) && !order.released(&at(30)));
         assert_eq!(order.front(), Some(at(30)));
-        order.release_to(2.9);
+        order.release_to(1.9);
         assert!(order.released(&at(30)) && !order.released(&at(40)));
         assert!(
             order.released(&at(20)),
@@ -107,7 +107,11 @@ mod tests {
         assert!(!order.released(&at(50)));
         assert!(!order.is_open() && !order.is_open_but(&at(30)));
         assert!(order.is_open_but(&at(40)), "nobody else is held back");
-        order.release_to(10.0);
+        order.release_to(3.0);
+        assert!(
+            order.released(&at(40)),
+            "the third goes once the head passes 2"
+        );
         assert_eq!(order.front(), None);
         assert_eq!(order.released_count(), 3);
         assert!(order.is_open());
