@@ -475,10 +475,13 @@ impl NodeAdmission {
         let position = if self.order.holds(&place) {
             own_position.unwrap_or_else(|| self.order.released_count() + self.order.rank(&place))
         } else if presented.is_none() || !self.order.released(&place) {
-            let position = self.order.released_count() + self.order.insert(place);
-            self.line.join();
+            let ahead = self.order.released_count() + self.order.insert(place);
+            let next = self.line.join();
             self.release(now);
-            position
+            // A new place is (but for ties within a millisecond) the last: the count of
+            // places taken here, unique and rising, as positions always were. One from
+            // another line goes in among them: its count is how many are ahead.
+            if presented.is_none() { next } else { ahead }
         } else {
             0
         };
