@@ -53,7 +53,7 @@ use levee_chaos::ledger::{Ending, Newcomer, overtakes};
 use levee_client::{Client, ClientConfig, ClientError, Connector};
 use levee_client::{Fingerprint, Trust};
 use levee_relay::admission::{Place, TicketKey};
-use levee_relay::{AccountId, Identity};
+use levee_relay::{AccountId, Identity, now_ms};
 use tokio::sync::Mutex;
 
 #[derive(Parser, Debug)]
@@ -201,13 +201,6 @@ fn parse_mode(s: &str) -> Result<bool, String> {
 /// The nodes' cluster key, known to the wave so that it can read newcomers' places from
 /// their tickets (for the order check).
 const SURGE_CLUSTER_KEY: &[u8; 32] = b"levee-surge bench cluster key 01";
-
-/// Now, ms since the Unix epoch (as tickets carry it).
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -1399,7 +1392,7 @@ async fn newcomer(
         client.register_waiting(|p| {
             held_ticket = true;
             requests += 1;
-            if let Ok(t) = tickets.open(&p.ticket, account.as_bytes(), now_unix_ms()) {
+            if let Ok(t) = tickets.open(&p.ticket, account.as_bytes(), now_ms()) {
                 place = Some(Place::of(&t));
             }
             last_told_to_wait = Some(at(in_flight_since));

@@ -22,7 +22,7 @@ use levee_client::{ClientConfig, ClientError, Connector, Registration};
 use levee_protocol::wire::pb::ErrorCode;
 use levee_relay::admission::{Place, TicketKey, key_hash};
 use levee_relay::local_cluster::NodeSummary;
-use levee_relay::{AccountId, Identity};
+use levee_relay::{AccountId, Identity, now_ms};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::autoscale::{Autoscale, Hpa};
@@ -1112,12 +1112,6 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
         ending,
     });
     None
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Applies a fault to the cluster and keeps the client entries in step.

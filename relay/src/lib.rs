@@ -39,6 +39,7 @@ mod telemetry;
 pub use telemetry::store_statements;
 pub mod tls;
 
+pub use clock::now_ms;
 pub use config::{NodeConfig, RegionPin};
 pub use levee_protocol::identity::{AccountId, Identity};
 pub use local_cluster::LocalCluster;

@@ -543,11 +543,13 @@ impl Sim<'_> {
             sent_us,
             back_after_us,
         };
+        // Its place: its first ticket's issue time, kept by every refresh (or, admitted at
+        // once, when it was).
+        if p.place.is_none() && !matches!(decision, RegistrationDecision::Rejected(_)) {
+            p.place = Some(Place::new(unix_ms, &key_hash(&key)));
+        }
         match decision {
             RegistrationDecision::Enter => {
-                if p.place.is_none() {
-                    p.place = Some(Place::new(unix_ms, &key_hash(&key)));
-                }
                 n.request_work(now as f64, costs.register_us, answered(None));
             }
             RegistrationDecision::Queued {
@@ -556,10 +558,6 @@ impl Sim<'_> {
                 ..
             } => {
                 p.ticket = Some(ticket.into_boxed_slice());
-                // The ticket's place: the first ticket's issue time, kept by every refresh.
-                if p.place.is_none() {
-                    p.place = Some(Place::new(unix_ms, &key_hash(&key)));
-                }
                 let retry = Duration::from_millis(retry_after_ms);
                 let held = Duration::from_micros(held_us);
                 if keeps_holding(held, retry, self.hold) {

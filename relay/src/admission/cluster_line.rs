@@ -23,11 +23,12 @@
 //! their tickets, are placed in those nodes' lines by their places (earliest first), not at
 //! the back. The line stands still meanwhile: `lag + silence` at most, 4 s by default.
 //!
-//! **An open cluster.** When no line anywhere holds anyone, there is nothing to keep order
-//! with, and a newcomer enters at once (subject to its node's rate) instead of waiting out
-//! the lag. "Nobody anywhere" is judged on the latest samples, which nodes read at
-//! different moments: a line forming on one node is seen by the others a heartbeat or two
-//! later, and newcomers who arrive elsewhere in that moment go in first. The drills' ledger
+//! **An open cluster.** When no line anywhere holds anyone back, there is nothing to keep
+//! order with, and a newcomer enters at once (subject to its node's rate) instead of
+//! waiting out the lag. "Nobody anywhere" is judged on the latest samples and on the lagged
+//! ones; the latest are read at different moments on different nodes, so a line forming on
+//! one node is seen by the others a heartbeat or two later, and newcomers who arrive
+//! elsewhere in that moment go in first. The drills' ledger
 //! counts overtakes across nodes with that resolution (see `docs/ARCHITECTURE.md`).
 //!
 //! Pure: wall time passed in, the board's I/O in `crate::node`.
@@ -38,7 +39,7 @@ use super::Place;
 
 /// Samples a node's report carries: readers that miss a few board reads still see every
 /// sample (8 heartbeats, 2 s by default).
-pub const REPORT_SAMPLES: usize = 8;
+const REPORT_SAMPLES: usize = 8;
 /// Samples kept per node: enough to look `lag + silence` back, with room.
 const HISTORY: usize = 64;
 /// A node silent this long (beyond `lag + silence`) is forgotten.
@@ -213,23 +214,21 @@ impl ClusterLine {
         if deaf {
             return ClusterFront::Before(Place::first_at(0));
         }
+        // The others heard from lately (latest samples): none → this node is alone.
         let recent = now_ms.saturating_sub(self.lag_ms + self.silence_ms);
-        let others: Vec<&LineSample> = self
-            .samples
-            .iter()
-            .filter(|(node, _)| **node != self.me)
-            .filter_map(|(_, s)| s.back())
-            .filter(|last| last.at_ms >= recent)
-            .collect();
+        let (mut others, mut others_open) = (false, true);
+        for (_, s) in self.samples.iter().filter(|(node, _)| **node != self.me) {
+            if let Some(last) = s.back().filter(|last| last.at_ms >= recent) {
+                others = true;
+                others_open &= last.open;
+            }
+        }
         // Open on the latest samples (a line forming anywhere closes it as soon as it is
-        // read) and on the lagged ones (so it opens again at the same instant on every
-        // node, and not while places released under the last line still wait for the
-        // front: in `levee-wave`, a cluster that opened on the latest samples while the
-        // lagged front still held such places, then closed again, let fresh newcomers in
-        // ahead of them — 5 in a million, with a node dying).
-        let open =
-            open_here && others.iter().all(|s| s.open) && self.lagged(now_ms).all(|s| s.open);
-        if others.is_empty() || open {
+        // read) and on the lagged ones, so that it opens again at the same instant on every
+        // node, and not while places released under the last line may still wait for the
+        // lagged front. (Reasoned, not measured: in `levee-wave` opening on the latest
+        // samples alone gave the same result; see docs/PERFORMANCE-LOG.md.)
+        if !others || (open_here && others_open && self.lagged(now_ms).all(|s| s.open)) {
             return ClusterFront::Open;
         }
         ClusterFront::Before(self.lagged_front(now_ms))
@@ -246,9 +245,8 @@ impl ClusterLine {
             .filter(move |x| x.at_ms >= alive_since)
     }
 
-    /// The minimum over nodes of the last sample each took at or before `now_ms - lag`,
-    /// over the nodes whose sample then was no older than `silence`: the same for every
-    /// node that holds the same samples, whenever it asks.
+    /// The minimum of the [`lagged`](Self::lagged) fronts: the same for every node that
+    /// holds the same samples, whenever it asks.
     fn lagged_front(&self, now_ms: u64) -> Place {
         self.lagged(now_ms)
             .map(|x| x.front)

@@ -212,7 +212,10 @@ impl WaitingLine {
         self.demand / self.rate.max(MIN_RATE)
     }
 
-    /// Whether the holder of `position` may register now.
+    /// Whether the head has passed `position` (the node decides by place: `LineOrder`
+    /// releases the `k`th place exactly when this says `k` may enter; kept for the tests
+    /// of the head's arithmetic).
+    #[cfg(test)]
     pub fn may_enter(&self, position: u64) -> bool {
         (position as f64) < self.head
     }

@@ -53,8 +53,7 @@ mod ticket;
 
 pub use backend::BackendHealth;
 pub use cluster_line::{
-    ClusterFront, ClusterLine, LineSample, MalformedReport, REPORT_SAMPLES, decode_report,
-    encode_report,
+    ClusterFront, ClusterLine, LineSample, MalformedReport, decode_report, encode_report,
 };
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{

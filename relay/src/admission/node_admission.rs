@@ -246,11 +246,10 @@ impl NodeAdmission {
         })
     }
 
-    /// How long until the cluster's front reaches `place`, at the speed it has moved lately.
-    fn cluster_wait(&self, place: &Place, unix_ms: u64) -> Duration {
-        let (Some(cluster), ClusterFront::Before(front)) =
-            (&self.cluster, self.cluster_front(place, unix_ms))
-        else {
+    /// How long until the cluster's `front` reaches `place`, at the speed it has moved
+    /// lately.
+    fn cluster_wait(&self, front: ClusterFront, place: &Place, unix_ms: u64) -> Duration {
+        let (Some(cluster), ClusterFront::Before(front)) = (&self.cluster, front) else {
             return Duration::ZERO;
         };
         if place < &front {
@@ -496,7 +495,7 @@ impl NodeAdmission {
         } else {
             self.line.wait_for(position)
         };
-        let wait = wait_here.max(self.cluster_wait(&place, unix_ms));
+        let wait = wait_here.max(self.cluster_wait(front, &place, unix_ms));
         let ahead = (position as f64 - self.line.head()).max(0.0) as u64;
         // A place is not given up over one short estimate: the front standing still for a
         // dead node estimates a second, and holders of its tickets who then took longer
