@@ -81,6 +81,11 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also report latency over time: envelopes bucketed by the time their send started,
+    /// in buckets of this many milliseconds (count, p50, p99, max each), to see when a
+    /// tail happened rather than only that it did.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeline: Option<u64>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -107,6 +112,33 @@ struct Shared {
     /// 10 ms and sends again in closed loop).
     refused: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
+    /// `--timeline`: one histogram per bucket of send start times since `epoch`.
+    timeline: Option<Mutex<Timeline>>,
+}
+
+/// Latency by when the send started (`--timeline`).
+struct Timeline {
+    bucket_ns: u64,
+    buckets: Vec<Histogram<u64>>,
+}
+
+impl Timeline {
+    fn record(&mut self, sent_ns: u64, latency: Duration) {
+        let i = (sent_ns / self.bucket_ns) as usize;
+        if self.buckets.len() <= i {
+            self.buckets.resize_with(i + 1, latency_histogram);
+        }
+        record(&mut self.buckets[i], latency);
+    }
+
+    /// The non-empty buckets: (start in seconds since the run began, histogram).
+    fn rows(&self) -> impl Iterator<Item = (f64, &Histogram<u64>)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(i, h)| ((i as u64 * self.bucket_ns) as f64 / 1e9, h))
+    }
 }
 
 /// Where the node under load runs.
@@ -178,6 +210,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         missed: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         latency_us: Mutex::new(latency_histogram()),
+        timeline: args.timeline.map(|ms| {
+            Mutex::new(Timeline {
+                bucket_ns: ms * 1_000_000,
+                buckets: Vec::new(),
+            })
+        }),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, client) in clients.iter().enumerate() {
@@ -227,6 +265,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let h = shared.latency_us.lock().await;
     let rate = completed as f64 / elapsed;
     let ms = |q: f64| quantile_ms(&h, q);
+    let timeline: Vec<serde_json::Value> = match &shared.timeline {
+        Some(t) => t
+            .lock()
+            .await
+            .rows()
+            .map(|(at, h)| {
+                serde_json::json!({
+                    "at_s": at, "envelopes": h.len(), "p50_ms": quantile_ms(h, 0.5),
+                    "p99_ms": quantile_ms(h, 0.99), "max_ms": h.max() as f64 / 1000.0,
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     if args.json {
         println!(
             "{}",
@@ -236,7 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "seconds": elapsed, "envelopes": completed, "envelopes_per_sec": rate,
                 "missed": missed, "refused": refused,
                 "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
-                "node_cpu_s": node_cpu, "load_cpu_s": load_cpu,
+                "node_cpu_s": node_cpu, "load_cpu_s": load_cpu, "timeline": timeline,
             })
         );
     } else {
@@ -267,6 +319,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!(
                 "missed: {missed} sends not started ({OPEN_LOOP_OUTSTANDING} outstanding on a connection)"
             );
+        }
+        if !timeline.is_empty() {
+            println!(
+                "latency by when the send started (s since start: envelopes, p50, p99, max ms):"
+            );
+            for row in &timeline {
+                println!(
+                    "  {:8.2}  {:7}  {:8.2}  {:8.2}  {:8.2}",
+                    row["at_s"].as_f64().unwrap_or_default(),
+                    row["envelopes"].as_u64().unwrap_or_default(),
+                    row["p50_ms"].as_f64().unwrap_or_default(),
+                    row["p99_ms"].as_f64().unwrap_or_default(),
+                    row["max_ms"].as_f64().unwrap_or_default(),
+                );
+            }
         }
         if let Some(node_cpu) = node_cpu {
             println!(
@@ -351,8 +418,16 @@ async fn send_loop(
     }
 }
 
+/// Acknowledgements one connection may have in flight. The receiver goes on reading while
+/// they are answered, as a messaging client would: timing a delivery only after the last
+/// acknowledgement came back would add that round trip (a durable delete) to its latency.
+const ACKS_IN_FLIGHT: usize = 4;
+
 /// Receives, records latency, acknowledges whatever has arrived in one request.
 async fn receive(client: Arc<Client>, mut inbox: levee_client::Deliveries, shared: Arc<Shared>) {
+    let acks = Arc::new(Semaphore::new(ACKS_IN_FLIGHT));
+    // Dropping the set (this task aborted) aborts the acknowledgements still in flight.
+    let mut in_flight = tokio::task::JoinSet::new();
     while let Some(first) = inbox.next().await {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -364,16 +439,32 @@ async fn receive(client: Arc<Client>, mut inbox: levee_client::Deliveries, share
         let now = shared.epoch.elapsed().as_nanos() as u64;
         if shared.measuring.load(Ordering::Relaxed) {
             let mut h = shared.latency_us.lock().await;
+            let mut timeline = match &shared.timeline {
+                Some(t) => Some(t.lock().await),
+                None => None,
+            };
             for d in &batch {
                 let sent = u64::from_be_bytes(d.ciphertext[..8].try_into().unwrap_or_default());
-                record(&mut h, Duration::from_nanos(now.saturating_sub(sent)));
+                let latency = Duration::from_nanos(now.saturating_sub(sent));
+                record(&mut h, latency);
+                if let Some(t) = timeline.as_mut() {
+                    t.record(sent, latency);
+                }
             }
         }
         let ids: Vec<u64> = batch.iter().map(|d| d.envelope_id).collect();
-        if client.ack(&ids).await.is_ok() {
-            shared
-                .completed
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        }
+        while in_flight.try_join_next().is_some() {}
+        let Ok(permit) = acks.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, shared) = (client.clone(), shared.clone());
+        in_flight.spawn(async move {
+            if client.ack(&ids).await.is_ok() {
+                shared
+                    .completed
+                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
     }
 }

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 
+use crate::background;
+use crate::memtable_reaper::{self, Watched};
 use crate::{
     AckOutcome, EnvelopeId, InsertOutcome, MailboxId, MailboxStore, MailboxUsage, NewEnvelope,
     StoreError, StoredEnvelope,
@@ -36,6 +38,9 @@ pub struct EmbeddedStore {
 
 struct StoreInner {
     db: Database,
+    /// The keyspaces whose flushed memtables are freed off the write path
+    /// (see `memtable_reaper`).
+    reaped: Arc<Watched>,
     /// Bumped after every committed write; a sync covers every write counted before it began.
     written: AtomicU64,
     /// The value of `written` that the last completed sync covered.
@@ -45,6 +50,12 @@ struct StoreInner {
     sync_turn: tokio::sync::Mutex<()>,
 }
 
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.reaped.clear();
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the database in `dir`, recovering its journal.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -52,9 +63,16 @@ impl EmbeddedStore {
         // Journal persistence is our job (group commit before every acknowledgement); fjall's
         // own periodic flushing would only add fsyncs.
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        // fjall's flush and compaction threads are background work: at normal priority a
+        // 64 MiB flush takes a core for half a second, and the runtime's workers, preempted
+        // while holding the store's locks, stall every request behind them.
+        background::lower_priority_of_threads_named("fjall:");
+        let reaped = Arc::new(Watched::default());
+        memtable_reaper::start(&reaped).map_err(|e| StoreError::Engine(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(StoreInner {
                 db,
+                reaped,
                 written: AtomicU64::new(0),
                 synced: AtomicU64::new(0),
                 sync_turn: tokio::sync::Mutex::new(()),
@@ -64,10 +82,12 @@ impl EmbeddedStore {
 
     /// Opens (or creates) a keyspace of this database.
     pub fn keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
-        Ok(self
+        let keyspace = self
             .inner
             .db
-            .keyspace(name, KeyspaceCreateOptions::default)?)
+            .keyspace(name, KeyspaceCreateOptions::default)?;
+        self.inner.reaped.add(&keyspace);
+        Ok(keyspace)
     }
 
     /// A new atomic write batch.

@@ -19,11 +19,13 @@
 //!   `cql` feature (on by default); [`ScyllaConfig`] and [`schema`] are always built.
 #![warn(missing_docs)]
 
+mod background;
 #[cfg(feature = "cql")]
 mod cql;
 mod cql_config;
 mod embedded;
 mod envelope;
+mod memtable_reaper;
 mod placement;
 mod shard;
 mod store;

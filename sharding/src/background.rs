@@ -1,0 +1,113 @@
+//! Background threads of the embedded store run at the lowest priority.
+//!
+//! The store's own background work — fjall's memtable flushes and compactions, and the
+//! memtable reaper — can wait; the requests the node's runtime serves cannot. On the
+//! development machine (2 cores, the load generator beside the node) a flush at normal
+//! priority took a core for half a second, and the runtime's workers, preempted while
+//! holding the store's locks, held up every request behind them (docs/PERFORMANCE.md,
+//! "Latency at half the rate"). At the lowest priority the background work still gets
+//! every idle cycle; when the node is saturated it falls behind, and fjall's own write
+//! stall (writers wait while four sealed memtables are queued) is the backpressure.
+//!
+//! Linux gives each thread its own nice value; elsewhere this does nothing.
+
+/// The nice value of background threads: the lowest priority.
+#[cfg(target_os = "linux")]
+const BACKGROUND_NICE: i32 = 19;
+
+/// Lowers the calling thread to background priority.
+pub(crate) fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    set_nice(rustix::thread::gettid());
+}
+
+/// Lowers every thread of this process whose name starts with `prefix` to background
+/// priority (threads a library started, which cannot be given a priority at their start).
+pub(crate) fn lower_priority_of_threads_named(prefix: &str) {
+    #[cfg(target_os = "linux")]
+    // Reading /proc/self/task while other threads end can step over a live thread (the
+    // directory's positions shift under the reader): read it again until a whole pass finds
+    // nothing left to lower.
+    for _ in 0..8 {
+        if lower_pass(prefix) == 0 {
+            break;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = prefix;
+}
+
+/// One pass over the process's threads; how many it lowered.
+#[cfg(target_os = "linux")]
+fn lower_pass(prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    let mut lowered = 0;
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        let named = std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.starts_with(prefix));
+        let already = rustix::process::getpriority_process(Some(tid)) == Ok(BACKGROUND_NICE);
+        if named && !already {
+            set_nice(tid);
+            lowered += 1;
+        }
+    }
+    lowered
+}
+
+/// On Linux a thread id given as a process id sets that thread's nice value alone.
+#[cfg(target_os = "linux")]
+fn set_nice(tid: rustix::process::Pid) {
+    // Failing (the thread has just ended) changes nothing that matters.
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
+        tracing::debug!(tid = tid.as_raw_nonzero().get(), error = %e, "could not lower a background thread's priority");
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice_of(tid: rustix::process::Pid) -> i32 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero()))
+                .expect("stat");
+        // The fields after the command's closing parenthesis; nice is the 17th of them.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        rest.split_whitespace()
+            .nth(16)
+            .expect("nice")
+            .parse()
+            .expect("number")
+    }
+
+    #[test]
+    fn named_threads_are_lowered_and_others_left_alone() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("bg-test-worker".into())
+            .spawn(move || {
+                tx.send(rustix::thread::gettid()).expect("send");
+                let _ = done_rx.recv();
+            })
+            .expect("spawn");
+        let tid = rx.recv().expect("tid");
+        let me = rustix::thread::gettid();
+        let mine = nice_of(me);
+        lower_priority_of_threads_named("bg-test-");
+        assert_eq!(nice_of(tid), BACKGROUND_NICE);
+        assert_eq!(nice_of(me), mine, "an unnamed thread keeps its priority");
+        drop(done_tx);
+        worker.join().expect("join");
+    }
+}
