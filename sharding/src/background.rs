@@ -11,6 +11,9 @@
 //!
 //! Linux gives each thread its own nice value; elsewhere this does nothing.
 
+/// How fjall's flush and compaction threads are named (the prefix).
+pub(crate) const FJALL_THREADS: &str = "fjall:";
+
 /// The nice value of background threads: the lowest priority.
 #[cfg(target_os = "linux")]
 const BACKGROUND_NICE: i32 = 19;

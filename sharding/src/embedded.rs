@@ -65,8 +65,9 @@ impl EmbeddedStore {
         let db = Database::builder(dir).manual_journal_persist(true).open()?;
         // fjall's flush and compaction threads are background work: at normal priority a
         // 64 MiB flush takes a core for half a second, and the runtime's workers, preempted
-        // while holding the store's locks, stall every request behind them.
-        background::lower_priority_of_threads_named("fjall:");
+        // while holding the store's locks, stall every request behind them. The reaper looks
+        // again every second for any started (or named) since.
+        background::lower_priority_of_threads_named(background::FJALL_THREADS);
         let reaped = Arc::new(Watched::default());
         memtable_reaper::start(&reaped).map_err(|e| StoreError::Engine(e.to_string()))?;
         Ok(Self {

@@ -26,6 +26,12 @@ use fjall::{AbstractTree, Keyspace};
 /// at the most the node writes, so a look every tick cannot miss one.
 const TICK: Duration = Duration::from_millis(20);
 
+/// How many ticks between two looks for fjall threads still at normal priority: fjall may
+/// start a thread after the store opened, and a thread names itself only once it runs, so
+/// the look made at open can miss one (`levee up` was seen with one of its two fjall workers
+/// at nice 0).
+const PRIORITY_EVERY: u32 = 50;
+
 /// A memtable, held only to be freed later (its type is fjall's and need not be named).
 type Held = Arc<dyn Any + Send + Sync>;
 
@@ -71,7 +77,12 @@ fn run(watched: &Weak<Watched>) {
     // Freeing a memtable is work nobody waits for.
     crate::background::lower_own_priority();
     let mut held: Vec<Held> = Vec::new();
+    let mut tick: u32 = 0;
     loop {
+        if tick.is_multiple_of(PRIORITY_EVERY) {
+            crate::background::lower_priority_of_threads_named(crate::background::FJALL_THREADS);
+        }
+        tick = tick.wrapping_add(1);
         {
             let Some(watched) = watched.upgrade() else {
                 return;
@@ -122,5 +133,32 @@ mod tests {
             std::thread::sleep(TICK);
         }
         assert_eq!(keyspace.get("a").expect("get").as_deref(), Some(&b"1"[..]));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fjall_thread_started_after_the_store_opened_is_lowered_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = EmbeddedStore::open(dir.path()).expect("open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let late = std::thread::Builder::new()
+            .name("fjall:late-test".into())
+            .spawn(move || {
+                tx.send(rustix::thread::gettid()).expect("send");
+                let _ = done_rx.recv();
+            })
+            .expect("spawn");
+        let tid = Some(rx.recv().expect("tid"));
+        let deadline = std::time::Instant::now() + TICK * PRIORITY_EVERY * 5;
+        while rustix::process::getpriority_process(tid).expect("priority") != 19 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reaper never lowered a thread named after it opened"
+            );
+            std::thread::sleep(TICK);
+        }
+        drop(done_tx);
+        late.join().expect("join");
     }
 }
