@@ -6,8 +6,8 @@
 //! skiplist of a few hundred thousand nodes, 170 ms of CPU measured on the development
 //! machine; meanwhile a write batch that touches the keyspace waits for the lock *while it
 //! holds the journal lock*, so every write to the database waits, and the node's runtime
-//! workers sit blocked behind them. Under a steady open-loop load this showed as one stall
-//! of 100–900 ms each time a memtable was flushed (docs/PERFORMANCE.md, "Latency at half
+//! workers sit blocked behind them. Under a steady open-loop load this showed, with the
+//! flush's own CPU, as one stall of 0.3–0.9 s each time a memtable was flushed (docs/PERFORMANCE.md, "Latency at half
 //! the rate").
 //!
 //! The reaper holds its own reference to every memtable a keyspace has had: when fjall lets
