@@ -58,8 +58,7 @@ fn lower_pass(prefix: &str) -> usize {
         };
         let named = std::fs::read_to_string(task.path().join("comm"))
             .is_ok_and(|comm| comm.starts_with(prefix));
-        let already = rustix::process::getpriority_process(Some(tid)) == Ok(BACKGROUND_NICE);
-        if named && !already {
+        if named && rustix::process::getpriority_process(Some(tid)) != Ok(BACKGROUND_NICE) {
             set_nice(tid);
             lowered += 1;
         }
@@ -73,6 +72,45 @@ fn set_nice(tid: rustix::process::Pid) {
     // Failing (the thread has just ended) changes nothing that matters.
     if let Err(e) = rustix::process::setpriority_process(Some(tid), BACKGROUND_NICE) {
         tracing::debug!(tid = tid.as_raw_nonzero().get(), error = %e, "could not lower a background thread's priority");
+    }
+}
+
+/// A thread with a given name that waits until dropped, for tests of the above.
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) struct NamedThread {
+    pub(crate) tid: rustix::process::Pid,
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl NamedThread {
+    /// Starts it; returns once it runs (and so carries its name).
+    pub(crate) fn start(name: &str) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                tx.send(rustix::thread::gettid()).expect("send");
+                let _ = wait.recv();
+            })
+            .expect("spawn");
+        Self {
+            tid: rx.recv().expect("tid"),
+            done: Some(done),
+            thread: Some(thread),
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+impl Drop for NamedThread {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -95,22 +133,11 @@ mod tests {
 
     #[test]
     fn named_threads_are_lowered_and_others_left_alone() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::Builder::new()
-            .name("bg-test-worker".into())
-            .spawn(move || {
-                tx.send(rustix::thread::gettid()).expect("send");
-                let _ = done_rx.recv();
-            })
-            .expect("spawn");
-        let tid = rx.recv().expect("tid");
+        let worker = NamedThread::start("bg-test-worker");
         let me = rustix::thread::gettid();
         let mine = nice_of(me);
         lower_priority_of_threads_named("bg-test-");
-        assert_eq!(nice_of(tid), BACKGROUND_NICE);
+        assert_eq!(nice_of(worker.tid), BACKGROUND_NICE);
         assert_eq!(nice_of(me), mine, "an unnamed thread keeps its priority");
-        drop(done_tx);
-        worker.join().expect("join");
     }
 }

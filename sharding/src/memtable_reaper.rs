@@ -140,16 +140,8 @@ mod tests {
     fn a_fjall_thread_started_after_the_store_opened_is_lowered_too() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _store = EmbeddedStore::open(dir.path()).expect("open");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let late = std::thread::Builder::new()
-            .name("fjall:late-test".into())
-            .spawn(move || {
-                tx.send(rustix::thread::gettid()).expect("send");
-                let _ = done_rx.recv();
-            })
-            .expect("spawn");
-        let tid = Some(rx.recv().expect("tid"));
+        let late = crate::background::NamedThread::start("fjall:late-test");
+        let tid = Some(late.tid);
         let deadline = std::time::Instant::now() + TICK * PRIORITY_EVERY * 5;
         while rustix::process::getpriority_process(tid).expect("priority") != 19 {
             assert!(
@@ -158,7 +150,5 @@ mod tests {
             );
             std::thread::sleep(TICK);
         }
-        drop(done_tx);
-        late.join().expect("join");
     }
 }
