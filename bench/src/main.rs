@@ -131,14 +131,32 @@ impl Timeline {
         record(&mut self.buckets[i], latency);
     }
 
-    /// The non-empty buckets: (start in seconds since the run began, histogram).
-    fn rows(&self) -> impl Iterator<Item = (f64, &Histogram<u64>)> {
+    /// The non-empty buckets, in order.
+    fn rows(&self) -> Vec<TimelineRow> {
         self.buckets
             .iter()
             .enumerate()
             .filter(|(_, h)| !h.is_empty())
-            .map(|(i, h)| ((i as u64 * self.bucket_ns) as f64 / 1e9, h))
+            .map(|(i, h)| TimelineRow {
+                at_s: (i as u64 * self.bucket_ns) as f64 / 1e9,
+                envelopes: h.len(),
+                p50_ms: quantile_ms(h, 0.5),
+                p99_ms: quantile_ms(h, 0.99),
+                max_ms: h.max() as f64 / 1000.0,
+            })
+            .collect()
     }
+}
+
+/// One bucket of `--timeline`: the envelopes whose send started in it.
+#[derive(serde::Serialize)]
+struct TimelineRow {
+    /// Start of the bucket, in seconds since the run began.
+    at_s: f64,
+    envelopes: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
 }
 
 /// Where the node under load runs.
@@ -265,18 +283,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let h = shared.latency_us.lock().await;
     let rate = completed as f64 / elapsed;
     let ms = |q: f64| quantile_ms(&h, q);
-    let timeline: Vec<serde_json::Value> = match &shared.timeline {
-        Some(t) => t
-            .lock()
-            .await
-            .rows()
-            .map(|(at, h)| {
-                serde_json::json!({
-                    "at_s": at, "envelopes": h.len(), "p50_ms": quantile_ms(h, 0.5),
-                    "p99_ms": quantile_ms(h, 0.99), "max_ms": h.max() as f64 / 1000.0,
-                })
-            })
-            .collect(),
+    let timeline = match &shared.timeline {
+        Some(t) => t.lock().await.rows(),
         None => Vec::new(),
     };
     if args.json {
@@ -327,11 +335,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             for row in &timeline {
                 println!(
                     "  {:8.2}  {:7}  {:8.2}  {:8.2}  {:8.2}",
-                    row["at_s"].as_f64().unwrap_or_default(),
-                    row["envelopes"].as_u64().unwrap_or_default(),
-                    row["p50_ms"].as_f64().unwrap_or_default(),
-                    row["p99_ms"].as_f64().unwrap_or_default(),
-                    row["max_ms"].as_f64().unwrap_or_default(),
+                    row.at_s, row.envelopes, row.p50_ms, row.p99_ms, row.max_ms
                 );
             }
         }
