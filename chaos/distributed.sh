@@ -36,23 +36,44 @@ RUN="$(mktemp -d)"
 
 STAMP="chaos-$(date +%s%N)"
 TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-# The scenario's [cluster]: how many nodes to start, and the node settings a drill gives
-# its embedded cluster (the autoscale drill's registration ceiling and wait target).
+# The scenario's [cluster]: how many nodes to start, the node settings a drill gives its
+# embedded cluster (registration ceiling, wait target, hold, one line or one per node), and
+# each node's own ceiling (`registration_max_per_s_by_node`, nodes past the list keep
+# `registration_max_per_s`; 0 = none).
 SCENARIO_FILE="$SCENARIO"
 [[ -f "$SCENARIO_FILE" ]] || SCENARIO_FILE="$ROOT/chaos/scenarios/$SCENARIO.toml"
-read -r NODES CLUSTER_EXTRA < <(python3 - "$SCENARIO_FILE" <<'PY'
+{
+    read -r NODES
+    read -r CLUSTER_EXTRA
+    read -r -a CEILINGS
+} < <(python3 - "$SCENARIO_FILE" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     c = tomllib.load(f).get("cluster", {})
-extra = [f"{k} = {float(c[k])}" for k in ("registration_max_per_s", "load_target_wait_s") if k in c]
-print(c.get("nodes", 3), "\\n".join(extra))
+extra = [f"load_target_wait_s = {float(c['load_target_wait_s'])}"] if "load_target_wait_s" in c else []
+if "registration_hold_ms" in c:
+    extra.append(f"registration_hold_ms = {int(c['registration_hold_ms'])}")
+if not c.get("one_line", True):
+    extra.append("registration_line_sync_ms = 0")
+nodes = int(c.get("nodes", 3))
+by_node = [float(x) for x in c.get("registration_max_per_s_by_node", [])]
+default = float(c.get("registration_max_per_s", 0.0))
+# Nodes a drill starts later (start_node) take the list's next entries, or the default.
+ceilings = by_node + [default] * (nodes + 16)
+print(nodes)
+print("\\n".join(extra))
+print(" ".join(str(x) for x in ceilings))
 PY
 )
 # The waves come from one address; the per-prefix limit would measure the wrong thing.
-NODE_EXTRA="fault_injection = true
+BASE_EXTRA="fault_injection = true
 admin_token = \"$TOKEN\"
 connections_per_prefix_per_sec = 1000000
 $(printf '%b' "$CLUSTER_EXTRA")"
+# Node K's extra configuration: the shared lines and its own registration ceiling.
+node_extra() {
+    printf '%s\nregistration_max_per_s = %s\n' "$BASE_EXTRA" "${CEILINGS[$(($1 - 1))]}"
+}
 # shellcheck source=../scripts/lib/nodes.sh
 source "$ROOT/scripts/lib/nodes.sh"
 cleanup() {
@@ -67,7 +88,10 @@ cat >"$RUN/start-node" <<SH
 #!/usr/bin/env bash
 set -euo pipefail
 ROOT="$ROOT" RUN="$RUN" STAMP="$STAMP" LEVEE_NODE_KEY="$LEVEE_NODE_KEY"
-NODE_EXTRA='$NODE_EXTRA'
+CEILINGS=(${CEILINGS[*]})
+BASE_EXTRA='$BASE_EXTRA'
+$(declare -f node_extra)
+NODE_EXTRA="\$(node_extra "\$1")"
 source "$ROOT/scripts/lib/nodes.sh"
 node_config "\$1"
 RUST_LOG=warn exec "$ROOT/target/release/levee" node --config "$RUN/node-\$1.toml" 2>"$RUN/node-\$1.err"
@@ -76,6 +100,7 @@ chmod +x "$RUN/start-node"
 
 ADMINS=()
 for k in $(seq "$NODES"); do
+    NODE_EXTRA="$(node_extra "$k")"
     node_start "$k"
     ADMINS+=("127.0.0.1:$((9199 + k))")
 done

@@ -56,8 +56,9 @@ pub struct ClusterShape {
     /// node gives each the fixed registration capacity a node of its own would have, which
     /// is what an autoscaling drill needs.
     pub registration_max_per_s: f64,
-    /// `registration_max_per_s` per node, in the order nodes start (embedded cluster
-    /// only); nodes past the list keep `registration_max_per_s`. Nodes of unequal speed
+    /// `registration_max_per_s` per node, in the order nodes start (the embedded cluster,
+    /// and `chaos/distributed.sh`'s node processes); nodes past the list keep
+    /// `registration_max_per_s`. Nodes of unequal speed
     /// are what tells one line for the cluster from a line per node.
     pub registration_max_per_s_by_node: Vec<f64>,
     /// Each node's `load_target_wait_s`.

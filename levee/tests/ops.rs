@@ -96,7 +96,7 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_node_exports() {
     let mut queries = Vec::new();
     dashboard_queries(&dashboard, &mut queries);
     let alerts = alert_exprs(&ops_file("ops/prometheus/levee-alerts.yml"));
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
 
     // Exported only by a node on the CQL store (the distributed deployment, which this
     // embedded node is not); `bench/distributed.sh` reads it from real nodes' pages.
@@ -117,6 +117,31 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_node_exports() {
         }
     }
     assert!(unknown.is_empty(), "not exported by a node: {unknown:?}");
+    // The line board's metrics move: the node (one line by default) exchanges with the
+    // board every heartbeat, and its age is that of the last read, not "never" (+Inf, set
+    // when the node joined the cluster's line).
+    let value = |page: &str, family: &str, labels: &[&str]| -> Option<f64> {
+        page.lines()
+            .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let board_ok = ["op=\"line_board\"", "outcome=\"ok\""];
+    let mut page = page;
+    for _ in 0..50 {
+        if value(&page, "levee_roster_rounds_total{", &board_ok).is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page = admin_request(node.admin.unwrap(), "GET", "/metrics")
+            .await
+            .1;
+    }
+    assert!(
+        value(&page, "levee_roster_rounds_total{", &board_ok).is_some_and(|n| n >= 2.0),
+        "no line board rounds counted in 5 s"
+    );
+    let age = value(&page, "levee_line_board_age_seconds{", &[]).unwrap();
+    assert!((0.0..5.0).contains(&age), "line board age {age}");
     // What the dashboard is for (issue: per-node messaging rate and latency, admission,
     // shedding, the waiting line, tickets, connections, placement, delivery lag).
     for needed in [
@@ -133,6 +158,8 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_node_exports() {
         "levee_shards_owned",
         "levee_delivery_lag_records",
         "levee_store_statements_total",
+        "levee_line_board_age_seconds",
+        "levee_cluster_line_behind_seconds",
     ] {
         assert!(used.contains(needed), "nothing shows {needed}");
     }

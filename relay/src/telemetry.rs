@@ -45,6 +45,8 @@ const PLACEMENT_EPOCH: &str = "levee_placement_epoch";
 const PLACEMENT_DIGEST: &str = "levee_placement_digest";
 const ROSTER_ROUNDS: &str = "levee_roster_rounds_total";
 const ROSTER_ROUND_SECONDS: &str = "levee_roster_round_seconds";
+const LINE_BOARD_AGE: &str = "levee_line_board_age_seconds";
+const CLUSTER_LINE_BEHIND: &str = "levee_cluster_line_behind_seconds";
 const ROSTER_ROWS_UNREADABLE: &str = "levee_roster_rows_unreadable";
 const DEMOTED: &str = "levee_membership_demoted";
 const REDIRECTS: &str = "levee_redirects_total";
@@ -104,8 +106,22 @@ fn describe() {
         ROSTER_ROUNDS,
         Unit::Count,
         "Membership rounds, by op (heartbeat: the node's row written; snapshot: the roster \
-         read) and outcome (ok, error, timeout: abandoned at its deadline, unsettled: the \
+         read; line_board: the node's line report written and the cluster's read) and outcome (ok, error, timeout: abandoned at its deadline, unsettled: the \
          rows kept changing)"
+    );
+    describe_gauge!(
+        LINE_BOARD_AGE,
+        Unit::Seconds,
+        "Since the node last read the cluster's line board (+Inf: not yet); past the failure \
+         timeout the node lets nobody in from its line. Only while the nodes keep one line \
+         (registration_line_sync_ms > 0)"
+    );
+    describe_gauge!(
+        CLUSTER_LINE_BEHIND,
+        Unit::Seconds,
+        "How far, in ticket issue time, the cluster's line trails this node's own: places \
+         this node would let in that wait for another node's line (0: none). The cluster \
+         moves at its slowest line's pace"
     );
     describe_histogram!(
         ROSTER_ROUND_SECONDS,
@@ -324,9 +340,11 @@ const CLASSES: [RequestClass; 4] = [
 pub(crate) enum RosterOp {
     Heartbeat = 0,
     Snapshot = 1,
+    /// The cluster's line board: this node's report written and everyone's read.
+    LineBoard = 2,
 }
 
-const ROSTER_OPS: [RosterOp; 2] = [RosterOp::Heartbeat, RosterOp::Snapshot];
+const ROSTER_OPS: [RosterOp; 3] = [RosterOp::Heartbeat, RosterOp::Snapshot, RosterOp::LineBoard];
 /// Every way a lease comes free, in the order of [`Taking`]'s discriminants.
 const TAKINGS: [Taking; 4] = [Taking::Free, Taking::Own, Taking::Absent, Taking::Overdue];
 
@@ -335,6 +353,7 @@ impl RosterOp {
         match self {
             RosterOp::Heartbeat => "heartbeat",
             RosterOp::Snapshot => "snapshot",
+            RosterOp::LineBoard => "line_board",
         }
     }
 }
@@ -400,8 +419,10 @@ pub(crate) struct NodeMetrics {
     shards_owned: Gauge,
     placement_epoch: Gauge,
     placement_digest: Gauge,
-    roster_rounds: [[Counter; 4]; 2],
-    roster_round_seconds: [Histogram; 2],
+    roster_rounds: [[Counter; 4]; 3],
+    roster_round_seconds: [Histogram; 3],
+    line_board_age: Gauge,
+    cluster_line_behind: Gauge,
     roster_rows_unreadable: Gauge,
     demoted: Gauge,
     handoffs_in: Counter,
@@ -464,6 +485,8 @@ impl NodeMetrics {
             roster_round_seconds: ROSTER_OPS
                 .map(|op| histogram!(ROSTER_ROUND_SECONDS, "node" => node.to_owned(), "op" => op.as_str())),
             roster_rows_unreadable: gauge!(ROSTER_ROWS_UNREADABLE, &[n()]),
+            line_board_age: gauge!(LINE_BOARD_AGE, &[n()]),
+            cluster_line_behind: gauge!(CLUSTER_LINE_BEHIND, &[n()]),
             demoted: gauge!(DEMOTED, &[n()]),
             handoffs_in: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "in"),
             handoffs_out: counter!(HANDOFFS, "node" => node.to_owned(), "direction" => "out"),
@@ -580,6 +603,13 @@ impl NodeMetrics {
     pub(crate) fn roster_round(&self, op: RosterOp, outcome: RoundOutcome, took: Duration) {
         self.roster_rounds[op as usize][outcome as usize].increment(1);
         self.roster_round_seconds[op as usize].record(took.as_secs_f64());
+    }
+
+    /// The cluster's line as this node sees it (see `admission::ClusterLineGauges`).
+    pub(crate) fn cluster_line(&self, board_age: Option<Duration>, behind: Duration) {
+        self.line_board_age
+            .set(board_age.map_or(f64::INFINITY, |age| age.as_secs_f64()));
+        self.cluster_line_behind.set(behind.as_secs_f64());
     }
 
     /// Whether the node has demoted itself.

@@ -126,6 +126,19 @@ impl ClusterFront {
     }
 }
 
+/// The cluster's line as one node sees it, for its metrics page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterLineGauges {
+    /// Since this node last read the line board (`None`: never). Past the failure timeout
+    /// the node lets nobody in from its line: it cannot know where the cluster's stands.
+    pub board_age_ms: Option<u64>,
+    /// How far, in issue time, the cluster's front trails this node's own: places this
+    /// node's line would let in but that wait for another node's line. 0 when this node
+    /// holds nobody back, the cluster is open, or the node cannot read the board. Large on one node and 0 on another: the
+    /// cluster moves at its slowest line's pace (docs/ARCHITECTURE.md).
+    pub behind_ms: u64,
+}
+
 /// Every node's samples, and the cluster's front computed from them. See the module docs.
 #[derive(Debug)]
 pub struct ClusterLine {
@@ -256,6 +269,25 @@ impl ClusterLine {
             .unwrap_or(Place::first_at(0))
     }
 
+    /// What an operator watches of the cluster's line at `now_ms`, this node's own line
+    /// holding back `own_front` (its earliest place still waiting, `None`: nobody).
+    pub fn gauges(&self, now_ms: u64, own_front: Option<Place>) -> ClusterLineGauges {
+        let board_age_ms = self.heard_at_ms.map(|at| now_ms.saturating_sub(at));
+        // The issue time between the front all nodes agree on and this node's own. A
+        // front at the epoch is no place: the node cannot read the board, or nobody's
+        // samples count yet, which the board's age tells.
+        let behind_ms = match (self.front(now_ms, own_front.is_none()), own_front) {
+            (ClusterFront::Before(front), Some(own)) if front.issued_ms > 0 => {
+                own.issued_ms.saturating_sub(front.issued_ms)
+            }
+            _ => 0,
+        };
+        ClusterLineGauges {
+            board_age_ms,
+            behind_ms,
+        }
+    }
+
     /// How fast the cluster's front has moved over the last `window_ms`, ms of issue time
     /// per ms: for telling those it has not reached when to come back.
     pub fn speed(&self, now_ms: u64, window_ms: u64) -> f64 {
@@ -331,6 +363,37 @@ mod tests {
         };
         assert_eq!(fronts[0], ClusterFront::Before(b_then));
         assert!(fronts[0].admits(&place(419)) && !fronts[0].admits(&place(421)));
+    }
+
+    #[test]
+    fn the_gauges_say_how_far_the_cluster_trails_this_node_and_how_old_the_board_is() {
+        let at = |ms| Place {
+            issued_ms: ms,
+            tiebreak: 1,
+        };
+        let mut l = ClusterLine::new("a", 1_000, 3_000);
+        assert_eq!(
+            l.gauges(10_000, Some(at(900))),
+            ClusterLineGauges {
+                board_age_ms: None,
+                behind_ms: 0,
+            },
+            "never read: no age, and no front to be behind"
+        );
+        // b's line holds places from 400 on; a's own line, from 900 on.
+        l.record(sample(10_000, Some(900)));
+        l.heard([("b", &[sample(10_000, Some(400))][..])], 10_200);
+        let g = l.gauges(11_500, Some(at(900)));
+        assert_eq!(g.board_age_ms, Some(1_300));
+        assert_eq!(g.behind_ms, 500, "a's places 400..900 wait for b's line");
+        assert_eq!(
+            l.gauges(11_500, None).behind_ms,
+            0,
+            "nobody held back here, nobody waits here"
+        );
+        // Unheard past the silence: the node seats nobody; its age says so, not "behind".
+        let deaf = l.gauges(20_000, Some(at(900)));
+        assert_eq!((deaf.board_age_ms, deaf.behind_ms), (Some(9_800), 0));
     }
 
     #[test]

@@ -53,7 +53,8 @@ mod ticket;
 
 pub use backend::BackendHealth;
 pub use cluster_line::{
-    ClusterFront, ClusterLine, LineSample, MalformedReport, decode_report, encode_report,
+    ClusterFront, ClusterLine, ClusterLineGauges, LineSample, MalformedReport, decode_report,
+    encode_report,
 };
 pub use cohort::{COHORTS, Cohort, CohortSalt};
 pub use controller::{

@@ -9,9 +9,10 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    AdmissionController, AdmissionLevel, BackendHealth, ClusterFront, ClusterLine, CohortSalt,
-    ControllerConfig, Headroom, LineOrder, LineSample, Load, LoadTargets, Place, RequestClass,
-    Ticket, TicketError, TicketKey, Verdict, WaitingLine, key_hash, work_bits,
+    AdmissionController, AdmissionLevel, BackendHealth, ClusterFront, ClusterLine,
+    ClusterLineGauges, CohortSalt, ControllerConfig, Headroom, LineOrder, LineSample, Load,
+    LoadTargets, Place, RequestClass, Ticket, TicketError, TicketKey, Verdict, WaitingLine,
+    key_hash, work_bits,
 };
 
 /// How often cohorts are reshuffled.
@@ -230,6 +231,14 @@ impl NodeAdmission {
         if let Some(cluster) = &mut self.cluster {
             cluster.heard(reports, unix_ms);
         }
+    }
+
+    /// The cluster's line as this node sees it at `unix_ms` (`None`: this node's line is
+    /// its own, see [`coordinate`](Self::coordinate)).
+    pub fn cluster_gauges(&mut self, now: Instant, unix_ms: u64) -> Option<ClusterLineGauges> {
+        self.release(now);
+        let own_front = self.order.front();
+        self.cluster.as_ref().map(|c| c.gauges(unix_ms, own_front))
     }
 
     /// Moves the line's head for the time passed and releases the places it reached.

@@ -177,10 +177,21 @@ impl Admission {
         if !self.enabled {
             return;
         }
-        let gauges = self.lock().tick(door_pressure, Instant::now());
+        let (gauges, cluster) = {
+            let mut state = self.lock();
+            let now = Instant::now();
+            let gauges = state.tick(door_pressure, now);
+            (gauges, state.cluster_gauges(now, now_ms()))
+        };
         self.metrics
             .admission_state(gauges.level, gauges.line_len, gauges.served_rate);
         self.metrics.load(gauges.line_wait, gauges.load_ratio);
+        if let Some(c) = cluster {
+            self.metrics.cluster_line(
+                c.board_age_ms.map(Duration::from_millis),
+                Duration::from_millis(c.behind_ms),
+            );
+        }
     }
 
     /// Counts a newcomer through this node's door sent on to its mailbox's owner.
@@ -211,6 +222,11 @@ impl Admission {
     /// `me` whose samples count `lag` after they were taken and who gives up a silent
     /// node `silence` after that.
     pub(crate) fn coordinate(&self, me: &str, lag: Duration, silence: Duration) {
+        // Not read yet: the board's age reads +Inf until the first exchange (with admission
+        // off the line is never used, and its gauges stay at 0).
+        if self.enabled {
+            self.metrics.cluster_line(None, Duration::ZERO);
+        }
         self.lock().coordinate(ClusterLine::new(
             me,
             lag.as_millis() as u64,

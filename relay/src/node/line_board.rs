@@ -3,11 +3,12 @@
 //! `crate::admission::ClusterLine`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::tokio_util_shim::CancelToken;
 use crate::cluster::RosterError;
+use crate::telemetry::{RosterOp, RoundOutcome};
 
 /// One round: write this node's report, read the board, hand it to admission.
 pub(crate) async fn exchange(shared: &Shared) -> Result<(), RosterError> {
@@ -35,7 +36,16 @@ pub(crate) async fn keep(shared: Arc<Shared>, period: Duration, stop: CancelToke
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
+        let started = Instant::now();
         let round = tokio::time::timeout(period * 4, exchange(&shared)).await;
+        let outcome = match &round {
+            Ok(Ok(())) => RoundOutcome::Ok,
+            Ok(Err(_)) => RoundOutcome::Error,
+            Err(_) => RoundOutcome::Timeout,
+        };
+        shared
+            .metrics
+            .roster_round(RosterOp::LineBoard, outcome, started.elapsed());
         match round {
             Ok(Ok(())) => {
                 if failing {
