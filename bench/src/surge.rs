@@ -1406,6 +1406,8 @@ async fn newcomer(
             place,
             last_told_to_wait,
             admitted_at: admitted.then(|| at(Instant::now())),
+            // One node: no other line to be kept away by; `overtakes` is what is judged.
+            promised_at: None,
             ending: if admitted {
                 Ending::Admitted
             } else {

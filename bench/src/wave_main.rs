@@ -292,6 +292,10 @@ fn print_outcome(args: &Args, s: &Scenario, o: &Outcome) {
             format!("{} / {}", o.overtakes, o.strict_overtakes),
         ),
         (
+            "kept away while a later place got in (told to wait past it by over 2 s)",
+            o.kept_away.to_string(),
+        ),
+        (
             "tickets refused (expired: the holder starts over at the back)",
             o.tickets_rejected.to_string(),
         ),

@@ -959,6 +959,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
     // Its place in the cluster's line, once it has a ticket.
     let mut place: Option<Place> = None;
     let mut last_told_to_wait = None;
+    let mut promised_at = None;
     let mut client: Option<levee_client::Client> = None;
     let ending = loop {
         if shared.over() {
@@ -1043,6 +1044,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
                     place,
                     last_told_to_wait,
                     admitted_at: Some(t),
+                    promised_at,
                     ending: Ending::Admitted,
                 });
                 return Some(c);
@@ -1051,6 +1053,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
                 shared.timeline.shed(Class::Registration);
                 shared.timeline.estimated_wait(p.estimated_wait);
                 last_told_to_wait = Some(sent_at);
+                promised_at = Some(shared.timeline.now() + p.estimated_wait.as_secs_f64());
                 if place.is_none() {
                     shared.waiting.fetch_add(1, Ordering::SeqCst);
                 }
@@ -1109,6 +1112,7 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
         place,
         last_told_to_wait,
         admitted_at: None,
+        promised_at,
         ending,
     });
     None
@@ -1489,6 +1493,7 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
             requests as f64 / admitted as f64
         },
         overtakes: tally.overtakes,
+        kept_away: tally.kept_away,
     };
     let mut verdicts = ledger.invariants();
     let t = &scenario.thresholds;
@@ -1519,6 +1524,17 @@ fn judge(shared: &Shared, admission: bool, events: Vec<Event>) -> RunRecord {
                 "{:.2} ({requests} for {admitted})",
                 summary.requests_per_admitted
             ),
+        });
+    }
+    if let Some(max) = t.kept_away_max {
+        let share = tally.kept_away as f64 / admitted.max(1) as f64;
+        verdicts.push(Verdict {
+            name: format!(
+                "newcomers kept away while a later place got in ≤ {:.0}% of admitted",
+                max * 100.0
+            ),
+            pass: share <= max,
+            detail: format!("{} of {admitted} ({:.1}%)", tally.kept_away, share * 100.0),
         });
     }
     if let (Some(min), Some(w)) = (t.goodput_min, &scenario.wave) {

@@ -55,6 +55,9 @@ pub struct Newcomer {
     pub last_told_to_wait: Option<f64>,
     /// When (s into the run) the newcomer learned it was admitted.
     pub admitted_at: Option<f64>,
+    /// When (s into the run) the node last said this newcomer's place would be reached:
+    /// the last "wait" answer's arrival plus its estimated wait (`None`: never told to wait).
+    pub promised_at: Option<f64>,
     /// How it ended.
     pub ending: Ending,
 }
@@ -110,6 +113,9 @@ pub struct Tally {
     pub overtakes: u64,
     /// The same, comparing every two places however close (reported, not judged).
     pub overtakes_any_distance: u64,
+    /// Newcomers kept away while a later place got in (see [`kept_away`]; reported, not
+    /// judged).
+    pub kept_away: u64,
     /// Envelopes first delivered after a higher id of the same mailbox.
     pub out_of_order: u64,
 }
@@ -217,6 +223,7 @@ impl Ledger {
         }
         t.overtakes = overtakes(&self.newcomers, ORDER_RESOLUTION_MS);
         t.overtakes_any_distance = overtakes(&self.newcomers, 0);
+        t.kept_away = kept_away(&self.newcomers, ORDER_RESOLUTION_MS, KEPT_AWAY_SLACK_S);
         t.out_of_order = self.out_of_order;
         t
     }
@@ -277,8 +284,8 @@ impl Ledger {
                 pass: t.overtakes == 0,
                 detail: format!(
                     "{} overtaken (places {ORDER_RESOLUTION_MS} ms apart or more compared; {} \
-                     at any distance, not judged)",
-                    t.overtakes, t.overtakes_any_distance
+                     at any distance and {} kept away while a later place got in, not judged)",
+                    t.overtakes, t.overtakes_any_distance, t.kept_away
                 ),
             },
         ]
@@ -320,6 +327,46 @@ pub fn overtakes(newcomers: &[Newcomer], resolution_ms: u64) -> u64 {
         .count() as u64
 }
 
+/// How much earlier than it was promised a newcomer's place may be passed by a later one
+/// before [`kept_away`] counts it: the board's lag (1 s by default) and the estimate's own
+/// error (the front's speed, measured over the last seconds, changes).
+pub const KEPT_AWAY_SLACK_S: f64 = 2.0;
+
+/// Newcomers a node told to stay away while someone with a later place got in: `i` is kept
+/// away if its place is earlier than `j`'s by at least `resolution_ms`, `j` was admitted
+/// more than `slack_s` before the moment the node last promised `i` its place would be
+/// reached, and `i` was not in by then. Stricter than [`overtakes`], which forgives a wait
+/// the node announced: a newcomer told "come back in 20 s" while later places enter
+/// elsewhere is not overtaken by that rule if it is let in when it does. With a line per
+/// node that is what happens on a slow node, and only this count shows it. It is not
+/// judged: estimates err (a dead node's front dropping out moves the line faster than
+/// promised), so a cluster keeping one line can still score a few.
+pub fn kept_away(newcomers: &[Newcomer], resolution_ms: u64, slack_s: f64) -> u64 {
+    let mut placed: Vec<(Place, &Newcomer)> = newcomers
+        .iter()
+        .filter_map(|n| n.place.map(|p| (p, n)))
+        .collect();
+    placed.sort_by_key(|(p, _)| *p);
+    let mut earliest = vec![f64::INFINITY; placed.len() + 1];
+    for k in (0..placed.len()).rev() {
+        let admitted = placed[k].1.admitted_at.unwrap_or(f64::INFINITY);
+        earliest[k] = earliest[k + 1].min(admitted);
+    }
+    placed
+        .iter()
+        .filter(|(place, n)| {
+            let later = placed.partition_point(|(p, _)| {
+                p.issued_ms < place.issued_ms.saturating_add(resolution_ms)
+            });
+            let first_later_in = earliest[later];
+            n.promised_at.is_some_and(|promised| {
+                first_later_in < promised - slack_s
+                    && n.admitted_at.is_none_or(|a| a > first_later_in)
+            })
+        })
+        .count() as u64
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -337,6 +384,7 @@ mod tests {
             }),
             last_told_to_wait: waited,
             admitted_at: admitted,
+            promised_at: None,
             ending: if admitted.is_some() {
                 Ending::Admitted
             } else {
@@ -392,6 +440,7 @@ mod tests {
                 place: None,
                 last_told_to_wait: None,
                 admitted_at: None,
+                promised_at: None,
                 ending: bad,
             });
             assert!(!l.invariants()[2].pass);
@@ -462,5 +511,48 @@ mod tests {
             newcomer(2, None, Some(4.0)),
         ];
         assert_eq!(overtakes(&far, 1_000), 1, "a second apart: compared");
+    }
+
+    #[test]
+    fn kept_away_is_told_to_stay_away_while_someone_later_got_in() {
+        let promised = |place, told_at: f64, wait: f64, admitted| Newcomer {
+            promised_at: Some(told_at + wait),
+            ..newcomer(place, Some(told_at), admitted)
+        };
+        let count = |l: &[Newcomer]| kept_away(l, 1_000, 2.0);
+        // 1, told at t=6 to come back at t=25, gets in then; 10 (joined later, elsewhere)
+        // got in at t=10. Not overtaken by the drills' rule, but kept away.
+        let l = [
+            promised(1, 6.0, 19.0, Some(25.0)),
+            newcomer(10, None, Some(10.0)),
+        ];
+        assert_eq!(overtakes(&l, 1_000), 0);
+        assert_eq!(count(&l), 1);
+        // Passed within the slack of its promise, or only after it got in: not counted.
+        let l = [
+            promised(1, 6.0, 5.0, Some(12.0)),
+            newcomer(10, None, Some(10.0)),
+        ];
+        assert_eq!(count(&l), 0);
+        let l = [
+            promised(1, 6.0, 19.0, Some(9.0)),
+            newcomer(10, None, Some(10.0)),
+        ];
+        assert_eq!(count(&l), 0);
+        // A later place kept away too is no one getting in; nor is an earlier place.
+        let l = [
+            promised(1, 6.0, 19.0, Some(25.0)),
+            promised(10, 8.0, 19.0, Some(27.0)),
+            newcomer(0, None, Some(3.0)),
+        ];
+        assert_eq!(count(&l), 0);
+        // Never told to wait: nothing promised, nothing kept.
+        assert_eq!(
+            count(&[
+                newcomer(1, None, Some(25.0)),
+                newcomer(10, None, Some(10.0))
+            ]),
+            0
+        );
     }
 }

@@ -189,6 +189,9 @@ const SUMMARY_ROWS: &[SummaryRow] = &[
         decimal(s.requests_per_admitted, 2)
     }),
     ("overtakes", |s| count(s.overtakes)),
+    ("kept away while a later place got in", |s| {
+        count(s.kept_away)
+    }),
 ];
 
 /// One table for all runs, a column each: with `--compare` the two runs' numbers sit

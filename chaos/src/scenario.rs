@@ -399,6 +399,9 @@ pub struct Thresholds {
     /// Least registrations admitted per second during the wave, as a share of
     /// `wave.capacity_per_s` (0.9).
     pub goodput_min: Option<f64>,
+    /// Greatest share of admitted registrations kept away while a later place got in
+    /// (`ledger::kept_away`): what tells one line for the cluster from a line per node.
+    pub kept_away_max: Option<f64>,
 }
 
 /// Why a scenario cannot be played.

@@ -24,6 +24,15 @@ pub struct SeriesPoint {
     pub lowest_messaging_share: f64,
 }
 
+/// What the drills' ledger says of the order newcomers got in (see [`Outcome`]'s fields of
+/// the same names).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrderCounts {
+    pub overtakes: u64,
+    pub strict_overtakes: u64,
+    pub kept_away: u64,
+}
+
 /// What a run showed.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
@@ -53,6 +62,9 @@ pub struct Outcome {
     pub overtakes: u64,
     /// The same, comparing every two places however close.
     pub strict_overtakes: u64,
+    /// Newcomers told to stay away while a later place got in
+    /// (`levee_chaos::ledger::kept_away`, the drills' resolution and slack).
+    pub kept_away: u64,
     /// The established users' messages shed, over those offered.
     pub users_shed: f64,
     /// The established users' message p99, ms (the unloaded p99 plus the p99 of the delay
@@ -167,8 +179,7 @@ impl Tally {
         wave_end_us: u64,
         waiting_with_ticket: u64,
         at_door: u64,
-        overtakes: u64,
-        strict_overtakes: u64,
+        order: OrderCounts,
     ) -> Outcome {
         let _ = self.user_wait.record_n(0, self.undelayed);
         let admitted = self.admitted.max(1) as f64;
@@ -185,8 +196,9 @@ impl Tally {
             admission_wait_s: [q(w, 0.5), q(w, 0.9), q(w, 0.99), w.max() as f64 / 1000.0],
             requests_per_admitted: self.requests as f64 / admitted,
             own_requests_per_admitted: self.own_requests as f64 / admitted,
-            overtakes,
-            strict_overtakes,
+            overtakes: order.overtakes,
+            strict_overtakes: order.strict_overtakes,
+            kept_away: order.kept_away,
             users_shed: 1.0 - self.messages_admitted as f64 / self.messages_offered.max(1) as f64,
             users_p99_ms,
             users_slo_ms: message_p99_slo_ms(scenario.unloaded_p99_ms),

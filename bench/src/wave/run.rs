@@ -10,7 +10,7 @@ use levee_client::{ClientConfig, Trust};
 use levee_relay::admission::{ClusterLine, Place, RegistrationDecision, keeps_holding, key_hash};
 
 use super::node::{Done, SimNode};
-use super::report::{Outcome, SeriesPoint, Tally};
+use super::report::{OrderCounts, Outcome, SeriesPoint, Tally};
 use super::rng::SimRng;
 use super::{Profile, Scenario, Wave};
 
@@ -72,6 +72,8 @@ struct Newcomer {
     place: Option<Place>,
     /// When it last sent a request that was told to wait, µs.
     last_told_to_wait_us: Option<u64>,
+    /// When the last "wait" it was told said its place would be reached, µs.
+    promised_us: Option<u64>,
     admitted_us: Option<u64>,
     requests: u32,
     failed: bool,
@@ -231,6 +233,7 @@ impl Sim<'_> {
                     ticket: None,
                     place: None,
                     last_told_to_wait_us: None,
+                    promised_us: None,
                     admitted_us: None,
                     requests: 0,
                     failed: false,
@@ -555,6 +558,7 @@ impl Sim<'_> {
             RegistrationDecision::Queued {
                 ticket,
                 retry_after_ms,
+                estimated_wait_ms,
                 ..
             } => {
                 p.ticket = Some(ticket.into_boxed_slice());
@@ -575,6 +579,7 @@ impl Sim<'_> {
                     return;
                 }
                 p.last_told_to_wait_us = Some(sent_us);
+                p.promised_us = Some(now + estimated_wait_ms * 1_000);
                 self.tally.queued += 1;
                 let pause = jittered(retry, self.rng.byte());
                 n.request_work(
@@ -694,21 +699,24 @@ impl Sim<'_> {
                 place: Some(place),
                 last_told_to_wait: p.last_told_to_wait_us.map(secs),
                 admitted_at: p.admitted_us.map(secs),
+                promised_at: p.promised_us.map(secs),
                 ending: levee_chaos::ledger::Ending::Admitted,
             });
         }
         drop(people);
-        let overtakes =
-            levee_chaos::ledger::overtakes(&ledger, levee_chaos::ledger::ORDER_RESOLUTION_MS);
-        let strict_overtakes = levee_chaos::ledger::overtakes(&ledger, 0);
+        use levee_chaos::ledger::{KEPT_AWAY_SLACK_S, ORDER_RESOLUTION_MS, kept_away, overtakes};
+        let order = OrderCounts {
+            overtakes: overtakes(&ledger, ORDER_RESOLUTION_MS),
+            strict_overtakes: overtakes(&ledger, 0),
+            kept_away: kept_away(&ledger, ORDER_RESOLUTION_MS, KEPT_AWAY_SLACK_S),
+        };
         drop(ledger);
         self.tally.finish(
             self.scenario,
             self.wave_end_us,
             waiting_with_ticket,
             at_door,
-            overtakes,
-            strict_overtakes,
+            order,
         )
     }
 }
