@@ -113,8 +113,8 @@ pub struct Tally {
     pub overtakes: u64,
     /// The same, comparing every two places however close (reported, not judged).
     pub overtakes_any_distance: u64,
-    /// Newcomers kept away while a later place got in (see [`kept_away`]; reported, not
-    /// judged).
+    /// Newcomers kept away while a later place got in (see [`kept_away`]; judged only by a
+    /// scenario's `kept_away_max`).
     pub kept_away: u64,
     /// Envelopes first delivered after a higher id of the same mailbox.
     pub out_of_order: u64,
@@ -284,7 +284,7 @@ impl Ledger {
                 pass: t.overtakes == 0,
                 detail: format!(
                     "{} overtaken (places {ORDER_RESOLUTION_MS} ms apart or more compared; {} \
-                     at any distance and {} kept away while a later place got in, not judged)",
+                     at any distance, not judged); {} kept away while a later place got in",
                     t.overtakes, t.overtakes_any_distance, t.kept_away
                 ),
             },
@@ -300,31 +300,52 @@ impl Ledger {
 /// not being overtaken: the line lets in everyone whose turn has come, in whatever order
 /// they return.)
 pub fn overtakes(newcomers: &[Newcomer], resolution_ms: u64) -> u64 {
-    let mut placed: Vec<(Place, &Newcomer)> = newcomers
-        .iter()
-        .filter_map(|n| n.place.map(|p| (p, n)))
-        .collect();
-    placed.sort_by_key(|(p, _)| *p);
-    // earliest[k]: the earliest admission among placed[k..].
-    let mut earliest = vec![f64::INFINITY; placed.len() + 1];
-    for k in (0..placed.len()).rev() {
-        let admitted = placed[k].1.admitted_at.unwrap_or(f64::INFINITY);
-        earliest[k] = earliest[k + 1].min(admitted);
-    }
-    placed
+    let line = ByPlace::new(newcomers);
+    line.placed
         .iter()
         .filter(|(place, n)| {
-            let later = placed.partition_point(|(p, _)| {
-                if resolution_ms == 0 {
-                    p <= place
-                } else {
-                    p.issued_ms < place.issued_ms.saturating_add(resolution_ms)
-                }
-            });
+            let first_later_in = line.first_in_after(place, resolution_ms);
             n.last_told_to_wait
-                .is_some_and(|waited| waited > earliest[later])
+                .is_some_and(|waited| waited > first_later_in)
         })
         .count() as u64
+}
+
+/// Newcomers with a place, earliest place first, and when the first of those from each
+/// one on got in.
+struct ByPlace<'a> {
+    placed: Vec<(Place, &'a Newcomer)>,
+    /// `earliest[k]`: the earliest admission among `placed[k..]`.
+    earliest: Vec<f64>,
+}
+
+impl<'a> ByPlace<'a> {
+    fn new(newcomers: &'a [Newcomer]) -> Self {
+        let mut placed: Vec<(Place, &Newcomer)> = newcomers
+            .iter()
+            .filter_map(|n| n.place.map(|p| (p, n)))
+            .collect();
+        placed.sort_by_key(|(p, _)| *p);
+        let mut earliest = vec![f64::INFINITY; placed.len() + 1];
+        for k in (0..placed.len()).rev() {
+            let admitted = placed[k].1.admitted_at.unwrap_or(f64::INFINITY);
+            earliest[k] = earliest[k + 1].min(admitted);
+        }
+        Self { placed, earliest }
+    }
+
+    /// When the first newcomer whose place is later than `place` got in: at least
+    /// `resolution_ms` later, or (0) any later place.
+    fn first_in_after(&self, place: &Place, resolution_ms: u64) -> f64 {
+        let later = self.placed.partition_point(|(p, _)| {
+            if resolution_ms == 0 {
+                p <= place
+            } else {
+                p.issued_ms < place.issued_ms.saturating_add(resolution_ms)
+            }
+        });
+        self.earliest[later]
+    }
 }
 
 /// How much earlier than it was promised a newcomer's place may be passed by a later one
@@ -338,27 +359,16 @@ pub const KEPT_AWAY_SLACK_S: f64 = 2.0;
 /// reached, and `i` was not in by then. Stricter than [`overtakes`], which forgives a wait
 /// the node announced: a newcomer told "come back in 20 s" while later places enter
 /// elsewhere is not overtaken by that rule if it is let in when it does. With a line per
-/// node that is what happens on a slow node, and only this count shows it. It is not
-/// judged: estimates err (a dead node's front dropping out moves the line faster than
-/// promised), so a cluster keeping one line can still score a few.
+/// node that is what happens on a slow node, and only this count shows it. The ledger does
+/// not judge it; a scenario may judge its share (`kept_away_max`). Estimates err (the
+/// cluster's front speeds up when a wave thins), so a cluster keeping one line scores some
+/// too (docs/ARCHITECTURE.md, "One line for the cluster").
 pub fn kept_away(newcomers: &[Newcomer], resolution_ms: u64, slack_s: f64) -> u64 {
-    let mut placed: Vec<(Place, &Newcomer)> = newcomers
-        .iter()
-        .filter_map(|n| n.place.map(|p| (p, n)))
-        .collect();
-    placed.sort_by_key(|(p, _)| *p);
-    let mut earliest = vec![f64::INFINITY; placed.len() + 1];
-    for k in (0..placed.len()).rev() {
-        let admitted = placed[k].1.admitted_at.unwrap_or(f64::INFINITY);
-        earliest[k] = earliest[k + 1].min(admitted);
-    }
-    placed
+    let line = ByPlace::new(newcomers);
+    line.placed
         .iter()
         .filter(|(place, n)| {
-            let later = placed.partition_point(|(p, _)| {
-                p.issued_ms < place.issued_ms.saturating_add(resolution_ms)
-            });
-            let first_later_in = earliest[later];
+            let first_later_in = line.first_in_after(place, resolution_ms);
             n.promised_at.is_some_and(|promised| {
                 first_later_in < promised - slack_s
                     && n.admitted_at.is_none_or(|a| a > first_later_in)

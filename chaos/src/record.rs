@@ -162,8 +162,9 @@ pub struct Summary {
     pub requests_per_admitted: f64,
     /// Admissions that overtook someone who had an earlier place in line at the same node.
     pub overtakes: u64,
-    /// Newcomers told to stay away while a later place got in (`ledger::kept_away`; not
-    /// judged). Absent from reports written before it was counted.
+    /// Newcomers told to stay away while a later place got in (`ledger::kept_away`;
+    /// judged only by a scenario's `kept_away_max`). Absent from reports written before it
+    /// was counted.
     #[serde(default)]
     pub kept_away: u64,
 }
