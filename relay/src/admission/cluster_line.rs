@@ -304,11 +304,16 @@ mod tests {
     fn sample(at_ms: u64, front_ms: Option<u64>) -> LineSample {
         LineSample {
             at_ms,
-            front: front_ms.map_or(Place::first_at(at_ms), |ms| Place {
-                issued_ms: ms,
-                tiebreak: 1,
-            }),
+            front: front_ms.map_or(Place::first_at(at_ms), at),
             open: front_ms.is_none(),
+        }
+    }
+
+    /// The place a [`sample`] with `Some(ms)` holds as its front.
+    fn at(ms: u64) -> Place {
+        Place {
+            issued_ms: ms,
+            tiebreak: 1,
         }
     }
 
@@ -357,20 +362,12 @@ mod tests {
             .collect();
         assert!(fronts.windows(2).all(|w| w[0] == w[1]), "{fronts:?}");
         // b's last sample at or before 9 s (8,760 ms: i = 35, front 420) is the minimum.
-        let b_then = Place {
-            issued_ms: 420,
-            tiebreak: 1,
-        };
-        assert_eq!(fronts[0], ClusterFront::Before(b_then));
+        assert_eq!(fronts[0], ClusterFront::Before(at(420)));
         assert!(fronts[0].admits(&place(419)) && !fronts[0].admits(&place(421)));
     }
 
     #[test]
     fn the_gauges_say_how_far_the_cluster_trails_this_node_and_how_old_the_board_is() {
-        let at = |ms| Place {
-            issued_ms: ms,
-            tiebreak: 1,
-        };
         let mut l = ClusterLine::new("a", 1_000, 3_000);
         assert_eq!(
             l.gauges(10_000, Some(at(900))),
@@ -398,10 +395,6 @@ mod tests {
 
     #[test]
     fn a_sample_counts_only_after_the_lag() {
-        let at = |ms| Place {
-            issued_ms: ms,
-            tiebreak: 1,
-        };
         let mut l = ClusterLine::new("a", 1_000, 3_000);
         l.record(sample(10_000, Some(0)));
         l.heard([("b", &[sample(10_000, Some(0))][..])], 10_000);
@@ -435,10 +428,6 @@ mod tests {
             l.record(sample(i * 250, Some(i * 100)));
         }
         l.heard([("b", b.as_slice())], 10_000);
-        let at = |ms| Place {
-            issued_ms: ms,
-            tiebreak: 1,
-        };
         // b's last sample is at 1 s: it holds the front at 100 until 1 + 1 + 3 s.
         assert_eq!(l.front(4_900, false), ClusterFront::Before(at(100)));
         assert_eq!(l.front(5_000, false), ClusterFront::Before(at(100)));
