@@ -7,8 +7,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{TestNode, admin_request, receive};
+use common::{TestNode, admin_request, metric, receive};
 use levee_relay::NodeConfig;
+
+/// The test node's name, which every series it exports carries.
+const NODE: &str = "ops-node";
 
 /// Every series name a scrape can contain: each `# TYPE` family, with a histogram's
 /// `_bucket`, `_sum` and `_count`.
@@ -73,6 +76,7 @@ fn ops_file(path: &str) -> String {
 async fn the_dashboard_and_alerts_name_only_metrics_a_node_exports() {
     let dir = tempfile::tempdir().unwrap();
     let (node, alice, bob) = TestNode::with_pair(dir.path(), |c: &mut NodeConfig| {
+        c.node_name = NODE.into();
         c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
@@ -120,27 +124,27 @@ async fn the_dashboard_and_alerts_name_only_metrics_a_node_exports() {
     // The line board's metrics move: the node (one line by default) exchanges with the
     // board every heartbeat, and its age is that of the last read, not "never" (+Inf, set
     // when the node joined the cluster's line).
-    let value = |page: &str, family: &str, labels: &[&str]| -> Option<f64> {
-        page.lines()
-            .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
-            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-    };
-    let board_ok = ["op=\"line_board\"", "outcome=\"ok\""];
-    let mut page = page;
+    let admin = node.admin.unwrap();
+    let rounds =
+        format!("levee_roster_rounds_total{{node=\"{NODE}\",op=\"line_board\",outcome=\"ok\"}}");
+    let mut counted = None;
     for _ in 0..50 {
-        if value(&page, "levee_roster_rounds_total{", &board_ok).is_some_and(|n| n >= 2.0) {
+        counted = metric(admin, &rounds).await;
+        if counted.is_some_and(|n| n >= 2.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        page = admin_request(node.admin.unwrap(), "GET", "/metrics")
-            .await
-            .1;
     }
     assert!(
-        value(&page, "levee_roster_rounds_total{", &board_ok).is_some_and(|n| n >= 2.0),
-        "no line board rounds counted in 5 s"
+        counted.is_some_and(|n| n >= 2.0),
+        "no line board rounds counted in 5 s: {counted:?}"
     );
-    let age = value(&page, "levee_line_board_age_seconds{", &[]).unwrap();
+    let age = metric(
+        admin,
+        &format!("levee_line_board_age_seconds{{node=\"{NODE}\"}}"),
+    )
+    .await
+    .unwrap();
     assert!((0.0..5.0).contains(&age), "line board age {age}");
     // What the dashboard is for (issue: per-node messaging rate and latency, admission,
     // shedding, the waiting line, tickets, connections, placement, delivery lag).

@@ -106,8 +106,9 @@ fn describe() {
         ROSTER_ROUNDS,
         Unit::Count,
         "Membership rounds, by op (heartbeat: the node's row written; snapshot: the roster \
-         read; line_board: the node's line report written and the cluster's read) and outcome (ok, error, timeout: abandoned at its deadline, unsettled: the \
-         rows kept changing)"
+         read; line_board: the node's line report written and the cluster's read) and \
+         outcome (ok, error, timeout: abandoned at its deadline, unsettled: the rows kept \
+         changing)"
     );
     describe_gauge!(
         LINE_BOARD_AGE,
