@@ -91,6 +91,16 @@ impl EmbeddedStore {
         Ok(keyspace)
     }
 
+    /// A keyspace the memtable reaper does not watch: for tests that need fjall's own
+    /// reference counts.
+    #[cfg(test)]
+    pub(crate) fn unwatched_keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .keyspace(name, KeyspaceCreateOptions::default)?)
+    }
+
     /// A new atomic write batch.
     pub fn batch(&self) -> OwnedWriteBatch {
         self.inner.db.batch()
