@@ -164,7 +164,7 @@ impl EmbeddedStore {
 ///   key (a hash) comes first so that the lookup on every insert tells keys apart at their
 ///   first bytes: with the mailbox first, every key comparison in a busy mailbox walked the
 ///   32 bytes its keys share, and the lookup took a tenth of the node's CPU at 19,500
-///   envelopes a second (docs/PERFORMANCE.md, "Latency at half the rate").
+///   envelopes a second (docs/PERFORMANCE.md, "CPU per envelope").
 /// - `dedupe`: the same records with the mailbox first, as versions before `dedupe_v2`
 ///   wrote them. Opened only if a store holds some; read and swept until they expire.
 /// - `expiry`: expires-at ‖ mailbox ‖ envelope id → dedupe key; what the sweeper walks.
