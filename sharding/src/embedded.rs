@@ -291,9 +291,15 @@ impl EmbeddedMailboxStore {
         Ok(this)
     }
 
-    /// Whether `mailbox` already holds a message with this dedupe key.
-    fn seen(&self, mailbox: &MailboxId, dedupe: &[u8; 16]) -> Result<bool, StoreError> {
-        if self.dedupe.contains_key(dedupe_key(mailbox, dedupe))? {
+    /// Whether `mailbox` already holds a message with this dedupe key (`dkey` is its
+    /// [`dedupe_key`], which the caller has already built).
+    fn dedupe_recorded(
+        &self,
+        dkey: &[u8; 48],
+        mailbox: &MailboxId,
+        dedupe: &[u8; 16],
+    ) -> Result<bool, StoreError> {
+        if self.dedupe.contains_key(dkey)? {
             return Ok(true);
         }
         match &self.legacy_dedupe {
@@ -363,7 +369,8 @@ impl MailboxStore for EmbeddedMailboxStore {
                 // envelope and removed only with it (`expire`), and a replayed log record
                 // (same id) carries its message's dedupe key. A second lookup, by id, was
                 // a measurable share of the node's CPU (docs/PERFORMANCE.md).
-                let duplicate = !seen.insert(dkey) || self.seen(&e.mailbox, &e.dedupe_key)?;
+                let duplicate =
+                    !seen.insert(dkey) || self.dedupe_recorded(&dkey, &e.mailbox, &e.dedupe_key)?;
                 if duplicate {
                     outcomes.push(InsertOutcome::Duplicate);
                     continue;
