@@ -146,6 +146,9 @@ pub struct NodeAdmission {
     salt: CohortSalt,
     tickets: TicketKey,
     node_id: u32,
+    /// The last new place this node handed out: the next goes after it
+    /// ([`Place::issue`]).
+    last_issued: Option<Place>,
 }
 
 impl NodeAdmission {
@@ -187,6 +190,7 @@ impl NodeAdmission {
             salt: CohortSalt::new(secret, COHORT_ROTATION),
             tickets: TicketKey::new(secret),
             node_id,
+            last_issued: None,
         }
     }
 
@@ -468,30 +472,38 @@ impl NodeAdmission {
         self.release(now);
         self.line.asked();
         let hash = key_hash(key);
-        let place = presented
-            .as_ref()
-            .map_or_else(|| Place::new(unix_ms, &hash), Place::of);
-        // Where the place stands in this node's line. A ticket of this node's whose place
-        // still waits here keeps the position it was given; a new place, or one from
-        // another node's line (a dead node's, or one whose mailboxes moved here) that this
-        // line has not released, is put in by its place: before everyone who joined later,
-        // wherever they joined.
+        let place = match &presented {
+            Some(ticket) => Place::of(ticket),
+            None => {
+                let place = Place::issue(unix_ms, &hash, self.last_issued);
+                self.last_issued = Some(place);
+                place
+            }
+        };
+        // Where the place stands in this node's line: the position told (a ticket of this
+        // node's whose place still waits here keeps the position it was given; a new
+        // place, or one from another node's line — a dead node's, or one whose mailboxes
+        // moved here — that this line has not released, is put in by its place: before
+        // everyone who joined later, wherever they joined), and its index in the order the
+        // line releases in, which the wait is estimated from. Releasing places before it
+        // moves them from its rank to the released count: the index stays.
         let own_position = presented
             .as_ref()
             .filter(|t| t.node_id == self.node_id)
             .map(|t| t.position);
-        let position = if self.order.holds(&place) {
-            own_position.unwrap_or_else(|| self.order.released_count() + self.order.rank(&place))
+        let (position, index) = if self.order.holds(&place) {
+            let index = self.order.released_count() + self.order.rank(&place);
+            (own_position.unwrap_or(index), index)
         } else if presented.is_none() || !self.order.released(&place) {
-            let ahead = self.order.released_count() + self.order.insert(place);
+            let index = self.order.released_count() + self.order.insert(place);
             let next = self.line.join();
             self.release(now);
-            // A new place is (but for ties within a millisecond) the last: the count of
-            // places taken here, unique and rising, as positions always were. One from
+            // A new place is the last taken here (`Place::issue`): the count of places
+            // taken here, unique and rising, as positions always were. One from
             // another line goes in among them: its count is how many are ahead.
-            if presented.is_none() { next } else { ahead }
+            (if presented.is_none() { next } else { index }, index)
         } else {
-            0
+            (0, 0)
         };
         let front = self.cluster_front(&place, unix_ms);
         let due_here = self.order.released(&place);
@@ -499,13 +511,15 @@ impl NodeAdmission {
             self.line.entered();
             return RegistrationDecision::Enter;
         }
+        // From the index, not the position: a place from another node's line (a ticket
+        // issued by a clock a little ahead) may stand after places taken here later.
         let wait_here = if due_here {
             Duration::ZERO
         } else {
-            self.line.wait_for(position)
+            self.line.wait_for(index)
         };
         let wait = wait_here.max(self.cluster_wait(front, &place, unix_ms));
-        let ahead = (position as f64 - self.line.head()).max(0.0) as u64;
+        let ahead = (index as f64 - self.line.head()).max(0.0) as u64;
         // A place is not given up over one short estimate: the front standing still for a
         // dead node estimates a second, and holders of its tickets who then took longer
         // than 10 minutes to get back through the survivors' doors — which let in only as
@@ -712,6 +726,56 @@ mod tests {
                 .count()
         };
         assert!(early(false) < 50, "b: {}, a: {}", early(false), early(true));
+    }
+
+    #[test]
+    fn places_taken_in_the_same_millisecond_are_told_their_own_turn() {
+        // 24 at once on a node seating 2 a second: two enter on the banked second, and the
+        // rest go in in the order they arrived. Each must be told when its own place is
+        // released: coming back then, it enters (a hold on the node waits exactly that
+        // long), and it was not kept waiting long after.
+        let t0 = Instant::now();
+        let settings = AdmissionSettings {
+            initial_rate: 2.0,
+            ..crate::config::NodeConfig::default().admission_settings()
+        };
+        let mut n = NodeAdmission::new(&settings, SECRET, 1, t0);
+        let tickets = TicketKey::new(SECRET);
+        let mut told = Vec::new();
+        for i in 0..24 {
+            let key = format!("newcomer {i}").into_bytes();
+            match n.register(&key, None, t0, UNIX_START, 1.0) {
+                RegistrationDecision::Enter => {}
+                RegistrationDecision::Queued {
+                    ticket,
+                    estimated_wait_ms,
+                    ..
+                } => {
+                    let ticket = tickets.open(&ticket, &key, UNIX_START).unwrap();
+                    told.push((Place::of(&ticket), estimated_wait_ms));
+                }
+                RegistrationDecision::Rejected(e) => panic!("no ticket to reject: {e:?}"),
+            }
+        }
+        assert_eq!(told.len(), 22, "two enter on the banked second");
+        let mut released_ms = vec![None; told.len()];
+        for ms in (0..15_000u64).step_by(10) {
+            n.release(t0 + Duration::from_millis(ms));
+            for ((place, _), at) in told.iter().zip(released_ms.iter_mut()) {
+                if at.is_none() && n.order.released(place) {
+                    *at = Some(ms);
+                }
+            }
+        }
+        let off: Vec<(u64, Option<u64>)> = told
+            .iter()
+            .zip(&released_ms)
+            .map(|((_, wait), at)| (*wait, *at))
+            // Released by the time told, and at most one place's time (500 ms) before it:
+            // the estimate is until the head has passed the place by a whole position.
+            .filter(|(wait, at)| at.is_none_or(|at| at > *wait || *wait - at > 520))
+            .collect();
+        assert!(off.is_empty(), "told (ms) and released (ms): {off:?}");
     }
 
     #[test]

@@ -27,6 +27,30 @@ impl Place {
         }
     }
 
+    /// The place of a newcomer holding `key_hash` who arrives at `now_ms` on a node whose
+    /// last new place was `last`: after it, always. Within a millisecond places go by
+    /// their keys' hashes, so a newcomer arriving later in the same millisecond as another
+    /// would go before it half the time — after the first had been told its wait. A node
+    /// turning 24 newcomers into places in a few milliseconds told some of them they
+    /// would enter seconds before they did, and others seconds after. A place that would
+    /// sort before `last` takes `last`'s millisecond (or the next, if its hash is smaller
+    /// too): it is dated at most a millisecond later per newcomer arriving in the same
+    /// millisecond, which keeps the cluster's order — by issue time — to within that.
+    pub fn issue(now_ms: u64, key_hash: &[u8; 16], last: Option<Place>) -> Self {
+        let place = Self::new(now_ms, key_hash);
+        match last {
+            Some(last) if place <= last => {
+                let same_ms = Self::new(last.issued_ms, key_hash);
+                if same_ms > last {
+                    same_ms
+                } else {
+                    Self::new(last.issued_ms + 1, key_hash)
+                }
+            }
+            _ => place,
+        }
+    }
+
     /// The place a ticket holds.
     pub fn of(ticket: &Ticket) -> Self {
         Self::new(ticket.issued_at_ms, &ticket.key_hash)
@@ -59,5 +83,24 @@ mod tests {
         );
         assert!(Place::first_at(1) <= Place::new(1, &a));
         assert!(Place::new(0, &a) < Place::first_at(1));
+    }
+
+    #[test]
+    fn a_place_issued_later_goes_after_the_last_one_issued() {
+        let hashes: Vec<[u8; 16]> = (0..64)
+            .map(|i| key_hash(format!("k{i}").as_bytes()))
+            .collect();
+        // 64 newcomers in one millisecond: each after the one before, dated within 64 ms.
+        let mut last = None;
+        for h in &hashes {
+            let place = Place::issue(1_000, h, last);
+            assert!(last.is_none_or(|l| place > l), "{place:?} before {last:?}");
+            assert!((1_000..1_064).contains(&place.issued_ms));
+            last = Some(place);
+        }
+        // A later millisecond is dated as it is; a clock stepping back is not followed.
+        let l = Place::new(1_000, &hashes[0]);
+        assert_eq!(Place::issue(1_005, &hashes[1], Some(l)).issued_ms, 1_005);
+        assert!(Place::issue(900, &hashes[1], Some(l)) > l);
     }
 }
