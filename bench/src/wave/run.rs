@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use levee_client::retry::{ConnectBackoff, jittered};
 use levee_client::{ClientConfig, Trust};
-use levee_relay::admission::{ClusterLine, Place, RegistrationDecision, keeps_holding, key_hash};
+use levee_relay::admission::{
+    ClusterLine, NodeAdmission, Place, RegistrationDecision, keeps_holding, key_hash,
+};
 
 use super::node::{Done, SimNode};
 use super::report::{OrderCounts, Outcome, SeriesPoint, Tally};
@@ -546,10 +548,14 @@ impl Sim<'_> {
             sent_us,
             back_after_us,
         };
-        // Its place: its first ticket's issue time, kept by every refresh (or, admitted at
-        // once, when it was).
+        // Its place: the one the node issued it (kept by every refresh of its ticket), or,
+        // with admission off, when it was admitted.
         if p.place.is_none() && !matches!(decision, RegistrationDecision::Rejected(_)) {
-            p.place = Some(Place::new(unix_ms, &key_hash(&key)));
+            p.place = n
+                .admission
+                .as_ref()
+                .and_then(NodeAdmission::last_issued)
+                .or_else(|| Some(Place::new(unix_ms, &key_hash(&key))));
         }
         match decision {
             RegistrationDecision::Enter => {

@@ -194,6 +194,12 @@ impl NodeAdmission {
         }
     }
 
+    /// The last new place this node issued ([`Place::issue`]): right after a registration
+    /// without a ticket, that registration's place, whether it entered or was queued.
+    pub fn last_issued(&self) -> Option<Place> {
+        self.last_issued
+    }
+
     /// Makes this node's line part of the cluster's one line (see [`ClusterLine`]): from
     /// now on a place enters only once the cluster's front has passed it, and the node
     /// must write [`line_sample`](Self::line_sample) to the board and hand what it reads to
@@ -751,7 +757,9 @@ mod tests {
                     estimated_wait_ms,
                     ..
                 } => {
-                    let ticket = tickets.open(&ticket, &key, UNIX_START).unwrap();
+                    let ticket = tickets
+                        .open(&ticket, &key, UNIX_START)
+                        .expect("a ticket the node just sealed");
                     told.push((Place::of(&ticket), estimated_wait_ms));
                 }
                 RegistrationDecision::Rejected(e) => panic!("no ticket to reject: {e:?}"),
