@@ -1037,7 +1037,9 @@ async fn register(shared: &Arc<Shared>) -> Option<levee_client::Client> {
                     shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 }
                 // Admitted without a ticket: its place is when it got in (no earlier than
-                // when the node placed it, so the order check is, if anything, stricter).
+                // when the node placed it — but for the few milliseconds `Place::issue`
+                // may date a burst's places ahead, far inside the order check's second —
+                // so the order check is, if anything, stricter).
                 let place =
                     place.or_else(|| Some(Place::new(now_ms(), &key_hash(account.as_bytes()))));
                 lock(&shared.ledger).newcomer(Newcomer {
