@@ -584,14 +584,19 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
     const UNIX_START: u64 = 1_800_000_000_000;
 
-    /// A node of a cluster: its own line at `rate` a second, coordinated through a board.
-    fn node(name: &str, rate: f64, now: Instant) -> NodeAdmission {
+    /// A node with the default settings but its line at `rate` a second, alone (no
+    /// cluster's line), its tickets marked `id`.
+    fn lone_node(id: u32, rate: f64, now: Instant) -> NodeAdmission {
         let settings = AdmissionSettings {
             initial_rate: rate,
             ..crate::config::NodeConfig::default().admission_settings()
         };
-        let id = name.bytes().map(u32::from).sum();
-        let mut n = NodeAdmission::new(&settings, SECRET, id, now);
+        NodeAdmission::new(&settings, SECRET, id, now)
+    }
+
+    /// A node of a cluster: its own line at `rate` a second, coordinated through a board.
+    fn node(name: &str, rate: f64, now: Instant) -> NodeAdmission {
+        let mut n = lone_node(name.bytes().map(u32::from).sum(), rate, now);
         n.coordinate(ClusterLine::new(name, 1_000, 3_000));
         n
     }
@@ -741,11 +746,7 @@ mod tests {
         // released: coming back then, it enters (a hold on the node waits exactly that
         // long), and it was not kept waiting long after.
         let t0 = Instant::now();
-        let settings = AdmissionSettings {
-            initial_rate: 2.0,
-            ..crate::config::NodeConfig::default().admission_settings()
-        };
-        let mut n = NodeAdmission::new(&settings, SECRET, 1, t0);
+        let mut n = lone_node(1, 2.0, t0);
         let tickets = TicketKey::new(SECRET);
         let mut told = Vec::new();
         for i in 0..24 {
@@ -789,11 +790,7 @@ mod tests {
     #[test]
     fn a_place_held_long_gets_a_ticket_that_lives_as_long() {
         let t0 = Instant::now();
-        let settings = AdmissionSettings {
-            initial_rate: 1.0,
-            ..crate::config::NodeConfig::default().admission_settings()
-        };
-        let mut n = NodeAdmission::new(&settings, SECRET, 1, t0);
+        let mut n = lone_node(1, 1.0, t0);
         let tickets = TicketKey::new(SECRET);
         let min = |m: u64| m * 60_000;
         assert_eq!(
